@@ -1,0 +1,32 @@
+# Everything a fresh clone needs: `make test`, `make serve`, `make bench`.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: install test lint bench quality clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	# Pinned so pip takes the CPU wheel on disk instead of a multi-GB CUDA build.
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: $(STAMP)
+	$(VENV)/bin/ruff check service trainer tests benchmarks
+	$(PY) -m pytest -q
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check service trainer tests benchmarks
+	$(VENV)/bin/ruff format --check service trainer tests benchmarks
+
+# Search quality on the built-in datasets (long: tens of minutes on 2 cores).
+quality: $(STAMP)
+	$(PY) benchmarks/quality.py --append BENCHMARKS.md
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache
