@@ -1,0 +1,298 @@
+"""Datasets: the built-ins of the product spec and user arrays from CSV or NPZ.
+
+Every loader ends in :func:`make_dataset`, which validates once for all sources: finite
+numbers, 2-D features, matching lengths, at least two classes, labels mapped to ids.
+Whether there are enough samples per class for a given CV protocol is checked by
+:func:`check_for_cv`, because it depends on the study, not on the data alone.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from sklearn import datasets as skdatasets
+
+from trainer.mnist1d import make_mnist1d
+from trainer.spec import Task
+
+BUILTINS = ("digits", "breast_cancer", "wine", "diabetes", "mnist1d", "poly")
+MNIST1D_DEFAULT_SIZE = 5_000
+MNIST1D_MAX_SIZE = 200_000
+# Labels with at most this many distinct integer values are taken as classes.
+MAX_INFERRED_CLASSES = 100
+
+
+class DatasetError(ValueError):
+    """The data cannot be used as given; the message says what to change."""
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """Features ``X`` (float32 ``[n, d]``) and targets ``y`` (int64 class ids or float32).
+
+    ``input_shape`` is the per-sample shape a CNN sees (``(1, 8, 8)`` for digits,
+    ``(1, 40)`` for MNIST-1D, ``(d,)`` for tables); its product is ``d``.
+    """
+
+    name: str
+    X: np.ndarray
+    y: np.ndarray
+    task: Task
+    input_shape: tuple[int, ...]
+    classes: tuple[str, ...] = ()
+    feature_names: tuple[str, ...] = ()
+
+    @property
+    def n_samples(self) -> int:
+        return int(self.X.shape[0])
+
+    @property
+    def n_features(self) -> int:
+        return int(self.X.shape[1])
+
+    @property
+    def n_outputs(self) -> int:
+        return len(self.classes) if self.task == "classification" else 1
+
+    def class_counts(self) -> dict[str, int]:
+        counts = np.bincount(self.y, minlength=len(self.classes))
+        return dict(zip(self.classes, counts.tolist(), strict=True))
+
+
+def make_dataset(
+    name: str,
+    X: np.ndarray,
+    y: np.ndarray,
+    *,
+    task: Task | None = None,
+    input_shape: tuple[int, ...] | None = None,
+    feature_names: tuple[str, ...] = (),
+) -> Dataset:
+    """Validate raw arrays and return a :class:`Dataset` (labels mapped to ids 0…C−1)."""
+    X = np.asarray(X)
+    y = np.asarray(y)
+    if X.ndim != 2:
+        raise DatasetError(f"features must be a 2-D array [samples, features], got shape {X.shape}")
+    if y.ndim != 1:
+        raise DatasetError(f"the target must be a 1-D array, got shape {y.shape}")
+    if X.shape[0] != y.shape[0]:
+        raise DatasetError(
+            f"features have {X.shape[0]} rows but the target has {y.shape[0]} values"
+        )
+    if X.shape[0] < 2 or X.shape[1] < 1:
+        raise DatasetError(f"need at least 2 samples and 1 feature, got shape {X.shape}")
+    if not np.issubdtype(X.dtype, np.number) or np.issubdtype(X.dtype, np.complexfloating):
+        raise DatasetError(f"features must be real numbers, got dtype {X.dtype}")
+    bad = ~np.isfinite(X)
+    if bad.any():
+        row, col = (int(i) for i in np.argwhere(bad)[0])
+        raise DatasetError(
+            f"features must be finite: {int(bad.sum())} NaN/inf values, first at row {row}, "
+            f"column {feature_names[col] if feature_names else col}"
+        )
+    shape = input_shape or (X.shape[1],)
+    if math.prod(shape) != X.shape[1]:
+        raise DatasetError(f"input_shape {shape} does not hold {X.shape[1]} features")
+
+    task = task or _infer_task(y)
+    if task == "classification":
+        classes, ids = np.unique(y, return_inverse=True)
+        if len(classes) < 2:
+            raise DatasetError(f"classification needs at least 2 classes, found {len(classes)}")
+        return Dataset(
+            name,
+            X.astype(np.float32),
+            ids.astype(np.int64),
+            task,
+            shape,
+            tuple(_label_name(c) for c in classes),
+            feature_names,
+        )
+    try:
+        targets = y.astype(np.float32)
+    except ValueError as exc:
+        raise DatasetError(f"a regression target must be numeric: {exc}") from None
+    if not np.isfinite(targets).all():
+        raise DatasetError("the regression target must be finite (no NaN/inf)")
+    return Dataset(name, X.astype(np.float32), targets, task, shape, (), feature_names)
+
+
+def _infer_task(y: np.ndarray) -> Task:
+    if not np.issubdtype(y.dtype, np.number) or y.dtype == bool:
+        return "classification"
+    if not np.isfinite(y).all():
+        raise DatasetError("the target must be finite (no NaN/inf)")
+    integral = bool(np.all(np.mod(y, 1) == 0))
+    if integral and len(np.unique(y)) <= MAX_INFERRED_CLASSES:
+        return "classification"
+    return "regression"
+
+
+def _label_name(label: object) -> str:
+    if isinstance(label, float | np.floating) and float(label).is_integer():
+        return str(int(label))
+    return str(label)
+
+
+def check_for_cv(dataset: Dataset, folds: int, test_fraction: float = 0.0) -> None:
+    """Raise :class:`DatasetError` unless stratified ``folds``-fold CV can run on the data.
+
+    Each class needs ``folds`` samples left after the test split, so that every fold
+    holds every class at least once; regression needs ``folds`` samples overall.
+    """
+    keep = 1.0 - test_fraction
+    if dataset.task == "regression":
+        if math.floor(dataset.n_samples * keep) < folds:
+            raise DatasetError(f"{dataset.n_samples} samples are too few for {folds}-fold CV")
+        return
+    for name, count in dataset.class_counts().items():
+        if math.floor(count * keep) < folds:
+            needed = math.ceil(folds / keep)
+            raise DatasetError(
+                f"class {name!r} has {count} samples; {folds}-fold stratified CV"
+                + (f" with test_fraction {test_fraction:g}" if test_fraction else "")
+                + f" needs at least {needed}"
+            )
+
+
+# --- built-ins ---------------------------------------------------------------------------
+
+
+def load_builtin(ref: str) -> Dataset:
+    """Load ``builtin:NAME`` (``builtin:mnist1d:SIZE`` selects MNIST-1D's sample count)."""
+    _, _, rest = ref.partition("builtin:")
+    name, _, size = rest.partition(":")
+    if name not in BUILTINS:
+        raise DatasetError(f"unknown built-in dataset {name!r}; choose one of {list(BUILTINS)}")
+    if size and name != "mnist1d":
+        raise DatasetError(f"only builtin:mnist1d takes a size, got {ref!r}")
+    if name == "mnist1d":
+        n = int(size) if size.isdigit() else MNIST1D_DEFAULT_SIZE
+        if (size and not size.isdigit()) or not 10 <= n <= MNIST1D_MAX_SIZE:
+            raise DatasetError(f"mnist1d size must be an integer in [10, {MNIST1D_MAX_SIZE}]")
+        X, y = make_mnist1d(n)
+        return make_dataset(ref, X, y, task="classification", input_shape=(1, X.shape[1]))
+    if name == "poly":
+        X, y = make_poly()
+        return make_dataset(ref, X, y, task="regression")
+    loader = {
+        "digits": skdatasets.load_digits,
+        "breast_cancer": skdatasets.load_breast_cancer,
+        "wine": skdatasets.load_wine,
+        "diabetes": skdatasets.load_diabetes,
+    }[name]
+    bunch = loader()
+    task: Task = "regression" if name == "diabetes" else "classification"
+    shape = (1, 8, 8) if name == "digits" else None
+    return make_dataset(
+        ref,
+        bunch.data,
+        bunch.target,
+        task=task,
+        input_shape=shape,
+        feature_names=tuple(str(f) for f in bunch.feature_names),
+    )
+
+
+def make_poly(
+    n_samples: int = 200, degree: int = 20, noise: float = 0.1, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """The weight-decay demonstration of *Dive into Deep Learning* (§3.6).
+
+    x ~ N(0, 1); features xⁱ/i! for i = 0…19; y = 5 + 1.2x − 3.4x²/2! + 5.6x³/3! + ε,
+    ε ~ N(0, 0.1²). Only 4 of 20 weights are non-zero, so with 100 training samples
+    an unregularized model fits the noise. Half of the 200 samples make the test split.
+    """
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n_samples, 1))
+    powers = np.arange(degree)
+    features = x**powers / np.array([math.factorial(int(i)) for i in powers])
+    true_w = np.zeros(degree)
+    true_w[:4] = [5.0, 1.2, -3.4, 5.6]
+    y = features @ true_w + noise * rng.standard_normal(n_samples)
+    return features, y
+
+
+# --- user files --------------------------------------------------------------------------
+
+
+def load_csv(
+    source: str | Path | bytes, target: str, *, name: str = "upload", task: Task | None = None
+) -> Dataset:
+    """Read a CSV with a header row; ``target`` names the label column, all others are features."""
+    text = _read_text(source)
+    rows = list(csv.reader(io.StringIO(text)))
+    rows = [row for row in rows if any(cell.strip() for cell in row)]
+    if len(rows) < 2:
+        raise DatasetError("the CSV needs a header row and at least one data row")
+    header = [h.strip() for h in rows[0]]
+    if target not in header:
+        raise DatasetError(f"target column {target!r} not in the CSV header {header}")
+    t = header.index(target)
+    features = [h for i, h in enumerate(header) if i != t]
+    X = np.empty((len(rows) - 1, len(features)), dtype=np.float64)
+    labels: list[str] = []
+    for r, row in enumerate(rows[1:], start=2):
+        if len(row) != len(header):
+            raise DatasetError(f"CSV line {r} has {len(row)} fields, the header has {len(header)}")
+        labels.append(row[t].strip())
+        cells = [c for i, c in enumerate(row) if i != t]
+        for c, cell in enumerate(cells):
+            try:
+                X[r - 2, c] = float(cell)
+            except ValueError:
+                raise DatasetError(
+                    f"CSV line {r}, column {features[c]!r}: {cell!r} is not a number"
+                ) from None
+    return make_dataset(
+        name, X, _numeric_if_possible(labels), task=task, feature_names=tuple(features)
+    )
+
+
+def load_npz(
+    source: str | Path | bytes, *, name: str = "upload", task: Task | None = None
+) -> Dataset:
+    """Read arrays ``X`` and ``y`` (and optionally ``input_shape``) from an ``.npz`` file.
+
+    Object arrays are refused (``allow_pickle=False``): a pickle could run code.
+    """
+    handle = io.BytesIO(source) if isinstance(source, bytes) else source
+    try:
+        with np.load(handle, allow_pickle=False) as archive:
+            missing = {"X", "y"} - set(archive.files)
+            if missing:
+                raise DatasetError(
+                    f"the NPZ file lacks array(s) {sorted(missing)}; it has {archive.files}"
+                )
+            X, y = archive["X"], archive["y"]
+            shape = (
+                tuple(int(s) for s in archive["input_shape"])
+                if "input_shape" in archive.files
+                else None
+            )
+    except DatasetError:
+        raise
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
+        raise DatasetError(f"not a readable NPZ file of numeric arrays: {exc}") from None
+    return make_dataset(name, X, y, task=task, input_shape=shape)
+
+
+def _read_text(source: str | Path | bytes) -> str:
+    raw = source if isinstance(source, bytes) else Path(source).read_bytes()
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise DatasetError(f"the CSV is not UTF-8 text: {exc}") from None
+
+
+def _numeric_if_possible(labels: list[str]) -> np.ndarray:
+    try:
+        return np.array([float(v) for v in labels])
+    except ValueError:
+        return np.array(labels)

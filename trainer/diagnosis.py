@@ -1,0 +1,55 @@
+"""Reading a fold's learning curves the way a practitioner does.
+
+With training loss t_e and validation loss v_e over epochs e = 0…E−1, best epoch
+b = argmin v and L₀ the loss of the trivial predictor (class prior, or the target mean):
+
+* ``over-fitting``:    after b the validation loss rose by more than 10 % of v_b while the
+                       training loss kept falling (t_{E−1} < t_b): the model learns noise.
+* ``still improving``: the fold ran out of epochs with b among the last 10 % of them
+                       (at least the last two): more epochs would likely help.
+* ``under-fitting``:   min t > ½·L₀: the model barely beats the trivial predictor even on
+                       the data it trains on, so it is too constrained (λ, p too high).
+* ``converged``:       none of the above: validation loss flattened and stopping was timely.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Sequence
+from typing import Literal
+
+Diagnosis = Literal["over-fitting", "still improving", "under-fitting", "converged"]
+# Severity order, used to break ties when folds disagree.
+DIAGNOSES: tuple[Diagnosis, ...] = ("over-fitting", "under-fitting", "still improving", "converged")
+OVERFIT_RISE = 0.10
+UNDERFIT_RATIO = 0.5
+RECENT_FRACTION = 0.10
+
+
+def diagnose_fold(
+    train_loss: Sequence[float],
+    val_loss: Sequence[float],
+    *,
+    max_epochs: int,
+    baseline_loss: float,
+) -> Diagnosis:
+    """Classify one fold's curves (see the module docstring for the rules)."""
+    epochs = len(val_loss)
+    best = min(range(epochs), key=val_loss.__getitem__)
+    v_best = val_loss[best]
+    rose = val_loss[-1] - v_best > OVERFIT_RISE * abs(v_best)
+    if best < epochs - 1 and rose and train_loss[-1] < train_loss[best]:
+        return "over-fitting"
+    recent = max(2, math.ceil(RECENT_FRACTION * max_epochs))
+    if epochs >= max_epochs and best >= epochs - recent:
+        return "still improving"
+    if min(train_loss) > UNDERFIT_RATIO * baseline_loss:
+        return "under-fitting"
+    return "converged"
+
+
+def diagnose_trial(fold_diagnoses: Sequence[Diagnosis]) -> Diagnosis:
+    """The folds' majority; a tie goes to the more severe reading."""
+    counts = Counter(fold_diagnoses)
+    return max(DIAGNOSES, key=lambda d: (counts[d], -DIAGNOSES.index(d)))

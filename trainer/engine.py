@@ -1,0 +1,349 @@
+"""The per-trial engine: k folds of one configuration, trained in lockstep.
+
+The data of a fold lives on the device as three tensors (fit / val / score) and mini-batches
+are index gathers, so no DataLoader or host copy sits in the step. Each epoch every active
+fold takes one pass over its ``fit`` rows, then its inner-validation loss drives early
+stopping; the scored fold is evaluated only when the validation loss improves, because the
+fold's result is the score of its best epoch's weights. After the epoch the fold mean of
+those scores is handed to ``on_epoch`` (Optuna's ``report``/``should_prune``), so the value
+reported at the last epoch is the trial's value.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from trainer.config import TrialConfig
+from trainer.datasets import Dataset
+from trainer.diagnosis import Diagnosis, diagnose_fold, diagnose_trial
+from trainer.early_stopping import EarlyStopping
+from trainer.models import build_model, count_parameters
+from trainer.preprocessing import Standardizer
+from trainer.regularizers import make_optimizer
+from trainer.spec import Metric, Task
+from trainer.splits import Split, inner_split
+
+EVAL_CHUNK = 8192
+REFIT_STREAM = 2**31 - 1  # the refit draws its own seed, apart from every fold's
+Schedule = Literal["lockstep", "sequential"]
+
+
+class DivergedError(RuntimeError):
+    """Training produced a NaN or infinite loss; the trial fails, the study goes on."""
+
+
+@dataclass(frozen=True)
+class FoldData:
+    """A fold's tensors on the device, standardized with statistics of ``fit`` only."""
+
+    X_fit: torch.Tensor
+    y_fit: torch.Tensor
+    X_val: torch.Tensor
+    y_val: torch.Tensor
+    X_score: torch.Tensor
+    y_score: torch.Tensor
+    x_scaler: Standardizer
+    y_scaler: Standardizer | None  # regression targets are standardized too
+    baseline_loss: float  # the trivial predictor's loss on fit: prior entropy, or 1 for z-scored y
+
+    @classmethod
+    def build(cls, dataset: Dataset, split: Split, device: torch.device | str) -> FoldData:
+        X, y = dataset.X, dataset.y
+        x_scaler = Standardizer.fit(X[split.fit])
+        y_scaler = None
+        if dataset.task == "regression":
+            y_scaler = Standardizer.fit(y[split.fit, None])
+            targets = torch.as_tensor(y_scaler.transform(y[:, None]))
+            baseline = 1.0
+        else:
+            targets = torch.as_tensor(y)
+            prior = np.bincount(y[split.fit], minlength=dataset.n_outputs) / len(split.fit)
+            baseline = float(-(prior[prior > 0] * np.log(prior[prior > 0])).sum())
+
+        def rows(index: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+            features = torch.as_tensor(x_scaler.transform(X[index]))
+            return features.to(device), targets[index].to(device)
+
+        return cls(
+            *rows(split.fit), *rows(split.val), *rows(split.score), x_scaler, y_scaler, baseline
+        )
+
+
+@dataclass
+class FoldResult:
+    """What one fold reports: its score at the best epoch and the curves behind it."""
+
+    index: int
+    score: float
+    best_epoch: int
+    epochs: int
+    stopped_early: bool
+    train_loss: list[float]
+    val_loss: list[float]
+    sparsity: float
+    diagnosis: Diagnosis
+    scored: np.ndarray
+    x_scaler: Standardizer
+
+
+@dataclass
+class CVResult:
+    """A trial's cross-validation outcome: mean and spread over folds of the objective."""
+
+    metric: Metric
+    folds: list[FoldResult]
+    n_params: int
+    wall_time_s: float
+    scores: list[float] = field(init=False)
+    mean: float = field(init=False)
+    std: float = field(init=False)
+    diagnosis: Diagnosis = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.scores = [f.score for f in self.folds]
+        self.mean = float(np.mean(self.scores))
+        self.std = float(np.std(self.scores))
+        self.diagnosis = diagnose_trial([f.diagnosis for f in self.folds])
+
+
+def data_loss(task: Task, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy for classification, MSE (on standardized targets) for regression."""
+    if task == "classification":
+        return F.cross_entropy(outputs, targets)
+    return F.mse_loss(outputs, targets)
+
+
+@torch.no_grad()
+def predict(model: nn.Module, X: torch.Tensor) -> torch.Tensor:
+    """Outputs in evaluation mode (running BN statistics, no dropout), in chunks."""
+    model.eval()
+    return torch.cat([model(X[i : i + EVAL_CHUNK]) for i in range(0, len(X), EVAL_CHUNK)])
+
+
+def score(
+    metric: Metric,
+    task: Task,
+    outputs: torch.Tensor,
+    targets: torch.Tensor,
+    y_scaler: Standardizer | None,
+) -> float:
+    """The objective on one set: accuracy, MSE in the target's own units, or the data loss."""
+    if metric == "accuracy":
+        return float((outputs.argmax(1) == targets).float().mean())
+    loss = float(data_loss(task, outputs, targets))
+    if metric == "mse" and y_scaler is not None:
+        # z = (y − μ)/σ, so an MSE on z is σ² times the MSE on y.
+        return loss * float(y_scaler.std[0]) ** 2
+    return loss
+
+
+class FoldRun:
+    """One fold's model, optimizer, early stopping and best weights while it trains."""
+
+    def __init__(
+        self,
+        index: int,
+        dataset: Dataset,
+        config: TrialConfig,
+        split: Split,
+        *,
+        metric: Metric,
+        device: torch.device | str,
+        seed: int,
+    ) -> None:
+        self.index, self.config, self.split, self.metric = index, config, split, metric
+        self.task: Task = dataset.task
+        self.data = FoldData.build(dataset, split, device)
+        torch.manual_seed(seed)
+        self.model = build_model(
+            config.model,
+            dataset.input_shape,
+            dataset.n_outputs,
+            dropout=config.dropout,
+            bn_momentum=config.bn_momentum,
+            hidden=config.hidden,
+        ).to(device)
+        self.optimizer, self.regularizer = make_optimizer(
+            self.model,
+            optimizer=config.optimizer,
+            lr=config.lr,
+            weight_decay=config.weight_decay,
+            l1=config.l1,
+            decoupled=config.training.l2_mode == "decoupled",
+            momentum=config.training.momentum,
+            include_bias_and_bn=config.training.regularize_bias_and_bn,
+        )
+        self.stopper = EarlyStopping(config.patience, config.training.min_delta)
+        self.order = torch.Generator().manual_seed(seed)
+        self.best_state: dict[str, torch.Tensor] = {}
+        self.best_score = math.nan
+        self.train_loss: list[float] = []
+        self.val_loss: list[float] = []
+        self.done = False
+
+    @property
+    def epoch(self) -> int:
+        return len(self.val_loss)
+
+    def train_epoch(self) -> None:
+        """One pass over the fit rows, then validation, early stopping and (if best) scoring."""
+        d, training = self.data, self.config.training
+        self.model.train()
+        n = len(d.X_fit)
+        order = torch.randperm(n, generator=self.order).to(d.X_fit.device)
+        total = torch.zeros((), device=d.X_fit.device)
+        seen = 0
+        for start in range(0, n, self.config.batch_size):
+            batch = order[start : start + self.config.batch_size]
+            if len(batch) < 2 < n:  # BatchNorm cannot normalize a batch of one
+                continue
+            loss = data_loss(self.task, self.model(d.X_fit[batch]), d.y_fit[batch])
+            self.optimizer.zero_grad(set_to_none=True)
+            (loss + self.regularizer.penalty()).backward()
+            if training.grad_clip is not None:
+                nn.utils.clip_grad_norm_(self.model.parameters(), training.grad_clip)
+            self.regularizer.decay(self.config.lr)
+            self.optimizer.step()
+            total += loss.detach() * len(batch)
+            seen += len(batch)
+        # One host sync per epoch: the loss is read here, not in the step.
+        train_loss = float(total) / max(seen, 1)
+        val_loss = float(data_loss(self.task, predict(self.model, d.X_val), d.y_val))
+        epoch = self.epoch
+        self.train_loss.append(train_loss)
+        self.val_loss.append(val_loss)
+        if not (math.isfinite(train_loss) and math.isfinite(val_loss)):
+            raise DivergedError(
+                f"fold {self.index} diverged at epoch {epoch}: training loss {train_loss}, "
+                f"validation loss {val_loss} (try a smaller lr or a gradient clip)"
+            )
+        if self.stopper.step(val_loss, epoch):
+            self.best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+            self.best_score = self.evaluate()
+        if self.stopper.should_stop or self.epoch >= training.max_epochs:
+            self.model.load_state_dict(self.best_state)
+            self.done = True
+
+    def evaluate(self) -> float:
+        """The objective on the scored rows with the current weights (NaN if there are none)."""
+        d = self.data
+        if len(d.X_score) == 0:
+            return math.nan
+        return score(self.metric, self.task, predict(self.model, d.X_score), d.y_score, d.y_scaler)
+
+    def result(self) -> FoldResult:
+        return FoldResult(
+            index=self.index,
+            score=self.best_score,
+            best_epoch=self.stopper.best_epoch,
+            epochs=self.epoch,
+            stopped_early=self.stopper.should_stop,
+            train_loss=self.train_loss,
+            val_loss=self.val_loss,
+            sparsity=self.regularizer.sparsity(),
+            diagnosis=diagnose_fold(
+                self.train_loss,
+                self.val_loss,
+                max_epochs=self.config.training.max_epochs,
+                baseline_loss=self.data.baseline_loss,
+            ),
+            scored=self.split.score,
+            x_scaler=self.data.x_scaler,
+        )
+
+
+def fold_seed(seed: int, fold: int) -> int:
+    """Independent seeds per fold, derived from the trial's seed."""
+    return int(np.random.SeedSequence([seed, fold]).generate_state(1)[0])
+
+
+def cross_validate(
+    dataset: Dataset,
+    config: TrialConfig,
+    splits: Sequence[Split],
+    *,
+    metric: Metric,
+    device: torch.device | str = "cpu",
+    seed: int = 0,
+    schedule: Schedule = "lockstep",
+    on_epoch: Callable[[int, float], None] | None = None,
+    on_fold: Callable[[int, float], None] | None = None,
+) -> CVResult:
+    """Train and score ``config`` on every split; return fold scores, curves and diagnosis.
+
+    ``lockstep`` advances all folds one epoch at a time and calls ``on_epoch(epoch, mean)``
+    with the fold mean of the best-epoch scores; ``sequential`` trains fold after fold
+    (what a per-fold pruner such as Wilcoxon needs). Both call ``on_fold(k, score)`` when
+    fold k finishes. A callback may raise (e.g. ``optuna.TrialPruned``) to stop early.
+    """
+    start = time.perf_counter()
+    runs = [
+        FoldRun(k, dataset, config, split, metric=metric, device=device, seed=fold_seed(seed, k))
+        for k, split in enumerate(splits)
+    ]
+    groups = [runs] if schedule == "lockstep" else [[run] for run in runs]
+    for group in groups:
+        while active := [run for run in group if not run.done]:
+            for run in active:
+                run.train_epoch()
+                if run.done and on_fold is not None:
+                    on_fold(run.index, run.best_score)
+            if on_epoch is not None and schedule == "lockstep":
+                on_epoch(active[0].epoch - 1, float(np.mean([r.best_score for r in runs])))
+    return CVResult(
+        metric=metric,
+        folds=[run.result() for run in runs],
+        n_params=count_parameters(runs[0].model),
+        wall_time_s=time.perf_counter() - start,
+    )
+
+
+@dataclass
+class FittedModel:
+    """The configuration retrained on all non-test rows, ready for inference or export."""
+
+    model: nn.Module
+    config: TrialConfig
+    x_scaler: Standardizer
+    y_scaler: Standardizer | None
+    fold: FoldResult
+    test_score: float | None
+
+
+def refit(
+    dataset: Dataset,
+    config: TrialConfig,
+    pool: np.ndarray,
+    test: np.ndarray,
+    *,
+    metric: Metric,
+    inner_validation: float,
+    device: torch.device | str = "cpu",
+    seed: int = 0,
+) -> FittedModel:
+    """Retrain on ``pool`` (early stopping on an inner split of it) and score on ``test``."""
+    fit, val = inner_split(pool, dataset.y, dataset.task, inner_validation, seed)
+    run = FoldRun(
+        0,
+        dataset,
+        config,
+        Split(fit, val, test),
+        metric=metric,
+        device=device,
+        seed=fold_seed(seed, REFIT_STREAM),
+    )
+    while not run.done:
+        run.train_epoch()
+    test_score = run.best_score if len(test) else None
+    return FittedModel(
+        run.model, config, run.data.x_scaler, run.data.y_scaler, run.result(), test_score
+    )

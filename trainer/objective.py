@@ -1,0 +1,157 @@
+"""The Optuna objective: sample a configuration, cross-validate it, record what happened."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import optuna
+import torch
+
+from trainer.config import TrialConfig
+from trainer.datasets import Dataset
+from trainer.engine import CVResult, DivergedError, Schedule, cross_validate
+from trainer.spec import DOMAINS, Metric, Range, SearchSpace, StudySpec
+from trainer.splits import Split
+
+SEARCHABLE = (
+    "weight_decay",
+    "l1",
+    "dropout",
+    "bn_momentum",
+    "patience",
+    "lr",
+    "batch_size",
+    "optimizer",
+)
+SIGNIFICANT_DIGITS = 5
+
+
+def hidden_key(widths: Sequence[int]) -> str:
+    """Optuna's categorical choices must be scalars, so layer widths travel as '256-256'."""
+    return "-".join(str(w) for w in widths)
+
+
+def suggest(trial: optuna.Trial, space: SearchSpace) -> dict[str, Any]:
+    """Draw every searched parameter from ``trial``; fixed numbers pass through unsampled."""
+    values: dict[str, Any] = {}
+    for name in SEARCHABLE:
+        entry = getattr(space, name)
+        if entry is None:
+            continue
+        if isinstance(entry, Range):
+            if name in DOMAINS and DOMAINS[name].integer:
+                values[name] = trial.suggest_int(
+                    name, int(entry.low), int(entry.high), log=entry.log
+                )
+            else:
+                values[name] = trial.suggest_float(name, entry.low, entry.high, log=entry.log)
+        elif isinstance(entry, list):
+            values[name] = trial.suggest_categorical(name, entry)
+        else:
+            values[name] = entry
+    if space.hidden is not None:
+        key = trial.suggest_categorical("hidden", [hidden_key(h) for h in space.hidden])
+        values["hidden"] = [int(w) for w in key.split("-")]
+    return values
+
+
+def grid(space: SearchSpace, points: int) -> dict[str, list[Any]]:
+    """The search space as a grid: ranges become ``points`` evenly (or log-) spaced values."""
+    axes: dict[str, list[Any]] = {}
+    for name in SEARCHABLE:
+        entry = getattr(space, name)
+        if isinstance(entry, Range):
+            spacing = np.geomspace if entry.log else np.linspace
+            values = spacing(entry.low, entry.high, points)
+            if name in DOMAINS and DOMAINS[name].integer:
+                axes[name] = sorted({round(float(v)) for v in values})
+            else:
+                axes[name] = [float(v) for v in values]
+        elif isinstance(entry, list):
+            axes[name] = entry
+    if space.hidden is not None:
+        axes["hidden"] = [hidden_key(h) for h in space.hidden]
+    return axes
+
+
+def trial_seed(study_seed: int, trial_number: int) -> int:
+    return int(np.random.SeedSequence([study_seed, trial_number]).generate_state(1)[0])
+
+
+def compact(values: Sequence[float]) -> list[float]:
+    """Curves rounded to a few significant digits: small in storage, exact enough to plot."""
+    return [float(f"{v:.{SIGNIFICANT_DIGITS}g}") for v in values]
+
+
+def result_attrs(result: CVResult, config: TrialConfig) -> dict[str, Any]:
+    """Everything a trial records next to its value, as Optuna user attributes."""
+    folds = result.folds
+    return {
+        "metric": result.metric,
+        "fold_scores": result.scores,
+        "cv_mean": result.mean,
+        "cv_std": result.std,
+        "best_epochs": [f.best_epoch for f in folds],
+        "epochs": [f.epochs for f in folds],
+        "train_loss": [compact(f.train_loss) for f in folds],
+        "val_loss": [compact(f.val_loss) for f in folds],
+        "l1_sparsity": float(np.mean([f.sparsity for f in folds])),
+        "n_params": result.n_params,
+        "wall_time_s": result.wall_time_s,
+        "diagnosis": result.diagnosis,
+        "fold_diagnoses": [f.diagnosis for f in folds],
+        "config": config.hyperparameters(),
+    }
+
+
+class Objective:
+    """``objective(trial) -> CV mean`` for ``study.optimize`` or ask-and-tell.
+
+    Lockstep folds report the fold-mean metric per epoch (for median/hyperband pruning and the
+    dashboard's curves); with the Wilcoxon pruner folds run one after another and each fold's
+    score is reported at step k, the paired instance that pruner compares against the best trial.
+    """
+
+    def __init__(
+        self,
+        spec: StudySpec,
+        dataset: Dataset,
+        splits: Sequence[Split],
+        *,
+        metric: Metric,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        self.spec, self.dataset, self.splits = spec, dataset, splits
+        self.metric, self.device = metric, device
+        self.schedule: Schedule = "sequential" if spec.pruner.kind == "wilcoxon" else "lockstep"
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        config = TrialConfig.from_values(self.spec, suggest(trial, self.spec.search_space))
+        trial.set_user_attr("config", config.hyperparameters())
+
+        def report(step: int, value: float) -> None:
+            trial.report(value, step)
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"pruned at step {step} with value {value:.5g}")
+
+        lockstep = self.schedule == "lockstep"
+        try:
+            result = cross_validate(
+                self.dataset,
+                config,
+                self.splits,
+                metric=self.metric,
+                device=self.device,
+                seed=trial_seed(self.spec.seed, trial.number),
+                schedule=self.schedule,
+                on_epoch=report if lockstep else None,
+                on_fold=None if lockstep else report,
+            )
+        except DivergedError as exc:
+            trial.set_user_attr("fail_reason", str(exc))
+            raise
+        for key, value in result_attrs(result, config).items():
+            trial.set_user_attr(key, value)
+        return result.mean

@@ -1,0 +1,338 @@
+"""Study specifications: the typed, validated description of one tuning study.
+
+The same pydantic models validate a spec file for ``regtune tune`` and a request body at
+the service's HTTP boundary, so an error names the offending field the same way in both.
+Size limits (trials, folds, epochs, widths) are not hard-coded: pass a :class:`Limits`
+as validation context, ``StudySpec.model_validate(data, context={"limits": limits})``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+Task = Literal["classification", "regression"]
+Metric = Literal["accuracy", "mse", "loss"]
+Scalar = float | int | str
+
+
+class Limits(BaseModel):
+    """Upper bounds on what one study may ask for; the service sets them from its settings."""
+
+    max_trials: int = 10_000
+    max_folds: int = 20
+    max_epochs: int = 2_000
+    max_layers: int = 8
+    max_width: int = 4_096
+    max_batch_size: int = 65_536
+    max_timeout_s: float = 30 * 86_400.0
+
+
+def _limits(info: ValidationInfo) -> Limits:
+    context = info.context or {}
+    limits = context.get("limits")
+    return limits if isinstance(limits, Limits) else Limits()
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Range(_Strict):
+    """A continuous or integer interval ``[low, high]``, sampled log-uniformly if ``log``."""
+
+    low: float
+    high: float
+    log: bool = False
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Range:
+        if not math.isfinite(self.low) or not math.isfinite(self.high):
+            raise ValueError("low and high must be finite numbers")
+        if not self.low < self.high:
+            raise ValueError(f"low ({self.low:g}) must be < high ({self.high:g})")
+        if self.log and self.low <= 0:
+            raise ValueError(f"a log range needs low > 0, got low={self.low:g}")
+        return self
+
+
+# A search-space entry: a range, a list of choices, or one fixed value.
+Param = Range | list[Scalar] | Scalar
+
+
+@dataclass(frozen=True)
+class Domain:
+    """Where a hyperparameter's values may lie; ``integer`` params need whole numbers."""
+
+    low: float
+    high: float = math.inf
+    low_open: bool = False
+    high_open: bool = False
+    integer: bool = False
+
+    def contains(self, value: float) -> bool:
+        above = value > self.low if self.low_open else value >= self.low
+        below = value < self.high if self.high_open else value <= self.high
+        return above and below
+
+    def describe(self) -> str:
+        left = "(" if self.low_open else "["
+        right = ")" if self.high_open or math.isinf(self.high) else "]"
+        kind = "an integer" if self.integer else "a number"
+        return f"{kind} in {left}{self.low:g}, {self.high:g}{right}"
+
+
+DOMAINS: dict[str, Domain] = {
+    "weight_decay": Domain(0.0),
+    "l1": Domain(0.0),
+    "dropout": Domain(0.0, 1.0, high_open=True),
+    "bn_momentum": Domain(0.0, 1.0, low_open=True),
+    "patience": Domain(1, integer=True),
+    "lr": Domain(0.0, low_open=True),
+    "batch_size": Domain(1, integer=True),
+}
+OPTIMIZERS = ("adam", "sgd")
+
+
+class SearchSpace(_Strict):
+    """What Optuna searches. Each entry is a :class:`Range`, a list of choices or a number.
+
+    The five regularization parameters default to the ranges of the product spec; ``lr``,
+    ``batch_size``, ``optimizer`` and ``hidden`` (a list of layer-width lists) are searched
+    only when given, otherwise the ``training``/``model`` values hold.
+    """
+
+    weight_decay: Param = Range(low=1e-6, high=1e-1, log=True)
+    l1: Param = Range(low=1e-7, high=1e-3, log=True)
+    dropout: Param = Range(low=0.0, high=0.7)
+    bn_momentum: Param = Range(low=0.01, high=0.99)
+    patience: Param = Range(low=2, high=20)
+    lr: Param | None = None
+    batch_size: Param | None = None
+    optimizer: Param | None = None
+    hidden: list[list[Annotated[int, Field(ge=1)]]] | None = None
+
+    @field_validator("weight_decay", "l1", "dropout", "bn_momentum", "patience", "lr", "batch_size")
+    @classmethod
+    def _in_domain(cls, value: Param | None, info: ValidationInfo) -> Param | None:
+        if value is None:
+            return None
+        domain = DOMAINS[info.field_name or ""]
+        if isinstance(value, Range):
+            points = [value.low, value.high]
+        elif isinstance(value, list):
+            if not value:
+                raise ValueError("a list of choices must not be empty")
+            points = value
+        else:
+            points = [value]
+        for point in points:
+            if isinstance(point, str | bool):
+                raise ValueError(f"must be {domain.describe()}, got {point!r}")
+            if not domain.contains(point):
+                raise ValueError(f"must be {domain.describe()}, got {point:g}")
+            if domain.integer and float(point) != int(point):
+                raise ValueError(f"must be {domain.describe()}, got {point:g}")
+        return value
+
+    @field_validator("optimizer")
+    @classmethod
+    def _known_optimizer(cls, value: Param | None) -> Param | None:
+        choices = value if isinstance(value, list) else [value]
+        if value is not None and (
+            isinstance(value, Range) or any(c not in OPTIMIZERS for c in choices)
+        ):
+            raise ValueError(f"optimizer must be one of {list(OPTIMIZERS)} or a list of them")
+        return value
+
+    @field_validator("batch_size")
+    @classmethod
+    def _batch_limit(cls, value: Param | None, info: ValidationInfo) -> Param | None:
+        limit = _limits(info).max_batch_size
+        points = _points(value)
+        if points and max(points) > limit:
+            raise ValueError(f"batch_size must be ≤ {limit}")
+        return value
+
+    @field_validator("hidden")
+    @classmethod
+    def _hidden_limits(cls, value: list[list[int]] | None, info: ValidationInfo) -> Any:
+        if value is not None:
+            if not value:
+                raise ValueError("a list of choices must not be empty")
+            for choice in value:
+                _check_widths(choice, _limits(info))
+        return value
+
+
+def _points(value: Param | None) -> list[float]:
+    if isinstance(value, Range):
+        return [value.low, value.high]
+    if isinstance(value, list):
+        return [v for v in value if isinstance(v, int | float)]
+    if isinstance(value, int | float):
+        return [value]
+    return []
+
+
+def _check_widths(widths: list[int], limits: Limits) -> None:
+    if len(widths) > limits.max_layers:
+        raise ValueError(f"at most {limits.max_layers} layers, got {len(widths)}")
+    if any(w > limits.max_width for w in widths):
+        raise ValueError(f"layer widths must be ≤ {limits.max_width}")
+
+
+class ModelSpec(_Strict):
+    """An MLP, or a small CNN for inputs with a spatial shape (``builtin:digits``, ``mnist1d``).
+
+    MLP: per hidden layer Linear → BatchNorm1d → ReLU → Dropout, then a Linear head;
+    ``hidden: []`` is a linear model. CNN: per entry of ``channels`` Conv (``kernel_size``,
+    ``stride``, same padding) → BatchNorm → ReLU → Dropout, flatten, then the MLP head.
+    """
+
+    kind: Literal["mlp", "cnn"] = "mlp"
+    hidden: list[Annotated[int, Field(ge=1)]] = [256, 256]
+    batch_norm: bool = True
+    channels: list[Annotated[int, Field(ge=1)]] = [32, 64]
+    kernel_size: int = Field(3, ge=1, le=15)
+    stride: int = Field(2, ge=1, le=4)
+
+    @field_validator("hidden", "channels")
+    @classmethod
+    def _widths(cls, value: list[int], info: ValidationInfo) -> list[int]:
+        _check_widths(value, _limits(info))
+        return value
+
+
+class TrainingSpec(_Strict):
+    """Fixed training settings (any of ``lr``, ``batch_size``, ``optimizer`` may be searched)."""
+
+    optimizer: Literal["adam", "sgd"] = "adam"
+    lr: float = Field(1e-3, gt=0, le=10)
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum")
+    batch_size: int = Field(64, ge=1)
+    max_epochs: int = Field(100, ge=1)
+    l2_mode: Literal["coupled", "decoupled"] = "coupled"
+    min_delta: float = Field(0.0, ge=0)
+    grad_clip: float | None = Field(None, gt=0, description="max global gradient L2 norm")
+    regularize_bias_and_bn: bool = Field(
+        False, description="apply L2/L1 to biases and BatchNorm affine parameters as well"
+    )
+
+    @field_validator("max_epochs")
+    @classmethod
+    def _epochs_limit(cls, value: int, info: ValidationInfo) -> int:
+        limit = _limits(info).max_epochs
+        if value > limit:
+            raise ValueError(f"max_epochs must be ≤ {limit}")
+        return value
+
+    @field_validator("batch_size")
+    @classmethod
+    def _batch_limit(cls, value: int, info: ValidationInfo) -> int:
+        limit = _limits(info).max_batch_size
+        if value > limit:
+            raise ValueError(f"batch_size must be ≤ {limit}")
+        return value
+
+
+class CVSpec(_Strict):
+    """k-fold CV; ``test_fraction`` > 0 holds out a test split that the search never sees."""
+
+    folds: int = Field(5, ge=2)
+    shuffle: bool = True
+    inner_validation: float = Field(0.1, gt=0, le=0.5)
+    test_fraction: float = Field(0.0, ge=0, le=0.5)
+
+    @field_validator("folds")
+    @classmethod
+    def _folds_limit(cls, value: int, info: ValidationInfo) -> int:
+        limit = _limits(info).max_folds
+        if value > limit:
+            raise ValueError(f"folds must be ≤ {limit}")
+        return value
+
+
+class ObjectiveSpec(_Strict):
+    """``accuracy`` (classification, maximized), ``mse`` (regression), ``loss`` (minimized)."""
+
+    metric: Metric | None = None
+
+
+class SamplerSpec(_Strict):
+    kind: Literal["tpe", "random", "gp", "cmaes", "grid"] = "tpe"
+    n_startup_trials: int = Field(10, ge=0, description="random trials before TPE/GP model")
+    grid_points: int = Field(5, ge=2, le=100, description="grid values per range (grid only)")
+
+
+class PrunerSpec(_Strict):
+    kind: Literal["median", "hyperband", "wilcoxon", "none"] = "median"
+    n_startup_trials: int = Field(5, ge=0, description="median: trials before pruning starts")
+    n_warmup_steps: int = Field(5, ge=0, description="median: epochs before pruning a trial")
+    reduction_factor: int = Field(3, ge=2, description="hyperband")
+    p_threshold: float = Field(0.1, gt=0, lt=1, description="wilcoxon")
+
+
+class StudySpec(_Strict):
+    """A whole study: data, model, training, search space, CV, objective, sampler, pruner."""
+
+    name: str | None = Field(None, min_length=1, max_length=200)
+    dataset: str = Field(
+        min_length=1,
+        max_length=200,
+        description="'builtin:NAME' (mnist1d also 'builtin:mnist1d:SIZE') or an uploaded id",
+    )
+    task: Task | None = None
+    n_trials: int = Field(50, ge=1)
+    timeout_s: float | None = Field(None, gt=0)
+    seed: int = Field(0, ge=0, lt=2**32)
+    model: ModelSpec = ModelSpec()
+    training: TrainingSpec = TrainingSpec()
+    search_space: SearchSpace = SearchSpace()
+    cv: CVSpec = CVSpec()
+    objective: ObjectiveSpec = ObjectiveSpec()
+    sampler: SamplerSpec = SamplerSpec()
+    pruner: PrunerSpec = PrunerSpec()
+
+    @field_validator("n_trials")
+    @classmethod
+    def _trials_limit(cls, value: int, info: ValidationInfo) -> int:
+        limit = _limits(info).max_trials
+        if value > limit:
+            raise ValueError(f"n_trials must be ≤ {limit}")
+        return value
+
+    @field_validator("timeout_s")
+    @classmethod
+    def _timeout_limit(cls, value: float | None, info: ValidationInfo) -> float | None:
+        limit = _limits(info).max_timeout_s
+        if value is not None and value > limit:
+            raise ValueError(f"timeout_s must be ≤ {limit:g}")
+        return value
+
+    @model_validator(mode="after")
+    def _metric_fits_task(self) -> StudySpec:
+        metric = self.objective.metric
+        if self.task == "regression" and metric == "accuracy":
+            raise ValueError("objective.metric 'accuracy' needs task 'classification'")
+        if self.task == "classification" and metric == "mse":
+            raise ValueError("objective.metric 'mse' needs task 'regression'")
+        return self
+
+
+def default_metric(task: Task) -> Metric:
+    return "accuracy" if task == "classification" else "mse"
+
+
+def metric_direction(metric: Metric) -> Literal["maximize", "minimize"]:
+    return "maximize" if metric == "accuracy" else "minimize"

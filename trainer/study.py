@@ -1,0 +1,198 @@
+"""Running a study: sampler and pruner from the spec, the search, then the honest test score.
+
+After the search the best configuration is retrained on every non-test row and scored once
+on the held-out test split that no trial has seen; the CV mean ± std and the test score
+are reported side by side.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import optuna
+import torch
+
+from trainer.config import TrialConfig
+from trainer.datasets import Dataset, check_for_cv
+from trainer.engine import DivergedError, FittedModel, refit
+from trainer.objective import Objective, grid, trial_seed
+from trainer.spec import Metric, StudySpec, default_metric, metric_direction
+from trainer.splits import Split, cv_splits, holdout
+
+FINISHED = (
+    optuna.trial.TrialState.COMPLETE,
+    optuna.trial.TrialState.PRUNED,
+    optuna.trial.TrialState.FAIL,
+)
+
+
+class SpecError(ValueError):
+    """The spec does not fit the dataset (e.g. accuracy asked of a regression target)."""
+
+
+def resolve_metric(spec: StudySpec, dataset: Dataset) -> Metric:
+    """The objective metric, checked against the dataset's task."""
+    if spec.task is not None and spec.task != dataset.task:
+        raise SpecError(f"task is {spec.task!r} but dataset {dataset.name!r} is {dataset.task}")
+    metric = spec.objective.metric or default_metric(dataset.task)
+    if metric == "accuracy" and dataset.task == "regression":
+        raise SpecError("objective.metric 'accuracy' needs a classification dataset")
+    if metric == "mse" and dataset.task == "classification":
+        raise SpecError("objective.metric 'mse' needs a regression dataset")
+    if spec.model.kind == "cnn" and len(dataset.input_shape) not in (2, 3):
+        raise SpecError(
+            f"model.kind 'cnn' needs inputs with a spatial shape; {dataset.name!r} is a table "
+            f"of {dataset.n_features} features (use 'mlp')"
+        )
+    return metric
+
+
+def make_sampler(spec: StudySpec) -> optuna.samplers.BaseSampler:
+    s = spec.sampler
+    if s.kind == "tpe":
+        # constant_liar keeps concurrent workers from proposing the same point.
+        return optuna.samplers.TPESampler(
+            seed=spec.seed,
+            n_startup_trials=s.n_startup_trials,
+            multivariate=True,
+            constant_liar=True,
+        )
+    if s.kind == "random":
+        return optuna.samplers.RandomSampler(seed=spec.seed)
+    if s.kind == "gp":
+        return optuna.samplers.GPSampler(seed=spec.seed, n_startup_trials=s.n_startup_trials)
+    if s.kind == "cmaes":
+        return optuna.samplers.CmaEsSampler(seed=spec.seed, n_startup_trials=s.n_startup_trials)
+    return optuna.samplers.GridSampler(grid(spec.search_space, s.grid_points), seed=spec.seed)
+
+
+def make_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
+    p = spec.pruner
+    if p.kind == "median":
+        return optuna.pruners.MedianPruner(
+            n_startup_trials=p.n_startup_trials, n_warmup_steps=p.n_warmup_steps
+        )
+    if p.kind == "hyperband":
+        return optuna.pruners.HyperbandPruner(
+            min_resource=1,
+            max_resource=spec.training.max_epochs,
+            reduction_factor=p.reduction_factor,
+        )
+    if p.kind == "wilcoxon":
+        return optuna.pruners.WilcoxonPruner(p_threshold=p.p_threshold)
+    return optuna.pruners.NopPruner()
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """The fixed data protocol of a study: metric, held-out test rows and CV folds."""
+
+    metric: Metric
+    pool: np.ndarray
+    test: np.ndarray
+    splits: list[Split]
+
+    @classmethod
+    def of(cls, spec: StudySpec, dataset: Dataset) -> Protocol:
+        metric = resolve_metric(spec, dataset)
+        cv = spec.cv
+        check_for_cv(dataset, cv.folds, cv.test_fraction)
+        pool, test = holdout(dataset.y, dataset.task, cv.test_fraction, spec.seed)
+        splits = cv_splits(
+            dataset.y,
+            dataset.task,
+            pool,
+            folds=cv.folds,
+            shuffle=cv.shuffle,
+            inner_validation=cv.inner_validation,
+            seed=spec.seed,
+        )
+        return cls(metric, pool, test, splits)
+
+
+def create_study(
+    spec: StudySpec, metric: Metric, *, storage: str | None = None, study_name: str | None = None
+) -> optuna.Study:
+    """A new Optuna study for ``spec``, or the existing one of that name (to resume)."""
+    return optuna.create_study(
+        storage=storage,
+        study_name=study_name or spec.name,
+        sampler=make_sampler(spec),
+        pruner=make_pruner(spec),
+        direction=metric_direction(metric),
+        load_if_exists=True,
+    )
+
+
+@dataclass
+class StudyOutcome:
+    study: optuna.Study
+    metric: Metric
+    best: optuna.trial.FrozenTrial | None
+    fitted: FittedModel | None
+
+    @property
+    def test_score(self) -> float | None:
+        return self.fitted.test_score if self.fitted else None
+
+
+def run_study(
+    spec: StudySpec,
+    dataset: Dataset,
+    *,
+    storage: str | None = None,
+    study_name: str | None = None,
+    device: torch.device | str = "cpu",
+    callbacks: Sequence[Callable[[optuna.Study, optuna.trial.FrozenTrial], None]] = (),
+    refit_best: bool = True,
+) -> StudyOutcome:
+    """Search until the study holds ``spec.n_trials`` finished trials (or ``timeout_s``).
+
+    Diverging trials fail with their reason in ``fail_reason`` and the search goes on.
+    """
+    protocol = Protocol.of(spec, dataset)
+    study = create_study(spec, protocol.metric, storage=storage, study_name=study_name)
+    done = len(study.get_trials(deepcopy=False, states=FINISHED))
+    objective = Objective(spec, dataset, protocol.splits, metric=protocol.metric, device=device)
+    if done < spec.n_trials:
+        study.optimize(
+            objective,
+            n_trials=spec.n_trials - done,
+            timeout=spec.timeout_s,
+            catch=(DivergedError,),
+            callbacks=list(callbacks),
+        )
+    completed = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    if not completed:
+        return StudyOutcome(study, protocol.metric, None, None)
+    best = study.best_trial
+    fitted = None
+    if refit_best:
+        fitted = refit_trial(spec, dataset, protocol, best, device=device)
+        if fitted.test_score is not None:
+            study.set_user_attr("test_score", fitted.test_score)
+    return StudyOutcome(study, protocol.metric, best, fitted)
+
+
+def refit_trial(
+    spec: StudySpec,
+    dataset: Dataset,
+    protocol: Protocol,
+    trial: optuna.trial.FrozenTrial,
+    *,
+    device: torch.device | str = "cpu",
+) -> FittedModel:
+    """Retrain ``trial``'s configuration on all non-test rows and score it on the test rows."""
+    config = TrialConfig.from_values(spec, trial.user_attrs["config"])
+    return refit(
+        dataset,
+        config,
+        protocol.pool,
+        protocol.test,
+        metric=protocol.metric,
+        inner_validation=spec.cv.inner_validation,
+        device=device,
+        seed=trial_seed(spec.seed, trial.number),
+    )
