@@ -296,3 +296,19 @@ def _numeric_if_possible(labels: list[str]) -> np.ndarray:
         return np.array([float(v) for v in labels])
     except ValueError:
         return np.array(labels)
+
+
+def load_dataset(ref: str, *, target: str | None = None, task: Task | None = None) -> Dataset:
+    """``builtin:NAME`` or a path to a ``.csv`` (with ``target``) or ``.npz`` file."""
+    if ref.startswith("builtin:"):
+        return load_builtin(ref)
+    path = Path(ref)
+    if not path.is_file():
+        raise DatasetError(f"dataset {ref!r} is neither 'builtin:NAME' nor a readable file")
+    if path.suffix.lower() == ".npz":
+        return load_npz(path, name=path.name, task=task)
+    if path.suffix.lower() == ".csv":
+        if target is None:
+            raise DatasetError("a CSV dataset needs the name of its target column")
+        return load_csv(path, target, name=path.name, task=task)
+    raise DatasetError(f"unsupported dataset file {path.name!r}: use .csv or .npz")

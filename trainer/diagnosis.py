@@ -3,10 +3,12 @@
 With training loss t_e and validation loss v_e over epochs e = 0…E−1, best epoch
 b = argmin v and L₀ the loss of the trivial predictor (class prior, or the target mean):
 
-* ``over-fitting``:    after b the validation loss rose by more than 10 % of v_b while the
-                       training loss kept falling (t_{E−1} < t_b): the model learns noise.
-* ``still improving``: the fold ran out of epochs with b among the last 10 % of them
-                       (at least the last two): more epochs would likely help.
+* ``over-fitting``:    after b the validation loss rose by more than 10 % of v_b (and by more
+                       than 1 % of L₀, so that noise on a near-zero loss does not count)
+                       while the training loss kept falling (t_{E−1} < t_b): it learns noise.
+* ``still improving``: the fold ran out of epochs with b among the last 10 % of them (at
+                       least the last two) and v fell by more than 1 % over those epochs:
+                       more epochs would likely help.
 * ``under-fitting``:   min t > ½·L₀: the model barely beats the trivial predictor even on
                        the data it trains on, so it is too constrained (λ, p too high).
 * ``converged``:       none of the above: validation loss flattened and stopping was timely.
@@ -25,6 +27,8 @@ DIAGNOSES: tuple[Diagnosis, ...] = ("over-fitting", "under-fitting", "still impr
 OVERFIT_RISE = 0.10
 UNDERFIT_RATIO = 0.5
 RECENT_FRACTION = 0.10
+NOISE_FLOOR = 0.01
+STILL_IMPROVING_DROP = 0.01
 
 
 def diagnose_fold(
@@ -38,11 +42,20 @@ def diagnose_fold(
     epochs = len(val_loss)
     best = min(range(epochs), key=val_loss.__getitem__)
     v_best = val_loss[best]
-    rose = val_loss[-1] - v_best > OVERFIT_RISE * abs(v_best)
-    if best < epochs - 1 and rose and train_loss[-1] < train_loss[best]:
+    rise = val_loss[-1] - v_best
+    if (
+        best < epochs - 1
+        and rise > max(OVERFIT_RISE * abs(v_best), NOISE_FLOOR * baseline_loss)
+        and train_loss[-1] < train_loss[best]
+    ):
         return "over-fitting"
     recent = max(2, math.ceil(RECENT_FRACTION * max_epochs))
-    if epochs >= max_epochs and best >= epochs - recent:
+    window_start = val_loss[max(0, epochs - 1 - recent)]
+    if (
+        epochs >= max_epochs
+        and best >= epochs - recent
+        and window_start - v_best > STILL_IMPROVING_DROP * abs(window_start)
+    ):
         return "still improving"
     if min(train_loss) > UNDERFIT_RATIO * baseline_loss:
         return "under-fitting"

@@ -16,7 +16,9 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    ValidationError,
     ValidationInfo,
+    ValidatorFunctionWrapHandler,
     field_validator,
     model_validator,
 )
@@ -64,6 +66,34 @@ class Range(_Strict):
         if self.log and self.low <= 0:
             raise ValueError(f"a log range needs low > 0, got low={self.low:g}")
         return self
+
+
+def _parse_param(value: Any) -> Range | list[Scalar] | Scalar:
+    """Dispatch on the JSON shape, so that an error speaks of the shape the user meant."""
+    if isinstance(value, Range):
+        return value
+    if isinstance(value, dict):
+        try:
+            return Range.model_validate(value)
+        except ValidationError as exc:
+            raise ValueError("; ".join(_range_problem(e) for e in exc.errors())) from None
+    if isinstance(value, list):
+        if not all(_is_scalar(v) for v in value):
+            raise ValueError("a list of choices may hold only numbers or strings")
+        return value
+    if _is_scalar(value):
+        return value
+    raise ValueError("must be a range {low, high, log}, a list of choices, or a number")
+
+
+def _is_scalar(value: Any) -> bool:
+    return isinstance(value, int | float | str) and not isinstance(value, bool)
+
+
+def _range_problem(error: Any) -> str:
+    where = ".".join(str(p) for p in error["loc"])
+    message = str(error["msg"]).removeprefix("Value error, ")
+    return f"{where}: {message}" if where else message
 
 
 # A search-space entry: a range, a list of choices, or one fixed value.
@@ -121,6 +151,22 @@ class SearchSpace(_Strict):
     batch_size: Param | None = None
     optimizer: Param | None = None
     hidden: list[list[Annotated[int, Field(ge=1)]]] | None = None
+
+    @field_validator(
+        "weight_decay",
+        "l1",
+        "dropout",
+        "bn_momentum",
+        "patience",
+        "lr",
+        "batch_size",
+        "optimizer",
+        mode="wrap",
+    )
+    @classmethod
+    def _parse(cls, value: Any, handler: ValidatorFunctionWrapHandler) -> Param | None:
+        # Our own dispatch instead of pydantic's union errors, which list every branch.
+        return None if value is None else _parse_param(value)
 
     @field_validator("weight_decay", "l1", "dropout", "bn_momentum", "patience", "lr", "batch_size")
     @classmethod

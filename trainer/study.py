@@ -7,8 +7,11 @@ are reported side by side.
 
 from __future__ import annotations
 
+import warnings
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import optuna
@@ -81,7 +84,9 @@ def make_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
             reduction_factor=p.reduction_factor,
         )
     if p.kind == "wilcoxon":
-        return optuna.pruners.WilcoxonPruner(p_threshold=p.p_threshold)
+        with warnings.catch_warnings():  # experimental in Optuna, and we mean to use it
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.pruners.WilcoxonPruner(p_threshold=p.p_threshold)
     return optuna.pruners.NopPruner()
 
 
@@ -136,6 +141,33 @@ class StudyOutcome:
     @property
     def test_score(self) -> float | None:
         return self.fitted.test_score if self.fitted else None
+
+    def summary(self) -> dict[str, Any]:
+        """The study's outcome as JSON-ready data (``regtune tune --json``)."""
+        states = Counter(t.state.name.lower() for t in self.study.get_trials(deepcopy=False))
+        best = None
+        if self.best is not None:
+            attrs = self.best.user_attrs
+            best = {
+                "number": self.best.number,
+                "value": self.best.value,
+                "params": self.best.params,
+                "config": attrs.get("config"),
+                "cv_mean": attrs.get("cv_mean"),
+                "cv_std": attrs.get("cv_std"),
+                "fold_scores": attrs.get("fold_scores"),
+                "best_epochs": attrs.get("best_epochs"),
+                "l1_sparsity": attrs.get("l1_sparsity"),
+                "diagnosis": attrs.get("diagnosis"),
+            }
+        return {
+            "study": self.study.study_name,
+            "metric": self.metric,
+            "direction": metric_direction(self.metric),
+            "trials": dict(states),
+            "best": best,
+            "test_score": self.test_score,
+        }
 
 
 def run_study(

@@ -1,0 +1,5 @@
+"""``python -m service`` is ``regtune``."""
+
+from service.cli import app
+
+app()

@@ -1,0 +1,99 @@
+"""``regtune tune`` as a user runs it: a real subprocess, a real SQLite storage."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+
+REGTUNE = [sys.executable, "-m", "service"]
+
+
+def regtune(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = os.environ | {"COLUMNS": "120"}
+    return subprocess.run(
+        [*REGTUNE, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
+    )
+
+
+def test_tune_json_and_storage(tmp_path: Path) -> None:
+    spec = {
+        "name": "wine-cli",
+        "dataset": "builtin:wine",
+        "n_trials": 5,
+        "model": {"hidden": [16]},
+        "training": {"max_epochs": 50},
+        "cv": {"folds": 4, "test_fraction": 0.2},
+    }
+    (tmp_path / "spec.json").write_text(json.dumps(spec))
+    storage = f"sqlite:///{tmp_path / 'tune.db'}"
+    # The flags override the spec file: 2 trials, 3 folds, 3 epochs.
+    done = regtune(
+        "tune",
+        "--spec",
+        "spec.json",
+        "--trials",
+        "2",
+        "--folds",
+        "3",
+        "--max-epochs",
+        "3",
+        "--storage",
+        storage,
+        "--json",
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout)
+    assert summary["study"] == "wine-cli" and summary["metric"] == "accuracy"
+    assert summary["trials"] == {"complete": 2}
+    best = summary["best"]
+    assert len(best["fold_scores"]) == 3 and all(e < 3 for e in best["best_epochs"])
+    assert 0 <= summary["test_score"] <= 1
+    study = optuna.load_study(study_name="wine-cli", storage=storage)
+    assert len(study.trials) == 2
+    assert study.best_value == best["value"]
+    assert study.user_attrs["test_score"] == summary["test_score"]
+
+
+def test_tune_prints_a_result_table(tmp_path: Path) -> None:
+    done = regtune(
+        "tune",
+        "--dataset",
+        "builtin:wine",
+        "--trials",
+        "1",
+        "--folds",
+        "2",
+        "--max-epochs",
+        "2",
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr
+    for row in (
+        "CV accuracy",
+        "per fold",
+        "weight_decay",
+        "dropout",
+        "bn_momentum",
+        "patience",
+        "diagnosis",
+    ):
+        assert row in done.stdout
+
+
+def test_tune_names_the_bad_field(tmp_path: Path) -> None:
+    done = regtune("tune", "--dataset", "builtin:wine", "--folds", "1", cwd=tmp_path)
+    assert done.returncode == 2
+    assert "cv.folds" in done.stderr and "greater than or equal to 2" in done.stderr
+
+
+def test_tune_reports_dataset_problems(tmp_path: Path) -> None:
+    (tmp_path / "tiny.csv").write_text("a,y\n1,0\n2,1\n3,0\n4,1\n")
+    done = regtune("tune", "--dataset", "tiny.csv", "--target", "y", cwd=tmp_path)
+    assert done.returncode == 2
+    assert "class '0' has 2 samples; 5-fold stratified CV needs at least 5" in done.stderr
