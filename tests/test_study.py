@@ -175,3 +175,60 @@ def test_loss_metric_is_minimized(wine) -> None:
     outcome = run_study(wine_spec(n_trials=1, objective={"metric": "loss"}), wine, refit_best=False)
     assert outcome.study.direction == optuna.study.StudyDirection.MINIMIZE
     assert math.isfinite(outcome.best.value) and outcome.best.value > 0
+
+
+def test_training_settings_and_widths_can_be_searched(wine) -> None:
+    spec = wine_spec(
+        n_trials=4,
+        training={"max_epochs": 2},
+        sampler={"kind": "random"},
+        search_space={
+            "lr": {"low": 1e-4, "high": 1e-2, "log": True},
+            "batch_size": [16, 32],
+            "optimizer": ["adam", "sgd"],
+            "hidden": [[8], [12, 6]],
+            "patience": 3,
+        },
+    )
+    outcome = run_study(spec, wine, refit_best=False)
+    for trial in outcome.study.trials:
+        config = trial.user_attrs["config"]
+        assert config["lr"] == trial.params["lr"] and 1e-4 <= config["lr"] <= 1e-2
+        assert config["batch_size"] == trial.params["batch_size"]
+        assert config["optimizer"] == trial.params["optimizer"]
+        assert "-".join(map(str, config["hidden"])) == trial.params["hidden"]
+        assert config["patience"] == 3 and "patience" not in trial.params
+        widths = config["hidden"]
+        expected = sum(a * b + b for a, b in zip([13, *widths], [*widths, 3], strict=True))
+        assert trial.user_attrs["n_params"] == expected + 2 * sum(widths)  # + BN affine
+
+
+def test_gradient_clipping_bounds_each_update(wine) -> None:
+    import torch
+
+    from trainer.engine import FoldRun
+
+    spec = StudySpec.model_validate(
+        {
+            "dataset": "builtin:wine",
+            "model": {"hidden": [16], "batch_norm": False},
+            "training": {
+                "optimizer": "sgd",
+                "momentum": 0.0,
+                "lr": 0.5,
+                "grad_clip": 0.01,
+                "batch_size": 1000,
+            },
+        }
+    )
+    config = TrialConfig.from_values(
+        spec, {"weight_decay": 0, "l1": 0, "dropout": 0, "bn_momentum": 0.1, "patience": 5}
+    )
+    split = Protocol.of(spec, wine).splits[0]
+    fold = FoldRun(0, wine, config, split, metric="accuracy", device="cpu", seed=0)
+    before = torch.cat([p.detach().flatten().clone() for p in fold.model.parameters()])
+    fold.train_epoch()  # one step: the batch holds every fit row
+    after = torch.cat([p.detach().flatten() for p in fold.model.parameters()])
+    # SGD without momentum: Δθ = −η·g with ‖g‖ ≤ clip after clipping.
+    assert torch.linalg.vector_norm(after - before) <= 0.5 * 0.01 * (1 + 1e-5)
+    assert torch.linalg.vector_norm(after - before) > 0.5 * 0.01 * 0.99  # it did clip
