@@ -1,6 +1,7 @@
 # Everything a fresh clone needs: `make test`, `make serve`, `make bench`.
 PYTHON ?= python3
 VENV ?= .venv
+LINTED := $(wildcard service trainer tests benchmarks)
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
@@ -17,12 +18,12 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 test: $(STAMP)
-	$(VENV)/bin/ruff check service trainer tests benchmarks
+	$(VENV)/bin/ruff check $(LINTED)
 	$(PY) -m pytest -q
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check service trainer tests benchmarks
-	$(VENV)/bin/ruff format --check service trainer tests benchmarks
+	$(VENV)/bin/ruff check $(LINTED)
+	$(VENV)/bin/ruff format --check $(LINTED)
 
 # Search quality on the built-in datasets (long: tens of minutes on 2 cores).
 quality: $(STAMP)
