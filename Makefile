@@ -1,4 +1,4 @@
-# Everything a fresh clone needs: `make test`, `make serve`, `make bench`.
+# Everything a fresh clone needs: `make test` (and `make quality` for the search benchmarks).
 PYTHON ?= python3
 VENV ?= .venv
 LINTED := $(wildcard service trainer tests benchmarks)

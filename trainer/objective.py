@@ -12,19 +12,9 @@ import torch
 from trainer.config import TrialConfig
 from trainer.datasets import Dataset
 from trainer.engine import CVResult, DivergedError, Schedule, cross_validate
-from trainer.spec import DOMAINS, Metric, Range, SearchSpace, StudySpec
+from trainer.spec import DOMAINS, SEARCHABLE, Metric, Range, SearchSpace, StudySpec
 from trainer.splits import Split
 
-SEARCHABLE = (
-    "weight_decay",
-    "l1",
-    "dropout",
-    "bn_momentum",
-    "patience",
-    "lr",
-    "batch_size",
-    "optimizer",
-)
 SIGNIFICANT_DIGITS = 5
 
 

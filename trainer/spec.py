@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -44,6 +45,18 @@ def _limits(info: ValidationInfo) -> Limits:
     context = info.context or {}
     limits = context.get("limits")
     return limits if isinstance(limits, Limits) else Limits()
+
+
+def at_most(limit: str) -> AfterValidator:
+    """Check a value against ``Limits.<limit>`` of the validation context."""
+
+    def check(value: Any, info: ValidationInfo) -> Any:
+        bound = getattr(_limits(info), limit)
+        if value is not None and value > bound:
+            raise ValueError(f"{info.field_name} must be ≤ {bound:g}")
+        return value
+
+    return AfterValidator(check)
 
 
 class _Strict(BaseModel):
@@ -132,6 +145,8 @@ DOMAINS: dict[str, Domain] = {
     "batch_size": Domain(1, integer=True),
 }
 OPTIMIZERS = ("adam", "sgd")
+# Search-space entries that take a range, a list of choices or a number (``hidden`` is apart).
+SEARCHABLE = (*DOMAINS, "optimizer")
 
 
 class SearchSpace(_Strict):
@@ -152,23 +167,13 @@ class SearchSpace(_Strict):
     optimizer: Param | None = None
     hidden: list[list[Annotated[int, Field(ge=1)]]] | None = None
 
-    @field_validator(
-        "weight_decay",
-        "l1",
-        "dropout",
-        "bn_momentum",
-        "patience",
-        "lr",
-        "batch_size",
-        "optimizer",
-        mode="wrap",
-    )
+    @field_validator(*SEARCHABLE, mode="wrap")
     @classmethod
     def _parse(cls, value: Any, handler: ValidatorFunctionWrapHandler) -> Param | None:
         # Our own dispatch instead of pydantic's union errors, which list every branch.
         return None if value is None else _parse_param(value)
 
-    @field_validator("weight_decay", "l1", "dropout", "bn_momentum", "patience", "lr", "batch_size")
+    @field_validator(*DOMAINS)
     @classmethod
     def _in_domain(cls, value: Param | None, info: ValidationInfo) -> Param | None:
         if value is None:
@@ -205,8 +210,7 @@ class SearchSpace(_Strict):
     @classmethod
     def _batch_limit(cls, value: Param | None, info: ValidationInfo) -> Param | None:
         limit = _limits(info).max_batch_size
-        points = _points(value)
-        if points and max(points) > limit:
+        if max(_points(value), default=0) > limit:
             raise ValueError(f"batch_size must be ≤ {limit}")
         return value
 
@@ -266,8 +270,8 @@ class TrainingSpec(_Strict):
     optimizer: Literal["adam", "sgd"] = "adam"
     lr: float = Field(1e-3, gt=0, le=10)
     momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum")
-    batch_size: int = Field(64, ge=1)
-    max_epochs: int = Field(100, ge=1)
+    batch_size: Annotated[int, Field(ge=1), at_most("max_batch_size")] = 64
+    max_epochs: Annotated[int, Field(ge=1), at_most("max_epochs")] = 100
     l2_mode: Literal["coupled", "decoupled"] = "coupled"
     min_delta: float = Field(0.0, ge=0)
     grad_clip: float | None = Field(None, gt=0, description="max global gradient L2 norm")
@@ -275,38 +279,14 @@ class TrainingSpec(_Strict):
         False, description="apply L2/L1 to biases and BatchNorm affine parameters as well"
     )
 
-    @field_validator("max_epochs")
-    @classmethod
-    def _epochs_limit(cls, value: int, info: ValidationInfo) -> int:
-        limit = _limits(info).max_epochs
-        if value > limit:
-            raise ValueError(f"max_epochs must be ≤ {limit}")
-        return value
-
-    @field_validator("batch_size")
-    @classmethod
-    def _batch_limit(cls, value: int, info: ValidationInfo) -> int:
-        limit = _limits(info).max_batch_size
-        if value > limit:
-            raise ValueError(f"batch_size must be ≤ {limit}")
-        return value
-
 
 class CVSpec(_Strict):
     """k-fold CV; ``test_fraction`` > 0 holds out a test split that the search never sees."""
 
-    folds: int = Field(5, ge=2)
+    folds: Annotated[int, Field(ge=2), at_most("max_folds")] = 5
     shuffle: bool = True
     inner_validation: float = Field(0.1, gt=0, le=0.5)
     test_fraction: float = Field(0.0, ge=0, le=0.5)
-
-    @field_validator("folds")
-    @classmethod
-    def _folds_limit(cls, value: int, info: ValidationInfo) -> int:
-        limit = _limits(info).max_folds
-        if value > limit:
-            raise ValueError(f"folds must be ≤ {limit}")
-        return value
 
 
 class ObjectiveSpec(_Strict):
@@ -339,8 +319,8 @@ class StudySpec(_Strict):
         description="'builtin:NAME' (mnist1d also 'builtin:mnist1d:SIZE') or an uploaded id",
     )
     task: Task | None = None
-    n_trials: int = Field(50, ge=1)
-    timeout_s: float | None = Field(None, gt=0)
+    n_trials: Annotated[int, Field(ge=1), at_most("max_trials")] = 50
+    timeout_s: Annotated[float | None, Field(gt=0), at_most("max_timeout_s")] = None
     seed: int = Field(0, ge=0, lt=2**32)
     model: ModelSpec = ModelSpec()
     training: TrainingSpec = TrainingSpec()
@@ -349,22 +329,6 @@ class StudySpec(_Strict):
     objective: ObjectiveSpec = ObjectiveSpec()
     sampler: SamplerSpec = SamplerSpec()
     pruner: PrunerSpec = PrunerSpec()
-
-    @field_validator("n_trials")
-    @classmethod
-    def _trials_limit(cls, value: int, info: ValidationInfo) -> int:
-        limit = _limits(info).max_trials
-        if value > limit:
-            raise ValueError(f"n_trials must be ≤ {limit}")
-        return value
-
-    @field_validator("timeout_s")
-    @classmethod
-    def _timeout_limit(cls, value: float | None, info: ValidationInfo) -> float | None:
-        limit = _limits(info).max_timeout_s
-        if value is not None and value > limit:
-            raise ValueError(f"timeout_s must be ≤ {limit:g}")
-        return value
 
     @model_validator(mode="after")
     def _metric_fits_task(self) -> StudySpec:
