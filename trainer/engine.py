@@ -280,10 +280,11 @@ def cross_validate(
 ) -> CVResult:
     """Train and score ``config`` on every split; return fold scores, curves and diagnosis.
 
-    ``lockstep`` advances all folds one epoch at a time and calls ``on_epoch(epoch, mean)``
-    with the fold mean of the best-epoch scores; ``sequential`` trains fold after fold
-    (what a per-fold pruner such as Wilcoxon needs). Both call ``on_fold(k, score)`` when
-    fold k finishes. A callback may raise (e.g. ``optuna.TrialPruned``) to stop early.
+    ``lockstep`` advances all folds one epoch at a time; ``sequential`` trains fold after fold
+    (what a per-fold pruner such as Wilcoxon needs). After every epoch ``on_epoch(epoch, mean)``
+    gets the mean best-epoch score of the folds started so far (in lockstep: all folds), and
+    ``on_fold(k, score)`` is called when fold k finishes. A callback may raise (e.g.
+    ``optuna.TrialPruned``) to stop the trial.
     """
     start = time.perf_counter()
     runs = [
@@ -297,8 +298,9 @@ def cross_validate(
                 run.train_epoch()
                 if run.done and on_fold is not None:
                     on_fold(run.index, run.best_score)
-            if on_epoch is not None and schedule == "lockstep":
-                on_epoch(active[0].epoch - 1, float(np.mean([r.best_score for r in runs])))
+            if on_epoch is not None:
+                started = [r.best_score for r in runs if r.epoch > 0]
+                on_epoch(active[0].epoch - 1, float(np.mean(started)))
     return CVResult(
         metric=metric,
         folds=[run.result() for run in runs],

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -96,12 +96,18 @@ def result_attrs(result: CVResult, config: TrialConfig) -> dict[str, Any]:
     }
 
 
+class TrialInterrupted(Exception):
+    """Raised inside a trial when its owner asked it to stop (cancel, shutdown)."""
+
+
 class Objective:
     """``objective(trial) -> CV mean`` for ``study.optimize`` or ask-and-tell.
 
     Lockstep folds report the fold-mean metric per epoch (for median/hyperband pruning and the
     dashboard's curves); with the Wilcoxon pruner folds run one after another and each fold's
     score is reported at step k, the paired instance that pruner compares against the best trial.
+    ``should_stop`` is polled after every epoch; when it answers true the trial raises
+    :class:`TrialInterrupted` (Optuna records it as failed).
     """
 
     def __init__(
@@ -112,21 +118,30 @@ class Objective:
         *,
         metric: Metric,
         device: torch.device | str = "cpu",
+        should_stop: Callable[[], bool] | None = None,
     ) -> None:
         self.spec, self.dataset, self.splits = spec, dataset, splits
         self.metric, self.device = metric, device
         self.schedule: Schedule = "sequential" if spec.pruner.kind == "wilcoxon" else "lockstep"
+        self.should_stop = should_stop
 
     def __call__(self, trial: optuna.Trial) -> float:
         config = TrialConfig.from_values(self.spec, suggest(trial, self.spec.search_space))
         trial.set_user_attr("config", config.hyperparameters())
+        lockstep = self.schedule == "lockstep"
 
         def report(step: int, value: float) -> None:
             trial.report(value, step)
             if trial.should_prune():
                 raise optuna.TrialPruned(f"pruned at step {step} with value {value:.5g}")
 
-        lockstep = self.schedule == "lockstep"
+        def on_epoch(epoch: int, value: float) -> None:
+            if self.should_stop is not None and self.should_stop():
+                trial.set_user_attr("fail_reason", f"interrupted at epoch {epoch}")
+                raise TrialInterrupted(f"trial {trial.number} interrupted at epoch {epoch}")
+            if lockstep:
+                report(epoch, value)
+
         try:
             result = cross_validate(
                 self.dataset,
@@ -136,7 +151,7 @@ class Objective:
                 device=self.device,
                 seed=trial_seed(self.spec.seed, trial.number),
                 schedule=self.schedule,
-                on_epoch=report if lockstep else None,
+                on_epoch=on_epoch,
                 on_fold=None if lockstep else report,
             )
         except DivergedError as exc:
