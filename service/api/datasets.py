@@ -1,0 +1,69 @@
+"""``/v1/datasets``: upload (validated completely before it is stored), list, read."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, File, Form, UploadFile, status
+from sqlalchemy import select
+
+from service import datasets
+from service.api.deps import DB, AppSettings, Tenant
+from service.api.errors import not_found, too_large, unprocessable
+from service.models import DatasetRecord
+from service.schemas import DatasetOut
+from trainer.datasets import DatasetError
+
+router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
+
+
+@router.post("", status_code=status.HTTP_201_CREATED, response_model=DatasetOut)
+async def upload_dataset(
+    db: DB,
+    settings: AppSettings,
+    tenant: Tenant,
+    file: Annotated[UploadFile, File(description="a .csv (with a header row) or an .npz (X, y)")],
+    target: Annotated[str | None, Form(description="the CSV's label column")] = None,
+    task: Annotated[Literal["classification", "regression"] | None, Form()] = None,
+    name: Annotated[str | None, Form(max_length=200)] = None,
+) -> DatasetRecord:
+    content = await file.read(settings.max_upload_bytes + 1)
+    filename = file.filename or "upload"
+    try:
+        dataset = datasets.parse_upload(
+            content, filename, target=target, task=task, settings=settings
+        )
+    except datasets.UploadTooLarge as exc:
+        raise too_large(str(exc)) from None
+    except DatasetError as exc:
+        raise unprocessable("file", str(exc)) from None
+    with db.write() as session:
+        return datasets.store(
+            session,
+            tenant,
+            dataset,
+            name=name or filename,
+            format=filename.rsplit(".", 1)[-1].lower(),
+            target=target,
+        )
+
+
+@router.get("", response_model=list[DatasetOut])
+def list_datasets(db: DB, tenant: Tenant) -> list[DatasetRecord]:
+    with db.read() as session:
+        return list(
+            session.scalars(
+                select(DatasetRecord)
+                .where(DatasetRecord.tenant == tenant)
+                .order_by(DatasetRecord.created_at.desc())
+            )
+        )
+
+
+@router.get("/{dataset_id}", response_model=DatasetOut)
+def get_dataset(dataset_id: str, db: DB, tenant: Tenant) -> DatasetRecord:
+    with db.read() as session:
+        record = datasets.get_record(session, tenant, dataset_id)
+    if record is None:
+        raise not_found(f"dataset {dataset_id!r} not found")
+    return record

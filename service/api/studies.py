@@ -1,0 +1,138 @@
+"""``/v1/studies``: submit, status, trials, cancel, delete. Logic lives in ``service.studies``."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Response, status
+from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
+
+from service import studies
+from service.api.deps import DB, AppSettings, Storage, Tenant
+from service.api.errors import unprocessable
+from service.models import StudyRecord
+from service.schemas import (
+    BestTrial,
+    Page,
+    StudyCreated,
+    StudyItem,
+    StudyOut,
+    TrialDetail,
+    TrialOut,
+)
+from trainer.datasets import DatasetError
+from trainer.spec import StudySpec
+from trainer.study import SpecError
+
+router = APIRouter(prefix="/v1/studies", tags=["studies"])
+Offset = Annotated[int, Query(ge=0)]
+Limit = Annotated[int, Query(ge=1, le=100)]
+
+
+@router.post("", status_code=status.HTTP_201_CREATED, response_model=StudyCreated)
+def submit_study(
+    spec: StudySpec, db: DB, storage: Storage, settings: AppSettings, tenant: Tenant
+) -> StudyRecord:
+    try:  # again, now under the operator's limits
+        spec = StudySpec.model_validate(spec.model_dump(), context={"limits": settings.limits()})
+    except ValidationError as exc:
+        raise RequestValidationError(
+            [{**e, "loc": ("body", *e["loc"])} for e in exc.errors()]
+        ) from None
+    try:
+        return studies.submit(db, storage, tenant, spec)
+    except DatasetError as exc:
+        raise unprocessable("dataset", str(exc)) from None
+    except SpecError as exc:
+        raise unprocessable("spec", str(exc)) from None
+
+
+@router.get("", response_model=list[StudyItem])
+def list_studies(db: DB, tenant: Tenant, offset: Offset = 0, limit: Limit = 50) -> list[StudyItem]:
+    with db.read() as session:
+        return [
+            StudyItem(
+                id=r.id,
+                name=r.name,
+                status=r.status,
+                created_at=r.created_at,
+                dataset=r.spec["dataset"],
+                n_trials=r.n_trials,
+                finished_at=r.finished_at,
+            )
+            for r in studies.list_for(session, tenant, offset, limit)
+        ]
+
+
+def lookup(db: DB, tenant: str, study_id: str) -> StudyRecord:
+    with db.read() as session:
+        return studies.get(session, tenant, study_id)
+
+
+@router.get("/{study_id}", response_model=StudyOut)
+def get_study(study_id: str, db: DB, storage: Storage, tenant: Tenant) -> StudyOut:
+    record = lookup(db, tenant, study_id)
+    with db.read() as session:
+        state = studies.status(session, storage, record)
+    best = None
+    if state.best is not None and state.best.value is not None:
+        attrs = state.best.user_attrs
+        best = BestTrial(
+            number=state.best.number,
+            value=state.best.value,
+            params=state.best.params,
+            config=attrs.get("config"),
+            fold_scores=attrs.get("fold_scores"),
+            cv_mean=attrs.get("cv_mean"),
+            cv_std=attrs.get("cv_std"),
+            diagnosis=attrs.get("diagnosis"),
+        )
+    return StudyOut(
+        id=record.id,
+        name=record.name,
+        dataset=record.spec["dataset"],
+        status=record.status,
+        metric=record.metric,
+        direction=record.direction,
+        n_trials=record.n_trials,
+        trials=state.counts.as_dict(),
+        progress=state.progress,
+        eta_s=state.eta_s,
+        best=best,
+        test_score=record.test_score,
+        error=record.error,
+        created_at=record.created_at,
+        started_at=record.started_at,
+        finished_at=record.finished_at,
+    )
+
+
+@router.get("/{study_id}/trials", response_model=Page[TrialOut])
+def list_trials(
+    study_id: str, db: DB, storage: Storage, tenant: Tenant, offset: Offset = 0, limit: Limit = 50
+) -> Page[TrialOut]:
+    record = lookup(db, tenant, study_id)
+    with db.read() as session:
+        total, page = studies.trial_page(session, storage, record, offset, limit)
+    return Page[TrialOut](
+        items=[TrialOut.of(t) for t in page], total=total, offset=offset, limit=limit
+    )
+
+
+@router.get("/{study_id}/trials/{number}", response_model=TrialDetail)
+def get_trial(study_id: str, number: int, db: DB, storage: Storage, tenant: Tenant) -> TrialDetail:
+    record = lookup(db, tenant, study_id)
+    with db.read() as session:
+        return TrialDetail.of(studies.trial(session, storage, record, number))
+
+
+@router.post("/{study_id}/cancel", response_model=StudyCreated)
+def cancel_study(study_id: str, db: DB, tenant: Tenant) -> StudyRecord:
+    return studies.cancel(db, tenant, study_id)
+
+
+@router.delete("/{study_id}", status_code=status.HTTP_204_NO_CONTENT)
+def delete_study(study_id: str, db: DB, storage: Storage, tenant: Tenant) -> Response:
+    studies.delete(db, storage, tenant, study_id)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)

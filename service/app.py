@@ -1,0 +1,107 @@
+"""The FastAPI application: ``/v1`` API, ``/healthz``, docs, and the dashboard at the root."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service.api import datasets, studies
+from service.auth import any_tokens
+from service.dashboard import dashboard_app
+from service.db import Database
+from service.settings import Settings
+from service.studies import Conflict, NotFound
+from service.trials import make_storage
+
+log = logging.getLogger("regtune")
+UPLOAD_OVERHEAD = 64 * 1024  # multipart framing and form fields around the file
+
+
+class BodyLimit:
+    """Refuse request bodies over ``limit`` bytes with 413 before they are parsed or spooled."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None and int(length) > self.limit:
+            await self.refuse(scope, receive, send)
+            return
+        seen = 0
+
+        async def counted() -> Message:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.limit:
+                raise BodyTooLarge
+            return message
+
+        try:
+            await self.app(scope, counted, send)
+        except BodyTooLarge:
+            await self.refuse(scope, receive, send)
+
+    async def refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+        response = JSONResponse(
+            {"detail": f"request body over the limit of {self.limit} bytes"}, status_code=413
+        )
+        await response(scope, receive, send)
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+def create_app(settings: Settings) -> FastAPI:
+    db = Database(settings)
+    db.migrate()
+    storage = make_storage(settings)  # creates or migrates Optuna's tables
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        with db.read() as session:
+            if not any_tokens(session):
+                log.warning(
+                    "no API token exists: the API and dashboard are open to anyone who "
+                    "can reach %s (create one with 'regtune token create NAME')",
+                    settings.host,
+                )
+        yield
+        db.dispose()
+
+    app = FastAPI(
+        title="regtune",
+        version="1",
+        lifespan=lifespan,
+        description="Regularization tuning of PyTorch networks with k-fold CV.",
+    )
+    app.state.settings, app.state.db, app.state.storage = settings, db, storage
+
+    @app.get("/healthz", tags=["health"])
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.exception_handler(NotFound)
+    def _not_found(request: Request, exc: NotFound) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=404)
+
+    @app.exception_handler(Conflict)
+    def _conflict(request: Request, exc: Conflict) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=409)
+
+    app.include_router(datasets.router)
+    app.include_router(studies.router)
+    # optuna-dashboard requests /api/* and /static/* from the root, so it takes the rest.
+    app.mount("/", dashboard_app(db, storage))
+    app.add_middleware(BodyLimit, limit=settings.max_upload_bytes + UPLOAD_OVERHEAD)
+    return app

@@ -1,0 +1,140 @@
+"""Response bodies of the HTTP API (request bodies are the trainer's ``StudySpec``)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Generic, TypeVar
+
+from optuna.trial import FrozenTrial
+from pydantic import BaseModel, ConfigDict
+
+T = TypeVar("T")
+
+
+class DatasetOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: str
+    name: str
+    format: str
+    target: str | None
+    task: str
+    n_samples: int
+    n_features: int
+    classes: list[str]
+    input_shape: list[int]
+    sha256: str
+    size_bytes: int
+    created_at: datetime
+
+
+class StudyCreated(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: str
+    name: str
+    status: str
+    created_at: datetime
+
+
+class StudyItem(StudyCreated):
+    dataset: str
+    n_trials: int
+    finished_at: datetime | None
+
+
+class TrialOut(BaseModel):
+    number: int
+    state: str
+    value: float | None
+    params: dict[str, Any]
+    cv_std: float | None
+    diagnosis: str | None
+    fail_reason: str | None
+    datetime_start: datetime | None
+    datetime_complete: datetime | None
+    duration_s: float | None
+
+    @classmethod
+    def of(cls, trial: FrozenTrial) -> TrialOut:
+        attrs = trial.user_attrs
+        return cls(
+            number=trial.number,
+            state=trial.state.name.lower(),
+            value=trial.value,
+            params=trial.params,
+            cv_std=attrs.get("cv_std"),
+            diagnosis=attrs.get("diagnosis"),
+            fail_reason=attrs.get("fail_reason"),
+            datetime_start=trial.datetime_start,
+            datetime_complete=trial.datetime_complete,
+            duration_s=trial.duration.total_seconds() if trial.duration else None,
+        )
+
+
+class TrialDetail(TrialOut):
+    """One trial with its per-fold results, learning curves and diagnosis."""
+
+    config: dict[str, Any] | None
+    fold_scores: list[float] | None
+    best_epochs: list[int] | None
+    train_loss: list[list[float]] | None
+    val_loss: list[list[float]] | None
+    fold_diagnoses: list[str] | None
+    l1_sparsity: float | None
+    n_params: int | None
+    intermediate_values: dict[int, float]
+
+    @classmethod
+    def of(cls, trial: FrozenTrial) -> TrialDetail:
+        attrs = trial.user_attrs
+        base = TrialOut.of(trial).model_dump()
+        return cls(
+            **base,
+            config=attrs.get("config"),
+            fold_scores=attrs.get("fold_scores"),
+            best_epochs=attrs.get("best_epochs"),
+            train_loss=attrs.get("train_loss"),
+            val_loss=attrs.get("val_loss"),
+            fold_diagnoses=attrs.get("fold_diagnoses"),
+            l1_sparsity=attrs.get("l1_sparsity"),
+            n_params=attrs.get("n_params"),
+            intermediate_values=trial.intermediate_values,
+        )
+
+
+class BestTrial(BaseModel):
+    number: int
+    value: float
+    params: dict[str, Any]
+    config: dict[str, Any] | None
+    fold_scores: list[float] | None
+    cv_mean: float | None
+    cv_std: float | None
+    diagnosis: str | None
+
+
+class StudyOut(BaseModel):
+    id: str
+    name: str
+    dataset: str
+    status: str
+    metric: str
+    direction: str
+    n_trials: int
+    trials: dict[str, int]
+    progress: float
+    eta_s: float | None
+    best: BestTrial | None
+    test_score: float | None
+    error: str | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+class Page(BaseModel, Generic[T]):
+    items: list[T]
+    total: int
+    offset: int
+    limit: int

@@ -1,0 +1,89 @@
+"""``regtune serve``: the API, the dashboard and N worker subprocesses in one command."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+
+import torch
+import uvicorn
+
+from service.app import create_app
+from service.auth import any_tokens, is_loopback
+from service.db import Database
+from service.settings import Settings
+
+log = logging.getLogger("regtune")
+WORKER_STOP_TIMEOUT_S = 60
+
+
+class PublicBindRefused(RuntimeError):
+    pass
+
+
+def worker_devices(settings: Settings) -> list[str]:
+    """One worker per GPU by default, else one CPU worker; ``workers`` overrides the count."""
+    gpus = torch.cuda.device_count() if settings.device in ("auto", "cuda") else 0
+    if settings.device not in ("auto", "cuda"):
+        devices = [settings.device]
+    else:
+        devices = [f"cuda:{i}" for i in range(gpus)] or ["cpu"]
+    count = len(devices) if settings.workers is None else settings.workers
+    return [devices[i % len(devices)] for i in range(count)]
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The settings as REGTUNE_* variables, so that worker subprocesses see the same ones."""
+    env = dict(os.environ)
+    for name, value in settings.model_dump().items():
+        if value is not None:
+            env[f"REGTUNE_{name.upper()}"] = str(value)
+    return env
+
+
+def start_workers(settings: Settings) -> list[subprocess.Popen[bytes]]:
+    env = settings_env(settings)
+    return [
+        subprocess.Popen([sys.executable, "-m", "service", "worker", "--device", device], env=env)
+        for device in worker_devices(settings)
+    ]
+
+
+def stop_workers(workers: list[subprocess.Popen[bytes]]) -> None:
+    """SIGTERM lets each worker interrupt its trial at the next epoch and re-queue it."""
+    for proc in workers:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    for proc in workers:
+        try:
+            proc.wait(WORKER_STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def serve(settings: Settings) -> None:
+    db = Database(settings)
+    db.migrate()
+    with db.read() as session:
+        open_api = not any_tokens(session)
+    db.dispose()
+    if open_api and not is_loopback(settings.host):
+        raise PublicBindRefused(
+            f"refusing to serve on {settings.host} with no API token: anyone on the network could "
+            "use it. Create a token first ('regtune token create NAME') or bind to 127.0.0.1."
+        )
+    app = create_app(settings)
+    workers = start_workers(settings)
+    log.info(
+        "regtune on http://%s:%d (dashboard at /dashboard), %d worker(s)",
+        settings.host,
+        settings.port,
+        len(workers),
+    )
+    try:
+        uvicorn.run(app, host=settings.host, port=settings.port, log_level="info")
+    finally:
+        stop_workers(workers)

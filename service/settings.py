@@ -1,0 +1,62 @@
+"""Every setting of the service, from ``REGTUNE_*`` environment variables or the command line."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from trainer.spec import Limits
+
+
+class Settings(BaseSettings):
+    """``REGTUNE_DATABASE_URL`` sets ``database_url``, and so on for each field."""
+
+    model_config = SettingsConfigDict(env_prefix="REGTUNE_", extra="ignore")
+
+    database_url: str = "sqlite:///./regtune.db"
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    workers: int | None = Field(
+        None, ge=0, description="embedded workers; default one per GPU, else one"
+    )
+    device: str = "auto"
+    threads: int = Field(1, ge=1, description="torch CPU threads per worker process")
+
+    # Uploads are validated completely before anything is stored.
+    max_upload_bytes: int = 50 * 1024 * 1024
+    max_upload_rows: int = 1_000_000
+    max_upload_columns: int = 10_000
+
+    # What one study may ask for (see trainer.spec.Limits).
+    max_trials: int = 10_000
+    max_folds: int = 20
+    max_epochs: int = 2_000
+    max_layers: int = 8
+    max_width: int = 4_096
+    max_batch_size: int = 65_536
+
+    # Crash safety: a running trial beats every `heartbeat_s`; one silent for `grace_s` is failed.
+    heartbeat_s: int = Field(5, ge=1)
+    grace_s: int = Field(30, ge=2)
+    poll_s: float = Field(1.0, gt=0, description="how often an idle worker looks for work")
+
+    # PostgreSQL connections per process: many workers must not exhaust the server.
+    pool_size: int = Field(2, ge=1)
+    max_overflow: int = Field(2, ge=0)
+
+    def limits(self) -> Limits:
+        return Limits(
+            max_trials=self.max_trials,
+            max_folds=self.max_folds,
+            max_epochs=self.max_epochs,
+            max_layers=self.max_layers,
+            max_width=self.max_width,
+            max_batch_size=self.max_batch_size,
+        )
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

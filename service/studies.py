@@ -1,0 +1,183 @@
+"""Study lifecycle: submit, read status, list trials, cancel, delete.
+
+A service study is one row in ``studies`` plus one Optuna study (named ``regtune-<id>``) whose
+trials the workers write. Routers call these functions; they hold no HTTP types.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import optuna
+from optuna.storages import RDBStorage
+from optuna.trial import FrozenTrial
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from service import datasets, trials
+from service.db import Database
+from service.models import ACTIVE, StudyRecord, utcnow
+from trainer.spec import StudySpec, metric_direction
+from trainer.study import Protocol
+
+
+class NotFound(LookupError):
+    """No such study for this tenant (another tenant's study is not found either)."""
+
+
+class Conflict(RuntimeError):
+    """The study's state does not allow the request (e.g. cancelling a finished study)."""
+
+
+def optuna_name(study_id: str) -> str:
+    return f"regtune-{study_id}"
+
+
+def submit(db: Database, storage: RDBStorage, tenant: str, spec: StudySpec) -> StudyRecord:
+    """Check the spec against its dataset, then create the Optuna study and the record.
+
+    Everything that can be wrong with the request is found here (``DatasetError`` or
+    ``SpecError``), before anything is written; if writing the record fails, the Optuna study
+    is removed again so nothing is left half-written.
+    """
+    with db.read() as session:
+        dataset = datasets.resolve(session, tenant, spec.dataset)
+    protocol = Protocol.of(spec, dataset)
+    study_id = uuid.uuid4().hex
+    name = optuna_name(study_id)
+    study = optuna.create_study(
+        storage=storage, study_name=name, direction=metric_direction(protocol.metric)
+    )
+    study.set_user_attr("regtune_id", study_id)
+    try:
+        with db.write() as session:
+            record = StudyRecord(
+                id=study_id,
+                tenant=tenant,
+                name=spec.name or name,
+                spec=spec.model_dump(mode="json"),
+                status="queued",
+                optuna_name=name,
+                optuna_id=study._study_id,
+                metric=protocol.metric,
+                direction=metric_direction(protocol.metric),
+                n_trials=spec.n_trials,
+            )
+            session.add(record)
+    except Exception:
+        optuna.delete_study(study_name=name, storage=storage)
+        raise
+    return record
+
+
+def get(session: Session, tenant: str, study_id: str) -> StudyRecord:
+    record = session.scalar(
+        select(StudyRecord).where(StudyRecord.id == study_id, StudyRecord.tenant == tenant)
+    )
+    if record is None:
+        raise NotFound(f"study {study_id!r} not found")
+    return record
+
+
+def list_for(session: Session, tenant: str, offset: int, limit: int) -> list[StudyRecord]:
+    return list(
+        session.scalars(
+            select(StudyRecord)
+            .where(StudyRecord.tenant == tenant)
+            .order_by(StudyRecord.created_at.desc())
+            .offset(offset)
+            .limit(limit)
+        )
+    )
+
+
+@dataclass
+class StudyStatus:
+    record: StudyRecord
+    counts: trials.TrialCounts
+    progress: float
+    eta_s: float | None
+    best: FrozenTrial | None
+
+
+def status(session: Session, storage: RDBStorage, record: StudyRecord) -> StudyStatus:
+    """Counts, progress, ETA and the best trial from aggregate queries (fast at 10k trials)."""
+    study_id = record.optuna_id
+    assert study_id is not None
+    counts = trials.count_trials(session, study_id)
+    done, first, last = trials.throughput(session, study_id)
+    best_id = trials.best_trial_id(session, study_id, record.direction)
+    best = storage.get_trial(best_id) if best_id is not None else None
+    finished = min(counts.finished, record.n_trials)
+    return StudyStatus(
+        record=record,
+        counts=counts,
+        progress=finished / record.n_trials,
+        eta_s=None
+        if record.status not in ACTIVE
+        else trials.eta_seconds(counts, record.n_trials, done, first, last),
+        best=best,
+    )
+
+
+def trial_page(
+    session: Session, storage: RDBStorage, record: StudyRecord, offset: int, limit: int
+) -> tuple[int, list[FrozenTrial]]:
+    assert record.optuna_id is not None
+    counts = trials.count_trials(session, record.optuna_id)
+    total = counts.complete + counts.pruned + counts.fail + counts.running + counts.waiting
+    ids = trials.trial_ids_page(session, record.optuna_id, offset, limit)
+    return total, [storage.get_trial(i) for i in ids]
+
+
+def trial(session: Session, storage: RDBStorage, record: StudyRecord, number: int) -> FrozenTrial:
+    assert record.optuna_id is not None
+    trial_id = trials.trial_id_of(session, record.optuna_id, number)
+    if trial_id is None:
+        raise NotFound(f"study {record.id!r} has no trial {number}")
+    return storage.get_trial(trial_id)
+
+
+def cancel(db: Database, tenant: str, study_id: str) -> StudyRecord:
+    """Queued or running → cancelled; workers notice between epochs and stop."""
+    with db.write() as session:
+        record = get(session, tenant, study_id)
+        if record.status not in ACTIVE:
+            raise Conflict(
+                f"study {study_id!r} is already {record.status}; only queued or "
+                "running studies can be cancelled"
+            )
+        record.status = "cancelled"
+        record.finished_at = utcnow()
+    return record
+
+
+def delete(db: Database, storage: RDBStorage, tenant: str, study_id: str) -> None:
+    """Remove the record and its Optuna study (a running study is cancelled on the way)."""
+    with db.write() as session:
+        record = get(session, tenant, study_id)
+        name = record.optuna_name
+        session.delete(record)
+    with contextlib.suppress(KeyError):  # already gone
+        optuna.delete_study(study_name=name, storage=storage)
+
+
+def mark(
+    db: Database, study_id: str, status: str, *, when: tuple[str, ...] = ACTIVE, **fields: Any
+) -> bool:
+    """Move a study to ``status`` if it is still in one of ``when``; return whether it moved."""
+    values: dict[str, Any] = {"status": status, **fields}
+    if status in ("completed", "failed"):
+        values.setdefault("finished_at", utcnow())
+    if status == "running":
+        values.setdefault("started_at", utcnow())
+    with db.write() as session:
+        result = session.execute(
+            update(StudyRecord)
+            .where(StudyRecord.id == study_id, StudyRecord.status.in_(when))
+            .values(**values)
+        )
+    return bool(result.rowcount)  # type: ignore[attr-defined]

@@ -1,0 +1,190 @@
+"""Optuna's side of the database: its storage, and aggregate queries over its trial tables.
+
+The status endpoint must stay fast for studies with 10,000 trials, so it never loads every
+trial: counts, the best value and throughput come from ``GROUP BY``/``ORDER BY … LIMIT 1``
+queries on Optuna's tables, declared here with only the columns we read (they mirror
+Optuna's RDB schema, which Optuna migrates itself).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+import optuna
+from optuna.storages import RDBStorage, RetryFailedTrialCallback
+from sqlalchemy import (
+    Column,
+    DateTime,
+    Float,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    func,
+    select,
+)
+from sqlalchemy.orm import Session
+
+from service.db import engine_kwargs
+from service.settings import Settings
+
+# A trial whose worker died is re-queued with the same parameters at most this often.
+MAX_RETRIES = 3
+
+_optuna = MetaData()
+trials = Table(
+    "trials",
+    _optuna,
+    Column("trial_id", Integer, primary_key=True),
+    Column("number", Integer),
+    Column("study_id", Integer),
+    Column("state", String),
+    Column("datetime_start", DateTime),
+    Column("datetime_complete", DateTime),
+)
+trial_values = Table(
+    "trial_values",
+    _optuna,
+    Column("trial_value_id", Integer, primary_key=True),
+    Column("trial_id", Integer),
+    Column("objective", Integer),
+    Column("value", Float),
+)
+trial_system_attributes = Table(
+    "trial_system_attributes",
+    _optuna,
+    Column("trial_system_attribute_id", Integer, primary_key=True),
+    Column("trial_id", Integer),
+    Column("key", String),
+)
+
+
+def make_storage(settings: Settings) -> RDBStorage:
+    """Optuna's storage on the service's database, with heartbeats for crash safety."""
+    return RDBStorage(
+        settings.database_url,
+        engine_kwargs=engine_kwargs(settings),
+        heartbeat_interval=settings.heartbeat_s,
+        grace_period=settings.grace_s,
+        failed_trial_callback=RetryFailedTrialCallback(max_retry=MAX_RETRIES),
+    )
+
+
+@dataclass(frozen=True)
+class TrialCounts:
+    """Trials of one study by state; ``retried`` failures were re-queued and do not count."""
+
+    complete: int = 0
+    pruned: int = 0
+    fail: int = 0
+    running: int = 0
+    waiting: int = 0
+    retried: int = 0
+
+    @property
+    def finished(self) -> int:
+        """Trials that used up budget: completed, pruned, or failed for good."""
+        return self.complete + self.pruned + self.fail - self.retried
+
+    def remaining(self, n_trials: int) -> int:
+        """Trials still to start: running and queued ones are already spoken for."""
+        return n_trials - self.finished - self.running - self.waiting
+
+    def as_dict(self) -> dict[str, int]:
+        return {
+            "complete": self.complete,
+            "pruned": self.pruned,
+            "fail": self.fail,
+            "running": self.running,
+            "waiting": self.waiting,
+        }
+
+
+def count_trials(session: Session, study_id: int) -> TrialCounts:
+    rows = session.execute(
+        select(trials.c.state, func.count())
+        .where(trials.c.study_id == study_id)
+        .group_by(trials.c.state)
+    ).all()
+    counts = {str(state).lower(): n for state, n in rows}
+    retried = (
+        session.scalar(
+            select(func.count())
+            .select_from(
+                trial_system_attributes.join(
+                    trials, trials.c.trial_id == trial_system_attributes.c.trial_id
+                )
+            )
+            .where(trials.c.study_id == study_id, trial_system_attributes.c.key == "failed_trial")
+        )
+        or 0
+    )
+    return TrialCounts(
+        complete=counts.get("complete", 0),
+        pruned=counts.get("pruned", 0),
+        fail=counts.get("fail", 0),
+        running=counts.get("running", 0),
+        waiting=counts.get("waiting", 0),
+        retried=retried,
+    )
+
+
+def best_trial_id(session: Session, study_id: int, direction: str) -> int | None:
+    value = trial_values.c.value
+    return session.scalar(
+        select(trials.c.trial_id)
+        .join(trial_values, trial_values.c.trial_id == trials.c.trial_id)
+        .where(
+            trials.c.study_id == study_id,
+            trials.c.state == "COMPLETE",
+            trial_values.c.objective == 0,
+        )
+        .order_by(value.desc() if direction == "maximize" else value.asc(), trials.c.number)
+        .limit(1)
+    )
+
+
+def trial_id_of(session: Session, study_id: int, number: int) -> int | None:
+    return session.scalar(
+        select(trials.c.trial_id).where(trials.c.study_id == study_id, trials.c.number == number)
+    )
+
+
+def trial_ids_page(session: Session, study_id: int, offset: int, limit: int) -> list[int]:
+    return list(
+        session.scalars(
+            select(trials.c.trial_id)
+            .where(trials.c.study_id == study_id)
+            .order_by(trials.c.number)
+            .offset(offset)
+            .limit(limit)
+        )
+    )
+
+
+def throughput(session: Session, study_id: int) -> tuple[int, datetime | None, datetime | None]:
+    """(finished trials, first start, last completion): trials per second over the study."""
+    row = session.execute(
+        select(
+            func.count(), func.min(trials.c.datetime_start), func.max(trials.c.datetime_complete)
+        ).where(trials.c.study_id == study_id, trials.c.datetime_complete.is_not(None))
+    ).one()
+    return int(row[0]), row[1], row[2]
+
+
+def eta_seconds(
+    counts: TrialCounts, n_trials: int, done: int, first: datetime | None, last: datetime | None
+) -> float | None:
+    """Remaining trials over the observed rate (which already reflects parallel workers)."""
+    left = max(n_trials - counts.finished, 0)
+    if left == 0:
+        return 0.0
+    if done == 0 or first is None or last is None:
+        return None
+    elapsed = (last - first).total_seconds()
+    return left * elapsed / done if elapsed > 0 else None
+
+
+def load_study(storage: RDBStorage, name: str, **kwargs: object) -> optuna.Study:
+    return optuna.load_study(study_name=name, storage=storage, **kwargs)  # type: ignore[arg-type]

@@ -1,0 +1,274 @@
+"""Workers: claim runnable studies and run their trials until the budget is spent.
+
+A study is runnable while it is queued, or running with trials left to start. Several workers
+(on any number of hosts) may run one study; before each trial a worker checks the budget
+counted across all of them (finished + running + queued trials), so together they overshoot
+``n_trials`` by at most the trials already running. Trials run through ``study.optimize`` one
+at a time, so Optuna's heartbeat thread beats for each; a trial whose worker died goes stale,
+is failed by the next worker that starts a trial, and re-queued with the same parameters
+(Optuna's ``RetryFailedTrialCallback``), so the study still gets its full budget.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from types import FrameType
+
+import optuna
+import torch
+from optuna.storages import RDBStorage, RetryFailedTrialCallback, fail_stale_trials
+from pydantic import ValidationError
+from sqlalchemy import or_, select, update
+from sqlalchemy.exc import DBAPIError, OperationalError
+
+from service import datasets, studies, trials
+from service.db import Database
+from service.models import StudyRecord, WorkerRecord, utcnow
+from service.settings import Settings
+from trainer.datasets import DatasetError
+from trainer.device import resolve_device
+from trainer.engine import DivergedError
+from trainer.objective import Objective, TrialInterrupted
+from trainer.spec import StudySpec
+from trainer.study import Protocol, SpecError, make_pruner, make_sampler, refit_trial
+
+log = logging.getLogger("regtune.worker")
+MAX_BACKOFF_S = 60.0
+CANCEL_CHECK_S = 2.0  # how often a training trial asks the database whether to stop
+
+
+class Worker:
+    def __init__(self, settings: Settings, device: str = "cpu") -> None:
+        self.settings = settings
+        self.device = resolve_device(device)
+        self.db = Database(settings)
+        self.storage: RDBStorage = trials.make_storage(settings)
+        self.id = uuid.uuid4().hex
+        self.stopping = threading.Event()
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    def run(self, *, once: bool = False) -> None:
+        """Work until stopped (SIGTERM/SIGINT); with ``once``, until no study is runnable."""
+        torch.set_num_threads(self.settings.threads)
+        self.register()
+        backoff = 1.0
+        while not self.stopping.is_set():
+            try:
+                record = self.claim()
+                if record is None:
+                    if once:
+                        break
+                    self.stopping.wait(self.settings.poll_s)
+                else:
+                    self.work_on(record)
+                backoff = 1.0
+            except (OperationalError, DBAPIError) as exc:
+                # The database went away (restart, network): wait and try again, don't die.
+                log.warning(
+                    "database unavailable (%s); retrying in %.0fs", exc.__class__.__name__, backoff
+                )
+                self.stopping.wait(backoff)
+                backoff = min(backoff * 2, MAX_BACKOFF_S)
+        self.unregister()
+
+    def install_signal_handlers(self) -> None:
+        def stop(signum: int, frame: FrameType | None) -> None:
+            log.info("worker %s stopping (signal %d)", self.id[:8], signum)
+            self.stopping.set()
+
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+
+    def register(self) -> None:
+        with self.db.write() as session:
+            session.add(
+                WorkerRecord(
+                    id=self.id, host=socket.gethostname(), pid=os.getpid(), device=str(self.device)
+                )
+            )
+
+    def unregister(self) -> None:
+        try:
+            with self.db.write() as session:
+                session.execute(
+                    update(WorkerRecord)
+                    .where(WorkerRecord.id == self.id)
+                    .values(stopped=True, study_id=None, heartbeat_at=utcnow())
+                )
+        except (OperationalError, DBAPIError):
+            pass
+        self.db.dispose()
+
+    # --- claiming ---------------------------------------------------------------------------
+
+    def claim(self) -> StudyRecord | None:
+        """The oldest queued or running study with budget left, marked running."""
+        with self.db.read() as session:
+            candidates = list(
+                session.scalars(
+                    select(StudyRecord)
+                    .where(or_(StudyRecord.status == "queued", StudyRecord.status == "running"))
+                    .order_by(StudyRecord.created_at)
+                )
+            )
+        for record in candidates:
+            assert record.optuna_id is not None
+            study = optuna.load_study(study_name=record.optuna_name, storage=self.storage)
+            fail_stale_trials(study)  # a dead worker's trial goes back in the queue
+            with self.db.read() as session:
+                counts = trials.count_trials(session, record.optuna_id)
+            if counts.remaining(record.n_trials) > 0 or counts.waiting > 0:
+                if studies.mark(self.db, record.id, "running", when=("queued",)):
+                    record.status = "running"
+                return record
+            if counts.running == 0:
+                self.finish(record)
+        return None
+
+    # --- running ----------------------------------------------------------------------------
+
+    def work_on(self, record: StudyRecord) -> None:
+        log.info("worker %s runs study %s", self.id[:8], record.id)
+        self.set_current(record.id)
+        try:
+            spec = StudySpec.model_validate(record.spec, context={"limits": self.settings.limits()})
+            with self.db.read() as session:
+                dataset = datasets.resolve(session, record.tenant, spec.dataset)
+            protocol = Protocol.of(spec, dataset)
+        except (ValidationError, DatasetError, SpecError) as exc:
+            studies.mark(self.db, record.id, "failed", error=f"cannot run this study: {exc}")
+            return
+        study = optuna.load_study(
+            study_name=record.optuna_name,
+            storage=self.storage,
+            # Each worker draws its own random stream, or parallel workers would propose alike.
+            sampler=make_sampler(
+                spec.model_copy(update={"seed": _worker_seed(spec.seed, self.id)})
+            ),
+            pruner=make_pruner(spec),
+        )
+        objective = Objective(
+            spec,
+            dataset,
+            protocol.splits,
+            metric=protocol.metric,
+            device=self.device,
+            should_stop=self.stop_check(record.id),
+        )
+        deadline = None
+        if spec.timeout_s is not None and record.started_at is not None:
+            deadline = record.started_at.timestamp() + spec.timeout_s
+        try:
+            while self.runnable(record, deadline):
+                study.optimize(objective, n_trials=1, catch=(DivergedError, torch.OutOfMemoryError))
+        except TrialInterrupted:
+            self.requeue_interrupted(study)
+        except (OperationalError, DBAPIError):
+            raise
+        except Exception as exc:  # a bug or a broken dataset: fail loudly, keep the worker
+            log.exception("study %s failed", record.id)
+            studies.mark(self.db, record.id, "failed", error=f"{exc.__class__.__name__}: {exc}")
+            return
+        finally:
+            self.set_current(None)
+        self.finish(record)
+
+    def runnable(self, record: StudyRecord, deadline: float | None) -> bool:
+        if self.stopping.is_set() or (deadline is not None and time.time() > deadline):
+            return False
+        with self.db.read() as session:
+            status = session.scalar(select(StudyRecord.status).where(StudyRecord.id == record.id))
+            if status != "running":
+                return False
+            assert record.optuna_id is not None
+            counts = trials.count_trials(session, record.optuna_id)
+        return counts.remaining(record.n_trials) > 0 or counts.waiting > 0
+
+    def stop_check(self, study_id: str) -> Callable[[], bool]:
+        """A throttled 'should this trial stop?': shutdown, cancellation or deletion."""
+        last = 0.0
+
+        def should_stop() -> bool:
+            nonlocal last
+            if self.stopping.is_set():
+                return True
+            now = time.monotonic()
+            if now - last < CANCEL_CHECK_S:
+                return False
+            last = now
+            with self.db.read() as session:
+                status = session.scalar(
+                    select(StudyRecord.status).where(StudyRecord.id == study_id)
+                )
+            return status != "running"
+
+        return should_stop
+
+    def requeue_interrupted(self, study: optuna.Study) -> None:
+        """This worker's interrupted trial failed; queue its parameters again if it counts."""
+        with self.db.read() as session:
+            status = session.scalar(
+                select(StudyRecord.status).where(StudyRecord.optuna_name == study.study_name)
+            )
+        if status != "running":
+            return  # cancelled or deleted: nothing to resume
+        retry = RetryFailedTrialCallback(max_retry=trials.MAX_RETRIES)
+        failed = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.FAIL,))
+        if failed:
+            retry(study, failed[-1])
+
+    def finish(self, record: StudyRecord) -> None:
+        """Mark the study completed once its budget is spent and no trial is still running."""
+        assert record.optuna_id is not None
+        with self.db.read() as session:
+            counts = trials.count_trials(session, record.optuna_id)
+            status = session.scalar(select(StudyRecord.status).where(StudyRecord.id == record.id))
+        if status != "running" or counts.running or counts.waiting:
+            return
+        spec = StudySpec.model_validate(record.spec)
+        timed_out = (
+            spec.timeout_s is not None
+            and record.started_at is not None
+            and (time.time() > record.started_at.timestamp() + spec.timeout_s)
+        )
+        if counts.remaining(record.n_trials) > 0 and not timed_out:
+            return
+        if counts.complete == 0:
+            studies.mark(
+                self.db, record.id, "failed", error=f"no trial completed ({counts.as_dict()})"
+            )
+            return
+        test_score = self.test_score(record, spec)
+        studies.mark(self.db, record.id, "completed", test_score=test_score)
+        log.info("study %s completed", record.id)
+
+    def test_score(self, record: StudyRecord, spec: StudySpec) -> float | None:
+        """Retrain the best configuration on all non-test rows and score the test rows."""
+        if spec.cv.test_fraction == 0:
+            return None
+        with self.db.read() as session:
+            dataset = datasets.resolve(session, record.tenant, spec.dataset)
+        protocol = Protocol.of(spec, dataset)
+        study = optuna.load_study(study_name=record.optuna_name, storage=self.storage)
+        fitted = refit_trial(spec, dataset, protocol, study.best_trial, device=self.device)
+        return fitted.test_score
+
+    def set_current(self, study_id: str | None) -> None:
+        with self.db.write() as session:
+            session.execute(
+                update(WorkerRecord)
+                .where(WorkerRecord.id == self.id)
+                .values(study_id=study_id, heartbeat_at=utcnow())
+            )
+
+
+def _worker_seed(seed: int, worker_id: str) -> int:
+    return (seed * 1_000_003 + int(worker_id[:8], 16)) % 2**32
