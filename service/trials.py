@@ -13,9 +13,11 @@ from datetime import datetime
 
 import optuna
 from optuna.storages import RDBStorage, RetryFailedTrialCallback
+from optuna.trial import TrialState
 from sqlalchemy import (
     Column,
     DateTime,
+    Enum,
     Float,
     Integer,
     MetaData,
@@ -39,7 +41,8 @@ trials = Table(
     Column("trial_id", Integer, primary_key=True),
     Column("number", Integer),
     Column("study_id", Integer),
-    Column("state", String),
+    # A native enum on PostgreSQL: comparisons must be typed as the enum, not VARCHAR.
+    Column("state", Enum(*(s.name for s in TrialState), name="trialstate")),
     Column("datetime_start", DateTime),
     Column("datetime_complete", DateTime),
 )

@@ -1,0 +1,156 @@
+"""Real processes for the service tests: ``regtune serve`` / ``regtune worker`` and PostgreSQL."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+REGTUNE = [sys.executable, "-m", "service"]
+PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
+# Tight clocks so that crash recovery shows within a test's time.
+FAST = {"REGTUNE_POLL_S": "0.2", "REGTUNE_HEARTBEAT_S": "1", "REGTUNE_GRACE_S": "4",
+        "REGTUNE_THREADS": "1"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def env_for(database_url: str, **extra: str) -> dict[str, str]:
+    return os.environ | FAST | {"REGTUNE_DATABASE_URL": database_url} | extra
+
+
+def regtune(*args: str, database_url: str, cwd: Path | None = None,
+            **extra: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*REGTUNE, *args], env=env_for(database_url, **extra), cwd=cwd,
+                          capture_output=True, text=True, timeout=120)
+
+
+class Server:
+    """``regtune serve`` on a free loopback port, stopped with SIGINT like Ctrl-C."""
+
+    def __init__(self, database_url: str, log: Path, *, workers: int = 1, **extra: str) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = log
+        self.proc = subprocess.Popen(
+            [*REGTUNE, "serve", "--port", str(self.port), "--workers", str(workers)],
+            env=env_for(database_url, **extra), stdout=log.open("ab"), stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        self.wait_healthy()
+
+    def wait_healthy(self, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"regtune serve exited:\n{self.log.read_text()[-3000:]}")
+            try:
+                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise RuntimeError(f"regtune serve not healthy:\n{self.log.read_text()[-3000:]}")
+
+    def client(self, token: str | None = None) -> httpx.Client:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        return httpx.Client(base_url=self.url, headers=headers, timeout=30)
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        return self.proc.returncode
+
+
+@contextmanager
+def serving(database_url: str, log: Path, **kwargs: Any) -> Iterator[Server]:
+    server = Server(database_url, log, **kwargs)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def start_worker(database_url: str, log: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([*REGTUNE, "worker", "--device", "cpu"], env=env_for(database_url),
+                            stdout=log.open("ab"), stderr=subprocess.STDOUT)
+
+
+def wait_for(predicate: Any, timeout: float = 120.0, interval: float = 0.3,
+             what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def wait_status(client: httpx.Client, study_id: str, statuses: tuple[str, ...],
+                timeout: float = 180.0) -> dict[str, Any]:
+    def done() -> dict[str, Any] | None:
+        body = client.get(f"/v1/studies/{study_id}").json()
+        return body if body["status"] in statuses else None
+
+    return wait_for(done, timeout, what=f"study {study_id} to reach {statuses}")
+
+
+def tiny_study(**overrides: Any) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "dataset": "builtin:wine", "n_trials": 3, "model": {"hidden": [16]},
+        "training": {"max_epochs": 4}, "cv": {"folds": 3},
+    }
+    return spec | overrides
+
+
+# --- PostgreSQL ---------------------------------------------------------------------------
+
+
+def postgres_available() -> bool:
+    try:
+        import psycopg
+
+        with psycopg.connect(PG_ADMIN, connect_timeout=3):
+            return True
+    except Exception:
+        return False
+
+
+@contextmanager
+def fresh_postgres_database() -> Iterator[str]:
+    """A new empty database on the local server, dropped afterwards; skips only outside CI."""
+    if not postgres_available():
+        if os.environ.get("CI"):
+            pytest.fail("PostgreSQL on 127.0.0.1:5432 is required in CI but not reachable")
+        pytest.skip("no PostgreSQL server on 127.0.0.1:5432 (these tests run in CI)")
+    import psycopg
+
+    name = f"regtune_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+    finally:
+        with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

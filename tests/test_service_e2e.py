@@ -1,0 +1,55 @@
+"""End to end over real HTTP: ``regtune serve`` as a subprocess, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import optuna
+import pytest
+from servers import fresh_postgres_database, serving, tiny_study, wait_status
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'regtune.db'}"
+    else:
+        with fresh_postgres_database() as url:
+            yield url
+
+
+def test_submit_poll_and_read_back(database_url: str, tmp_path: Path) -> None:
+    with serving(database_url, tmp_path / "serve.log") as server, server.client() as http:
+        spec = tiny_study(name="e2e", cv={"folds": 3, "test_fraction": 0.2})
+        created = http.post("/v1/studies", json=spec)
+        assert created.status_code == 201, created.text
+        body = created.json()
+        assert body["status"] == "queued" and body["name"] == "e2e"
+        study = wait_status(http, body["id"], ("completed", "failed"))
+        assert study["status"] == "completed", study
+        assert study["trials"]["complete"] + study["trials"]["pruned"] == 3
+        assert study["progress"] == 1.0
+        best = study["best"]
+        assert 0 < best["value"] <= 1 and len(best["fold_scores"]) == 3
+        assert best["cv_mean"] == pytest.approx(best["value"])
+        assert 0 <= study["test_score"] <= 1
+
+        page = http.get(f"/v1/studies/{body['id']}/trials", params={"limit": 2}).json()
+        assert page["total"] == 3 and [t["number"] for t in page["items"]] == [0, 1]
+        detail = http.get(f"/v1/studies/{body['id']}/trials/{best['number']}").json()
+        assert len(detail["val_loss"]) == 3 and detail["diagnosis"]
+        assert sorted(int(k) for k in detail["intermediate_values"]) == list(range(4))
+
+        # The same study through Optuna itself, from the same database URL.
+        loaded = optuna.load_study(study_name=f"regtune-{body['id']}", storage=database_url)
+        assert len(loaded.trials) == 3
+        assert loaded.best_value == pytest.approx(best["value"])
+
+        page = http.get("/dashboard")
+        assert page.status_code == 200 and "<html" in page.text.lower()
+        listed = http.get("/api/studies").json()["study_summaries"]
+        assert [s["study_name"] for s in listed] == [f"regtune-{body['id']}"]
+        assert http.get("/docs").status_code == 200
+        assert "/v1/studies" in http.get("/openapi.json").json()["paths"]
+    assert "Traceback" not in (tmp_path / "serve.log").read_text()
