@@ -20,8 +20,12 @@ import pytest
 REGTUNE = [sys.executable, "-m", "service"]
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 # Tight clocks so that crash recovery shows within a test's time.
-FAST = {"REGTUNE_POLL_S": "0.2", "REGTUNE_HEARTBEAT_S": "1", "REGTUNE_GRACE_S": "4",
-        "REGTUNE_THREADS": "1"}
+FAST = {
+    "REGTUNE_POLL_S": "0.2",
+    "REGTUNE_HEARTBEAT_S": "1",
+    "REGTUNE_GRACE_S": "4",
+    "REGTUNE_THREADS": "1",
+}
 
 
 def free_port() -> int:
@@ -34,10 +38,17 @@ def env_for(database_url: str, **extra: str) -> dict[str, str]:
     return os.environ | FAST | {"REGTUNE_DATABASE_URL": database_url} | extra
 
 
-def regtune(*args: str, database_url: str, cwd: Path | None = None,
-            **extra: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*REGTUNE, *args], env=env_for(database_url, **extra), cwd=cwd,
-                          capture_output=True, text=True, timeout=120)
+def regtune(
+    *args: str, database_url: str, cwd: Path | None = None, **extra: str
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*REGTUNE, *args],
+        env=env_for(database_url, **extra),
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 class Server:
@@ -49,7 +60,9 @@ class Server:
         self.log = log
         self.proc = subprocess.Popen(
             [*REGTUNE, "serve", "--port", str(self.port), "--workers", str(workers)],
-            env=env_for(database_url, **extra), stdout=log.open("ab"), stderr=subprocess.STDOUT,
+            env=env_for(database_url, **extra),
+            stdout=log.open("ab"),
+            stderr=subprocess.STDOUT,
             start_new_session=True,
         )
         self.wait_healthy()
@@ -92,12 +105,17 @@ def serving(database_url: str, log: Path, **kwargs: Any) -> Iterator[Server]:
 
 
 def start_worker(database_url: str, log: Path) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([*REGTUNE, "worker", "--device", "cpu"], env=env_for(database_url),
-                            stdout=log.open("ab"), stderr=subprocess.STDOUT)
+    return subprocess.Popen(
+        [*REGTUNE, "worker", "--device", "cpu"],
+        env=env_for(database_url),
+        stdout=log.open("ab"),
+        stderr=subprocess.STDOUT,
+    )
 
 
-def wait_for(predicate: Any, timeout: float = 120.0, interval: float = 0.3,
-             what: str = "condition") -> Any:
+def wait_for(
+    predicate: Any, timeout: float = 120.0, interval: float = 0.3, what: str = "condition"
+) -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()
@@ -107,8 +125,9 @@ def wait_for(predicate: Any, timeout: float = 120.0, interval: float = 0.3,
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def wait_status(client: httpx.Client, study_id: str, statuses: tuple[str, ...],
-                timeout: float = 180.0) -> dict[str, Any]:
+def wait_status(
+    client: httpx.Client, study_id: str, statuses: tuple[str, ...], timeout: float = 180.0
+) -> dict[str, Any]:
     def done() -> dict[str, Any] | None:
         body = client.get(f"/v1/studies/{study_id}").json()
         return body if body["status"] in statuses else None
@@ -118,8 +137,11 @@ def wait_status(client: httpx.Client, study_id: str, statuses: tuple[str, ...],
 
 def tiny_study(**overrides: Any) -> dict[str, Any]:
     spec: dict[str, Any] = {
-        "dataset": "builtin:wine", "n_trials": 3, "model": {"hidden": [16]},
-        "training": {"max_epochs": 4}, "cv": {"folds": 3},
+        "dataset": "builtin:wine",
+        "n_trials": 3,
+        "model": {"hidden": [16]},
+        "training": {"max_epochs": 4},
+        "cv": {"folds": 3},
     }
     return spec | overrides
 
