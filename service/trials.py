@@ -8,11 +8,12 @@ Optuna's RDB schema, which Optuna migrates itself).
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from datetime import datetime
 
 import optuna
-from optuna.storages import RDBStorage, RetryFailedTrialCallback
+from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 from sqlalchemy import (
     Column,
@@ -65,13 +66,22 @@ trial_system_attributes = Table(
 
 def make_storage(settings: Settings) -> RDBStorage:
     """Optuna's storage on the service's database, with heartbeats for crash safety."""
-    return RDBStorage(
-        settings.database_url,
-        engine_kwargs=engine_kwargs(settings),
-        heartbeat_interval=settings.heartbeat_s,
-        grace_period=settings.grace_s,
-        failed_trial_callback=RetryFailedTrialCallback(max_retry=MAX_RETRIES),
-    )
+    with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna since 2.8
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return RDBStorage(
+            settings.database_url,
+            engine_kwargs=engine_kwargs(settings),
+            heartbeat_interval=settings.heartbeat_s,
+            grace_period=settings.grace_s,
+            heartbeat_stale_trial_callback=retry_callback(),
+        )
+
+
+def retry_callback() -> RetryHeartbeatStaleTrialCallback:
+    """Re-queue a failed trial's parameters (at most ``MAX_RETRIES`` times per trial)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES)
 
 
 @dataclass(frozen=True)

@@ -18,12 +18,13 @@ import socket
 import threading
 import time
 import uuid
+import warnings
 from collections.abc import Callable
 from types import FrameType
 
 import optuna
 import torch
-from optuna.storages import RDBStorage, RetryFailedTrialCallback, fail_stale_trials
+from optuna.storages import RDBStorage, fail_stale_trials
 from pydantic import ValidationError
 from sqlalchemy import or_, select, update
 from sqlalchemy.exc import DBAPIError, OperationalError
@@ -58,6 +59,7 @@ class Worker:
     def run(self, *, once: bool = False) -> None:
         """Work until stopped (SIGTERM/SIGINT); with ``once``, until no study is runnable."""
         torch.set_num_threads(self.settings.threads)
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
         self.register()
         backoff = 1.0
         while not self.stopping.is_set():
@@ -122,7 +124,9 @@ class Worker:
         for record in candidates:
             assert record.optuna_id is not None
             study = optuna.load_study(study_name=record.optuna_name, storage=self.storage)
-            fail_stale_trials(study)  # a dead worker's trial goes back in the queue
+            with warnings.catch_warnings():  # experimental in Optuna since 2.9, and what we need
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                fail_stale_trials(study)  # a dead worker's trial goes back in the queue
             with self.db.read() as session:
                 counts = trials.count_trials(session, record.optuna_id)
             if counts.remaining(record.n_trials) > 0 or counts.waiting > 0:
@@ -220,7 +224,7 @@ class Worker:
             )
         if status != "running":
             return  # cancelled or deleted: nothing to resume
-        retry = RetryFailedTrialCallback(max_retry=trials.MAX_RETRIES)
+        retry = trials.retry_callback()
         failed = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.FAIL,))
         if failed:
             retry(study, failed[-1])
