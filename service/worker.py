@@ -42,7 +42,13 @@ from trainer.study import Protocol, SpecError, make_pruner, make_sampler, refit_
 
 log = logging.getLogger("regtune.worker")
 MAX_BACKOFF_S = 60.0
-CANCEL_CHECK_S = 2.0  # how often a training trial asks the database whether to stop
+CANCEL_CHECK_S = 2.0
+# Optuna wraps some driver errors in its own StorageInternalError.
+DATABASE_ERRORS = (
+    OperationalError,
+    DBAPIError,
+    optuna.exceptions.StorageInternalError,
+)  # how often a training trial asks the database whether to stop
 
 
 class Worker:
@@ -50,20 +56,25 @@ class Worker:
         self.settings = settings
         self.device = resolve_device(device)
         self.db = Database(settings)
-        self.storage: RDBStorage = trials.make_storage(settings)
+        self.storage: RDBStorage | None = None
         self.id = uuid.uuid4().hex
         self.stopping = threading.Event()
 
     # --- lifecycle ------------------------------------------------------------------------
 
     def run(self, *, once: bool = False) -> None:
-        """Work until stopped (SIGTERM/SIGINT); with ``once``, until no study is runnable."""
+        """Work until stopped (SIGTERM/SIGINT); with ``once``, until no study is runnable.
+
+        Losing the database (not up yet, restarting, network) never kills the worker: it
+        waits with exponential back-off and carries on where it was.
+        """
         torch.set_num_threads(self.settings.threads)
         optuna.logging.set_verbosity(optuna.logging.WARNING)
-        self.register()
         backoff = 1.0
         while not self.stopping.is_set():
             try:
+                if self.storage is None:
+                    self.connect()
                 record = self.claim()
                 if record is None:
                     if once:
@@ -72,14 +83,23 @@ class Worker:
                 else:
                     self.work_on(record)
                 backoff = 1.0
-            except (OperationalError, DBAPIError) as exc:
-                # The database went away (restart, network): wait and try again, don't die.
+            except DATABASE_ERRORS as exc:
                 log.warning(
-                    "database unavailable (%s); retrying in %.0fs", exc.__class__.__name__, backoff
+                    "database unavailable (%s: %s); retrying in %.0fs",
+                    exc.__class__.__name__,
+                    str(exc).splitlines()[0][:200],
+                    backoff,
                 )
                 self.stopping.wait(backoff)
                 backoff = min(backoff * 2, MAX_BACKOFF_S)
         self.unregister()
+
+    def connect(self) -> None:
+        """Bring the schema up to date (workers may start before the API) and register."""
+        self.db.migrate()
+        self.storage = trials.make_storage(self.settings)
+        self.register()
+        log.info("worker %s ready on %s", self.id[:8], self.device)
 
     def install_signal_handlers(self) -> None:
         def stop(signum: int, frame: FrameType | None) -> None:
@@ -105,7 +125,7 @@ class Worker:
                     .where(WorkerRecord.id == self.id)
                     .values(stopped=True, study_id=None, heartbeat_at=utcnow())
                 )
-        except (OperationalError, DBAPIError):
+        except DATABASE_ERRORS:
             pass
         self.db.dispose()
 
@@ -175,7 +195,7 @@ class Worker:
                 study.optimize(objective, n_trials=1, catch=(DivergedError, torch.OutOfMemoryError))
         except TrialInterrupted:
             self.requeue_interrupted(study)
-        except (OperationalError, DBAPIError):
+        except DATABASE_ERRORS:
             raise
         except Exception as exc:  # a bug or a broken dataset: fail loudly, keep the worker
             log.exception("study %s failed", record.id)

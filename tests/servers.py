@@ -159,20 +159,29 @@ def postgres_available() -> bool:
         return False
 
 
-@contextmanager
-def fresh_postgres_database() -> Iterator[str]:
-    """A new empty database on the local server, dropped afterwards; skips only outside CI."""
+def require_postgres() -> None:
+    """Skip outside CI when no server runs; in CI (CI=true) its absence is a failure."""
     if not postgres_available():
         if os.environ.get("CI"):
             pytest.fail("PostgreSQL on 127.0.0.1:5432 is required in CI but not reachable")
         pytest.skip("no PostgreSQL server on 127.0.0.1:5432 (these tests run in CI)")
+
+
+def postgres_admin(sql: str) -> None:
     import psycopg
 
-    name = f"regtune_test_{uuid.uuid4().hex[:12]}"
     with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
+        conn.execute(sql)  # type: ignore[arg-type]
+
+
+@contextmanager
+def fresh_postgres_database(create: bool = True) -> Iterator[tuple[str, str]]:
+    """``(url, name)`` of a new database on the local server, dropped afterwards."""
+    require_postgres()
+    name = f"regtune_test_{uuid.uuid4().hex[:12]}"
+    if create:
+        postgres_admin(f'CREATE DATABASE "{name}"')
     try:
-        yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+        yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}", name
     finally:
-        with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        postgres_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

@@ -15,7 +15,7 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'regtune.db'}"
     else:
-        with fresh_postgres_database() as url:
+        with fresh_postgres_database() as (url, _):
             yield url
 
 

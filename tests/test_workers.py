@@ -7,7 +7,15 @@ import signal
 from pathlib import Path
 
 import optuna
-from servers import serving, start_worker, tiny_study, wait_for, wait_status
+from servers import (
+    fresh_postgres_database,
+    postgres_admin,
+    serving,
+    start_worker,
+    tiny_study,
+    wait_for,
+    wait_status,
+)
 
 # Trials of a few seconds each, so that a test can act while one is running.
 SLOW = {
@@ -120,3 +128,24 @@ def test_a_killed_worker_trial_is_failed_and_requeued(tmp_path: Path) -> None:
     assert len(retry) == 1 and retry[0].params == dead.params
     assert retry[0].state == optuna.trial.TrialState.COMPLETE
     assert sum(t.state == optuna.trial.TrialState.COMPLETE for t in trials) == 3
+
+
+def test_a_worker_waits_for_the_database_instead_of_dying(tmp_path: Path) -> None:
+    with fresh_postgres_database(create=False) as (url, name):
+        log = tmp_path / "worker.log"
+        worker = start_worker(url, log)  # the database does not exist yet
+        try:
+            wait_for(
+                lambda: "database unavailable" in log.read_text(),
+                timeout=60,
+                what="the worker to report the missing database",
+            )
+            assert worker.poll() is None
+            postgres_admin(f'CREATE DATABASE "{name}"')
+            with serving(url, tmp_path / "serve.log", workers=0) as server, server.client() as http:
+                study = http.post("/v1/studies", json=tiny_study(n_trials=2)).json()
+                final = wait_status(http, study["id"], ("completed", "failed"))
+            assert final["status"] == "completed", final
+        finally:
+            worker.send_signal(signal.SIGTERM)
+            assert worker.wait(60) == 0
