@@ -1,11 +1,11 @@
-# Everything a fresh clone needs: `make test` (and `make quality` for the search benchmarks).
+# Everything a fresh clone needs: `make serve`, `make test` (and `make quality`).
 PYTHON ?= python3
 VENV ?= .venv
 LINTED := $(wildcard service trainer tests benchmarks)
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint bench quality clean
+.PHONY: install serve test lint quality clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,6 +16,10 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# The service on http://127.0.0.1:8000 with the embedded SQLite database ./regtune.db.
+serve: $(STAMP)
+	$(VENV)/bin/regtune serve
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check $(LINTED)
