@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
 import optuna
 import pytest
-from servers import fresh_postgres_database, serving, tiny_study, wait_status
+from servers import fresh_postgres_database, regtune, serving, tiny_study, wait_status
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -53,3 +54,38 @@ def test_submit_poll_and_read_back(database_url: str, tmp_path: Path) -> None:
         assert http.get("/docs").status_code == 200
         assert "/v1/studies" in http.get("/openapi.json").json()["paths"]
     assert "Traceback" not in (tmp_path / "serve.log").read_text()
+
+
+def test_command_line_client(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'client.db'}"
+    (tmp_path / "spec.json").write_text(json.dumps(tiny_study(name="via-cli", n_trials=2)))
+    (tmp_path / "data.csv").write_text(
+        "a,b,label\n" + "".join(f"{i},{i % 5},{i % 2}\n" for i in range(40))
+    )
+    with serving(url, tmp_path / "serve.log") as server:
+        env = {"REGTUNE_URL": server.url}
+        done = regtune("submit", "spec.json", "--wait", database_url=url, cwd=tmp_path, **env)
+        assert done.returncode == 0, done.stderr
+        assert "CV accuracy" in done.stdout and "per fold" in done.stdout
+        study_id = server.client().get("/v1/studies").json()[0]["id"]
+        status = regtune("status", study_id, "--json", database_url=url, **env)
+        assert json.loads(status.stdout)["status"] == "completed"
+        listed = regtune("trials", study_id, database_url=url, **env)
+        assert listed.returncode == 0 and "trials 0–2 of 2" in listed.stdout
+        again = regtune("cancel", study_id, database_url=url, **env)
+        assert again.returncode == 2 and "409" in again.stderr and "completed" in again.stderr
+        upload = regtune(
+            "datasets",
+            "upload",
+            "data.csv",
+            "--target",
+            "label",
+            database_url=url,
+            cwd=tmp_path,
+            **env,
+        )
+        assert upload.returncode == 0, upload.stderr
+        dataset_id = upload.stdout.strip()
+        assert server.client().get(f"/v1/datasets/{dataset_id}").json()["n_samples"] == 40
+        bad = regtune("status", "nope", database_url=url, **env)
+        assert bad.returncode == 2 and "404" in bad.stderr
