@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+from typing import Any
 
 import torch
 import uvicorn
@@ -38,9 +39,15 @@ def worker_devices(settings: Settings) -> list[str]:
 def settings_env(settings: Settings) -> dict[str, str]:
     """The settings as REGTUNE_* variables, so that worker subprocesses see the same ones."""
     env = dict(os.environ)
-    for name, value in settings.model_dump().items():
-        if value is not None:
-            env[f"REGTUNE_{name.upper()}"] = str(value)
+
+    def put(prefix: str, values: dict[str, Any]) -> None:
+        for name, value in values.items():
+            if isinstance(value, dict):
+                put(f"{prefix}{name.upper()}__", value)
+            elif value is not None:
+                env[f"{prefix}{name.upper()}"] = str(value)
+
+    put("REGTUNE_", settings.model_dump())
     return env
 
 

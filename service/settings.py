@@ -13,7 +13,9 @@ from trainer.spec import Limits
 class Settings(BaseSettings):
     """``REGTUNE_DATABASE_URL`` sets ``database_url``, and so on for each field."""
 
-    model_config = SettingsConfigDict(env_prefix="REGTUNE_", extra="ignore")
+    model_config = SettingsConfigDict(
+        env_prefix="REGTUNE_", env_nested_delimiter="__", extra="ignore"
+    )
 
     database_url: str = "sqlite:///./regtune.db"
     host: str = "127.0.0.1"
@@ -29,13 +31,8 @@ class Settings(BaseSettings):
     max_upload_rows: int = 1_000_000
     max_upload_columns: int = 10_000
 
-    # What one study may ask for (see trainer.spec.Limits).
-    max_trials: int = 10_000
-    max_folds: int = 20
-    max_epochs: int = 2_000
-    max_layers: int = 8
-    max_width: int = 4_096
-    max_batch_size: int = 65_536
+    # What one study may ask for: REGTUNE_LIMITS__MAX_TRIALS=500 and so on.
+    limits: Limits = Limits()
 
     # Crash safety: a running trial beats every `heartbeat_s`; one silent for `grace_s` is failed.
     heartbeat_s: int = Field(5, ge=1)
@@ -45,16 +42,6 @@ class Settings(BaseSettings):
     # PostgreSQL connections per process: many workers must not exhaust the server.
     pool_size: int = Field(2, ge=1)
     max_overflow: int = Field(2, ge=0)
-
-    def limits(self) -> Limits:
-        return Limits(
-            max_trials=self.max_trials,
-            max_folds=self.max_folds,
-            max_epochs=self.max_epochs,
-            max_layers=self.max_layers,
-            max_width=self.max_width,
-            max_batch_size=self.max_batch_size,
-        )
 
 
 @lru_cache

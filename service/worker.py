@@ -163,7 +163,7 @@ class Worker:
         log.info("worker %s runs study %s", self.id[:8], record.id)
         self.set_current(record.id)
         try:
-            spec = StudySpec.model_validate(record.spec, context={"limits": self.settings.limits()})
+            spec = StudySpec.model_validate(record.spec, context={"limits": self.settings.limits})
             with self.db.read() as session:
                 dataset = datasets.resolve(session, record.tenant, spec.dataset)
             protocol = Protocol.of(spec, dataset)

@@ -19,7 +19,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         root / "serve.log",
         workers=0,
         REGTUNE_MAX_UPLOAD_BYTES="20000",
-        REGTUNE_MAX_TRIALS="100",
+        REGTUNE_LIMITS__MAX_TRIALS="100",
     ) as running:
         yield running
 

@@ -35,7 +35,7 @@ def submit_study(
     spec: StudySpec, db: DB, storage: Storage, settings: AppSettings, tenant: Tenant
 ) -> StudyRecord:
     try:  # again, now under the operator's limits
-        spec = StudySpec.model_validate(spec.model_dump(), context={"limits": settings.limits()})
+        spec = StudySpec.model_validate(spec.model_dump(), context={"limits": settings.limits})
     except ValidationError as exc:
         raise RequestValidationError(
             [{**e, "loc": ("body", *e["loc"])} for e in exc.errors()]
