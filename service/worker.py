@@ -1,7 +1,9 @@
 """Workers: claim runnable studies and run their trials until the budget is spent.
 
-A study is runnable while it is queued, or running with trials left to start. Several workers
-(on any number of hosts) may run one study; before each trial a worker checks the budget
+A study is runnable while it is queued, or running with trials left to start. Claiming takes
+no lock that a trial would hold: the move from ``queued`` to ``running`` is one conditional
+``UPDATE … WHERE status = 'queued'`` (atomic on SQLite and PostgreSQL alike), and several
+workers (on any number of hosts) may then run the same study; before each trial a worker checks the budget
 counted across all of them (finished + running + queued trials), so together they overshoot
 ``n_trials`` by at most the trials already running. Trials run through ``study.optimize`` one
 at a time, so Optuna's heartbeat thread beats for each; a trial whose worker died goes stale,
