@@ -50,11 +50,9 @@ import numpy as np  # noqa: E402
 import optuna  # noqa: E402
 import torch  # noqa: E402
 
-from trainer.config import TrialConfig  # noqa: E402
 from trainer.datasets import Dataset, load_builtin  # noqa: E402
-from trainer.engine import refit  # noqa: E402
 from trainer.spec import StudySpec  # noqa: E402
-from trainer.study import Protocol, StudyOutcome, run_study  # noqa: E402
+from trainer.study import Protocol, StudyOutcome, refit_trial, run_study  # noqa: E402
 
 DEFAULT_TRIALS = 30
 DEFAULT_MAX_EPOCHS = 100
@@ -293,18 +291,9 @@ def refit_seeds(spec: StudySpec, dataset: Dataset, outcome: StudyOutcome, n: int
     if n < 1 or outcome.best is None or spec.cv.test_fraction == 0:
         return []
     protocol = Protocol.of(spec, dataset)
-    config = TrialConfig.from_values(spec, outcome.best.user_attrs["config"])
     scores = []
     for seed in range(1, n + 1):
-        fitted = refit(
-            dataset,
-            config,
-            protocol.pool,
-            protocol.test,
-            metric=protocol.metric,
-            inner_validation=spec.cv.inner_validation,
-            seed=seed,
-        )
+        fitted = refit_trial(spec, dataset, protocol, outcome.best, seed=seed)
         if fitted.test_score is not None:
             scores.append(float(fitted.test_score))
     return scores

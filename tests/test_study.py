@@ -232,3 +232,12 @@ def test_gradient_clipping_bounds_each_update(wine) -> None:
     # SGD without momentum: Δθ = −η·g with ‖g‖ ≤ clip after clipping.
     assert torch.linalg.vector_norm(after - before) <= 0.5 * 0.01 * (1 + 1e-5)
     assert torch.linalg.vector_norm(after - before) > 0.5 * 0.01 * 0.99  # it did clip
+
+
+def test_median_warmup_grows_with_the_epoch_budget() -> None:
+    from trainer.study import make_pruner
+
+    short = make_pruner(StudySpec(dataset="x", training={"max_epochs": 20}))
+    long = make_pruner(StudySpec(dataset="x", training={"max_epochs": 2000}))
+    fixed = make_pruner(StudySpec(dataset="x", pruner={"n_warmup_steps": 3}))
+    assert (short._n_warmup_steps, long._n_warmup_steps, fixed._n_warmup_steps) == (5, 200, 3)

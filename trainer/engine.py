@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 import numpy as np
@@ -30,7 +30,7 @@ from trainer.models import build_model, count_parameters
 from trainer.preprocessing import Standardizer
 from trainer.regularizers import make_optimizer
 from trainer.spec import Metric, Task
-from trainer.splits import Split, inner_split
+from trainer.splits import Split
 
 EVAL_CHUNK = 8192
 REFIT_STREAM = 2**31 - 1  # the refit draws its own seed, apart from every fold's
@@ -183,6 +183,10 @@ class FoldRun:
             include_bias_and_bn=config.training.regularize_bias_and_bn,
         )
         self.stopper = EarlyStopping(config.patience, config.training.min_delta)
+        self.validating = len(split.val) > 0
+        self.batch_norm = any(
+            isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.model.modules()
+        )
         self.order = torch.Generator().manual_seed(seed)
         self.best_state: dict[str, torch.Tensor] = {}
         self.best_score = math.nan
@@ -192,7 +196,7 @@ class FoldRun:
 
     @property
     def epoch(self) -> int:
-        return len(self.val_loss)
+        return len(self.train_loss)
 
     def train_epoch(self) -> None:
         """One pass over the fit rows, then validation, early stopping and (if best) scoring."""
@@ -204,7 +208,7 @@ class FoldRun:
         seen = 0
         for start in range(0, n, self.config.batch_size):
             batch = order[start : start + self.config.batch_size]
-            if len(batch) < 2 < n:  # BatchNorm cannot normalize a batch of one
+            if len(batch) < 2 and self.batch_norm:  # BN cannot normalize a batch of one
                 continue
             loss = data_loss(self.task, self.model(d.X_fit[batch]), d.y_fit[batch])
             self.optimizer.zero_grad(set_to_none=True)
@@ -217,9 +221,17 @@ class FoldRun:
             seen += len(batch)
         # One host sync per epoch: the loss is read here, not in the step.
         train_loss = float(total) / max(seen, 1)
-        val_loss = float(data_loss(self.task, predict(self.model, d.X_val), d.y_val))
         epoch = self.epoch
         self.train_loss.append(train_loss)
+        if not self.validating:  # a refit: fixed epochs, the last weights are the model
+            if not math.isfinite(train_loss):
+                raise DivergedError(f"refit diverged at epoch {epoch}: training loss {train_loss}")
+            if len(self.train_loss) >= training.max_epochs:
+                self.stopper.best_epoch = epoch
+                self.best_score = self.evaluate()
+                self.done = True
+            return
+        val_loss = float(data_loss(self.task, predict(self.model, d.X_val), d.y_val))
         self.val_loss.append(val_loss)
         if not (math.isfinite(train_loss) and math.isfinite(val_loss)):
             raise DivergedError(
@@ -317,7 +329,8 @@ class FittedModel:
     config: TrialConfig
     x_scaler: Standardizer
     y_scaler: Standardizer | None
-    fold: FoldResult
+    epochs: int
+    train_loss: list[float]
     test_score: float | None
 
 
@@ -328,17 +341,21 @@ def refit(
     test: np.ndarray,
     *,
     metric: Metric,
-    inner_validation: float,
+    epochs: int,
     device: torch.device | str = "cpu",
     seed: int = 0,
 ) -> FittedModel:
-    """Retrain on ``pool`` (early stopping on an inner split of it) and score on ``test``."""
-    fit, val = inner_split(pool, dataset.y, dataset.task, inner_validation, seed)
+    """Retrain on every row of ``pool`` for ``epochs`` epochs, then score it on ``test``.
+
+    No row is held back for early stopping: the epoch count comes from cross-validation
+    (the folds' mean best epoch), as is usual when a model is refitted on all its data.
+    """
+    training = config.training.model_copy(update={"max_epochs": epochs})
     run = FoldRun(
         0,
         dataset,
-        config,
-        Split(fit, val, test),
+        replace(config, training=training),
+        Split(pool, pool[:0], test),
         metric=metric,
         device=device,
         seed=fold_seed(seed, REFIT_STREAM),
@@ -347,5 +364,5 @@ def refit(
         run.train_epoch()
     test_score = run.best_score if len(test) else None
     return FittedModel(
-        run.model, config, run.data.x_scaler, run.data.y_scaler, run.result(), test_score
+        run.model, config, run.data.x_scaler, run.data.y_scaler, epochs, run.train_loss, test_score
     )

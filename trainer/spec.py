@@ -304,7 +304,9 @@ class SamplerSpec(_Strict):
 class PrunerSpec(_Strict):
     kind: Literal["median", "hyperband", "wilcoxon", "none"] = "median"
     n_startup_trials: int = Field(5, ge=0, description="median: trials before pruning starts")
-    n_warmup_steps: int = Field(5, ge=0, description="median: epochs before pruning a trial")
+    n_warmup_steps: int | None = Field(
+        None, ge=0, description="median: epochs before pruning; default max(5, max_epochs / 10)"
+    )
     reduction_factor: int = Field(3, ge=2, description="hyperband")
     p_threshold: float = Field(0.1, gt=0, lt=1, description="wilcoxon")
 

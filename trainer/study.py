@@ -74,8 +74,12 @@ def make_sampler(spec: StudySpec) -> optuna.samplers.BaseSampler:
 def make_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
     p = spec.pruner
     if p.kind == "median":
+        # A fixed warm-up would judge long runs (thousands of epochs) on their first few.
+        warmup = p.n_warmup_steps
+        if warmup is None:
+            warmup = max(5, spec.training.max_epochs // 10)
         return optuna.pruners.MedianPruner(
-            n_startup_trials=p.n_startup_trials, n_warmup_steps=p.n_warmup_steps
+            n_startup_trials=p.n_startup_trials, n_warmup_steps=warmup
         )
     if p.kind == "hyperband":
         return optuna.pruners.HyperbandPruner(
@@ -215,16 +219,22 @@ def refit_trial(
     trial: optuna.trial.FrozenTrial,
     *,
     device: torch.device | str = "cpu",
+    seed: int | None = None,
 ) -> FittedModel:
-    """Retrain ``trial``'s configuration on all non-test rows and score it on the test rows."""
+    """Retrain ``trial``'s configuration on all non-test rows and score it on the test rows.
+
+    It trains for the mean over folds of the trial's best epoch count, with the trial's own
+    seed unless ``seed`` is given (to see how much the test score varies between refits).
+    """
     config = TrialConfig.from_values(spec, trial.user_attrs["config"])
+    epochs = round(float(np.mean(trial.user_attrs["best_epochs"]))) + 1
     return refit(
         dataset,
         config,
         protocol.pool,
         protocol.test,
         metric=protocol.metric,
-        inner_validation=spec.cv.inner_validation,
+        epochs=epochs,
         device=device,
-        seed=trial_seed(spec.seed, trial.number),
+        seed=trial_seed(spec.seed, trial.number) if seed is None else seed,
     )
