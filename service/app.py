@@ -65,7 +65,7 @@ class BodyTooLarge(Exception):
 def create_app(settings: Settings) -> FastAPI:
     db = Database(settings)
     db.migrate()
-    storage = make_storage(settings)  # creates or migrates Optuna's tables
+    storage = make_storage(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import sys
 import time
 from pathlib import Path
@@ -219,6 +220,8 @@ def worker(
     settings = service_settings(database_url=database_url)
     if device == "auto" and torch.cuda.device_count() > 1:
         children = start_workers(settings.model_copy(update={"device": "auto", "workers": None}))
+        # SIGTERM (e.g. as a container's PID 1) must reach the children, which re-queue trials.
+        signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
         try:
             for child in children:
                 child.wait()

@@ -9,6 +9,7 @@ server's ``max_connections``.
 
 from __future__ import annotations
 
+import fcntl
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,7 +17,8 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event
+from optuna.storages import RDBStorage
+from sqlalchemy import Engine, create_engine, event, make_url, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from service.settings import Settings
@@ -25,6 +27,7 @@ SQLITE_BUSY_TIMEOUT_S = 30
 MIGRATIONS = Path(__file__).parent / "migrations"
 # Optuna keeps its own Alembic history in `alembic_version`; ours must not collide with it.
 VERSION_TABLE = "regtune_alembic_version"
+SCHEMA_LOCK_KEY = 0x7265677475  # "regtu": any constant shared by every regtune process
 
 
 def is_sqlite(url: str) -> bool:
@@ -81,12 +84,44 @@ class Database:
             yield session
 
     def migrate(self) -> None:
-        """Bring the service's tables to the newest revision (idempotent)."""
+        """Create or upgrade every table: ours (Alembic) and Optuna's (idempotent).
+
+        API and workers may start at once against a fresh database; the schema lock makes
+        them take turns, so two processes never race to create the same table or type.
+        """
         config = Config()
         config.set_main_option("script_location", str(MIGRATIONS))
-        with self.engine.begin() as connection:
-            config.attributes["connection"] = connection
-            command.upgrade(config, "head")
+        with self.schema_lock():
+            with self.engine.begin() as connection:
+                config.attributes["connection"] = connection
+                command.upgrade(config, "head")
+            optuna_tables = RDBStorage(self.url, engine_kwargs=engine_kwargs(self.settings))
+            optuna_tables.engine.dispose()
+
+    @contextmanager
+    def schema_lock(self) -> Iterator[None]:
+        """Across processes: an advisory lock on PostgreSQL, a lock file beside SQLite's."""
+        if self.engine.dialect.name == "postgresql":
+            with self.engine.connect() as connection:
+                connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": SCHEMA_LOCK_KEY})
+                try:
+                    yield
+                finally:
+                    connection.execute(
+                        text("SELECT pg_advisory_unlock(:key)"), {"key": SCHEMA_LOCK_KEY}
+                    )
+                    connection.commit()
+            return
+        path = make_url(self.url).database
+        if not is_sqlite(self.url) or not path or path == ":memory:":
+            yield
+            return
+        with open(f"{path}.schema-lock", "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
     def dispose(self) -> None:
         self.engine.dispose()

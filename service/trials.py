@@ -62,6 +62,13 @@ trial_system_attributes = Table(
     Column("trial_id", Integer),
     Column("key", String),
 )
+trial_heartbeats = Table(
+    "trial_heartbeats",
+    _optuna,
+    Column("trial_heartbeat_id", Integer, primary_key=True),
+    Column("trial_id", Integer),
+    Column("heartbeat", DateTime),
+)
 
 
 def make_storage(settings: Settings) -> RDBStorage:
@@ -141,6 +148,43 @@ def count_trials(session: Session, study_id: int) -> TrialCounts:
         waiting=counts.get("waiting", 0),
         retried=retried,
     )
+
+
+def stale_trial_ids(session: Session, study_id: int, grace_s: float) -> list[int]:
+    """Running trials silent for longer than ``grace_s``.
+
+    Optuna's own ``fail_stale_trials`` skips a trial that has no heartbeat yet, so a worker
+    killed in the instant between starting a trial and its first beat would leave that trial
+    running for ever; here such a trial goes stale ``grace_s`` after its start.
+    """
+    now_db = session.scalar(select(func.now()))
+    assert now_db is not None
+    now_db = now_db.replace(tzinfo=None)  # heartbeats are the database's naive now()
+    now_local = datetime.now()  # datetime_start is the worker's naive local time (Optuna's)
+    rows = session.execute(
+        select(trials.c.trial_id, trials.c.datetime_start, trial_heartbeats.c.heartbeat)
+        .outerjoin(trial_heartbeats, trial_heartbeats.c.trial_id == trials.c.trial_id)
+        .where(trials.c.study_id == study_id, trials.c.state == "RUNNING")
+    ).all()
+    stale = []
+    for trial_id, started, beat in rows:
+        silent = (now_db - beat) if beat is not None else (now_local - started)
+        if silent.total_seconds() > grace_s:
+            stale.append(trial_id)
+    return stale
+
+
+def recover_stale(
+    session: Session, storage: RDBStorage, study: optuna.Study, grace_s: float
+) -> int:
+    """Fail stale trials and queue their parameters again; return how many."""
+    recovered = 0
+    for trial_id in stale_trial_ids(session, study._study_id, grace_s):
+        # Only the worker whose update wins re-queues it, however many race here.
+        if storage.set_trial_state_values(trial_id, state=TrialState.FAIL):
+            retry_callback()(study, storage.get_trial(trial_id))
+            recovered += 1
+    return recovered
 
 
 def best_trial_id(session: Session, study_id: int, direction: str) -> int | None:

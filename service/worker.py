@@ -1,14 +1,16 @@
 """Workers: claim runnable studies and run their trials until the budget is spent.
 
-A study is runnable while it is queued, or running with trials left to start. Claiming takes
-no lock that a trial would hold: the move from ``queued`` to ``running`` is one conditional
-``UPDATE … WHERE status = 'queued'`` (atomic on SQLite and PostgreSQL alike), and several
-workers (on any number of hosts) may then run the same study; before each trial a worker checks the budget
-counted across all of them (finished + running + queued trials), so together they overshoot
-``n_trials`` by at most the trials already running. Trials run through ``study.optimize`` one
-at a time, so Optuna's heartbeat thread beats for each; a trial whose worker died goes stale,
-is failed by the next worker that starts a trial, and re-queued with the same parameters
-(Optuna's ``RetryFailedTrialCallback``), so the study still gets its full budget.
+A study is runnable while it is queued, or running with trials left to start. Claiming
+takes no lock that a trial would hold: the move from ``queued`` to ``running`` is one
+conditional ``UPDATE … WHERE status = 'queued'`` (atomic on SQLite and PostgreSQL alike),
+and several workers (on any number of hosts) may then run the same study. Before each trial
+a worker checks the budget counted across all of them (finished + running + queued trials),
+so together they overshoot ``n_trials`` by at most the trials already running.
+
+Trials run through ``study.optimize`` one at a time, so Optuna's heartbeat thread beats for
+each. A trial whose worker died goes silent; the next worker that looks for work fails it
+after the grace period and queues its parameters again (``trials.recover_stale``), so the
+study still gets its full budget.
 """
 
 from __future__ import annotations
@@ -20,13 +22,12 @@ import socket
 import threading
 import time
 import uuid
-import warnings
 from collections.abc import Callable
 from types import FrameType
 
 import optuna
 import torch
-from optuna.storages import RDBStorage, fail_stale_trials
+from optuna.storages import RDBStorage
 from pydantic import ValidationError
 from sqlalchemy import or_, select, update
 from sqlalchemy.exc import DBAPIError, OperationalError
@@ -146,10 +147,9 @@ class Worker:
         for record in candidates:
             assert record.optuna_id is not None
             study = optuna.load_study(study_name=record.optuna_name, storage=self.storage)
-            with warnings.catch_warnings():  # experimental in Optuna since 2.9, and what we need
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                fail_stale_trials(study)  # a dead worker's trial goes back in the queue
             with self.db.read() as session:
+                # A dead worker's trial goes back in the queue.
+                trials.recover_stale(session, self.storage, study, self.settings.grace_s)
                 counts = trials.count_trials(session, record.optuna_id)
             if counts.remaining(record.n_trials) > 0 or counts.waiting > 0:
                 if studies.mark(self.db, record.id, "running", when=("queued",)):

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 from pathlib import Path
 
 import optuna
+import pytest
 from servers import (
     fresh_postgres_database,
     postgres_admin,
@@ -149,3 +151,27 @@ def test_a_worker_waits_for_the_database_instead_of_dying(tmp_path: Path) -> Non
         finally:
             worker.send_signal(signal.SIGTERM)
             assert worker.wait(60) == 0
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_processes_starting_at_once_on_a_fresh_database(tmp_path: Path, backend: str) -> None:
+    """API and workers all create the schema at start-up; they must take turns, not crash."""
+    with contextlib.ExitStack() as stack:
+        if backend == "sqlite":
+            url = f"sqlite:///{tmp_path / 'race.db'}"
+        else:
+            url, _ = stack.enter_context(fresh_postgres_database())
+        workers = [start_worker(url, tmp_path / f"worker{i}.log") for i in range(3)]
+        try:
+            with serving(url, tmp_path / "serve.log", workers=0) as server, server.client() as http:
+                study = http.post("/v1/studies", json=tiny_study(n_trials=3)).json()
+                final = wait_status(http, study["id"], ("completed", "failed"))
+            assert final["status"] == "completed", final
+            assert all(w.poll() is None for w in workers)
+        finally:
+            for w in workers:
+                w.send_signal(signal.SIGTERM)
+            for w in workers:
+                w.wait(60)
+    for i in range(3):
+        assert "Traceback" not in (tmp_path / f"worker{i}.log").read_text()
