@@ -242,14 +242,20 @@ def token_create(
     name: Annotated[str, typer.Argument(help="what the token is for")],
     tenant: Annotated[str | None, typer.Option(help="tenant (default: NAME)")] = None,
     database_url: DatabaseUrl = None,
+    only_if_none: Annotated[
+        bool, typer.Option(help="create it only if no token exists (for init jobs)")
+    ] = False,
 ) -> None:
     """Create an API token; it is printed once and stored only as a hash."""
-    from service.auth import create_token
+    from service.auth import any_tokens, create_token
     from service.db import Database
 
     db = Database(service_settings(database_url=database_url))
     db.migrate()
     with db.write() as session:
+        if only_if_none and any_tokens(session):
+            console.print("a token exists already; none created")
+            return
         token = create_token(session, name, tenant)
     print(token)
     console.print(f"token for tenant {tenant or name!r}; it is not shown again")

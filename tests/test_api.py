@@ -177,6 +177,8 @@ def test_tokens_and_tenants(tmp_path: Path) -> None:
         alice = regtune("token", "create", "alice", database_url=url).stdout.strip()
         bob = regtune("token", "create", "bob", database_url=url).stdout.strip()
         assert alice.startswith("rt_") and alice != bob
+        init = regtune("token", "create", "admin", "--only-if-none", database_url=url)
+        assert init.returncode == 0 and init.stdout == "" and "exists already" in init.stderr
         with (
             server.client() as anonymous,
             server.client("rt_wrong") as wrong,
