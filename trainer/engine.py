@@ -22,6 +22,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from trainer import rng
 from trainer.config import TrialConfig
 from trainer.datasets import Dataset
 from trainer.diagnosis import Diagnosis, diagnose_fold, diagnose_trial
@@ -187,7 +188,7 @@ class FoldRun:
         self.batch_norm = any(
             isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.model.modules()
         )
-        self.order = torch.Generator().manual_seed(seed)
+        self.seed = seed
         self.best_state: dict[str, torch.Tensor] = {}
         self.best_score = math.nan
         self.train_loss: list[float] = []
@@ -203,7 +204,7 @@ class FoldRun:
         d, training = self.data, self.config.training
         self.model.train()
         n = len(d.X_fit)
-        order = torch.randperm(n, generator=self.order).to(d.X_fit.device)
+        order = batch_order(self.seed, self.epoch, n, d.X_fit.device)
         total = torch.zeros((), device=d.X_fit.device)
         seen = 0
         for start in range(0, n, self.config.batch_size):
@@ -271,6 +272,12 @@ class FoldRun:
             scored=self.split.score,
             x_scaler=self.data.x_scaler,
         )
+
+
+def batch_order(seed: int, epoch: int, n: int, device: torch.device | str) -> torch.Tensor:
+    """The epoch's shuffle of ``n`` rows: counter-based, so a population draws the same."""
+    key = rng.keys(torch.tensor([seed], device=device), epoch)
+    return rng.permutations(key, torch.tensor([n], device=device), n)[0]
 
 
 def fold_seed(seed: int, fold: int) -> int:

@@ -1,0 +1,61 @@
+"""Counter-based random numbers: a value depends on (seed, counters), never on call order.
+
+A population trains many models in one tensor program, yet each model must draw the same
+batch order and dropout masks as it would alone. A stateful generator cannot give that (its
+stream depends on how many draws the neighbours took); a hash of the model's seed and the
+position of the draw can. The hash is SplitMix64 (Steele, Lea & Flood, 2014) on int64 tensors,
+so it runs vectorized on the CPU and the GPU alike.
+"""
+
+from __future__ import annotations
+
+import torch
+
+_GOLDEN = 0x9E3779B97F4A7C15 - 2**64
+_MIX1 = 0xBF58476D1CE4E5B9 - 2**64
+_MIX2 = 0x94D049BB133111EB - 2**64
+_STREAM = 0xD1B54A32D192ED03 - 2**64
+
+
+def _shr(x: torch.Tensor, bits: int) -> torch.Tensor:
+    """Logical right shift of int64 (torch's >> is arithmetic: it copies the sign bit)."""
+    return (x >> bits) & ((1 << (64 - bits)) - 1)
+
+
+def _int64(value: int) -> int:
+    """Wrap a Python int into int64's range, as the tensor arithmetic does."""
+    return (value + 2**63) % 2**64 - 2**63
+
+
+def splitmix64(x: torch.Tensor) -> torch.Tensor:
+    """A bijective mix of 64-bit integers whose outputs pass BigCrush as a sequence."""
+    x = x + _GOLDEN
+    x = (x ^ _shr(x, 30)) * _MIX1
+    x = (x ^ _shr(x, 27)) * _MIX2
+    return x ^ _shr(x, 31)
+
+
+def keys(seeds: torch.Tensor, *counters: int) -> torch.Tensor:
+    """One 64-bit key per seed for the draw named by ``counters`` (e.g. epoch, step, layer)."""
+    key = splitmix64(seeds.to(torch.int64))
+    for counter in counters:
+        key = splitmix64(key ^ _int64(counter * _STREAM))
+    return key
+
+
+def uniform(key: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    """Uniform [0, 1) floats of ``shape`` per key: ``key`` [M] → [M, *shape]."""
+    n = 1
+    for size in shape:
+        n *= size
+    position = torch.arange(n, device=key.device, dtype=torch.int64)
+    bits = splitmix64(key[:, None] ^ splitmix64(position)[None, :])
+    values = _shr(bits, 40).to(torch.float32) * (1.0 / (1 << 24))
+    return values.view(len(key), *shape)
+
+
+def permutations(key: torch.Tensor, lengths: torch.Tensor, width: int) -> torch.Tensor:
+    """Per key: a random order of ``0…lengths[m]−1``, then the padding ``lengths[m]…width−1``."""
+    noise = uniform(key, (width,))
+    padding = torch.arange(width, device=key.device)[None, :] >= lengths[:, None]
+    return torch.argsort(noise + padding.to(noise.dtype) * 2.0, dim=1)
