@@ -1,0 +1,169 @@
+"""The population engine computes the same function as the per-trial engine."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from trainer.config import TrialConfig
+from trainer.engine import cross_validate
+from trainer.population import train_population
+from trainer.spec import StudySpec
+from trainer.study import Protocol
+
+
+def config(spec: StudySpec, **values: float) -> TrialConfig:
+    base = {"weight_decay": 1e-3, "l1": 1e-5, "dropout": 0.0, "bn_momentum": 0.3, "patience": 4}
+    return TrialConfig.from_values(spec, base | values)
+
+
+def assert_same(a, b, rel: float = 1e-4) -> None:
+    """Two CV results of the same model: same scores, epochs and curves within float noise."""
+    for fa, fb in zip(a.folds, b.folds, strict=True):
+        if rel <= 1e-3:  # a looser comparison may legitimately pick a neighbouring epoch
+            assert fa.epochs == fb.epochs and fa.best_epoch == fb.best_epoch
+        assert fa.score == pytest.approx(fb.score, rel=rel, abs=1e-6)
+        n = min(len(fa.val_loss), len(fb.val_loss))
+        np.testing.assert_allclose(fa.val_loss[:n], fb.val_loss[:n], rtol=rel * 10, atol=1e-6)
+        np.testing.assert_allclose(fa.train_loss[:n], fb.train_loss[:n], rtol=rel * 10, atol=1e-6)
+        assert fa.sparsity == pytest.approx(fb.sparsity, abs=0.01)
+
+
+# Adam turns float noise in a gradient that is zero in exact arithmetic (the bias of a Linear
+# layer before BatchNorm) into full-size steps, so two float orders of the same sums drift
+# apart by ~1e-3 there; the exact comparisons use SGD with BatchNorm or Adam without it.
+@pytest.mark.parametrize(
+    ("training", "batch_norm", "task", "rel"),
+    [
+        ({"optimizer": "adam", "max_epochs": 8}, False, "classification", 1e-4),
+        (
+            {"optimizer": "adam", "l2_mode": "decoupled", "max_epochs": 8, "grad_clip": 0.5},
+            False,
+            "classification",
+            1e-4,
+        ),
+        ({"optimizer": "sgd", "lr": 0.05, "max_epochs": 8}, True, "classification", 1e-4),
+        (
+            {"optimizer": "sgd", "lr": 0.05, "l2_mode": "decoupled", "max_epochs": 8},
+            True,
+            "classification",
+            1e-4,
+        ),
+        ({"optimizer": "adam", "max_epochs": 8, "batch_size": 50}, False, "regression", 1e-4),
+        ({"optimizer": "adam", "max_epochs": 8}, True, "classification", 2e-2),
+    ],
+)
+def test_population_matches_the_per_trial_engine_without_dropout(
+    wine, training: dict, batch_norm: bool, task: str, rel: float
+) -> None:
+    from trainer.datasets import load_builtin
+
+    data = wine if task == "classification" else load_builtin("builtin:diabetes")
+    metric = "accuracy" if task == "classification" else "mse"
+    spec = StudySpec(
+        dataset=data.name,
+        model={"hidden": [16, 8], "batch_norm": batch_norm},
+        training=training,
+        cv={"folds": 3},
+    )
+    protocol = Protocol.of(spec, data)
+    configs = [
+        config(spec, weight_decay=1e-3, bn_momentum=0.3),
+        config(spec, weight_decay=5e-2, l1=1e-4, bn_momentum=0.9, patience=2),
+        config(spec, weight_decay=0.0, l1=0.0, bn_momentum=0.05, lr=3e-3),
+    ]
+    seeds = [11, 22, 33]
+    together = train_population(data, configs, protocol.splits, seeds=seeds, metric=metric)
+    for cfg, seed, result in zip(configs, seeds, together, strict=True):
+        alone = cross_validate(data, cfg, protocol.splits, metric=metric, seed=seed)
+        assert_same(result, alone, rel=rel)
+
+
+def test_a_model_does_not_depend_on_its_neighbours_even_with_dropout(wine) -> None:
+    spec = StudySpec(
+        dataset="builtin:wine", model={"hidden": [16]}, training={"max_epochs": 6}, cv={"folds": 3}
+    )
+    splits = Protocol.of(spec, wine).splits
+    target = config(spec, dropout=0.3)
+    neighbours = [
+        config(spec, dropout=0.6, weight_decay=0.1),
+        config(spec, dropout=0.0, bn_momentum=0.99, patience=1),
+    ]
+    alone = train_population(wine, [target], splits, seeds=[5], metric="accuracy")[0]
+    crowd = train_population(
+        wine, [neighbours[0], target, neighbours[1]], splits, seeds=[6, 5, 7], metric="accuracy"
+    )[1]
+    assert_same(alone, crowd, rel=1e-5)
+
+
+def test_pruning_and_divergence_are_per_trial(diabetes_data) -> None:
+    spec = StudySpec(
+        dataset="builtin:diabetes",
+        model={"hidden": [16], "batch_norm": False},
+        training={"optimizer": "sgd", "max_epochs": 5},
+        cv={"folds": 2},
+    )
+    splits = Protocol.of(spec, diabetes_data).splits
+    fine, exploding, pruned = (
+        config(spec, lr=1e-3),
+        config(spec, lr=5.0),
+        config(spec, lr=1e-3, weight_decay=1e-2),
+    )
+    reports: list[tuple[int, int]] = []
+
+    def on_epoch(trial: int, epoch: int, value: float) -> bool:
+        reports.append((trial, epoch))
+        return trial == 2 and epoch == 1
+
+    outcomes = train_population(
+        diabetes_data,
+        [fine, exploding, pruned],
+        splits,
+        seeds=[1, 2, 3],
+        metric="mse",
+        on_epoch=on_epoch,
+    )
+    assert math.isfinite(outcomes[0].mean)
+    assert "diverged" in str(outcomes[1])
+    assert outcomes[2] is None
+    assert [e for t, e in reports if t == 0] == [0, 1, 2, 3, 4]
+    assert [e for t, e in reports if t == 2] == [0, 1]
+
+
+@pytest.fixture(scope="module")
+def diabetes_data():
+    from trainer.datasets import load_builtin
+
+    return load_builtin("builtin:diabetes")
+
+
+def test_stacked_batchnorm_running_statistics(wine) -> None:
+    spec = StudySpec(
+        dataset="builtin:wine",
+        model={"hidden": [8]},
+        training={"max_epochs": 1, "optimizer": "sgd"},
+        cv={"folds": 2},
+    )
+    splits = Protocol.of(spec, wine).splits
+    from trainer.engine import FoldRun
+    from trainer.population import Member, Population
+
+    cfgs = [config(spec, bn_momentum=0.1), config(spec, bn_momentum=0.7)]
+    members = [
+        Member(c, splits[0], seed, i, 0)
+        for i, (c, seed) in enumerate(zip(cfgs, [3, 4], strict=True))
+    ]
+    population = Population(wine, members, metric="accuracy")
+    population.train_epoch()
+    for m, member in enumerate(members):
+        fold = FoldRun(
+            0, wine, member.config, member.split, metric="accuracy", device="cpu", seed=member.seed
+        )
+        fold.train_epoch()
+        bn = fold.model[1]
+        mean, var = population.running[0]
+        torch.testing.assert_close(mean[m], bn.running_mean, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(var[m], bn.running_var, rtol=1e-4, atol=1e-5)

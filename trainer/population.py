@@ -1,0 +1,493 @@
+"""The population engine: M = P trials × K folds of one MLP architecture as one stacked model.
+
+None of the searched regularization hyperparameters changes a tensor's shape, so the M models
+are stacked along a leading axis and trained by batched kernels: each Linear layer is one
+``torch.baddbmm`` over weights ``[M, in, out]``. Per model m:
+
+* data: its own fit/val/score rows (index gathers into one device copy of the data set) and
+  its own standardization μ_m, σ_m, fitted on its fit rows;
+* BatchNorm: batch statistics over its own valid rows and its own running statistics,
+  ``running ← (1 − m_m)·running + m_m·batch`` with a momentum tensor;
+* dropout: inverted, keep probability 1 − p_m, masks from ``trainer.rng`` keyed by the model's
+  seed, so a model draws the same masks whatever its neighbours are;
+* loss: its own mean over its batch; the population's loss is the *sum* over models, so each
+  model's gradient is exactly its own (a mean would scale every gradient by 1/M);
+* L1 λ₁_m·‖θ_m‖₁ in the loss; L2 λ_m coupled (g ← g + λθ) or decoupled (θ ← (1 − ηλ)θ);
+* Adam or SGD written over the stacked tensors, step counts per model, updates masked for
+  models that stopped, were pruned, diverged, or had no batch this step (zeroing a gradient
+  would not do: Adam's moments would still move the weights);
+* early stopping with its own patience; the best weights are kept by a masked copy.
+
+Initial weights are those of ``build_model`` under the model's seed, and batch orders those of
+``engine.batch_order``, so a model trained here matches the per-trial engine when dropout is
+off, and a model's result does not depend on which population it trains in.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from trainer import rng
+from trainer.config import TrialConfig
+from trainer.datasets import Dataset
+from trainer.diagnosis import diagnose_fold
+from trainer.engine import CVResult, DivergedError, FoldResult, fold_seed
+from trainer.models import build_model, count_parameters
+from trainer.preprocessing import Standardizer
+from trainer.regularizers import SPARSITY_THRESHOLD
+from trainer.spec import Metric
+from trainer.splits import Split
+
+BN_EPS = 1e-5
+ADAM_BETAS = (0.9, 0.999)
+ADAM_EPS = 1e-8
+
+
+@dataclass(frozen=True)
+class Member:
+    """One model of a population: a trial's configuration on one fold."""
+
+    config: TrialConfig
+    split: Split
+    seed: int
+    trial: int  # slot of the trial in the population
+    fold: int
+
+
+def _padded(
+    indices: Sequence[np.ndarray], device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Index lists of unequal length as ``[M, max]`` (padded with 0) and their lengths ``[M]``."""
+    width = max(1, max(len(i) for i in indices))
+    table = np.zeros((len(indices), width), dtype=np.int64)
+    for m, index in enumerate(indices):
+        table[m, : len(index)] = index
+    lengths = torch.tensor([len(i) for i in indices], device=device)
+    return torch.as_tensor(table, device=device), lengths
+
+
+def _column(values: Sequence[float], device: torch.device) -> torch.Tensor:
+    return torch.tensor(values, dtype=torch.float32, device=device).view(-1, 1, 1)
+
+
+class Population:
+    """Train ``members`` (same architecture, batch size and optimizer) as one stacked model."""
+
+    def __init__(
+        self,
+        dataset: Dataset,
+        members: Sequence[Member],
+        *,
+        metric: Metric,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        first = members[0].config
+        for member in members:
+            c = member.config
+            if (c.hidden, c.batch_size, c.optimizer, c.model, c.training) != (
+                first.hidden,
+                first.batch_size,
+                first.optimizer,
+                first.model,
+                first.training,
+            ):
+                raise ValueError(
+                    "a population shares architecture, batch size, optimizer and "
+                    "training settings; group members by them"
+                )
+        if first.model.kind != "mlp":
+            raise ValueError("the population engine stacks MLPs; CNNs train per trial")
+        self.members, self.metric, self.task = list(members), metric, dataset.task
+        self.device = torch.device(device)
+        self.training = first.training
+        self.batch_size = first.batch_size
+        self.batch_norm = first.model.batch_norm
+        M, dev = len(members), self.device
+        self.M = M
+
+        # Data: one device copy; per-model standardization fitted on its fit rows only.
+        self.X = torch.as_tensor(dataset.X, device=dev)
+        x_scalers = [Standardizer.fit(dataset.X[m.split.fit]) for m in members]
+        self.x_scalers = x_scalers
+        self.x_mean = torch.as_tensor(
+            np.stack([s.mean for s in x_scalers]), device=dev, dtype=torch.float32
+        )[:, None, :]
+        self.x_std = torch.as_tensor(
+            np.stack([s.std for s in x_scalers]), device=dev, dtype=torch.float32
+        )[:, None, :]
+        if dataset.task == "regression":
+            y_scalers = [Standardizer.fit(dataset.y[m.split.fit, None]) for m in members]
+            self.y_mean = torch.tensor([float(s.mean[0]) for s in y_scalers], device=dev)
+            self.y_std = torch.tensor([float(s.std[0]) for s in y_scalers], device=dev)
+            self.baseline = [1.0] * M
+        else:
+            self.y_mean = self.y_std = torch.zeros(M, device=dev)
+            self.baseline = []
+            for m in members:
+                prior = np.bincount(dataset.y[m.split.fit], minlength=dataset.n_outputs)
+                prior = prior[prior > 0] / len(m.split.fit)
+                self.baseline.append(float(-(prior * np.log(prior)).sum()))
+        self.y = torch.as_tensor(dataset.y, device=dev)
+        self.fit_index, self.fit_len = _padded([m.split.fit for m in members], dev)
+        self.val_index, self.val_len = _padded([m.split.val for m in members], dev)
+        self.score_index, self.score_len = _padded([m.split.score for m in members], dev)
+
+        # Per-model hyperparameters as tensors.
+        configs = [m.config for m in members]
+        self.lr = _column([c.lr for c in configs], dev)
+        self.weight_decay = _column([c.weight_decay for c in configs], dev)
+        self.l1 = torch.tensor([c.l1 for c in configs], device=dev)
+        self.keep = _column([1.0 - c.dropout for c in configs], dev)
+        self.bn_momentum = _column([c.bn_momentum for c in configs], dev)[:, :, 0]
+        self.patience = torch.tensor([c.patience for c in configs], device=dev)
+        self.seeds = torch.tensor([m.seed for m in members], device=dev)
+
+        # Weights: each model exactly as build_model initializes it under its seed.
+        self.weights: list[nn.Parameter] = []
+        self.biases: list[nn.Parameter] = []
+        self.gammas: list[nn.Parameter] = []
+        self.betas: list[nn.Parameter] = []
+        self.running: list[tuple[torch.Tensor, torch.Tensor]] = []
+        models = []
+        for member in members:
+            torch.manual_seed(member.seed)
+            models.append(
+                build_model(
+                    first.model,
+                    dataset.input_shape,
+                    dataset.n_outputs,
+                    dropout=member.config.dropout,
+                    bn_momentum=member.config.bn_momentum,
+                    hidden=member.config.hidden,
+                )
+            )
+        self.n_params = count_parameters(models[0])
+        linears = [[m for m in model if isinstance(m, nn.Linear)] for model in models]
+        norms = [[m for m in model if isinstance(m, nn.BatchNorm1d)] for model in models]
+        for layer in range(len(linears[0])):
+            w = torch.stack([ls[layer].weight.detach().t() for ls in linears])
+            b = torch.stack([ls[layer].bias.detach()[None, :] for ls in linears])
+            self.weights.append(nn.Parameter(w.to(dev)))
+            self.biases.append(nn.Parameter(b.to(dev)))
+        for layer in range(len(norms[0])):
+            self.gammas.append(
+                nn.Parameter(
+                    torch.stack([ns[layer].weight.detach()[None, :] for ns in norms]).to(dev)
+                )
+            )
+            self.betas.append(
+                nn.Parameter(
+                    torch.stack([ns[layer].bias.detach()[None, :] for ns in norms]).to(dev)
+                )
+            )
+            width = norms[0][layer].num_features
+            self.running.append(
+                (torch.zeros(M, width, device=dev), torch.ones(M, width, device=dev))
+            )
+        self.params = [*self.weights, *self.biases, *self.gammas, *self.betas]
+        regularize_all = first.training.regularize_bias_and_bn
+        self.regularized = self.params if regularize_all else self.weights
+        ids = {id(p) for p in self.regularized}
+        self.decayed = [id(p) in ids for p in self.params]
+        self.state = [(torch.zeros_like(p), torch.zeros_like(p)) for p in self.params]
+        self.steps = torch.zeros(M, device=dev)
+        self.stepping = torch.zeros(M, dtype=torch.bool, device=dev)
+
+        # Per-model progress.
+        self.active = torch.ones(M, dtype=torch.bool, device=dev)
+        self.diverged = torch.zeros(M, dtype=torch.bool, device=dev)
+        self.best_loss = torch.full((M,), math.inf, device=dev)
+        self.best_epoch = torch.full((M,), -1, device=dev, dtype=torch.long)
+        self.bad_epochs = torch.zeros(M, dtype=torch.long, device=dev)
+        self.best_score = torch.full((M,), math.nan, device=dev)
+        self.epochs = torch.zeros(M, dtype=torch.long, device=dev)
+        self.best_params = [p.detach().clone() for p in self.params]
+        self.best_running = [(a.clone(), b.clone()) for a, b in self.running]
+        self.train_curves: list[list[float]] = [[] for _ in range(M)]
+        self.val_curves: list[list[float]] = [[] for _ in range(M)]
+        self.epoch = 0
+
+    # --- the model -----------------------------------------------------------------------
+
+    def rows(self, index: torch.Tensor) -> torch.Tensor:
+        """Standardized features of ``index`` ``[M, B]`` → ``[M, B, d]``, each model its own."""
+        return (self.X[index] - self.x_mean) / self.x_std
+
+    def targets(self, index: torch.Tensor) -> torch.Tensor:
+        y = self.y[index]
+        if self.task == "regression":
+            return ((y - self.y_mean[:, None]) / self.y_std[:, None])[..., None]
+        return y
+
+    def forward(
+        self, x: torch.Tensor, valid: torch.Tensor, *, train: bool, step: int = 0
+    ) -> torch.Tensor:
+        """Outputs ``[M, B, out]``; ``valid`` ``[M, B]`` marks real rows (the rest is padding)."""
+        weight = valid[..., None].to(x.dtype)
+        count = weight.sum(1, keepdim=True).clamp(min=1.0)
+        h = x
+        last = len(self.weights) - 1
+        for layer, (w, b) in enumerate(zip(self.weights, self.biases, strict=True)):
+            h = torch.baddbmm(b, h, w)
+            if layer == last:
+                break
+            if self.batch_norm:
+                mean_run, var_run = self.running[layer]
+                if train:
+                    mean = (h * weight).sum(1, keepdim=True) / count
+                    var = (((h - mean) ** 2) * weight).sum(1, keepdim=True) / count
+                    with torch.no_grad():
+                        # PyTorch keeps the unbiased batch variance in the running estimate.
+                        unbiased = var * count / (count - 1).clamp(min=1.0)
+                        m = self.bn_momentum * self.stepping[:, None].to(x.dtype)
+                        mean_run.mul_(1 - m).add_(m * mean[:, 0])
+                        var_run.mul_(1 - m).add_(m * unbiased[:, 0])
+                else:
+                    mean, var = mean_run[:, None, :], var_run[:, None, :]
+                h = (h - mean) / torch.sqrt(var + BN_EPS) * self.gammas[layer] + self.betas[layer]
+            h = F.relu(h)
+            if train:
+                key = rng.keys(self.seeds, self.epoch, step, layer)
+                keep = rng.uniform(key, tuple(h.shape[1:])) < self.keep
+                h = h * keep / self.keep
+        return h
+
+    def losses(
+        self, outputs: torch.Tensor, targets: torch.Tensor, valid: torch.Tensor
+    ) -> torch.Tensor:
+        """Per-model mean data loss over its valid rows: ``[M]``."""
+        if self.task == "classification":
+            per_row = F.cross_entropy(outputs.flatten(0, 1), targets.flatten(), reduction="none")
+            per_row = per_row.view(valid.shape)
+        else:
+            per_row = ((outputs - targets) ** 2).mean(-1)
+        weight = valid.to(per_row.dtype)
+        return (per_row * weight).sum(1) / weight.sum(1).clamp(min=1.0)
+
+    # --- training ------------------------------------------------------------------------
+
+    def train_epoch(self) -> None:
+        """One epoch for every active model, then validation, early stopping and scoring."""
+        B, n_max = self.batch_size, self.fit_index.shape[1]
+        order = rng.permutations(rng.keys(self.seeds, self.epoch), self.fit_len, n_max)
+        total = torch.zeros(self.M, device=self.device)
+        seen = torch.zeros(self.M, device=self.device)
+        minimum = 2 if self.batch_norm else 1
+        for step, start in enumerate(range(0, n_max, B)):
+            position = order[:, start : start + B]
+            valid = position < self.fit_len[:, None]
+            index = self.fit_index.gather(1, position.clamp(max=n_max - 1))
+            rows = valid.sum(1)
+            # A model steps when it trains and has a batch here (BatchNorm needs two rows).
+            self.stepping = self.active & (rows >= minimum)
+            outputs = self.forward(self.rows(index), valid, train=True, step=step)
+            loss = self.losses(outputs, self.targets(index), valid)
+            penalty = sum(
+                (self.l1.view(-1, *[1] * (p.dim() - 1)) * p.abs()).flatten(1).sum(1)
+                for p in self.regularized
+            )
+            for p in self.params:
+                p.grad = None
+            (loss * self.stepping).sum().add((penalty * self.stepping).sum()).backward()
+            self.update()
+            total += torch.where(self.stepping, loss.detach() * rows, 0.0)
+            seen += torch.where(self.stepping, rows, 0).to(seen.dtype)
+        self.finish_epoch(total / seen.clamp(min=1.0))
+
+    @torch.no_grad()
+    def update(self) -> None:
+        """One optimizer step per stepping model, exactly as torch's Adam/SGD would take it."""
+        go = self.stepping
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
+        if self.training.grad_clip is not None:
+            norm = torch.sqrt(sum(g.pow(2).flatten(1).sum(1) for g in grads))
+            coef = (self.training.grad_clip / (norm + 1e-6)).clamp(max=1.0)
+            grads = [g * coef.view(-1, *[1] * (g.dim() - 1)) for g in grads]
+        self.steps += go.to(self.steps.dtype)
+        decoupled = self.training.l2_mode == "decoupled"
+        mask_shape = (-1, 1, 1)
+        gate = go.view(mask_shape)
+        for p, g, decayed, (m1, m2) in zip(
+            self.params, grads, self.decayed, self.state, strict=True
+        ):
+            if decayed and decoupled:
+                p.mul_(torch.where(gate, 1 - self.lr * self.weight_decay, 1.0))
+            elif decayed:
+                g = g + self.weight_decay * p
+            if self.members[0].config.optimizer == "adam":
+                b1, b2 = ADAM_BETAS
+                m1.copy_(torch.where(gate, b1 * m1 + (1 - b1) * g, m1))
+                m2.copy_(torch.where(gate, b2 * m2 + (1 - b2) * g * g, m2))
+                t = self.steps.clamp(min=1).view(mask_shape)
+                step_size = self.lr / (1 - b1**t)
+                denom = m2.sqrt() / torch.sqrt(1 - b2**t) + ADAM_EPS
+                p.sub_(torch.where(gate, step_size * m1 / denom, 0.0))
+            else:
+                momentum = self.training.momentum
+                if momentum:
+                    m1.copy_(torch.where(gate, momentum * m1 + g, m1))
+                    g = m1
+                p.sub_(torch.where(gate, self.lr * g, 0.0))
+
+    @torch.no_grad()
+    def evaluate(
+        self, index: torch.Tensor, lengths: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(data loss, objective) per model on its rows ``index`` in evaluation mode."""
+        valid = torch.arange(index.shape[1], device=self.device)[None, :] < lengths[:, None]
+        outputs = self.forward(self.rows(index), valid, train=False)
+        targets = self.targets(index)
+        loss = self.losses(outputs, targets, valid)
+        if self.metric == "accuracy":
+            hits = (outputs.argmax(-1) == targets) & valid
+            metric = hits.sum(1) / lengths.clamp(min=1)
+        elif self.metric == "mse":
+            metric = loss * self.y_std**2
+        else:
+            metric = loss
+        return loss, metric.to(torch.float32)
+
+    @torch.no_grad()
+    def finish_epoch(self, train_loss: torch.Tensor) -> None:
+        val_loss, _ = self.evaluate(self.val_index, self.val_len)
+        _, score = self.evaluate(self.score_index, self.score_len)
+        was_active = self.active.clone()
+        diverged = was_active & ~(torch.isfinite(train_loss) & torch.isfinite(val_loss))
+        self.diverged |= diverged
+        improved = was_active & ~diverged & (val_loss < self.best_loss - self.training.min_delta)
+        self.best_loss = torch.where(improved, val_loss, self.best_loss)
+        self.best_epoch = torch.where(improved, self.epochs, self.best_epoch)
+        self.best_score = torch.where(improved, score, self.best_score)
+        self.bad_epochs = torch.where(improved, 0, self.bad_epochs + was_active.long())
+        for best, p in zip(self.best_params, self.params, strict=True):
+            best.copy_(torch.where(improved.view(-1, *[1] * (p.dim() - 1)), p, best))
+        for (best_mean, best_var), (mean, var) in zip(self.best_running, self.running, strict=True):
+            best_mean.copy_(torch.where(improved[:, None], mean, best_mean))
+            best_var.copy_(torch.where(improved[:, None], var, best_var))
+        self.epochs += was_active.long()
+        out_of_epochs = self.epochs >= self.training.max_epochs
+        self.active = was_active & ~diverged & (self.bad_epochs < self.patience) & ~out_of_epochs
+        # The epoch's one host synchronisation: curves for the record.
+        train_host, val_host, active_host = (t.tolist() for t in (train_loss, val_loss, was_active))
+        for m in range(self.M):
+            if active_host[m]:
+                self.train_curves[m].append(train_host[m])
+                self.val_curves[m].append(val_host[m])
+        self.epoch += 1
+
+    def stop(self, members: torch.Tensor) -> None:
+        """Stop training these models (a pruned trial)."""
+        self.active &= ~members
+
+    @torch.no_grad()
+    def restore_best(self) -> None:
+        for p, best in zip(self.params, self.best_params, strict=True):
+            p.copy_(best)
+        for (mean, var), (best_mean, best_var) in zip(self.running, self.best_running, strict=True):
+            mean.copy_(best_mean)
+            var.copy_(best_var)
+
+    def sparsity(self, m: int) -> float:
+        """Fraction of model m's regularized weights with |θ| < 1e-3 (as ``Regularizer``)."""
+        chosen = [
+            best[m] for best, decayed in zip(self.best_params, self.decayed, strict=True) if decayed
+        ]
+        small = sum(int((p.abs() < SPARSITY_THRESHOLD).sum()) for p in chosen)
+        return small / sum(p.numel() for p in chosen)
+
+    def fold_result(self, m: int) -> FoldResult:
+        member = self.members[m]
+        config = member.config
+        return FoldResult(
+            index=member.fold,
+            score=float(self.best_score[m]),
+            best_epoch=int(self.best_epoch[m]),
+            epochs=int(self.epochs[m]),
+            stopped_early=int(self.bad_epochs[m]) >= config.patience,
+            train_loss=self.train_curves[m],
+            val_loss=self.val_curves[m],
+            sparsity=self.sparsity(m),
+            diagnosis=diagnose_fold(
+                self.train_curves[m],
+                self.val_curves[m],
+                max_epochs=config.training.max_epochs,
+                baseline_loss=self.baseline[m],
+            ),
+            scored=member.split.score,
+            x_scaler=self.x_scalers[m],
+        )
+
+
+TrialOutcome = CVResult | DivergedError | None  # None: pruned
+
+
+def train_population(
+    dataset: Dataset,
+    configs: Sequence[TrialConfig],
+    splits: Sequence[Split],
+    *,
+    seeds: Sequence[int],
+    metric: Metric,
+    device: torch.device | str = "cpu",
+    on_epoch: Callable[[int, int, float], bool] | None = None,
+) -> list[TrialOutcome]:
+    """Cross-validate every configuration at once; one outcome per configuration.
+
+    ``on_epoch(trial, epoch, fold_mean)`` is called per active trial after every epoch;
+    returning True prunes the trial (its models stop, its outcome is None).
+    """
+    start = time.perf_counter()
+    members = [
+        Member(config, split, fold_seed(seed, k), trial, k)
+        for trial, (config, seed) in enumerate(zip(configs, seeds, strict=True))
+        for k, split in enumerate(splits)
+    ]
+    population = Population(dataset, members, metric=metric, device=device)
+    K = len(splits)
+    trial_of = torch.tensor([m.trial for m in members], device=population.device)
+    pruned = [False] * len(configs)
+    while bool(population.active.any()):
+        # Like the per-trial engine: a trial reports after every epoch in which it trained.
+        reporting = population.active.view(len(configs), K).any(1).tolist()
+        population.train_epoch()
+        failed = population.diverged.view(len(configs), K).any(1)
+        # A trial with a diverged fold fails as a whole: stop its other folds too.
+        population.stop(failed[trial_of])
+        if on_epoch is None:
+            continue
+        means = population.best_score.view(len(configs), K).mean(1).tolist()
+        for trial, failed_trial in enumerate(failed.tolist()):
+            if (
+                reporting[trial]
+                and not failed_trial
+                and on_epoch(trial, population.epoch - 1, means[trial])
+            ):
+                pruned[trial] = True
+                population.stop(trial_of == trial)
+    population.restore_best()
+    elapsed = time.perf_counter() - start
+    outcomes: list[TrialOutcome] = []
+    for trial in range(len(configs)):
+        ms = range(trial * K, (trial + 1) * K)
+        if bool(population.diverged[list(ms)].any()):
+            outcomes.append(DivergedError(f"trial slot {trial} diverged (NaN/inf loss)"))
+        elif pruned[trial]:
+            outcomes.append(None)
+        else:
+            outcomes.append(
+                CVResult(
+                    metric=metric,
+                    folds=[population.fold_result(m) for m in ms],
+                    n_params=population.n_params,
+                    wall_time_s=elapsed,
+                )
+            )
+    return outcomes
