@@ -25,7 +25,7 @@ def assert_same(a, b, rel: float = 1e-4) -> None:
     for fa, fb in zip(a.folds, b.folds, strict=True):
         if rel <= 1e-3:  # a looser comparison may legitimately pick a neighbouring epoch
             assert fa.epochs == fb.epochs and fa.best_epoch == fb.best_epoch
-        assert fa.score == pytest.approx(fb.score, rel=rel, abs=1e-6)
+        assert fa.score == pytest.approx(fb.score, rel=rel, abs=rel)
         n = min(len(fa.val_loss), len(fb.val_loss))
         np.testing.assert_allclose(fa.val_loss[:n], fb.val_loss[:n], rtol=rel * 10, atol=1e-6)
         np.testing.assert_allclose(fa.train_loss[:n], fb.train_loss[:n], rtol=rel * 10, atol=1e-6)

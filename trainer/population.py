@@ -228,9 +228,18 @@ class Population:
         return y
 
     def forward(
-        self, x: torch.Tensor, valid: torch.Tensor, *, train: bool, step: int = 0
+        self,
+        x: torch.Tensor,
+        valid: torch.Tensor,
+        *,
+        train: bool,
+        step: int = 0,
+        full: bool = False,
     ) -> torch.Tensor:
-        """Outputs ``[M, B, out]``; ``valid`` ``[M, B]`` marks real rows (the rest is padding)."""
+        """Outputs ``[M, B, out]``; ``valid`` ``[M, B]`` marks real rows (the rest is padding).
+
+        ``full`` says that every row is real, which allows plain (unmasked) batch statistics.
+        """
         weight = valid[..., None].to(x.dtype)
         count = weight.sum(1, keepdim=True).clamp(min=1.0)
         h = x
@@ -241,9 +250,12 @@ class Population:
                 break
             if self.batch_norm:
                 mean_run, var_run = self.running[layer]
-                if train:
+                if train and full:
+                    var, mean = torch.var_mean(h, dim=1, keepdim=True, correction=0)
+                elif train:
                     mean = (h * weight).sum(1, keepdim=True) / count
                     var = (((h - mean) ** 2) * weight).sum(1, keepdim=True) / count
+                if train:
                     with torch.no_grad():
                         # PyTorch keeps the unbiased batch variance in the running estimate.
                         unbiased = var * count / (count - 1).clamp(min=1.0)
@@ -281,14 +293,16 @@ class Population:
         total = torch.zeros(self.M, device=self.device)
         seen = torch.zeros(self.M, device=self.device)
         minimum = 2 if self.batch_norm else 1
+        lengths = self.fit_len.tolist()  # known on the host: no device sync per step
         for step, start in enumerate(range(0, n_max, B)):
+            full = all(n - start >= B for n in lengths)
             position = order[:, start : start + B]
             valid = position < self.fit_len[:, None]
             index = self.fit_index.gather(1, position.clamp(max=n_max - 1))
             rows = valid.sum(1)
             # A model steps when it trains and has a batch here (BatchNorm needs two rows).
             self.stepping = self.active & (rows >= minimum)
-            outputs = self.forward(self.rows(index), valid, train=True, step=step)
+            outputs = self.forward(self.rows(index), valid, train=True, step=step, full=full)
             loss = self.losses(outputs, self.targets(index), valid)
             penalty = sum(
                 (self.l1.view(-1, *[1] * (p.dim() - 1)) * p.abs()).flatten(1).sum(1)
@@ -313,29 +327,33 @@ class Population:
             grads = [g * coef.view(-1, *[1] * (g.dim() - 1)) for g in grads]
         self.steps += go.to(self.steps.dtype)
         decoupled = self.training.l2_mode == "decoupled"
-        mask_shape = (-1, 1, 1)
-        gate = go.view(mask_shape)
+        gate = go.to(torch.float32).view(-1, 1, 1)  # 1: step, 0: leave model and moments be
+        lr = self.lr * gate
+        adam = self.members[0].config.optimizer == "adam"
+        if adam:
+            b1, b2 = ADAM_BETAS
+            t = self.steps.clamp(min=1).view(-1, 1, 1)
+            step_size = lr / (1 - b1**t)
+            root_bc2 = torch.sqrt(1 - b2**t)
         for p, g, decayed, (m1, m2) in zip(
             self.params, grads, self.decayed, self.state, strict=True
         ):
             if decayed and decoupled:
-                p.mul_(torch.where(gate, 1 - self.lr * self.weight_decay, 1.0))
+                p.mul_(1 - lr * self.weight_decay)
             elif decayed:
                 g = g + self.weight_decay * p
-            if self.members[0].config.optimizer == "adam":
-                b1, b2 = ADAM_BETAS
-                m1.copy_(torch.where(gate, b1 * m1 + (1 - b1) * g, m1))
-                m2.copy_(torch.where(gate, b2 * m2 + (1 - b2) * g * g, m2))
-                t = self.steps.clamp(min=1).view(mask_shape)
-                step_size = self.lr / (1 - b1**t)
-                denom = m2.sqrt() / torch.sqrt(1 - b2**t) + ADAM_EPS
-                p.sub_(torch.where(gate, step_size * m1 / denom, 0.0))
+            if adam:
+                # torch.optim.Adam's own arithmetic: lerp for the moments, then addcdiv.
+                m1.lerp_(g, (1 - b1) * gate)
+                m2.lerp_(g.square(), (1 - b2) * gate)
+                denom = m2.sqrt().div_(root_bc2).add_(ADAM_EPS)
+                p.addcdiv_(m1 * step_size, denom, value=-1.0)
             else:
                 momentum = self.training.momentum
                 if momentum:
-                    m1.copy_(torch.where(gate, momentum * m1 + g, m1))
+                    m1.copy_(torch.where(gate.bool(), momentum * m1 + g, m1))
                     g = m1
-                p.sub_(torch.where(gate, self.lr * g, 0.0))
+                p.sub_(lr * g)
 
     @torch.no_grad()
     def evaluate(

@@ -1,0 +1,229 @@
+"""Throughput of three ways to cross-validate the same trials, side by side in one run.
+
+Reference workload: digits, MLP 64-256-256-10 with BatchNorm and dropout, Adam lr 1e-3,
+batch 64, 5 folds, a fixed number of epochs (no early stopping, no pruning), P trials whose
+regularization is drawn from the default search space with a fixed seed. The engines:
+
+  (a) textbook: what a user writes from the tutorials: an Optuna-style objective, per fold a
+      StandardScaler, a DataLoader over a TensorDataset, nn.Sequential, torch.optim.Adam,
+      one fold after another;
+  (b) per-trial: regtune's engine (data on the device, index-gather batches, folds in lockstep);
+  (c) population: regtune's stacked engine, all P × 5 models as one.
+
+Each runs at 1 and at all threads; the best of the two counts. It prints fold-epochs per second,
+wall time, best CV accuracy, the speed-up over (a), and achieved model FLOP/s against the
+device's measured dense matmul rate (forward + backward ≈ 3 × 2 × multiply-adds per sample).
+
+    .venv/bin/python benchmarks/engines.py --append BENCHMARKS.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import optuna
+import torch
+from sklearn.preprocessing import StandardScaler
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from trainer.config import TrialConfig
+from trainer.datasets import Dataset, load_builtin
+from trainer.engine import cross_validate
+from trainer.objective import suggest
+from trainer.population import train_population
+from trainer.spec import StudySpec
+from trainer.study import Protocol
+
+HIDDEN = (256, 256)
+
+
+def reference(epochs: int) -> StudySpec:
+    return StudySpec(
+        dataset="builtin:digits",
+        model={"hidden": list(HIDDEN)},
+        training={"max_epochs": epochs},
+        cv={"folds": 5},
+        search_space={"patience": epochs + 1},
+        pruner={"kind": "none"},
+    )
+
+
+def draw_configs(spec: StudySpec, n: int, seed: int) -> list[TrialConfig]:
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
+    return [
+        TrialConfig.from_values(spec, suggest(study.ask(), spec.search_space)) for _ in range(n)
+    ]
+
+
+def textbook(
+    data: Dataset, configs: list[TrialConfig], protocol: Protocol, epochs: int
+) -> list[float]:
+    """The loop from the tutorials, kept honest: same model, same regularizers, same folds."""
+    means = []
+    for config in configs:
+        scores = []
+        for split in protocol.splits:
+            train = split.fit  # the rows the engines take steps on
+            scaler = StandardScaler().fit(data.X[train])
+            X_train = torch.tensor(scaler.transform(data.X[train]), dtype=torch.float32)
+            X_test = torch.tensor(scaler.transform(data.X[split.score]), dtype=torch.float32)
+            y_train, y_test = torch.tensor(data.y[train]), torch.tensor(data.y[split.score])
+            loader = DataLoader(
+                TensorDataset(X_train, y_train),
+                batch_size=config.batch_size,
+                shuffle=True,
+                drop_last=len(train) % config.batch_size == 1,
+            )
+            layers: list[nn.Module] = []
+            width = data.n_features
+            for h in config.hidden:
+                layers += [
+                    nn.Linear(width, h),
+                    nn.BatchNorm1d(h, momentum=config.bn_momentum),
+                    nn.ReLU(),
+                    nn.Dropout(config.dropout),
+                ]
+                width = h
+            model = nn.Sequential(*layers, nn.Linear(width, data.n_outputs))
+            optimizer = torch.optim.Adam(
+                model.parameters(), lr=config.lr, weight_decay=config.weight_decay
+            )
+            loss_fn = nn.CrossEntropyLoss()
+            for _ in range(epochs):
+                model.train()
+                for xb, yb in loader:
+                    optimizer.zero_grad()
+                    loss = loss_fn(model(xb), yb)
+                    loss = loss + config.l1 * sum(
+                        m.weight.abs().sum() for m in model if isinstance(m, nn.Linear)
+                    )
+                    loss.backward()
+                    optimizer.step()
+            model.eval()
+            with torch.no_grad():
+                scores.append(float((model(X_test).argmax(1) == y_test).float().mean()))
+        means.append(float(np.mean(scores)))
+    return means
+
+
+def per_trial(
+    data: Dataset, configs: list[TrialConfig], protocol: Protocol, epochs: int
+) -> list[float]:
+    return [
+        cross_validate(data, c, protocol.splits, metric="accuracy", seed=i).mean
+        for i, c in enumerate(configs)
+    ]
+
+
+def population(
+    data: Dataset, configs: list[TrialConfig], protocol: Protocol, epochs: int
+) -> list[float]:
+    outcomes = train_population(
+        data, configs, protocol.splits, seeds=list(range(len(configs))), metric="accuracy"
+    )
+    return [o.mean for o in outcomes]  # type: ignore[union-attr]
+
+
+def matmul_rate(threads: int, size: int = 1024, repeats: int = 20) -> float:
+    torch.set_num_threads(threads)
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    a @ b
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    return 2 * size**3 * repeats / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--trials", type=int, default=8)
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--engines", default="textbook,per-trial,population")
+    parser.add_argument("--append", type=Path)
+    args = parser.parse_args()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+    ).stdout.strip()
+    started = datetime.now(UTC)
+
+    data = load_builtin("builtin:digits")
+    spec = reference(args.epochs)
+    protocol = Protocol.of(spec, data)
+    configs = draw_configs(spec, args.trials, seed=0)
+    fit_rows = sum(len(s.fit) for s in protocol.splits) / len(protocol.splits)
+    macs = data.n_features * HIDDEN[0] + HIDDEN[0] * HIDDEN[1] + HIDDEN[1] * data.n_outputs
+    fold_epochs = args.trials * len(protocol.splits) * args.epochs
+    flops = 6 * macs * fit_rows * fold_epochs
+    engines: dict[str, Callable[..., list[float]]] = {
+        "textbook": textbook,
+        "per-trial": per_trial,
+        "population": population,
+    }
+    thread_options = sorted({1, os.cpu_count() or 1})
+    peak = max(matmul_rate(t) for t in thread_options)
+
+    rows = []
+    for name in args.engines.split(","):
+        best: tuple[float, int, list[float]] | None = None
+        for threads in thread_options:
+            torch.set_num_threads(threads)
+            start = time.perf_counter()
+            scores = engines[name](data, configs, protocol, args.epochs)
+            wall = time.perf_counter() - start
+            print(
+                f"{name:>10} threads={threads}: {wall:6.1f} s, best CV {max(scores):.4f}",
+                flush=True,
+            )
+            if best is None or wall < best[0]:
+                best = (wall, threads, scores)
+        assert best is not None
+        rows.append((name, *best))
+
+    base = rows[0][1] if rows[0][0] == "textbook" else None
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        "unknown CPU",
+    )
+    lines = [
+        f"\n## Engines: textbook vs per-trial vs population ({started:%Y-%m-%d %H:%M} UTC)\n",
+        f"- command: `{' '.join([Path(sys.executable).name, *sys.argv])}`",
+        f"- device: CPU, {cpu}, {os.cpu_count()} cores; torch {torch.__version__}; "
+        f"commit `{commit}`",
+        f"- workload: digits, MLP 64-256-256-10 (BN, dropout), Adam, batch 64, 5 folds, "
+        f"{args.epochs} epochs, {args.trials} trials = {fold_epochs} fold-epochs; "
+        f"{flops / 1e9:.0f} GFLOP of training (6 × MACs × rows)",
+        f"- dense fp32 matmul (1024², best of {thread_options} threads): {peak / 1e9:.1f} GFLOP/s",
+        "",
+        "| engine | threads | wall s | fold-epochs/s | × textbook | best CV acc | GFLOP/s | % of matmul |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, wall, threads, scores in rows:
+        ratio = f"{base / wall:.2f}" if base else "–"
+        rate = flops / wall
+        lines.append(
+            f"| {name} | {threads} | {wall:.1f} | {fold_epochs / wall:.1f} | {ratio} | "
+            f"{max(scores):.4f} | {rate / 1e9:.2f} | {100 * rate / peak:.1f} |"
+        )
+    lines.append("")
+    print("\n".join(lines))
+    if args.append:
+        with args.append.open("a") as handle:
+            handle.write("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
