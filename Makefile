@@ -1,11 +1,11 @@
-# Everything a fresh clone needs: `make serve`, `make test` (and `make quality`).
+# Everything a fresh clone needs: `make serve`, `make test` (and `make bench`, `make quality`).
 PYTHON ?= python3
 VENV ?= .venv
 LINTED := $(wildcard service trainer tests benchmarks)
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install serve test lint quality clean
+.PHONY: install serve test lint bench quality clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,10 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check $(LINTED)
 	$(VENV)/bin/ruff format --check $(LINTED)
+
+# Engine throughput side by side (textbook loop, per-trial engine, population engine).
+bench: $(STAMP)
+	$(PY) benchmarks/engines.py --append BENCHMARKS.md
 
 # Search quality on the built-in datasets (long: tens of minutes on 2 cores).
 quality: $(STAMP)
