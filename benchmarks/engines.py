@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -31,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import optuna
 import torch
+from provenance import append_section, command_line, git_commit, machine
 from sklearn.preprocessing import StandardScaler
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
@@ -151,9 +150,7 @@ def main() -> None:
     parser.add_argument("--append", type=Path)
     args = parser.parse_args()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True
-    ).stdout.strip()
+    commit = git_commit()
     started = datetime.now(UTC)
 
     data = load_builtin("builtin:digits")
@@ -190,25 +187,17 @@ def main() -> None:
         rows.append((name, *best))
 
     base = rows[0][1] if rows[0][0] == "textbook" else None
-    cpu = next(
-        (
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        ),
-        "unknown CPU",
-    )
     lines = [
         f"\n## Engines: textbook vs per-trial vs population ({started:%Y-%m-%d %H:%M} UTC)\n",
-        f"- command: `{' '.join([Path(sys.executable).name, *sys.argv])}`",
-        f"- device: CPU, {cpu}, {os.cpu_count()} cores; torch {torch.__version__}; "
-        f"commit `{commit}`",
+        f"- command: `{command_line()}`",
+        f"- device: CPU: {machine()}; commit `{commit}`",
         f"- workload: digits, MLP 64-256-256-10 (BN, dropout), Adam, batch 64, 5 folds, "
         f"{args.epochs} epochs, {args.trials} trials = {fold_epochs} fold-epochs; "
         f"{flops / 1e9:.0f} GFLOP of training (6 × MACs × rows)",
         f"- dense fp32 matmul (1024², best of {thread_options} threads): {peak / 1e9:.1f} GFLOP/s",
         "",
-        "| engine | threads | wall s | fold-epochs/s | × textbook | best CV acc | GFLOP/s | % of matmul |",
+        "| engine | threads | wall s | fold-epochs/s | × textbook | best CV acc | GFLOP/s "
+        "| % of matmul |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, wall, threads, scores in rows:
@@ -221,8 +210,7 @@ def main() -> None:
     lines.append("")
     print("\n".join(lines))
     if args.append:
-        with args.append.open("a") as handle:
-            handle.write("\n".join(lines))
+        append_section(args.append, "\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -12,10 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -28,6 +25,7 @@ import optuna
 from optuna.distributions import FloatDistribution, IntDistribution
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from provenance import append_section, command_line, git_commit, machine
 from servers import Server  # the test suite's real-process helpers
 
 FILL_BATCH = 500
@@ -139,21 +137,11 @@ def main() -> None:
     rps = len(latencies) / args.seconds
     p50 = statistics.median(latencies) * 1000
     p99 = latencies[int(0.99 * (len(latencies) - 1))] * 1000
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True
-    ).stdout.strip()
-    cpu = next(
-        (
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        ),
-        platform.processor(),
-    )
+    commit = git_commit()
     lines = [
         f"\n## Status endpoint under load ({datetime.now(UTC):%Y-%m-%d})\n",
-        f"- command: `{' '.join([Path(sys.executable).name, *sys.argv])}`",
-        f"- machine: {cpu}, {os.cpu_count()} cores; commit `{commit}`; SQLite (WAL), one "
+        f"- command: `{command_line()}`",
+        f"- machine: {machine()}; commit `{commit}`; SQLite (WAL), one "
         f"uvicorn process, one embedded worker training digits meanwhile",
         f"- study with {args.trials} finished trials (filled in {fill_s:.0f} s); "
         f"{args.clients} concurrent clients on loopback (httpx, one process) for "
@@ -166,8 +154,7 @@ def main() -> None:
     ]
     print("\n".join(lines))
     if args.append:
-        with args.append.open("a") as handle:
-            handle.write("\n".join(lines))
+        append_section(args.append, "\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -30,10 +30,6 @@ from __future__ import annotations
 import argparse
 import copy
 import datetime as dt
-import os
-import platform
-import shlex
-import subprocess
 import sys
 import time
 from collections import Counter
@@ -49,6 +45,7 @@ if str(ROOT) not in sys.path:  # run as a script from anywhere: make `trainer` i
 import numpy as np  # noqa: E402
 import optuna  # noqa: E402
 import torch  # noqa: E402
+from provenance import append_section, command_line, git_commit, machine  # noqa: E402
 
 from trainer.datasets import Dataset, load_builtin  # noqa: E402
 from trainer.spec import StudySpec  # noqa: E402
@@ -361,44 +358,6 @@ def verdict(result: CaseResult) -> str:
     return "**met**" if met else "**not met**"
 
 
-def machine() -> str:
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return (
-        f"{cpu}, {os.cpu_count()} cores ({usable} usable), Python {platform.python_version()}, "
-        f"torch {torch.__version__} with {torch.get_num_threads()} thread(s), "
-        f"Optuna {optuna.__version__}"
-    )
-
-
-def git_commit() -> str:
-    def git(*args: str) -> str:
-        done = subprocess.run(
-            ["git", *args], cwd=ROOT, capture_output=True, text=True, check=False, timeout=30
-        )
-        return done.stdout.strip() if done.returncode == 0 else ""
-
-    commit = git("rev-parse", "--short", "HEAD") or "unknown"
-    dirty = git("status", "--porcelain", "--untracked-files=no")
-    return f"{commit} (uncommitted changes in the working tree)" if dirty else commit
-
-
-def command_line() -> str:
-    python = Path(sys.executable)
-    try:
-        shown = str(python.relative_to(Path.cwd())) if python.is_absolute() else str(python)
-    except ValueError:
-        shown = "python"
-    return shlex.join([shown, *sys.argv])
-
-
 def best_params(run: StudyRun) -> str:
     config = run.attrs.get("config") or {}
     searched = set(run.outcome.best.params) if run.outcome.best is not None else set()
@@ -521,16 +480,6 @@ def select(cases: dict[str, Case], wanted: str) -> list[Case]:
             if key not in keys:
                 keys.append(key)
     return [cases[k] for k in keys]
-
-
-def append_section(path: Path, text: str) -> None:
-    if not path.exists():
-        path.write_text(
-            "# Benchmarks\n\nMeasured figures for regtune; each section records the command, "
-            "machine and commit that produced it.\n"
-        )
-    with path.open("a") as handle:
-        handle.write("\n" + text)
 
 
 def main(argv: list[str] | None = None) -> int:

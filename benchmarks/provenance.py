@@ -1,0 +1,63 @@
+"""Where a benchmark figure comes from: command, machine, commit; and where it goes."""
+
+from __future__ import annotations
+
+import os
+import platform
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def machine() -> str:
+    cpu = platform.processor() or "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return (
+        f"{cpu}, {os.cpu_count()} cores ({usable} usable), Python {platform.python_version()}, "
+        f"torch {torch.__version__} with {torch.get_num_threads()} thread(s), "
+        f"Optuna {optuna.__version__}"
+    )
+
+
+def git_commit() -> str:
+    def git(*args: str) -> str:
+        done = subprocess.run(
+            ["git", *args], cwd=ROOT, capture_output=True, text=True, check=False, timeout=30
+        )
+        return done.stdout.strip() if done.returncode == 0 else ""
+
+    commit = git("rev-parse", "--short", "HEAD") or "unknown"
+    dirty = git("status", "--porcelain", "--untracked-files=no")
+    return f"{commit} (uncommitted changes in the working tree)" if dirty else commit
+
+
+def command_line() -> str:
+    python = Path(sys.executable)
+    try:
+        shown = str(python.relative_to(Path.cwd())) if python.is_absolute() else str(python)
+    except ValueError:
+        shown = "python"
+    return shlex.join([shown, *sys.argv])
+
+
+def append_section(path: Path, text: str) -> None:
+    if not path.exists():
+        path.write_text(
+            "# Benchmarks\n\nMeasured figures for regtune; each section records the command, "
+            "machine and commit that produced it.\n"
+        )
+    with path.open("a") as handle:
+        handle.write("\n" + text)
