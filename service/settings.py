@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from functools import lru_cache
-
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -42,8 +40,3 @@ class Settings(BaseSettings):
     # PostgreSQL connections per process: many workers must not exhaust the server.
     pool_size: int = Field(2, ge=1)
     max_overflow: int = Field(2, ge=0)
-
-
-@lru_cache
-def get_settings() -> Settings:
-    return Settings()

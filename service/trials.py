@@ -241,7 +241,3 @@ def eta_seconds(
         return None
     elapsed = (last - first).total_seconds()
     return left * elapsed / done if elapsed > 0 else None
-
-
-def load_study(storage: RDBStorage, name: str, **kwargs: object) -> optuna.Study:
-    return optuna.load_study(study_name=name, storage=storage, **kwargs)  # type: ignore[arg-type]

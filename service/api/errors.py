@@ -19,7 +19,3 @@ def too_large(message: str) -> HTTPException:
 
 def not_found(message: str) -> HTTPException:
     return HTTPException(status.HTTP_404_NOT_FOUND, message)
-
-
-def conflict(message: str) -> HTTPException:
-    return HTTPException(status.HTTP_409_CONFLICT, message)
