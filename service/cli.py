@@ -115,6 +115,9 @@ def tune(
     threads: Annotated[
         int, typer.Option(help="torch CPU threads; 1 is fastest for small models")
     ] = 1,
+    population: Annotated[
+        int, typer.Option(min=1, help="trials trained at once as one stacked model (MLP only)")
+    ] = 1,
     as_json: Annotated[bool, typer.Option("--json", help="print the result as JSON")] = False,
 ) -> None:
     """Run one study in this process, without a server."""
@@ -163,6 +166,7 @@ def tune(
                 study_name=study_name,
                 device=where,
                 callbacks=[advance],
+                population=population,
             )
         except (DatasetError, SpecError) as exc:
             raise fail(str(exc)) from None

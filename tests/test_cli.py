@@ -66,11 +66,13 @@ def test_tune_prints_a_result_table(tmp_path: Path) -> None:
         "--dataset",
         "builtin:wine",
         "--trials",
-        "1",
+        "3",
         "--folds",
         "2",
         "--max-epochs",
         "2",
+        "--population",
+        "3",
         cwd=tmp_path,
     )
     assert done.returncode == 0, done.stderr

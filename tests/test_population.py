@@ -167,3 +167,35 @@ def test_stacked_batchnorm_running_statistics(wine) -> None:
         mean, var = population.running[0]
         torch.testing.assert_close(mean[m], bn.running_mean, rtol=1e-4, atol=1e-5)
         torch.testing.assert_close(var[m], bn.running_var, rtol=1e-4, atol=1e-5)
+
+
+def test_batched_asks_run_a_study_with_pruning_and_records(wine) -> None:
+    import optuna
+
+    from trainer.study import run_study
+
+    spec = StudySpec.model_validate(
+        {
+            "dataset": "builtin:wine",
+            "n_trials": 7,
+            "model": {"hidden": [16]},
+            "training": {"max_epochs": 6},
+            "cv": {"folds": 3, "test_fraction": 0.2},
+            "search_space": {"lr": [3e-2, 1e-7], "patience": 50},
+            "sampler": {"kind": "random"},
+            "pruner": {"kind": "median", "n_startup_trials": 2, "n_warmup_steps": 1},
+        }
+    )
+    told: list[int] = []
+    outcome = run_study(spec, wine, population=3, callbacks=[lambda s, t: told.append(t.number)])
+    trials = outcome.study.trials
+    assert len(trials) == 7 and sorted(told) == list(range(7))
+    complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert complete and all(t.user_attrs["fold_scores"] for t in complete)
+    for t in complete:
+        assert sorted(t.intermediate_values) == list(range(t.user_attrs["epochs"][0]))
+        assert t.value == pytest.approx(np.mean(t.user_attrs["fold_scores"]))
+    # Hopeless trials after the first population are pruned early, like with one at a time.
+    late = [t for t in trials[3:] if t.params["lr"] == 1e-7]
+    assert late and all(t.state == optuna.trial.TrialState.PRUNED for t in late)
+    assert outcome.test_score is not None

@@ -17,6 +17,7 @@ import numpy as np
 import optuna
 import torch
 
+from trainer.batched import optimize_in_populations, population_applies
 from trainer.config import TrialConfig
 from trainer.datasets import Dataset, check_for_cv
 from trainer.engine import DivergedError, FittedModel, refit
@@ -183,16 +184,31 @@ def run_study(
     device: torch.device | str = "cpu",
     callbacks: Sequence[Callable[[optuna.Study, optuna.trial.FrozenTrial], None]] = (),
     refit_best: bool = True,
+    population: int = 1,
 ) -> StudyOutcome:
     """Search until the study holds ``spec.n_trials`` finished trials (or ``timeout_s``).
 
-    Diverging trials fail with their reason in ``fail_reason`` and the search goes on.
+    Diverging trials fail with their reason in ``fail_reason`` and the search goes on. With
+    ``population`` > 1 (and an MLP), that many trials train at once as one stacked model.
     """
     protocol = Protocol.of(spec, dataset)
     study = create_study(spec, protocol.metric, storage=storage, study_name=study_name)
     done = len(study.get_trials(deepcopy=False, states=FINISHED))
     objective = Objective(spec, dataset, protocol.splits, metric=protocol.metric, device=device)
-    if done < spec.n_trials:
+    if done < spec.n_trials and population > 1 and population_applies(spec):
+        optimize_in_populations(
+            study,
+            spec,
+            dataset,
+            protocol.splits,
+            metric=protocol.metric,
+            size=population,
+            n_trials=spec.n_trials - done,
+            timeout_s=spec.timeout_s,
+            device=device,
+            callbacks=callbacks,
+        )
+    elif done < spec.n_trials:
         study.optimize(
             objective,
             n_trials=spec.n_trials - done,

@@ -1,0 +1,89 @@
+"""Batched asks: Optuna proposes P trials at once and the population engine trains them together.
+
+TPE's constant liar (and the GP sampler's pending-trial handling) keeps the P proposals apart.
+Every trial reports its fold-mean metric each epoch, so pruning and the dashboard's curves work
+as with one trial at a time, and each trial is told as soon as its population is done.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+
+import optuna
+import torch
+
+from trainer.config import TrialConfig
+from trainer.datasets import Dataset
+from trainer.engine import DivergedError
+from trainer.objective import result_attrs, suggest, trial_seed
+from trainer.population import train_population
+from trainer.spec import Metric, StudySpec
+from trainer.splits import Split
+
+Callback = Callable[[optuna.Study, optuna.trial.FrozenTrial], None]
+
+
+def population_applies(spec: StudySpec) -> bool:
+    """Stacking needs an MLP and epoch-wise (not per-fold Wilcoxon) pruning."""
+    return spec.model.kind == "mlp" and spec.pruner.kind != "wilcoxon"
+
+
+def reporter(trials: Sequence[optuna.Trial]) -> Callable[[int, int, float], bool]:
+    """Report a population's fold means to its trials; answer whether to prune each."""
+
+    def on_epoch(slot: int, epoch: int, value: float) -> bool:
+        trials[slot].report(value, epoch)
+        return trials[slot].should_prune()
+
+    return on_epoch
+
+
+def optimize_in_populations(
+    study: optuna.Study,
+    spec: StudySpec,
+    dataset: Dataset,
+    splits: Sequence[Split],
+    *,
+    metric: Metric,
+    size: int,
+    n_trials: int,
+    timeout_s: float | None = None,
+    device: torch.device | str = "cpu",
+    callbacks: Sequence[Callback] = (),
+) -> None:
+    """Run ``n_trials`` trials, ``size`` at a time (grouped by shape: widths, batch, optimizer)."""
+    start = time.monotonic()
+    done = 0
+    while done < n_trials and (timeout_s is None or time.monotonic() - start < timeout_s):
+        trials = [study.ask() for _ in range(min(size, n_trials - done))]
+        configs = [TrialConfig.from_values(spec, suggest(t, spec.search_space)) for t in trials]
+        groups: dict[tuple[object, ...], list[int]] = defaultdict(list)
+        for i, (trial, config) in enumerate(zip(trials, configs, strict=True)):
+            trial.set_user_attr("config", config.hyperparameters())
+            groups[(config.hidden, config.batch_size, config.optimizer)].append(i)
+        for members in groups.values():
+            outcomes = train_population(
+                dataset,
+                [configs[i] for i in members],
+                splits,
+                seeds=[trial_seed(spec.seed, trials[i].number) for i in members],
+                metric=metric,
+                device=device,
+                on_epoch=reporter([trials[i] for i in members]),
+            )
+            for i, outcome in zip(members, outcomes, strict=True):
+                trial = trials[i]
+                if outcome is None:
+                    frozen = study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+                elif isinstance(outcome, DivergedError):
+                    trial.set_user_attr("fail_reason", str(outcome))
+                    frozen = study.tell(trial, state=optuna.trial.TrialState.FAIL)
+                else:
+                    for key, value in result_attrs(outcome, configs[i]).items():
+                        trial.set_user_attr(key, value)
+                    frozen = study.tell(trial, outcome.mean)
+                for callback in callbacks:
+                    callback(study, frozen)
+        done += len(trials)
