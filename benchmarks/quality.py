@@ -296,7 +296,9 @@ def refit_seeds(spec: StudySpec, dataset: Dataset, outcome: StudyOutcome, n: int
     return scores
 
 
-def run_one(label: str, raw: dict[str, Any], *, refits: int, quiet: bool) -> StudyRun:
+def run_one(
+    label: str, raw: dict[str, Any], *, refits: int, quiet: bool, population: int = 1
+) -> StudyRun:
     spec = StudySpec.model_validate(raw)
     dataset = load_builtin(spec.dataset)
     callbacks = [] if quiet else [progress(label)]
@@ -307,17 +309,22 @@ def run_one(label: str, raw: dict[str, Any], *, refits: int, quiet: bool) -> Stu
         storage=None,
         callbacks=callbacks,
         refit_best=spec.cv.test_fraction > 0,  # no test rows, nothing for a refit to score
+        population=population,
     )
     scores = refit_seeds(spec, dataset, outcome, refits)
     return StudyRun(label, spec, outcome, time.perf_counter() - start, scores)
 
 
-def run_case(case: Case, *, refits: int, quiet: bool) -> CaseResult:
+def run_case(case: Case, *, refits: int, quiet: bool, population: int = 1) -> CaseResult:
     result = CaseResult(case)
-    result.runs.append(run_one(case.key, case.spec, refits=refits, quiet=quiet))
+    result.runs.append(
+        run_one(case.key, case.spec, refits=refits, quiet=quiet, population=population)
+    )
     if case.baseline is not None:
         label = f"{case.key}/baseline"
-        result.runs.append(run_one(label, case.baseline, refits=refits, quiet=quiet))
+        result.runs.append(
+            run_one(label, case.baseline, refits=refits, quiet=quiet, population=population)
+        )
     return result
 
 
@@ -390,7 +397,13 @@ def run_details(run: StudyRun) -> list[str]:
 
 
 def section(
-    results: list[CaseResult], *, threads: int, total_s: float, started: dt.datetime, commit: str
+    results: list[CaseResult],
+    *,
+    threads: int,
+    total_s: float,
+    started: dt.datetime,
+    commit: str,
+    population: int = 1,
 ) -> str:
     """The markdown section; ``started`` and ``commit`` are taken when the run began."""
     lines = [
@@ -398,7 +411,8 @@ def section(
         "",
         f"- command: `{command_line()}`",
         f"- machine: {machine()}",
-        f"- torch.set_num_threads({threads}); optuna per-trial logging silenced",
+        f"- torch.set_num_threads({threads}); optuna per-trial logging silenced; "
+        f"population size {population} (trials trained at once; 1 = one at a time)",
         f"- commit: {commit} (at the start of the run)",
         f"- total wall time: {total_s / 60:.1f} min",
         "- test (study's refit): the best configuration retrained on all non-test rows by "
@@ -460,6 +474,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="extra retrainings of the best configuration (other seeds) scored on the test split",
     )
     parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads")
+    parser.add_argument(
+        "--population",
+        type=int,
+        default=1,
+        help="trials trained at once by the population engine (MLP cases)",
+    )
     parser.add_argument("--append", type=Path, help="append the markdown section to this file")
     parser.add_argument("--quiet", action="store_true", help="no per-trial progress lines")
     args = parser.parse_args(argv)
@@ -493,13 +513,20 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     for case in cases:
         print(f"== {case.key}: {case.note}", flush=True)
-        result = run_case(case, refits=args.refits, quiet=args.quiet)
+        result = run_case(case, refits=args.refits, quiet=args.quiet, population=args.population)
         results.append(result)
         for run in result.runs:
             print("\n".join(run_details(run)), flush=True)
         print(f"   target: {case.target.text} -> {verdict(result)}", flush=True)
     total_s = time.perf_counter() - start
-    text = section(results, threads=args.threads, total_s=total_s, started=started, commit=commit)
+    text = section(
+        results,
+        threads=args.threads,
+        total_s=total_s,
+        started=started,
+        commit=commit,
+        population=args.population,
+    )
     print()
     print(text, end="")
     if args.append is not None:
