@@ -23,6 +23,9 @@ class Settings(BaseSettings):
     )
     device: str = "auto"
     threads: int = Field(1, ge=1, description="torch CPU threads per worker process")
+    population: int = Field(
+        1, ge=1, description="trials a worker trains at once as one stacked model (MLP studies)"
+    )
 
     # Uploads are validated completely before anything is stored.
     max_upload_bytes: int = 50 * 1024 * 1024

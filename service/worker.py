@@ -22,7 +22,8 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from types import FrameType
 
 import optuna
@@ -36,6 +37,7 @@ from service import datasets, studies, trials
 from service.db import Database
 from service.models import StudyRecord, WorkerRecord, utcnow
 from service.settings import Settings
+from trainer.batched import optimize_in_populations, population_applies
 from trainer.datasets import DatasetError
 from trainer.device import resolve_device
 from trainer.engine import DivergedError
@@ -192,11 +194,37 @@ class Worker:
         deadline = None
         if spec.timeout_s is not None and record.started_at is not None:
             deadline = record.started_at.timestamp() + spec.timeout_s
+        batched = self.settings.population > 1 and population_applies(spec)
         try:
             while self.runnable(record, deadline):
-                study.optimize(objective, n_trials=1, catch=(DivergedError, torch.OutOfMemoryError))
-        except TrialInterrupted:
-            self.requeue_interrupted(study)
+                if batched:
+                    with self.db.read() as session:
+                        assert record.optuna_id is not None
+                        counts = trials.count_trials(session, record.optuna_id)
+                    optimize_in_populations(
+                        study,
+                        spec,
+                        dataset,
+                        protocol.splits,
+                        metric=protocol.metric,
+                        size=self.settings.population,
+                        n_trials=max(
+                            1,
+                            min(
+                                self.settings.population,
+                                counts.remaining(record.n_trials) + counts.waiting,
+                            ),
+                        ),
+                        device=self.device,
+                        guard=self.heartbeats,
+                        should_stop=self.stop_check(record.id),
+                    )
+                else:
+                    study.optimize(
+                        objective, n_trials=1, catch=(DivergedError, torch.OutOfMemoryError)
+                    )
+        except TrialInterrupted as exc:
+            self.requeue_interrupted(study, getattr(exc, "failed", None))
         except DATABASE_ERRORS:
             raise
         except Exception as exc:  # a bug or a broken dataset: fail loudly, keep the worker
@@ -238,18 +266,44 @@ class Worker:
 
         return should_stop
 
-    def requeue_interrupted(self, study: optuna.Study) -> None:
-        """This worker's interrupted trial failed; queue its parameters again if it counts."""
+    def requeue_interrupted(
+        self, study: optuna.Study, failed: list[optuna.trial.FrozenTrial] | None = None
+    ) -> None:
+        """Interrupted trials failed; queue their parameters again while the study runs."""
         with self.db.read() as session:
             status = session.scalar(
                 select(StudyRecord.status).where(StudyRecord.optuna_name == study.study_name)
             )
         if status != "running":
             return  # cancelled or deleted: nothing to resume
+        if failed is None:  # one trial through study.optimize: the newest failure is ours
+            newest = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.FAIL,))
+            failed = newest[-1:]
         retry = trials.retry_callback()
-        failed = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.FAIL,))
-        if failed:
-            retry(study, failed[-1])
+        for trial in failed:
+            retry(study, trial)
+
+    @contextmanager
+    def heartbeats(self, running: Sequence[optuna.Trial]) -> Iterator[None]:
+        """Beat for a population's trials while they train (study.optimize does it for one)."""
+        storage = self.storage
+        assert storage is not None
+        stop = threading.Event()
+
+        def beat() -> None:
+            while True:
+                for trial in running:
+                    storage.record_heartbeat(trial._trial_id)
+                if stop.wait(self.settings.heartbeat_s):
+                    return
+
+        thread = threading.Thread(target=beat, name="regtune-heartbeat", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join()
 
     def finish(self, record: StudyRecord) -> None:
         """Mark the study completed once its budget is spent and no trial is still running."""

@@ -104,10 +104,10 @@ def serving(database_url: str, log: Path, **kwargs: Any) -> Iterator[Server]:
         server.stop()
 
 
-def start_worker(database_url: str, log: Path) -> subprocess.Popen[bytes]:
+def start_worker(database_url: str, log: Path, **extra: str) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         [*REGTUNE, "worker", "--device", "cpu"],
-        env=env_for(database_url),
+        env=env_for(database_url, **extra),
         stdout=log.open("ab"),
         stderr=subprocess.STDOUT,
     )

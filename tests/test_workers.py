@@ -69,10 +69,12 @@ def test_cancel_stops_a_running_study(tmp_path: Path) -> None:
     assert len(trials_of(url, study["id"])) < 50
 
 
-def test_restarting_serve_mid_study_loses_nothing(tmp_path: Path) -> None:
+@pytest.mark.parametrize("population", [1, 2])
+def test_restarting_serve_mid_study_loses_nothing(tmp_path: Path, population: int) -> None:
     url = f"sqlite:///{tmp_path / 'restart.db'}"
     log = tmp_path / "serve.log"
-    with serving(url, log) as server, server.client() as http:
+    env = {"REGTUNE_POPULATION": str(population)}
+    with serving(url, log, **env) as server, server.client() as http:
         study = http.post("/v1/studies", json=SLOW | {"n_trials": 4}).json()
         wait_for(
             lambda: http.get(f"/v1/studies/{study['id']}").json()["trials"]["complete"] >= 1,
@@ -85,7 +87,7 @@ def test_restarting_serve_mid_study_loses_nothing(tmp_path: Path) -> None:
     # Ctrl-C interrupted that trial; it must come back with its parameters.
     before = trials_of(url, study["id"])
     completed_before = [t for t in before if t.state == optuna.trial.TrialState.COMPLETE]
-    with serving(url, log) as server, server.client() as http:
+    with serving(url, log, **env) as server, server.client() as http:
         final = wait_status(http, study["id"], ("completed", "failed"))
     assert final["status"] == "completed", final
     after = trials_of(url, study["id"])
@@ -101,22 +103,27 @@ def test_restarting_serve_mid_study_loses_nothing(tmp_path: Path) -> None:
         )
 
 
-def test_a_killed_worker_trial_is_failed_and_requeued(tmp_path: Path) -> None:
+@pytest.mark.parametrize("population", [1, 3])
+def test_a_killed_worker_trial_is_failed_and_requeued(tmp_path: Path, population: int) -> None:
+    """One trial at a time, or a population of three: every killed trial comes back."""
     url = f"sqlite:///{tmp_path / 'kill.db'}"
+    env = {"REGTUNE_POPULATION": str(population)}
     with serving(url, tmp_path / "serve.log", workers=0) as server, server.client() as http:
         study = http.post("/v1/studies", json=SLOW | {"n_trials": 3}).json()
-        victim = start_worker(url, tmp_path / "victim.log")
+        victim = start_worker(url, tmp_path / "victim.log", **env)
         wait_for(
-            lambda: http.get(f"/v1/studies/{study['id']}").json()["trials"]["running"],
-            what="the victim's running trial",
+            lambda: (
+                http.get(f"/v1/studies/{study['id']}").json()["trials"]["running"] == population
+            ),
+            what="the victim's running trials",
         )
         os.kill(victim.pid, signal.SIGKILL)
         victim.wait()
         killed = [
             t for t in trials_of(url, study["id"]) if t.state == optuna.trial.TrialState.RUNNING
         ]
-        assert len(killed) == 1
-        rescuer = start_worker(url, tmp_path / "rescuer.log")
+        assert len(killed) == population
+        rescuer = start_worker(url, tmp_path / "rescuer.log", **env)
         try:
             final = wait_status(http, study["id"], ("completed", "failed"))
         finally:
@@ -124,11 +131,12 @@ def test_a_killed_worker_trial_is_failed_and_requeued(tmp_path: Path) -> None:
             rescuer.wait(60)
     assert final["status"] == "completed", final
     trials = trials_of(url, study["id"])
-    dead = next(t for t in trials if t.number == killed[0].number)
-    assert dead.state == optuna.trial.TrialState.FAIL  # failed after the grace period
-    retry = [t for t in trials if t.system_attrs.get("failed_trial") == dead.number]
-    assert len(retry) == 1 and retry[0].params == dead.params
-    assert retry[0].state == optuna.trial.TrialState.COMPLETE
+    for victim_trial in killed:
+        dead = next(t for t in trials if t.number == victim_trial.number)
+        assert dead.state == optuna.trial.TrialState.FAIL  # failed after the grace period
+        retry = [t for t in trials if t.system_attrs.get("failed_trial") == dead.number]
+        assert len(retry) == 1 and retry[0].params == dead.params
+        assert retry[0].state == optuna.trial.TrialState.COMPLETE
     assert sum(t.state == optuna.trial.TrialState.COMPLETE for t in trials) == 3
 
 
