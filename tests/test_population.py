@@ -199,3 +199,24 @@ def test_batched_asks_run_a_study_with_pruning_and_records(wine) -> None:
     late = [t for t in trials[3:] if t.params["lr"] == 1e-7]
     assert late and all(t.state == optuna.trial.TrialState.PRUNED for t in late)
     assert outcome.test_score is not None
+
+
+def test_compaction_drops_finished_models_without_changing_any_result(wine) -> None:
+    spec = StudySpec(
+        dataset="builtin:wine",
+        model={"hidden": [16]},
+        training={"max_epochs": 25, "lr": 0.02},
+        cv={"folds": 3},
+    )
+    splits = Protocol.of(spec, wine).splits
+    configs = [config(spec, patience=p, dropout=0.2) for p in (1, 2, 3, 30)]
+    seeds = [1, 2, 3, 4]
+    never = train_population(
+        wine, configs, splits, seeds=seeds, metric="accuracy", compact_below=0.0
+    )
+    eager = train_population(
+        wine, configs, splits, seeds=seeds, metric="accuracy", compact_below=1.0
+    )
+    assert max(f.epochs for f in never[3].folds) > min(f.epochs for f in never[0].folds)
+    for a, b in zip(never, eager, strict=True):
+        assert_same(a, b, rel=1e-5)

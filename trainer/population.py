@@ -210,6 +210,14 @@ class Population:
         self.best_score = torch.full((M,), math.nan, device=dev)
         self.epochs = torch.zeros(M, dtype=torch.long, device=dev)
         self.best_params = [p.detach().clone() for p in self.params]
+        # Rows of the stack → members; compaction drops finished rows, results stay by member.
+        self.ids = torch.arange(M, device=dev)
+        self.trial_ids = torch.tensor([m.trial for m in members], device=dev)
+        self.regularize_all = regularize_all
+        self.results: dict[int, FoldResult] = {}
+        self.member_score = torch.full((M,), math.nan, device=dev)
+        self.member_diverged = torch.zeros(M, dtype=torch.bool, device=dev)
+        self.member_active = torch.ones(M, dtype=torch.bool, device=dev)
         self.best_running = [(a.clone(), b.clone()) for a, b in self.running]
         self.train_curves: list[list[float]] = [[] for _ in range(M)]
         self.val_curves: list[list[float]] = [[] for _ in range(M)]
@@ -394,16 +402,86 @@ class Population:
         out_of_epochs = self.epochs >= self.training.max_epochs
         self.active = was_active & ~diverged & (self.bad_epochs < self.patience) & ~out_of_epochs
         # The epoch's one host synchronisation: curves for the record.
-        train_host, val_host, active_host = (t.tolist() for t in (train_loss, val_loss, was_active))
-        for m in range(self.M):
-            if active_host[m]:
-                self.train_curves[m].append(train_host[m])
-                self.val_curves[m].append(val_host[m])
+        rows = (train_loss, val_loss, was_active, self.ids)
+        train_host, val_host, active_host, ids_host = (t.tolist() for t in rows)
+        for r, member in enumerate(ids_host):
+            if active_host[r]:
+                self.train_curves[member].append(train_host[r])
+                self.val_curves[member].append(val_host[r])
+        self.sync_members()
         self.epoch += 1
 
-    def stop(self, members: torch.Tensor) -> None:
-        """Stop training these models (a pruned trial)."""
-        self.active &= ~members
+    def sync_members(self) -> None:
+        """Per-member views (by member, not by row) of score, divergence and activity."""
+        self.member_score[self.ids] = self.best_score
+        self.member_diverged[self.ids] = self.diverged
+        self.member_active[self.ids] = self.active
+
+    def stop_trial(self, trial: int) -> None:
+        """Stop every model of this trial (pruned, or one of its folds diverged)."""
+        self.active &= self.trial_ids != trial
+        self.sync_members()
+
+    PER_ROW = (
+        "x_mean",
+        "x_std",
+        "y_mean",
+        "y_std",
+        "fit_index",
+        "fit_len",
+        "val_index",
+        "val_len",
+        "score_index",
+        "score_len",
+        "lr",
+        "weight_decay",
+        "l1",
+        "keep",
+        "bn_momentum",
+        "patience",
+        "seeds",
+        "steps",
+        "stepping",
+        "active",
+        "diverged",
+        "best_loss",
+        "best_epoch",
+        "bad_epochs",
+        "best_score",
+        "epochs",
+        "ids",
+        "trial_ids",
+    )
+
+    @torch.no_grad()
+    def compact(self) -> None:
+        """Drop the rows of finished models from every stacked tensor (their results are kept).
+
+        A stopped model's update is masked but its compute is not: without this, a population
+        whose models mostly stopped early costs as much per epoch as a full one.
+        """
+        keep = self.active.nonzero().flatten()
+        for row in (~self.active).nonzero().flatten().tolist():
+            self.results[int(self.ids[row])] = self.fold_result(row)
+        for name in self.PER_ROW:
+            setattr(self, name, getattr(self, name)[keep])
+        self.weights = [nn.Parameter(w.detach()[keep]) for w in self.weights]
+        self.biases = [nn.Parameter(b.detach()[keep]) for b in self.biases]
+        self.gammas = [nn.Parameter(g.detach()[keep]) for g in self.gammas]
+        self.betas = [nn.Parameter(b.detach()[keep]) for b in self.betas]
+        self.params = [*self.weights, *self.biases, *self.gammas, *self.betas]
+        self.regularized = self.params if self.regularize_all else self.weights
+        self.state = [(m1[keep], m2[keep]) for m1, m2 in self.state]
+        self.best_params = [best[keep] for best in self.best_params]
+        self.running = [(mean[keep], var[keep]) for mean, var in self.running]
+        self.best_running = [(mean[keep], var[keep]) for mean, var in self.best_running]
+        self.M = len(keep)
+
+    def fold_results(self) -> dict[int, FoldResult]:
+        """Every member's result by member index (call after training ends)."""
+        for row in range(self.M):
+            self.results[int(self.ids[row])] = self.fold_result(row)
+        return self.results
 
     @torch.no_grad()
     def restore_best(self) -> None:
@@ -422,7 +500,9 @@ class Population:
         return small / sum(p.numel() for p in chosen)
 
     def fold_result(self, m: int) -> FoldResult:
-        member = self.members[m]
+        """The result of the model in row m of the stack."""
+        member_id = int(self.ids[m])
+        member = self.members[member_id]
         config = member.config
         return FoldResult(
             index=member.fold,
@@ -430,17 +510,17 @@ class Population:
             best_epoch=int(self.best_epoch[m]),
             epochs=int(self.epochs[m]),
             stopped_early=int(self.bad_epochs[m]) >= config.patience,
-            train_loss=self.train_curves[m],
-            val_loss=self.val_curves[m],
+            train_loss=self.train_curves[member_id],
+            val_loss=self.val_curves[member_id],
             sparsity=self.sparsity(m),
             diagnosis=diagnose_fold(
-                self.train_curves[m],
-                self.val_curves[m],
+                self.train_curves[member_id],
+                self.val_curves[member_id],
                 max_epochs=config.training.max_epochs,
-                baseline_loss=self.baseline[m],
+                baseline_loss=self.baseline[member_id],
             ),
             scored=member.split.score,
-            x_scaler=self.x_scalers[m],
+            x_scaler=self.x_scalers[member_id],
         )
 
 
@@ -456,11 +536,13 @@ def train_population(
     metric: Metric,
     device: torch.device | str = "cpu",
     on_epoch: Callable[[int, int, float], bool] | None = None,
+    compact_below: float = 0.5,
 ) -> list[TrialOutcome]:
     """Cross-validate every configuration at once; one outcome per configuration.
 
     ``on_epoch(trial, epoch, fold_mean)`` is called per active trial after every epoch;
-    returning True prunes the trial (its models stop, its outcome is None).
+    returning True prunes the trial (its models stop, its outcome is None). When the share of
+    the stack still training falls to ``compact_below`` or less, finished rows are dropped.
     """
     start = time.perf_counter()
     members = [
@@ -469,43 +551,42 @@ def train_population(
         for k, split in enumerate(splits)
     ]
     population = Population(dataset, members, metric=metric, device=device)
-    K = len(splits)
-    trial_of = torch.tensor([m.trial for m in members], device=population.device)
-    pruned = [False] * len(configs)
-    while bool(population.active.any()):
+    P, K = len(configs), len(splits)
+    pruned = [False] * P
+    while bool(population.member_active.any()):
         # Like the per-trial engine: a trial reports after every epoch in which it trained.
-        reporting = population.active.view(len(configs), K).any(1).tolist()
+        reporting = population.member_active.view(P, K).any(1).tolist()
         population.train_epoch()
-        failed = population.diverged.view(len(configs), K).any(1)
-        # A trial with a diverged fold fails as a whole: stop its other folds too.
-        population.stop(failed[trial_of])
-        if on_epoch is None:
-            continue
-        means = population.best_score.view(len(configs), K).mean(1).tolist()
-        for trial, failed_trial in enumerate(failed.tolist()):
-            if (
-                reporting[trial]
-                and not failed_trial
+        failed = population.member_diverged.view(P, K).any(1).tolist()
+        means = population.member_score.view(P, K).mean(1).tolist()
+        for trial in range(P):
+            if failed[trial]:  # a diverged fold fails the whole trial: stop its other folds
+                population.stop_trial(trial)
+            elif (
+                on_epoch is not None
+                and reporting[trial]
                 and on_epoch(trial, population.epoch - 1, means[trial])
             ):
                 pruned[trial] = True
-                population.stop(trial_of == trial)
+                population.stop_trial(trial)
+        still = int(population.active.sum())
+        if 0 < still <= compact_below * population.M:
+            population.compact()
     population.restore_best()
+    results = population.fold_results()
     elapsed = time.perf_counter() - start
+    failed = population.member_diverged.view(P, K).any(1).tolist()
     outcomes: list[TrialOutcome] = []
-    for trial in range(len(configs)):
-        ms = range(trial * K, (trial + 1) * K)
-        if bool(population.diverged[list(ms)].any()):
+    for trial in range(P):
+        if failed[trial]:
             outcomes.append(DivergedError(f"trial slot {trial} diverged (NaN/inf loss)"))
         elif pruned[trial]:
             outcomes.append(None)
         else:
+            folds = [results[m] for m in range(trial * K, (trial + 1) * K)]
             outcomes.append(
                 CVResult(
-                    metric=metric,
-                    folds=[population.fold_result(m) for m in ms],
-                    n_params=population.n_params,
-                    wall_time_s=elapsed,
+                    metric=metric, folds=folds, n_params=population.n_params, wall_time_s=elapsed
                 )
             )
     return outcomes
