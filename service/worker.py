@@ -153,7 +153,7 @@ class Worker:
                 # A dead worker's trial goes back in the queue.
                 trials.recover_stale(session, self.storage, study, self.settings.grace_s)
                 counts = trials.count_trials(session, record.optuna_id)
-            if counts.remaining(record.n_trials) > 0 or counts.waiting > 0:
+            if counts.startable(record.n_trials):
                 if studies.mark(self.db, record.id, "running", when=("queued",)):
                     record.status = "running"
                 return record
@@ -191,16 +191,11 @@ class Worker:
             device=self.device,
             should_stop=self.stop_check(record.id),
         )
-        deadline = None
-        if spec.timeout_s is not None and record.started_at is not None:
-            deadline = record.started_at.timestamp() + spec.timeout_s
+        deadline = _deadline(spec, record)
         batched = self.settings.population > 1 and population_applies(spec)
         try:
-            while self.runnable(record, deadline):
+            while startable := self.runnable(record, deadline):
                 if batched:
-                    with self.db.read() as session:
-                        assert record.optuna_id is not None
-                        counts = trials.count_trials(session, record.optuna_id)
                     optimize_in_populations(
                         study,
                         spec,
@@ -208,13 +203,7 @@ class Worker:
                         protocol.splits,
                         metric=protocol.metric,
                         size=self.settings.population,
-                        n_trials=max(
-                            1,
-                            min(
-                                self.settings.population,
-                                counts.remaining(record.n_trials) + counts.waiting,
-                            ),
-                        ),
+                        n_trials=min(self.settings.population, startable),
                         device=self.device,
                         guard=self.heartbeats,
                         should_stop=self.stop_check(record.id),
@@ -235,16 +224,17 @@ class Worker:
             self.set_current(None)
         self.finish(record)
 
-    def runnable(self, record: StudyRecord, deadline: float | None) -> bool:
+    def runnable(self, record: StudyRecord, deadline: float | None) -> int:
+        """How many trials this worker may start now (0: stop working on the study)."""
         if self.stopping.is_set() or (deadline is not None and time.time() > deadline):
-            return False
+            return 0
         with self.db.read() as session:
             status = session.scalar(select(StudyRecord.status).where(StudyRecord.id == record.id))
             if status != "running":
-                return False
+                return 0
             assert record.optuna_id is not None
             counts = trials.count_trials(session, record.optuna_id)
-        return counts.remaining(record.n_trials) > 0 or counts.waiting > 0
+        return counts.startable(record.n_trials)
 
     def stop_check(self, study_id: str) -> Callable[[], bool]:
         """A throttled 'should this trial stop?': shutdown, cancellation or deletion."""
@@ -314,11 +304,8 @@ class Worker:
         if status != "running" or counts.running or counts.waiting:
             return
         spec = StudySpec.model_validate(record.spec)
-        timed_out = (
-            spec.timeout_s is not None
-            and record.started_at is not None
-            and (time.time() > record.started_at.timestamp() + spec.timeout_s)
-        )
+        deadline = _deadline(spec, record)
+        timed_out = deadline is not None and time.time() > deadline
         if counts.remaining(record.n_trials) > 0 and not timed_out:
             return
         if counts.complete == 0:
@@ -348,6 +335,13 @@ class Worker:
                 .where(WorkerRecord.id == self.id)
                 .values(study_id=study_id, heartbeat_at=utcnow())
             )
+
+
+def _deadline(spec: StudySpec, record: StudyRecord) -> float | None:
+    """When the study's ``timeout_s`` runs out (epoch seconds), counted from its start."""
+    if spec.timeout_s is None or record.started_at is None:
+        return None
+    return record.started_at.timestamp() + spec.timeout_s
 
 
 def _worker_seed(seed: int, worker_id: str) -> int:

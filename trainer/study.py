@@ -194,7 +194,6 @@ def run_study(
     protocol = Protocol.of(spec, dataset)
     study = create_study(spec, protocol.metric, storage=storage, study_name=study_name)
     done = len(study.get_trials(deepcopy=False, states=FINISHED))
-    objective = Objective(spec, dataset, protocol.splits, metric=protocol.metric, device=device)
     if done < spec.n_trials and population > 1 and population_applies(spec):
         optimize_in_populations(
             study,
@@ -210,7 +209,7 @@ def run_study(
         )
     elif done < spec.n_trials:
         study.optimize(
-            objective,
+            Objective(spec, dataset, protocol.splits, metric=protocol.metric, device=device),
             n_trials=spec.n_trials - done,
             timeout=spec.timeout_s,
             catch=(DivergedError,),
