@@ -8,9 +8,12 @@ regularization is drawn from the default search space with a fixed seed. The eng
       StandardScaler, a DataLoader over a TensorDataset, nn.Sequential, torch.optim.Adam,
       one fold after another;
   (b) per-trial: regtune's engine (data on the device, index-gather batches, folds in lockstep);
-  (c) population: regtune's stacked engine, all P × 5 models as one.
+  (c) population: regtune's stacked engine, all P × 5 models as one;
+  (d) population, one trial per stack: the layout ``trainer.layout`` picks on a CPU;
+  (e) (d) in one 1-thread process per core, as ``regtune serve``/``regtune worker`` run it on
+      a CPU machine (the processes are started before the clock, as long-lived workers are).
 
-Each runs at 1 and at all threads; the best of the two counts. It prints fold-epochs per second,
+(a)–(d) run at 1 and at all threads; the best of the two counts. It prints fold-epochs per second,
 wall time, best CV accuracy, the speed-up over (a), and achieved model FLOP/s against the
 device's measured dense matmul rate (forward + backward ≈ 3 × 2 × multiply-adds per sample).
 
@@ -23,7 +26,9 @@ import argparse
 import os
 import time
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from datetime import UTC, datetime
+from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
@@ -34,12 +39,14 @@ from sklearn.preprocessing import StandardScaler
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from trainer import layout
 from trainer.config import TrialConfig
 from trainer.datasets import Dataset, load_builtin
 from trainer.engine import cross_validate
 from trainer.objective import suggest
 from trainer.population import train_population
 from trainer.spec import StudySpec
+from trainer.splits import Split
 from trainer.study import Protocol
 
 HIDDEN = (256, 256)
@@ -123,13 +130,68 @@ def per_trial(
     ]
 
 
-def population(
-    data: Dataset, configs: list[TrialConfig], protocol: Protocol, epochs: int
+def population_of(size: int) -> Callable[..., list[float]]:
+    """Populations of ``size`` trials, one after another, in this process."""
+
+    def run(
+        data: Dataset, configs: list[TrialConfig], protocol: Protocol, epochs: int
+    ) -> list[float]:
+        means: list[float] = []
+        for first in range(0, len(configs), size):
+            chunk = configs[first : first + size]
+            seeds = list(range(first, first + len(chunk)))
+            means += population_means(data, chunk, protocol.splits, seeds)
+        return means
+
+    return run
+
+
+def population_means(
+    data: Dataset, configs: list[TrialConfig], splits: list[Split], seeds: list[int]
 ) -> list[float]:
-    outcomes = train_population(
-        data, configs, protocol.splits, seeds=list(range(len(configs))), metric="accuracy"
-    )
+    outcomes = train_population(data, configs, splits, seeds=seeds, metric="accuracy")
     return [o.mean for o in outcomes]  # type: ignore[union-attr]
+
+
+_DATA: dict[str, Dataset] = {}
+
+
+def _population_job(
+    name: str, configs: list[TrialConfig], splits: list[Split], seeds: list[int]
+) -> list[float]:
+    """One population in a worker process (data loaded once per process)."""
+    if name not in _DATA:
+        _DATA[name] = load_builtin(name)
+    return population_means(_DATA[name], configs, splits, seeds)
+
+
+def _one_thread() -> None:
+    torch.set_num_threads(1)
+
+
+def _one_thread_ready(_: int) -> int:
+    return torch.get_num_threads()
+
+
+def population_in(pool: ProcessPoolExecutor, size: int) -> Callable[..., list[float]]:
+    """Populations of ``size`` trials spread over the pool's 1-thread processes."""
+
+    def run(
+        data: Dataset, configs: list[TrialConfig], protocol: Protocol, epochs: int
+    ) -> list[float]:
+        jobs = [
+            pool.submit(
+                _population_job,
+                data.name,
+                configs[first : first + size],
+                list(protocol.splits),
+                list(range(first, min(first + size, len(configs)))),
+            )
+            for first in range(0, len(configs), size)
+        ]
+        return [mean for job in jobs for mean in job.result()]
+
+    return run
 
 
 def matmul_rate(threads: int, size: int = 1024, repeats: int = 20) -> float:
@@ -146,7 +208,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=8)
     parser.add_argument("--epochs", type=int, default=10)
-    parser.add_argument("--engines", default="textbook,per-trial,population")
+    parser.add_argument("--engines", help="comma-separated engine names as printed (default: all)")
     parser.add_argument("--append", type=Path)
     args = parser.parse_args()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -161,18 +223,25 @@ def main() -> None:
     macs = data.n_features * HIDDEN[0] + HIDDEN[0] * HIDDEN[1] + HIDDEN[1] * data.n_outputs
     fold_epochs = args.trials * len(protocol.splits) * args.epochs
     flops = 6 * macs * fit_rows * fold_epochs
+    cores = os.cpu_count() or 1
+    cpu_size = layout.population_size(spec, data, torch.device("cpu"))
+    pool = ProcessPoolExecutor(cores, mp_context=get_context("spawn"), initializer=_one_thread)
+    list(pool.map(_one_thread_ready, range(cores)))  # start the processes before any clock
     engines: dict[str, Callable[..., list[float]]] = {
         "textbook": textbook,
         "per-trial": per_trial,
-        "population": population,
+        "population": population_of(len(configs)),
+        f"population P={cpu_size}": population_of(cpu_size),
+        f"population P={cpu_size} ×{cores} processes": population_in(pool, cpu_size),
     }
-    thread_options = sorted({1, os.cpu_count() or 1})
+    thread_options = sorted({1, cores})
     peak = max(matmul_rate(t) for t in thread_options)
 
     rows = []
-    for name in args.engines.split(","):
+    for name in args.engines.split(",") if args.engines else engines:
+        in_processes = name.endswith("processes")
         best: tuple[float, int, list[float]] | None = None
-        for threads in thread_options:
+        for threads in [1] if in_processes else thread_options:
             torch.set_num_threads(threads)
             start = time.perf_counter()
             scores = engines[name](data, configs, protocol, args.epochs)
@@ -185,6 +254,7 @@ def main() -> None:
                 best = (wall, threads, scores)
         assert best is not None
         rows.append((name, *best))
+    pool.shutdown()
 
     base = rows[0][1] if rows[0][0] == "textbook" else None
     lines = [

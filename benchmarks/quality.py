@@ -297,7 +297,7 @@ def refit_seeds(spec: StudySpec, dataset: Dataset, outcome: StudyOutcome, n: int
 
 
 def run_one(
-    label: str, raw: dict[str, Any], *, refits: int, quiet: bool, population: int = 1
+    label: str, raw: dict[str, Any], *, refits: int, quiet: bool, population: int | None = None
 ) -> StudyRun:
     spec = StudySpec.model_validate(raw)
     dataset = load_builtin(spec.dataset)
@@ -315,7 +315,7 @@ def run_one(
     return StudyRun(label, spec, outcome, time.perf_counter() - start, scores)
 
 
-def run_case(case: Case, *, refits: int, quiet: bool, population: int = 1) -> CaseResult:
+def run_case(case: Case, *, refits: int, quiet: bool, population: int | None = None) -> CaseResult:
     result = CaseResult(case)
     result.runs.append(
         run_one(case.key, case.spec, refits=refits, quiet=quiet, population=population)
@@ -403,7 +403,7 @@ def section(
     total_s: float,
     started: dt.datetime,
     commit: str,
-    population: int = 1,
+    population: int | None = None,
 ) -> str:
     """The markdown section; ``started`` and ``commit`` are taken when the run began."""
     lines = [
@@ -412,7 +412,8 @@ def section(
         f"- command: `{command_line()}`",
         f"- machine: {machine()}",
         f"- torch.set_num_threads({threads}); optuna per-trial logging silenced; "
-        f"population size {population} (trials trained at once; 1 = one at a time)",
+        f"population size {population or 'auto (1 on a CPU)'} (trials of an MLP study "
+        "trained at once as one stacked model; CNNs train one at a time)",
         f"- commit: {commit} (at the start of the run)",
         f"- total wall time: {total_s / 60:.1f} min",
         "- test (study's refit): the best configuration retrained on all non-test rows by "
@@ -477,8 +478,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--population",
         type=int,
-        default=1,
-        help="trials trained at once by the population engine (MLP cases)",
+        default=None,
+        help="trials trained at once by the population engine (MLP cases; default: auto)",
     )
     parser.add_argument("--append", type=Path, help="append the markdown section to this file")
     parser.add_argument("--quiet", action="store_true", help="no per-trial progress lines")

@@ -116,8 +116,13 @@ def tune(
         int, typer.Option(help="torch CPU threads; 1 is fastest for small models")
     ] = 1,
     population: Annotated[
-        int, typer.Option(min=1, help="trials trained at once as one stacked model (MLP only)")
-    ] = 1,
+        int | None,
+        typer.Option(
+            min=1,
+            help="trials trained at once as one stacked model (MLP only); "
+            "default: 1 on a CPU, what fits in memory on a GPU",
+        ),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the result as JSON")] = False,
 ) -> None:
     """Run one study in this process, without a server."""

@@ -23,8 +23,11 @@ class Settings(BaseSettings):
     )
     device: str = "auto"
     threads: int = Field(1, ge=1, description="torch CPU threads per worker process")
-    population: int = Field(
-        1, ge=1, description="trials a worker trains at once as one stacked model (MLP studies)"
+    population: int | None = Field(
+        None,
+        ge=1,
+        description="trials a worker trains at once as one stacked model (MLP studies); "
+        "default: 1 on a CPU, as many as fit in memory on a GPU",
     )
 
     # Uploads are validated completely before anything is stored.

@@ -37,7 +37,8 @@ from service import datasets, studies, trials
 from service.db import Database
 from service.models import StudyRecord, WorkerRecord, utcnow
 from service.settings import Settings
-from trainer.batched import optimize_in_populations, population_applies
+from trainer import layout
+from trainer.batched import optimize_in_populations
 from trainer.datasets import DatasetError
 from trainer.device import resolve_device
 from trainer.engine import DivergedError
@@ -192,18 +193,18 @@ class Worker:
             should_stop=self.stop_check(record.id),
         )
         deadline = _deadline(spec, record)
-        batched = self.settings.population > 1 and population_applies(spec)
+        size = layout.population_size(spec, dataset, self.device, self.settings.population)
         try:
             while startable := self.runnable(record, deadline):
-                if batched:
+                if size:
                     optimize_in_populations(
                         study,
                         spec,
                         dataset,
                         protocol.splits,
                         metric=protocol.metric,
-                        size=self.settings.population,
-                        n_trials=min(self.settings.population, startable),
+                        size=size,
+                        n_trials=min(size, startable),
                         device=self.device,
                         guard=self.heartbeats,
                         should_stop=self.stop_check(record.id),

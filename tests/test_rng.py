@@ -27,3 +27,26 @@ def test_uniforms_are_uniform_and_keyed() -> None:
     assert not torch.equal(u[0], u[1])
     assert torch.equal(rng.uniform(key[2:3], (250, 100))[0], u[2])
     assert not torch.equal(rng.uniform(rng.keys(torch.arange(4), 0, 2), (250, 100)), u)
+
+
+def test_keep_masks_keep_each_model_at_its_own_rate_and_ignore_the_neighbours() -> None:
+    key = rng.keys(torch.arange(4), 3, 5)
+    keep = torch.tensor([1.0, 0.7, 0.25, 0.0])
+    mask = rng.keep_mask(key, (250, 99), keep)  # 99: not a multiple of the four lanes per hash
+    assert mask.shape == (4, 250, 99) and mask.dtype == torch.bool
+    assert mask[0].all() and not mask[3].any()
+    for m in (1, 2):  # 24,750 draws: σ of the rate ≤ 0.003
+        assert abs(mask[m].float().mean().item() - keep[m].item()) < 0.012
+    assert torch.equal(rng.keep_mask(key[1:3], (250, 99), keep[1:3]), mask[1:3])
+    # Neighbouring elements come from different lanes of one hash: they must not be correlated.
+    flat = mask[1].flatten().float()
+    correlation = torch.corrcoef(torch.stack([flat[:-1], flat[1:]]))[0, 1].item()
+    assert abs(correlation) < 0.03
+
+
+def test_a_key_table_holds_the_keys_of_each_counter_pair() -> None:
+    key = rng.keys(torch.tensor([11, 12, 13]), 4)
+    table = rng.key_table(key, 5, 3)
+    for i in range(5):
+        for j in range(3):
+            assert torch.equal(table[i, j], rng.keys(key, i, j))  # int64 wrap-around included

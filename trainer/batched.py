@@ -26,11 +26,6 @@ from trainer.splits import Split
 Callback = Callable[[optuna.Study, optuna.trial.FrozenTrial], None]
 
 
-def population_applies(spec: StudySpec) -> bool:
-    """Stacking needs an MLP and epoch-wise (not per-fold Wilcoxon) pruning."""
-    return spec.model.kind == "mlp" and spec.pruner.kind != "wilcoxon"
-
-
 def reporter(
     trials: Sequence[optuna.Trial], should_stop: Callable[[], bool] | None = None
 ) -> Callable[[int, int, float], bool]:
@@ -62,6 +57,10 @@ def optimize_in_populations(
 ) -> None:
     """Run ``n_trials`` trials, ``size`` at a time (grouped by shape: widths, batch, optimizer).
 
+    A pruner can only prune against completed trials, so a first population of P would all
+    run to the end. While fewer than ``size`` trials have completed, a population is only as
+    large as the number completed (at least 1): sizes 1, 1, 2, 4, … until ``size``.
+
     ``guard(trials)`` wraps the training of each asked batch (a worker's heartbeats);
     ``should_stop`` is polled every epoch. An interruption fails the batch's untold trials
     (``fail_reason`` "interrupted") and re-raises :class:`TrialInterrupted` with them in
@@ -70,7 +69,7 @@ def optimize_in_populations(
     start = time.monotonic()
     done = 0
     while done < n_trials and (timeout_s is None or time.monotonic() - start < timeout_s):
-        trials = [study.ask() for _ in range(min(size, n_trials - done))]
+        trials = [study.ask() for _ in range(min(ramped(study, spec, size), n_trials - done))]
         configs = [TrialConfig.from_values(spec, suggest(t, spec.search_space)) for t in trials]
         groups: dict[tuple[object, ...], list[int]] = defaultdict(list)
         for i, (trial, config) in enumerate(zip(trials, configs, strict=True)):
@@ -103,6 +102,15 @@ def optimize_in_populations(
             exc.failed = failed  # type: ignore[attr-defined]
             raise
         done += len(trials)
+
+
+def ramped(study: optuna.Study, spec: StudySpec, size: int) -> int:
+    """The population size now: ``size``, or the number of completed trials while that is less."""
+    if spec.pruner.kind == "none" or size == 1:
+        return size
+    # Optuna's percentile/median pruners compare against COMPLETE trials only.
+    completed = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    return max(1, min(size, len(completed)))
 
 
 def train_group(

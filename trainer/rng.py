@@ -43,6 +43,18 @@ def keys(seeds: torch.Tensor, *counters: int) -> torch.Tensor:
     return key
 
 
+def key_table(key: torch.Tensor, rows: int, columns: int) -> torch.Tensor:
+    """Keys ``[rows, columns, M]`` for a grid of draws under each key (e.g. step × layer).
+
+    Entry (i, j) is ``keys(key, i, j)`` (``key`` in the place of the seeds): one vectorized
+    hash instead of a loop of small ones.
+    """
+    streams = torch.arange(rows * columns, device=key.device, dtype=torch.int64)
+    i, j = streams // columns, streams % columns
+    first = splitmix64(splitmix64(key)[None, :] ^ (i * _STREAM)[:, None])
+    return splitmix64(first ^ (j * _STREAM)[:, None]).view(rows, columns, len(key))
+
+
 def uniform(key: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
     """Uniform [0, 1) floats of ``shape`` per key: ``key`` [M] → [M, *shape]."""
     n = 1
@@ -52,6 +64,36 @@ def uniform(key: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
     bits = splitmix64(key[:, None] ^ splitmix64(position)[None, :])
     values = _shr(bits, 40).to(torch.float32) * (1.0 / (1 << 24))
     return values.view(len(key), *shape)
+
+
+_POSITIONS: dict[tuple[int, str], torch.Tensor] = {}
+
+
+def _position_hashes(n: int, device: torch.device) -> torch.Tensor:
+    """``splitmix64(0…n−1)``, cached: the same for every call of a given size."""
+    cached = _POSITIONS.get((n, str(device)))
+    if cached is None:
+        cached = splitmix64(torch.arange(n, device=device, dtype=torch.int64))
+        _POSITIONS[(n, str(device))] = cached
+    return cached
+
+
+def keep_mask(key: torch.Tensor, shape: tuple[int, ...], keep: torch.Tensor) -> torch.Tensor:
+    """Bernoulli(keep[m]) booleans of ``shape`` per key: ``key`` [M], ``keep`` [M] → [M, *shape].
+
+    Dropout needs far fewer random bits than :func:`uniform` spends: each 64-bit hash is read as
+    four 16-bit integers u, and an element is kept when u < 2¹⁶·keep (so p is resolved to
+    2⁻¹⁶). That is a quarter of the hashing of one hash per element.
+    """
+    n = 1
+    for size in shape:
+        n *= size
+    words = -(-n // 4)
+    bits = splitmix64(key[:, None] ^ _position_hashes(words, key.device)[None, :])
+    # The int16 lanes of each word are uniform on [−2¹⁵, 2¹⁵): shift the threshold, not them.
+    lanes = bits.view(torch.int16)[:, :n]
+    threshold = torch.round(keep.to(torch.float64) * 65536).to(torch.int32) - 32768
+    return (lanes < threshold[:, None]).view(len(key), *shape)
 
 
 def permutations(key: torch.Tensor, lengths: torch.Tensor, width: int) -> torch.Tensor:

@@ -17,7 +17,8 @@ import numpy as np
 import optuna
 import torch
 
-from trainer.batched import optimize_in_populations, population_applies
+from trainer import layout
+from trainer.batched import optimize_in_populations
 from trainer.config import TrialConfig
 from trainer.datasets import Dataset, check_for_cv
 from trainer.engine import DivergedError, FittedModel, refit
@@ -184,24 +185,26 @@ def run_study(
     device: torch.device | str = "cpu",
     callbacks: Sequence[Callable[[optuna.Study, optuna.trial.FrozenTrial], None]] = (),
     refit_best: bool = True,
-    population: int = 1,
+    population: int | None = None,
 ) -> StudyOutcome:
     """Search until the study holds ``spec.n_trials`` finished trials (or ``timeout_s``).
 
-    Diverging trials fail with their reason in ``fail_reason`` and the search goes on. With
-    ``population`` > 1 (and an MLP), that many trials train at once as one stacked model.
+    Diverging trials fail with their reason in ``fail_reason`` and the search goes on. MLP
+    studies train ``population`` trials at once as one stacked model (by default as many as
+    suit the device: :func:`trainer.layout.population_size`); CNNs train one at a time.
     """
     protocol = Protocol.of(spec, dataset)
     study = create_study(spec, protocol.metric, storage=storage, study_name=study_name)
     done = len(study.get_trials(deepcopy=False, states=FINISHED))
-    if done < spec.n_trials and population > 1 and population_applies(spec):
+    size = layout.population_size(spec, dataset, torch.device(device), population)
+    if done < spec.n_trials and size:
         optimize_in_populations(
             study,
             spec,
             dataset,
             protocol.splits,
             metric=protocol.metric,
-            size=population,
+            size=size,
             n_trials=spec.n_trials - done,
             timeout_s=spec.timeout_s,
             device=device,

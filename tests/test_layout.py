@@ -1,0 +1,56 @@
+"""Population sizes: 1 on a CPU, memory-bound on a GPU, 0 where stacking does not apply."""
+
+from __future__ import annotations
+
+import optuna
+import pytest
+import torch
+
+from trainer import layout
+from trainer.batched import ramped
+from trainer.models import build_model, count_parameters
+from trainer.spec import StudySpec
+
+
+def spec(**extra: object) -> StudySpec:
+    return StudySpec.model_validate({"dataset": "builtin:digits", **extra})
+
+
+@pytest.mark.parametrize(
+    ("hidden", "batch_norm"), [([256, 256], True), ([7], False), ([], True), ([5, 9, 3], True)]
+)
+def test_the_parameter_count_is_the_models(hidden: list[int], batch_norm: bool) -> None:
+    model_spec = spec(model={"hidden": hidden, "batch_norm": batch_norm}).model
+    model = build_model(model_spec, (64,), 10, dropout=0.1, bn_momentum=0.1)
+    assert layout.mlp_parameters(64, hidden, 10, batch_norm=batch_norm) == count_parameters(model)
+
+
+def test_the_memory_estimate_covers_the_widest_and_largest_searched_model() -> None:
+    base = spec()
+    wider = spec(search_space={"hidden": [[64], [512, 512]], "batch_size": [32, 256]})
+    assert layout.widest(wider) == [512, 512] and layout.largest_batch(wider) == 256
+    assert layout.largest_batch(spec(search_space={"batch_size": {"low": 16, "high": 128}})) == 128
+    assert layout.model_bytes(wider, 64, 10, 1797) > 2 * layout.model_bytes(base, 64, 10, 1797)
+    # Parameters, gradients, both Adam moments and the snapshot: at least 5 words per weight.
+    assert layout.model_bytes(base, 64, 10, 0) >= 4 * 5 * count_parameters(
+        build_model(base.model, (64,), 10, dropout=0.0, bn_momentum=0.1)
+    )
+
+
+def test_sizes_by_device_and_study(digits) -> None:
+    cpu = torch.device("cpu")
+    assert layout.population_size(spec(), digits, cpu) == 1
+    assert layout.population_size(spec(), digits, cpu, requested=6) == 6
+    assert layout.population_size(spec(model={"kind": "cnn"}), digits, cpu, requested=6) == 0
+    assert layout.population_size(spec(pruner={"kind": "wilcoxon"}), digits, cpu) == 0
+
+
+def test_populations_grow_with_the_completed_trials_while_a_pruner_waits_for_them() -> None:
+    study = optuna.create_study(direction="maximize")
+    pruned = spec(pruner={"kind": "median"})
+    sizes = []
+    for n in range(6):
+        sizes.append(ramped(study, pruned, 4))
+        study.add_trial(optuna.trial.create_trial(value=0.5 + n / 100))
+    assert sizes == [1, 1, 2, 3, 4, 4]
+    assert ramped(optuna.create_study(), spec(pruner={"kind": "none"}), 4) == 4
