@@ -218,17 +218,20 @@ def serve(
 @app.command()
 def worker(
     database_url: DatabaseUrl = None,
-    device: Annotated[str, typer.Option(help="auto (one process per GPU), cpu or cuda:N")] = "auto",
+    device: Annotated[
+        str,
+        typer.Option(help="auto (one process per GPU; with none, per CPU core), cpu or cuda:N"),
+    ] = "auto",
     once: Annotated[bool, typer.Option(help="exit when no study is runnable")] = False,
 ) -> None:
     """A worker process: claims studies from the database and runs their trials."""
-    from service.serve import start_workers, stop_workers
+    from service.serve import start_workers, stop_workers, worker_devices
     from service.worker import Worker
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    settings = service_settings(database_url=database_url)
-    if device == "auto" and torch.cuda.device_count() > 1:
-        children = start_workers(settings.model_copy(update={"device": "auto", "workers": None}))
+    settings = service_settings(database_url=database_url).model_copy(update={"device": device})
+    if len(worker_devices(settings)) > 1:  # REGTUNE_WORKERS=1 keeps it to this process
+        children = start_workers(settings)
         # SIGTERM (e.g. as a container's PID 1) must reach the children, which re-queue trials.
         signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
         try:

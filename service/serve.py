@@ -26,14 +26,29 @@ class PublicBindRefused(RuntimeError):
 
 
 def worker_devices(settings: Settings) -> list[str]:
-    """One worker per GPU by default, else one CPU worker; ``workers`` overrides the count."""
+    """The devices of the worker processes to start, one entry per process.
+
+    By default one per GPU; with no GPU, one per ``threads`` CPU cores, because small models
+    train fastest in several 1-thread processes (BENCHMARKS.md, "Engines"). ``workers``
+    overrides the count.
+    """
     gpus = torch.cuda.device_count() if settings.device in ("auto", "cuda") else 0
     if settings.device not in ("auto", "cuda"):
         devices = [settings.device]
     else:
         devices = [f"cuda:{i}" for i in range(gpus)] or ["cpu"]
-    count = len(devices) if settings.workers is None else settings.workers
+    if settings.workers is not None:
+        count = settings.workers
+    elif devices == ["cpu"]:
+        count = max(1, usable_cores() // settings.threads)
+    else:
+        count = len(devices)
     return [devices[i % len(devices)] for i in range(count)]
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (a container's CPU set, not the host's count)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
@@ -52,7 +67,8 @@ def settings_env(settings: Settings) -> dict[str, str]:
 
 
 def start_workers(settings: Settings) -> list[subprocess.Popen[bytes]]:
-    env = settings_env(settings)
+    # Each child is one worker process: it must not fan out again.
+    env = settings_env(settings.model_copy(update={"workers": 1}))
     return [
         subprocess.Popen([sys.executable, "-m", "service", "worker", "--device", device], env=env)
         for device in worker_devices(settings)

@@ -76,6 +76,13 @@ class Worker:
         """
         torch.set_num_threads(self.settings.threads)
         optuna.logging.set_verbosity(optuna.logging.WARNING)
+        log.info(
+            "worker %s started on %s (pid %d, %d thread(s))",
+            self.id[:8],
+            self.device,
+            os.getpid(),
+            self.settings.threads,
+        )
         backoff = 1.0
         while not self.stopping.is_set():
             try:

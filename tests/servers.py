@@ -105,9 +105,10 @@ def serving(database_url: str, log: Path, **kwargs: Any) -> Iterator[Server]:
 
 
 def start_worker(database_url: str, log: Path, **extra: str) -> subprocess.Popen[bytes]:
+    """One worker process (not one per core), so that a test can kill exactly it."""
     return subprocess.Popen(
         [*REGTUNE, "worker", "--device", "cpu"],
-        env=env_for(database_url, **extra),
+        env=env_for(database_url, **({"REGTUNE_WORKERS": "1"} | extra)),
         stdout=log.open("ab"),
         stderr=subprocess.STDOUT,
     )

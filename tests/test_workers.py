@@ -19,6 +19,9 @@ from servers import (
     wait_status,
 )
 
+from service.serve import usable_cores, worker_devices
+from service.settings import Settings
+
 # Trials of a few seconds each, so that a test can act while one is running.
 SLOW = {
     "dataset": "builtin:digits",
@@ -47,6 +50,32 @@ def test_two_workers_share_one_study_without_overshooting(tmp_path: Path) -> Non
     log = (tmp_path / "serve.log").read_text()
     workers = {line.split()[4] for line in log.splitlines() if "runs study" in line}
     assert len(workers) == 2, log[-2000:]
+
+
+def test_worker_devices_one_process_per_core_on_a_cpu() -> None:
+    cores = usable_cores()
+    assert worker_devices(Settings(device="cpu")) == ["cpu"] * cores
+    assert worker_devices(Settings(device="cpu", threads=2)) == ["cpu"] * max(1, cores // 2)
+    assert worker_devices(Settings(device="cpu", workers=3)) == ["cpu"] * 3
+    assert worker_devices(Settings(device="cpu", workers=0)) == []
+
+
+def test_a_cpu_worker_fans_out_to_one_process_per_core(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'fan.db'}"
+    log = tmp_path / "worker.log"
+    with serving(url, tmp_path / "serve.log", workers=0) as server, server.client() as http:
+        parent = start_worker(url, log, REGTUNE_WORKERS="2")
+        try:
+            study = http.post("/v1/studies", json=tiny_study(n_trials=8)).json()
+            done = wait_status(http, study["id"], ("completed", "failed"))
+            assert done["status"] == "completed", done
+        finally:
+            parent.send_signal(signal.SIGTERM)
+            assert parent.wait(60) == 0  # it waits for its children, which finish cleanly
+    lines = log.read_text().splitlines()
+    started = [line for line in lines if "started on cpu" in line]
+    assert len(started) == 2, lines[-20:]
+    assert str(parent.pid) not in " ".join(started)  # the children work, the parent waits
 
 
 def test_cancel_stops_a_running_study(tmp_path: Path) -> None:
