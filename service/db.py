@@ -15,13 +15,22 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import optuna
 from alembic import command
 from alembic.config import Config
 from optuna.storages import RDBStorage
 from sqlalchemy import Engine, create_engine, event, make_url, text
+from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from service.settings import Settings
+
+# What a lost or busy database raises (Optuna wraps some driver errors in its own type).
+DATABASE_ERRORS: tuple[type[Exception], ...] = (
+    OperationalError,
+    DBAPIError,
+    optuna.exceptions.StorageInternalError,
+)
 
 SQLITE_BUSY_TIMEOUT_S = 30
 MIGRATIONS = Path(__file__).parent / "migrations"

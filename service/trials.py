@@ -8,6 +8,7 @@ Optuna's RDB schema, which Optuna migrates itself).
 
 from __future__ import annotations
 
+import logging
 import warnings
 from dataclasses import dataclass
 from datetime import datetime
@@ -29,8 +30,10 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Session
 
-from service.db import engine_kwargs
+from service.db import DATABASE_ERRORS, engine_kwargs
 from service.settings import Settings
+
+log = logging.getLogger("regtune.trials")
 
 # A trial whose worker died is re-queued with the same parameters at most this often.
 MAX_RETRIES = 3
@@ -71,11 +74,26 @@ trial_heartbeats = Table(
 )
 
 
+class HeartbeatStorage(RDBStorage):
+    """Optuna's RDB storage whose heartbeats outlive a database outage.
+
+    Optuna's heartbeat thread ends at the first error it meets, so after a brief outage a
+    trial that trains on would never beat again, be declared stale and run twice. A missed
+    beat is only a late one: log it and keep beating.
+    """
+
+    def record_heartbeat(self, trial_id: int) -> None:
+        try:
+            super().record_heartbeat(trial_id)
+        except DATABASE_ERRORS as exc:
+            log.warning("heartbeat of trial %d missed: %s", trial_id, str(exc).splitlines()[0])
+
+
 def make_storage(settings: Settings) -> RDBStorage:
     """Optuna's storage on the service's database, with heartbeats for crash safety."""
     with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna since 2.8
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return RDBStorage(
+        return HeartbeatStorage(
             settings.database_url,
             engine_kwargs=engine_kwargs(settings),
             heartbeat_interval=settings.heartbeat_s,

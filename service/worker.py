@@ -31,30 +31,24 @@ import torch
 from optuna.storages import RDBStorage
 from pydantic import ValidationError
 from sqlalchemy import or_, select, update
-from sqlalchemy.exc import DBAPIError, OperationalError
 
 from service import datasets, studies, trials
-from service.db import Database
+from service.db import DATABASE_ERRORS, Database
 from service.models import StudyRecord, WorkerRecord, utcnow
 from service.settings import Settings
 from trainer import layout
-from trainer.batched import optimize_in_populations
+from trainer.batched import Populations
 from trainer.datasets import DatasetError
 from trainer.device import resolve_device
 from trainer.engine import DivergedError
-from trainer.objective import Objective, TrialInterrupted
+from trainer.objective import Objective, TrialFailed, TrialInterrupted
 from trainer.spec import StudySpec
 from trainer.study import Protocol, SpecError, make_pruner, make_sampler, refit_trial
 
 log = logging.getLogger("regtune.worker")
 MAX_BACKOFF_S = 60.0
-CANCEL_CHECK_S = 2.0
-# Optuna wraps some driver errors in its own StorageInternalError.
-DATABASE_ERRORS = (
-    OperationalError,
-    DBAPIError,
-    optuna.exceptions.StorageInternalError,
-)  # how often a training trial asks the database whether to stop
+FAILED_TRIALS_LIMIT = 5  # failed trials, none completed: the study fails
+CANCEL_CHECK_S = 2.0  # how often a training trial asks the database whether to stop
 
 
 class Worker:
@@ -191,35 +185,43 @@ class Worker:
             ),
             pruner=make_pruner(spec),
         )
+        should_stop = self.stop_check(record.id)
         objective = Objective(
             spec,
             dataset,
             protocol.splits,
             metric=protocol.metric,
             device=self.device,
-            should_stop=self.stop_check(record.id),
+            should_stop=should_stop,
+            passthrough=DATABASE_ERRORS,
         )
         deadline = _deadline(spec, record)
         size = layout.population_size(spec, dataset, self.device, self.settings.population)
+        populations = Populations(
+            study,
+            spec,
+            dataset,
+            protocol.splits,
+            metric=protocol.metric,
+            size=size,
+            device=self.device,
+            guard=self.heartbeats,
+            should_stop=should_stop,
+            passthrough=DATABASE_ERRORS,
+        )
         try:
             while startable := self.runnable(record, deadline):
                 if size:
-                    optimize_in_populations(
-                        study,
-                        spec,
-                        dataset,
-                        protocol.splits,
-                        metric=protocol.metric,
-                        size=size,
-                        n_trials=min(size, startable),
-                        device=self.device,
-                        guard=self.heartbeats,
-                        should_stop=self.stop_check(record.id),
-                    )
+                    populations.run(min(populations.size, startable))
                 else:
-                    study.optimize(
-                        objective, n_trials=1, catch=(DivergedError, torch.OutOfMemoryError)
-                    )
+                    try:
+                        study.optimize(objective, n_trials=1, catch=(DivergedError, TrialFailed))
+                    except optuna.exceptions.UpdateFinishedTrialError as exc:
+                        # Declared dead while it trained (a long outage); its parameters
+                        # are queued again, so dropping this result loses nothing.
+                        log.warning("result dropped: %s", exc)
+                if self.failing(record):
+                    return
         except TrialInterrupted as exc:
             self.requeue_interrupted(study, getattr(exc, "failed", None))
         except DATABASE_ERRORS:
@@ -231,6 +233,29 @@ class Worker:
         finally:
             self.set_current(None)
         self.finish(record)
+
+    def failing(self, record: StudyRecord) -> bool:
+        """Fail the study when its first trials all fail for good (a bug, bad data, NaN).
+
+        One failed trial is that trial's problem; ``FAILED_TRIALS_LIMIT`` of them with nothing
+        completed or pruned is the study's, and running out its budget would only burn it.
+        """
+        assert record.optuna_id is not None
+        with self.db.read() as session:
+            counts = trials.count_trials(session, record.optuna_id)
+        if counts.complete or counts.pruned or counts.fail - counts.retried < FAILED_TRIALS_LIMIT:
+            return False
+        study = optuna.load_study(study_name=record.optuna_name, storage=self.storage)
+        failed = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.FAIL,))
+        reason = failed[-1].user_attrs.get("fail_reason", "no reason recorded")
+        studies.mark(
+            self.db,
+            record.id,
+            "failed",
+            error=f"the first {len(failed)} trials failed; the last: {reason}",
+        )
+        log.warning("study %s failed: every trial fails (%s)", record.id, reason)
+        return True
 
     def runnable(self, record: StudyRecord, deadline: float | None) -> int:
         """How many trials this worker may start now (0: stop working on the study)."""

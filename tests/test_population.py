@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import optuna
 import pytest
 import torch
 
@@ -220,3 +221,97 @@ def test_compaction_drops_finished_models_without_changing_any_result(wine) -> N
     assert max(f.epochs for f in never[3].folds) > min(f.epochs for f in never[0].folds)
     for a, b in zip(never, eager, strict=True):
         assert_same(a, b, rel=1e-5)
+
+
+def fault_study(n_trials: int, **extra: object) -> StudySpec:
+    return StudySpec.model_validate(
+        {
+            "dataset": "builtin:wine",
+            "n_trials": n_trials,
+            "model": {"hidden": [8]},
+            "training": {"max_epochs": 2},
+            "cv": {"folds": 2},
+            "pruner": {"kind": "none"},
+            **extra,
+        }
+    )
+
+
+def test_out_of_memory_halves_the_population_and_loses_no_trial(wine, monkeypatch) -> None:
+    from trainer import batched
+    from trainer.study import run_study
+
+    sizes: list[int] = []
+    real = batched.train_population
+
+    def small_device(dataset, configs, *args, **kwargs):
+        sizes.append(len(configs))
+        if len(configs) > 2:  # what fits: two trials at a time
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(dataset, configs, *args, **kwargs)
+
+    monkeypatch.setattr(batched, "train_population", small_device)
+    outcome = run_study(fault_study(8), wine, population=4, refit_best=False)
+    states = [t.state for t in outcome.study.trials]
+    assert states == [optuna.trial.TrialState.COMPLETE] * 8
+    # 4 fails → 2 + 2; after that the engine asks for 2 at a time.
+    assert sizes == [4, 2, 2, 2, 2]
+
+
+def test_a_trial_that_does_not_fit_alone_fails_with_the_reason(wine, monkeypatch) -> None:
+    from trainer import batched
+    from trainer.study import run_study
+
+    def no_memory(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 80.00 GiB")
+
+    monkeypatch.setattr(batched, "train_population", no_memory)
+    outcome = run_study(fault_study(3), wine, population=2, refit_best=False)
+    assert [t.state for t in outcome.study.trials] == [optuna.trial.TrialState.FAIL] * 3
+    assert all("OutOfMemoryError" in t.user_attrs["fail_reason"] for t in outcome.study.trials)
+    assert outcome.best is None
+
+
+def test_a_training_error_fails_its_trials_and_the_search_goes_on(wine, monkeypatch) -> None:
+    from trainer import batched
+    from trainer.study import run_study
+
+    real = batched.train_population
+    calls = []
+
+    def flaky(dataset, configs, *args, **kwargs):
+        calls.append(len(configs))
+        if len(calls) == 2:
+            raise RuntimeError("cuDNN error: CUDNN_STATUS_INTERNAL_ERROR")
+        return real(dataset, configs, *args, **kwargs)
+
+    monkeypatch.setattr(batched, "train_population", flaky)
+    outcome = run_study(fault_study(4), wine, population=1, refit_best=False)
+    trials = outcome.study.trials
+    assert [t.state for t in trials].count(optuna.trial.TrialState.COMPLETE) == 3
+    assert trials[1].state == optuna.trial.TrialState.FAIL
+    assert trials[1].user_attrs["fail_reason"] == (
+        "RuntimeError: cuDNN error: CUDNN_STATUS_INTERNAL_ERROR"
+    )
+
+
+def test_the_per_trial_engine_fails_a_raising_trial_with_its_reason(wine, monkeypatch) -> None:
+    from trainer import objective
+    from trainer.study import run_study
+
+    real = objective.cross_validate
+    calls = []
+
+    def flaky(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise ValueError("Expected more than 1 value per channel when training")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(objective, "cross_validate", flaky)
+    # Wilcoxon pruning keeps the study on the per-trial engine.
+    outcome = run_study(fault_study(2, pruner={"kind": "wilcoxon"}), wine, refit_best=False)
+    first, second = outcome.study.trials
+    assert first.state == optuna.trial.TrialState.FAIL
+    assert first.user_attrs["fail_reason"].startswith("ValueError: Expected more than 1 value")
+    assert second.state == optuna.trial.TrialState.COMPLETE

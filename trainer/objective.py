@@ -100,6 +100,15 @@ class TrialInterrupted(Exception):
     """Raised inside a trial when its owner asked it to stop (cancel, shutdown)."""
 
 
+class TrialFailed(Exception):
+    """A trial's training raised: the trial fails with the reason and the study goes on."""
+
+
+def failure_reason(exc: BaseException) -> str:
+    """What a failed trial's ``fail_reason`` says about an exception (bounded in length)."""
+    return f"{exc.__class__.__name__}: {exc}"[:500]
+
+
 class Objective:
     """``objective(trial) -> CV mean`` for ``study.optimize`` or ask-and-tell.
 
@@ -107,7 +116,10 @@ class Objective:
     dashboard's curves); with the Wilcoxon pruner folds run one after another and each fold's
     score is reported at step k, the paired instance that pruner compares against the best trial.
     ``should_stop`` is polled after every epoch; when it answers true the trial raises
-    :class:`TrialInterrupted` (Optuna records it as failed).
+    :class:`TrialInterrupted` (Optuna records it as failed). Any other error of training fails
+    the trial with ``fail_reason`` and raises :class:`TrialFailed` (catch it in
+    ``study.optimize``), except the types in ``passthrough`` (a caller's database errors),
+    which propagate unchanged.
     """
 
     def __init__(
@@ -119,9 +131,11 @@ class Objective:
         metric: Metric,
         device: torch.device | str = "cpu",
         should_stop: Callable[[], bool] | None = None,
+        passthrough: tuple[type[BaseException], ...] = (),
     ) -> None:
         self.spec, self.dataset, self.splits = spec, dataset, splits
         self.metric, self.device = metric, device
+        self.passthrough = passthrough
         self.schedule: Schedule = "sequential" if spec.pruner.kind == "wilcoxon" else "lockstep"
         self.should_stop = should_stop
 
@@ -157,6 +171,11 @@ class Objective:
         except DivergedError as exc:
             trial.set_user_attr("fail_reason", str(exc))
             raise
+        except (TrialInterrupted, optuna.TrialPruned, *self.passthrough):
+            raise
+        except Exception as exc:
+            trial.set_user_attr("fail_reason", failure_reason(exc))
+            raise TrialFailed(failure_reason(exc)) from exc
         for key, value in result_attrs(result, config).items():
             trial.set_user_attr(key, value)
         return result.mean

@@ -18,11 +18,11 @@ import optuna
 import torch
 
 from trainer import layout
-from trainer.batched import optimize_in_populations
+from trainer.batched import Populations
 from trainer.config import TrialConfig
 from trainer.datasets import Dataset, check_for_cv
 from trainer.engine import DivergedError, FittedModel, refit
-from trainer.objective import Objective, grid, trial_seed
+from trainer.objective import Objective, TrialFailed, grid, trial_seed
 from trainer.spec import Metric, StudySpec, default_metric, metric_direction
 from trainer.splits import Split, cv_splits, holdout
 
@@ -198,24 +198,22 @@ def run_study(
     done = len(study.get_trials(deepcopy=False, states=FINISHED))
     size = layout.population_size(spec, dataset, torch.device(device), population)
     if done < spec.n_trials and size:
-        optimize_in_populations(
+        Populations(
             study,
             spec,
             dataset,
             protocol.splits,
             metric=protocol.metric,
             size=size,
-            n_trials=spec.n_trials - done,
-            timeout_s=spec.timeout_s,
             device=device,
             callbacks=callbacks,
-        )
+        ).run(spec.n_trials - done, timeout_s=spec.timeout_s)
     elif done < spec.n_trials:
         study.optimize(
             Objective(spec, dataset, protocol.splits, metric=protocol.metric, device=device),
             n_trials=spec.n_trials - done,
             timeout=spec.timeout_s,
-            catch=(DivergedError,),
+            catch=(DivergedError, TrialFailed),
             callbacks=list(callbacks),
         )
     completed = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
