@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.encoders import jsonable_encoder
+from fastapi.exception_handlers import http_exception_handler
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.api import datasets, studies
@@ -62,6 +68,40 @@ class BodyTooLarge(Exception):
     pass
 
 
+ECHO_DEPTH = 16  # how deep a 422 echoes the offending input back
+
+
+def json_safe(value: Any, depth: int = 0) -> Any:
+    """``value`` with what JSON cannot carry made printable: NaN/inf as text, lone surrogates
+    escaped, structures deeper than ``ECHO_DEPTH`` elided (a hostile body must get its 422,
+    not a 500 from rendering the error)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, str):
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    if isinstance(value, dict | list | tuple) and depth >= ECHO_DEPTH:
+        return "…"
+    if isinstance(value, dict):
+        return {json_safe(k, depth + 1): json_safe(v, depth + 1) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v, depth + 1) for v in value]
+    return value
+
+
+async def validation_errors(request: Request, exc: RequestValidationError) -> JSONResponse:
+    """FastAPI's 422 body, safe to render whatever the request held."""
+    return JSONResponse({"detail": jsonable_encoder(json_safe(exc.errors()))}, status_code=422)
+
+
+async def http_errors(request: Request, exc: HTTPException) -> Response:
+    """Starlette's handler, with a precise message for a body nested too deeply to parse."""
+    if exc.status_code == 400 and isinstance(exc.__cause__, RecursionError):
+        return JSONResponse(
+            {"detail": "the JSON body is nested too deeply to parse"}, status_code=400
+        )
+    return await http_exception_handler(request, exc)
+
+
 def create_app(settings: Settings) -> FastAPI:
     db = Database(settings)
     db.migrate()
@@ -90,6 +130,9 @@ def create_app(settings: Settings) -> FastAPI:
     @app.get("/healthz", tags=["health"])
     def healthz() -> dict[str, str]:
         return {"status": "ok"}
+
+    app.add_exception_handler(RequestValidationError, validation_errors)
+    app.add_exception_handler(HTTPException, http_errors)
 
     @app.exception_handler(NotFound)
     def _not_found(request: Request, exc: NotFound) -> JSONResponse:

@@ -9,6 +9,7 @@ as validation context, ``StudySpec.model_validate(data, context={"limits": limit
 from __future__ import annotations
 
 import math
+import unicodedata
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
@@ -60,7 +61,8 @@ def at_most(limit: str) -> AfterValidator:
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # JSON has no NaN/Infinity, but Python's parser accepts them: refuse them in every number.
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class Range(_Strict):
@@ -147,6 +149,8 @@ DOMAINS: dict[str, Domain] = {
 OPTIMIZERS = ("adam", "sgd")
 # Search-space entries that take a range, a list of choices or a number (``hidden`` is apart).
 SEARCHABLE = (*DOMAINS, "optimizer")
+# The five regularization hyperparameters: always searched or fixed, never absent.
+CORE = ("weight_decay", "l1", "dropout", "bn_momentum", "patience")
 
 
 class SearchSpace(_Strict):
@@ -169,8 +173,16 @@ class SearchSpace(_Strict):
 
     @field_validator(*SEARCHABLE, mode="wrap")
     @classmethod
-    def _parse(cls, value: Any, handler: ValidatorFunctionWrapHandler) -> Param | None:
+    def _parse(
+        cls, value: Any, handler: ValidatorFunctionWrapHandler, info: ValidationInfo
+    ) -> Param | None:
         # Our own dispatch instead of pydantic's union errors, which list every branch.
+        if value is None and info.field_name in CORE:
+            # A trial needs a value for each of the five: null would fail every trial.
+            raise ValueError(
+                "must be a range {low, high, log}, a list of choices, or a number, not null "
+                "(leave it out for the default range)"
+            )
         return None if value is None else _parse_param(value)
 
     @field_validator(*DOMAINS)
@@ -190,6 +202,8 @@ class SearchSpace(_Strict):
         for point in points:
             if isinstance(point, str | bool):
                 raise ValueError(f"must be {domain.describe()}, got {point!r}")
+            if not math.isfinite(point):
+                raise ValueError(f"must be a finite number, got {point:g}")
             if not domain.contains(point):
                 raise ValueError(f"must be {domain.describe()}, got {point:g}")
             if domain.integer and float(point) != int(point):
@@ -331,6 +345,18 @@ class StudySpec(_Strict):
     objective: ObjectiveSpec = ObjectiveSpec()
     sampler: SamplerSpec = SamplerSpec()
     pruner: PrunerSpec = PrunerSpec()
+
+    @field_validator("name", "dataset")
+    @classmethod
+    def _no_control_characters(cls, value: str | None, info: ValidationInfo) -> str | None:
+        # A NUL cannot be stored in PostgreSQL text; newlines and escapes garble logs.
+        for i, char in enumerate(value or ""):
+            if unicodedata.category(char) == "Cc":
+                raise ValueError(
+                    f"{info.field_name} must not contain control characters, "
+                    f"got {char!r} at position {i}"
+                )
+        return value
 
     @model_validator(mode="after")
     def _metric_fits_task(self) -> StudySpec:
