@@ -13,11 +13,19 @@ from sqlalchemy.orm import Session
 
 from service.models import DatasetRecord
 from service.settings import Settings
-from trainer.datasets import Dataset, DatasetError, load_builtin, load_csv, load_npz
+from trainer.datasets import (
+    ArrayLimits,
+    Dataset,
+    DatasetError,
+    DatasetTooLarge,
+    load_builtin,
+    load_csv,
+    load_npz,
+)
 from trainer.spec import Task
 
 
-class UploadTooLarge(DatasetError):
+class UploadTooLarge(DatasetTooLarge):
     """The upload exceeds a configured size, row or column limit (HTTP 413)."""
 
 
@@ -30,14 +38,26 @@ def parse_upload(
             f"upload is {len(content)} bytes; the limit is {settings.max_upload_bytes}"
         )
     suffix = filename.rsplit(".", 1)[-1].lower() if "." in filename else ""
+    limits = ArrayLimits(
+        rows=settings.max_upload_rows,
+        columns=settings.max_upload_columns,
+        bytes=settings.max_upload_memory_bytes,
+    )
     if suffix == "csv":
         if not target:
             raise DatasetError("a CSV upload needs the form field 'target' naming its label column")
-        dataset = load_csv(content, target, name=filename, task=task)
+        dataset = load_csv(content, target, name=filename, task=task, limits=limits)
     elif suffix == "npz":
-        dataset = load_npz(content, name=filename, task=task)
+        dataset = load_npz(content, name=filename, task=task, limits=limits)
     else:
-        raise DatasetError(f"file {filename!r}: upload a .csv or an .npz file")
+        raise DatasetError(f"file {filename[:200]!r}: upload a .csv or an .npz file")
+    if dataset.task == "classification":
+        for label, count in dataset.class_counts().items():
+            if count < 2:
+                raise DatasetError(
+                    f"class {label[:100]!r} has only {count} sample; cross-validation needs "
+                    "at least 2 samples of every class"
+                )
     if dataset.n_samples > settings.max_upload_rows:
         raise UploadTooLarge(f"{dataset.n_samples} rows; the limit is {settings.max_upload_rows}")
     if dataset.n_features > settings.max_upload_columns:

@@ -34,6 +34,12 @@ class Settings(BaseSettings):
     max_upload_bytes: int = 50 * 1024 * 1024
     max_upload_rows: int = 1_000_000
     max_upload_columns: int = 10_000
+    max_upload_memory_bytes: int = Field(
+        1024**3,
+        ge=1,
+        description="bytes an upload's arrays may take once read (an NPZ is compressed: "
+        "its declared shapes are checked before anything is decompressed)",
+    )
 
     # What one study may ask for: REGTUNE_LIMITS__MAX_TRIALS=500 and so on.
     limits: Limits = Limits()

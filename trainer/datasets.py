@@ -12,6 +12,8 @@ import csv
 import io
 import math
 import zipfile
+import zlib
+from array import array
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +32,34 @@ MAX_INFERRED_CLASSES = 100
 
 class DatasetError(ValueError):
     """The data cannot be used as given; the message says what to change."""
+
+
+class DatasetTooLarge(DatasetError):
+    """The data exceeds a row, column or byte limit of :class:`ArrayLimits`."""
+
+
+@dataclass(frozen=True)
+class ArrayLimits:
+    """Bounds on user data, checked before the data is read into memory.
+
+    An NPZ is compressed, so a small file can declare arrays of any size: its ``.npy``
+    headers are checked against these bounds before a single array byte is decompressed.
+    ``bytes`` bounds the arrays' total size in memory once read.
+    """
+
+    rows: int | None = None
+    columns: int | None = None
+    bytes: int | None = None
+
+    def check(self, rows: int, columns: int, nbytes: int) -> None:
+        if self.rows is not None and rows > self.rows:
+            raise DatasetTooLarge(f"{rows} rows; the limit is {self.rows}")
+        if self.columns is not None and columns > self.columns:
+            raise DatasetTooLarge(f"{columns} feature columns; the limit is {self.columns}")
+        if self.bytes is not None and nbytes > self.bytes:
+            raise DatasetTooLarge(
+                f"the arrays take {nbytes} bytes in memory; the limit is {self.bytes}"
+            )
 
 
 @dataclass(frozen=True)
@@ -97,6 +127,8 @@ def make_dataset(
             f"column {feature_names[col] if feature_names else col}"
         )
     shape = input_shape or (X.shape[1],)
+    if min(shape, default=0) < 1:
+        raise DatasetError(f"input_shape {shape} must hold positive sizes")
     if math.prod(shape) != X.shape[1]:
         raise DatasetError(f"input_shape {shape} does not hold {X.shape[1]} features")
 
@@ -223,64 +255,168 @@ def make_poly(
 
 
 def load_csv(
-    source: str | Path | bytes, target: str, *, name: str = "upload", task: Task | None = None
+    source: str | Path | bytes,
+    target: str,
+    *,
+    name: str = "upload",
+    task: Task | None = None,
+    limits: ArrayLimits | None = None,
 ) -> Dataset:
-    """Read a CSV with a header row; ``target`` names the label column, all others are features."""
-    text = _read_text(source)
-    rows = list(csv.reader(io.StringIO(text)))
-    rows = [row for row in rows if any(cell.strip() for cell in row)]
-    if len(rows) < 2:
-        raise DatasetError("the CSV needs a header row and at least one data row")
-    header = [h.strip() for h in rows[0]]
-    if target not in header:
-        raise DatasetError(f"target column {target!r} not in the CSV header {header}")
-    t = header.index(target)
-    features = [h for i, h in enumerate(header) if i != t]
-    X = np.empty((len(rows) - 1, len(features)), dtype=np.float64)
-    labels: list[str] = []
-    for r, row in enumerate(rows[1:], start=2):
-        if len(row) != len(header):
-            raise DatasetError(f"CSV line {r} has {len(row)} fields, the header has {len(header)}")
-        labels.append(row[t].strip())
-        cells = [c for i, c in enumerate(row) if i != t]
-        for c, cell in enumerate(cells):
-            try:
-                X[r - 2, c] = float(cell)
-            except ValueError:
+    """Read a CSV with a header row; ``target`` names the label column, all others are features.
+
+    Rows are parsed one at a time into a flat float64 buffer (8 bytes a cell, not a Python
+    object), and ``limits`` are checked as the rows come.
+    """
+    limits = limits or ArrayLimits()
+    reader = csv.reader(io.StringIO(_read_text(source)))
+    try:
+        header = next((row for row in reader if any(cell.strip() for cell in row)), None)
+        if header is None:
+            raise DatasetError("the CSV needs a header row and at least one data row")
+        header = [h.strip() for h in header]
+        if target not in header:
+            raise DatasetError(f"target column {target!r} not in the CSV header {header[:50]}")
+        seen: set[str] = set()
+        for column in header:
+            if column in seen:
+                raise DatasetError(f"the CSV header names column {column!r} twice")
+            seen.add(column)
+        t = header.index(target)
+        features = [h for i, h in enumerate(header) if i != t]
+        limits.check(0, len(features), 0)
+        values = array("d")
+        labels: list[str] = []
+        for row in reader:
+            if not any(cell.strip() for cell in row):
+                continue
+            line = reader.line_num
+            if len(row) != len(header):
                 raise DatasetError(
-                    f"CSV line {r}, column {features[c]!r}: {cell!r} is not a number"
-                ) from None
+                    f"CSV line {line} has {len(row)} fields, the header has {len(header)}"
+                )
+            labels.append(row[t].strip())
+            limits.check(len(labels), len(features), 8 * (len(values) + len(features)))
+            for c, cell in enumerate(cell for i, cell in enumerate(row) if i != t):
+                try:
+                    values.append(float(cell))
+                except ValueError:
+                    raise DatasetError(
+                        f"CSV line {line}, column {features[c]!r}: {cell[:100]!r} is not a number"
+                    ) from None
+    except csv.Error as exc:
+        raise DatasetError(f"CSV line {reader.line_num}: {exc}") from None
+    if not labels:
+        raise DatasetError("the CSV needs a header row and at least one data row")
+    X = np.frombuffer(values, dtype=np.float64).reshape(len(labels), len(features))
     return make_dataset(
         name, X, _numeric_if_possible(labels), task=task, feature_names=tuple(features)
     )
 
 
+NPZ_ARRAYS = ("X", "y", "input_shape")
+MAX_INPUT_DIMS = 8
+
+
 def load_npz(
-    source: str | Path | bytes, *, name: str = "upload", task: Task | None = None
+    source: str | Path | bytes,
+    *,
+    name: str = "upload",
+    task: Task | None = None,
+    limits: ArrayLimits | None = None,
 ) -> Dataset:
     """Read arrays ``X`` and ``y`` (and optionally ``input_shape``) from an ``.npz`` file.
 
-    Object arrays are refused (``allow_pickle=False``): a pickle could run code.
+    Each member's ``.npy`` header (shape and dtype) is read and checked against ``limits``
+    before its data is decompressed, so a zip bomb is refused unexpanded. Object arrays are
+    refused from the header: a pickle could run code, and nothing is ever unpickled.
     """
+    limits = limits or ArrayLimits()
     handle = io.BytesIO(source) if isinstance(source, bytes) else source
     try:
-        with np.load(handle, allow_pickle=False) as archive:
-            missing = {"X", "y"} - set(archive.files)
+        with zipfile.ZipFile(handle) as archive:
+            present = [n.removesuffix(".npy") for n in archive.namelist() if n.endswith(".npy")]
+            missing = {"X", "y"} - set(present)
             if missing:
                 raise DatasetError(
-                    f"the NPZ file lacks array(s) {sorted(missing)}; it has {archive.files}"
+                    f"the NPZ file lacks array(s) {sorted(missing)}; it has {present[:20]}"
                 )
-            X, y = archive["X"], archive["y"]
-            shape = (
-                tuple(int(s) for s in archive["input_shape"])
-                if "input_shape" in archive.files
-                else None
-            )
+            members = {key: archive.getinfo(f"{key}.npy") for key in NPZ_ARRAYS if key in present}
+            arrays = _read_npy_members(archive, members, limits)
     except DatasetError:
         raise
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
+    except (
+        ValueError,
+        OSError,
+        EOFError,
+        RuntimeError,
+        NotImplementedError,
+        zipfile.BadZipFile,
+        zlib.error,
+    ) as exc:
         raise DatasetError(f"not a readable NPZ file of numeric arrays: {exc}") from None
-    return make_dataset(name, X, y, task=task, input_shape=shape)
+    shape = None
+    if "input_shape" in arrays:
+        shape = tuple(int(s) for s in arrays["input_shape"])
+    return make_dataset(name, arrays["X"], arrays["y"], task=task, input_shape=shape)
+
+
+def _read_npy_members(
+    archive: zipfile.ZipFile, members: dict[str, zipfile.ZipInfo], limits: ArrayLimits
+) -> dict[str, np.ndarray]:
+    headers = {}
+    for key, info in members.items():
+        with archive.open(info) as member:
+            headers[key] = _npy_header(key, member)
+    x_shape = headers["X"][0]
+    rows = x_shape[0] if x_shape else 0
+    columns = math.prod(x_shape[1:]) if len(x_shape) > 1 else 0
+    nbytes = sum(math.prod(shape) * dtype.itemsize for shape, _, dtype in headers.values())
+    # Features become float32 in memory, whatever dtype the file holds.
+    limits.check(rows, columns, nbytes + rows * columns * 4)
+    if "input_shape" in headers:
+        shape, _, dtype = headers["input_shape"]
+        if len(shape) != 1 or shape[0] > MAX_INPUT_DIMS or dtype.kind not in "iu":
+            raise DatasetError(
+                f"input_shape must be a 1-D integer array of at most {MAX_INPUT_DIMS} values, "
+                f"got shape {shape} of dtype {dtype}"
+            )
+    arrays = {}
+    for key, info in members.items():
+        shape, fortran, dtype = headers[key]
+        with archive.open(info) as member:
+            _npy_header(key, member)
+            size = math.prod(shape) * dtype.itemsize
+            data = member.read(size)
+            trailing = member.read(1)  # decompresses one more chunk at most
+        if len(data) < size:
+            raise DatasetError(f"array {key!r} is truncated: {len(data)} of {size} bytes of data")
+        if trailing:
+            raise DatasetError(f"array {key!r} has data beyond the {shape} its header declares")
+        flat = np.frombuffer(data, dtype=dtype, count=math.prod(shape))
+        arrays[key] = flat.reshape(shape, order="F" if fortran else "C")
+    return arrays
+
+
+def _npy_header(key: str, member: io.BufferedIOBase) -> tuple[tuple[int, ...], bool, np.dtype]:
+    """``(shape, fortran_order, dtype)`` of a ``.npy`` stream, refusing object dtypes."""
+    version = np.lib.format.read_magic(member)
+    readers = {
+        (1, 0): np.lib.format.read_array_header_1_0,
+        (2, 0): np.lib.format.read_array_header_2_0,
+    }
+    if version not in readers:
+        raise DatasetError(f"array {key!r}: unsupported .npy format version {version}")
+    shape, fortran, dtype = readers[version](member)
+    if dtype.hasobject:
+        raise DatasetError(
+            f"not a readable NPZ file of numeric arrays: array {key!r} holds Python objects "
+            f"(dtype {dtype}), which would need unpickling; save numbers or strings"
+        )
+    if dtype.itemsize == 0:
+        raise DatasetError(f"array {key!r} has an empty dtype {dtype}")
+    if any(n < 0 for n in shape):
+        raise DatasetError(f"array {key!r} declares a negative dimension in its shape {shape}")
+    return tuple(int(n) for n in shape), bool(fortran), dtype
 
 
 def _read_text(source: str | Path | bytes) -> str:

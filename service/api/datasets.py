@@ -2,19 +2,35 @@
 
 from __future__ import annotations
 
+import unicodedata
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, File, Form, UploadFile, status
 from sqlalchemy import select
+from starlette.concurrency import run_in_threadpool
 
 from service import datasets
 from service.api.deps import DB, AppSettings, Tenant
 from service.api.errors import not_found, too_large, unprocessable
 from service.models import DatasetRecord
 from service.schemas import DatasetOut
-from trainer.datasets import DatasetError
+from trainer.datasets import DatasetError, DatasetTooLarge
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
+MAX_NAME = 200  # the length of the name and target columns
+
+
+def check_text(field: str, what: str, value: str | None) -> None:
+    """Refuse names that cannot be stored as text everywhere (PostgreSQL refuses NUL)."""
+    if value is None:
+        return
+    if len(value) > MAX_NAME:
+        raise unprocessable(field, f"{what} has {len(value)} characters; the limit is {MAX_NAME}")
+    for i, char in enumerate(value):
+        if unicodedata.category(char) in ("Cc", "Cs"):
+            raise unprocessable(
+                field, f"{what} must not contain control characters, got {char!r} at position {i}"
+            )
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=DatasetOut)
@@ -23,17 +39,23 @@ async def upload_dataset(
     settings: AppSettings,
     tenant: Tenant,
     file: Annotated[UploadFile, File(description="a .csv (with a header row) or an .npz (X, y)")],
-    target: Annotated[str | None, Form(description="the CSV's label column")] = None,
+    target: Annotated[
+        str | None, Form(max_length=MAX_NAME, description="the CSV's label column")
+    ] = None,
     task: Annotated[Literal["classification", "regression"] | None, Form()] = None,
-    name: Annotated[str | None, Form(max_length=200)] = None,
+    name: Annotated[str | None, Form(max_length=MAX_NAME)] = None,
 ) -> DatasetRecord:
     content = await file.read(settings.max_upload_bytes + 1)
     filename = file.filename or "upload"
+    check_text("file", "the file name", filename)
+    check_text("target", "target", target)
+    check_text("name", "name", name)
     try:
-        dataset = datasets.parse_upload(
-            content, filename, target=target, task=task, settings=settings
+        # Parsing takes seconds for a large file: off the event loop, so other requests go on.
+        dataset = await run_in_threadpool(
+            datasets.parse_upload, content, filename, target=target, task=task, settings=settings
         )
-    except datasets.UploadTooLarge as exc:
+    except DatasetTooLarge as exc:
         raise too_large(str(exc)) from None
     except DatasetError as exc:
         raise unprocessable("file", str(exc)) from None
