@@ -1,0 +1,530 @@
+"""Hostile study specs over real HTTP: each gets a 4xx naming its problem, and nothing is stored.
+
+One ``regtune serve`` (no workers) answers the whole corpus. After every request the test
+checks that neither a study record nor an Optuna study appeared.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from servers import Server, serving, tiny_study
+
+
+class Raw(bytes):
+    """A request body sent as given (not JSON-encoded by the test)."""
+
+
+def ss(**entries: Any) -> dict[str, Any]:
+    return tiny_study(search_space=entries)
+
+
+def raw_study(fragment: str) -> Raw:
+    """``tiny_study`` with ``fragment`` (``"key": value`` text, e.g. NaN) spliced into it."""
+    return Raw(json.dumps(tiny_study())[:-1].encode() + b", " + fragment.encode() + b"}")
+
+
+NEST_ACCEPTED = 200  # parses, then is refused as an unknown key
+NEST_UNPARSABLE = 100_000  # beyond the JSON parser's recursion limit
+
+# pytest.param(body, status, fragment of the flattened detail "dotted.loc: message", id=...)
+CORPUS = [
+    # wrong types
+    pytest.param(
+        tiny_study(n_trials="many"),
+        422,
+        "body.n_trials: Input should be a valid integer",
+        id="n_trials-string",
+    ),
+    pytest.param(
+        tiny_study(cv={"folds": 2.5}),
+        422,
+        "body.cv.folds: Input should be a valid integer",
+        id="folds-fraction",
+    ),
+    pytest.param(
+        tiny_study(model="mlp"),
+        422,
+        "body.model: Input should be a valid dictionary",
+        id="model-string",
+    ),
+    pytest.param(
+        ss(hidden="wide"),
+        422,
+        "body.search_space.hidden: Input should be a valid list",
+        id="hidden-string",
+    ),
+    pytest.param(
+        ss(lr=True),
+        422,
+        "body.search_space.lr: Value error, must be a range {low, high, log}",
+        id="lr-bool",
+    ),
+    pytest.param(
+        ss(dropout=[0.1, True]), 422, "may hold only numbers or strings", id="choices-with-bool"
+    ),
+    pytest.param(
+        ss(lr=[1e-3, "x"]),
+        422,
+        "body.search_space.lr: Value error, must be a number in (0, inf), got 'x'",
+        id="choices-with-string",
+    ),
+    pytest.param(
+        ss(lr={"a": 1}), 422, "low: Field required; high: Field required", id="range-missing-bounds"
+    ),
+    # out of range, zero and negative
+    pytest.param(
+        tiny_study(n_trials=0),
+        422,
+        "body.n_trials: Input should be greater than or equal to 1",
+        id="n_trials-zero",
+    ),
+    pytest.param(
+        tiny_study(n_trials=101),
+        422,
+        "body.n_trials: Value error, n_trials must be ≤ 100",
+        id="n_trials-over-limit",
+    ),
+    pytest.param(
+        tiny_study(n_trials=10**30),
+        422,
+        "body.n_trials: Value error, n_trials must be ≤ 100",
+        id="n_trials-huge",
+    ),
+    pytest.param(
+        tiny_study(cv={"folds": 0}),
+        422,
+        "body.cv.folds: Input should be greater than or equal to 2",
+        id="folds-zero",
+    ),
+    pytest.param(
+        tiny_study(cv={"folds": -3}),
+        422,
+        "body.cv.folds: Input should be greater than or equal to 2",
+        id="folds-negative",
+    ),
+    pytest.param(
+        tiny_study(cv={"folds": 21}),
+        422,
+        "body.cv.folds: Value error, folds must be ≤ 20",
+        id="folds-over-limit",
+    ),
+    pytest.param(
+        tiny_study(cv={"folds": 3, "test_fraction": 0.9}),
+        422,
+        "body.cv.test_fraction: Input should be less than or equal to 0.5",
+        id="test-fraction",
+    ),
+    pytest.param(
+        tiny_study(timeout_s=-5),
+        422,
+        "body.timeout_s: Input should be greater than 0",
+        id="timeout-negative",
+    ),
+    pytest.param(
+        tiny_study(seed=2**32),
+        422,
+        "body.seed: Input should be less than 4294967296",
+        id="seed-too-big",
+    ),
+    pytest.param(
+        ss(hidden=[[0]]),
+        422,
+        "body.search_space.hidden.0.0: Input should be greater than or equal to 1",
+        id="width-zero",
+    ),
+    pytest.param(
+        tiny_study(model={"hidden": [8] * 9}),
+        422,
+        "body.model.hidden: Value error, at most 8 layers, got 9",
+        id="too-many-layers",
+    ),
+    pytest.param(
+        tiny_study(model={"hidden": [5000]}),
+        422,
+        "body.model.hidden: Value error, layer widths must be ≤ 4096",
+        id="too-wide",
+    ),
+    pytest.param(
+        ss(batch_size={"low": 1, "high": 1e9}),
+        422,
+        "body.search_space.batch_size: Value error, batch_size must be ≤ 65536",
+        id="batch-over-limit",
+    ),
+    pytest.param(
+        ss(dropout=1.0),
+        422,
+        "body.search_space.dropout: Value error, must be a number in [0, 1), got 1",
+        id="dropout-one",
+    ),
+    pytest.param(
+        ss(bn_momentum=0),
+        422,
+        "body.search_space.bn_momentum: Value error, must be a number in (0, 1], got 0",
+        id="bn-momentum-zero",
+    ),
+    pytest.param(
+        ss(weight_decay=-1e-3),
+        422,
+        "must be a number in [0, inf), got -0.001",
+        id="weight-decay-negative",
+    ),
+    pytest.param(
+        ss(patience=0),
+        422,
+        "body.search_space.patience: Value error, must be an integer in [1, inf), got 0",
+        id="patience-zero",
+    ),
+    pytest.param(
+        ss(patience={"low": 2.5, "high": 10}),
+        422,
+        "body.search_space.patience: Value error, must be an integer in [1, inf), got 2.5",
+        id="patience-non-integer",
+    ),
+    pytest.param(
+        ss(weight_decay=None),
+        422,
+        "body.search_space.weight_decay: Value error, must be a range {low, high, log}, a list",
+        id="core-null",
+    ),
+    pytest.param(
+        ss(lr=[]),
+        422,
+        "body.search_space.lr: Value error, a list of choices must not be empty",
+        id="empty-choices",
+    ),
+    # ranges
+    pytest.param(
+        ss(dropout={"low": 0.5, "high": 0.1}),
+        422,
+        "body.search_space.dropout: Value error, low (0.5) must be < high (0.1)",
+        id="range-low-above-high",
+    ),
+    pytest.param(
+        ss(l1={"low": 0.01, "high": 0.01}),
+        422,
+        "low (0.01) must be < high (0.01)",
+        id="range-empty",
+    ),
+    pytest.param(
+        ss(weight_decay={"low": 0, "high": 0.1, "log": True}),
+        422,
+        "a log range needs low > 0, got low=0",
+        id="log-range-zero-low",
+    ),
+    pytest.param(
+        ss(lr={"low": -1, "high": 1, "log": True}),
+        422,
+        "a log range needs low > 0, got low=-1",
+        id="log-range-negative-low",
+    ),
+    pytest.param(
+        ss(dropout={"low": 0, "high": 0.5, "step": 0.1}),
+        422,
+        "step: Extra inputs are not permitted",
+        id="range-unknown-key",
+    ),
+    # NaN and infinities (Python's JSON parser accepts them; JSON has none)
+    pytest.param(
+        raw_study('"training": {"lr": NaN}'),
+        422,
+        "body.training.lr: Input should be a finite number",
+        id="lr-nan",
+    ),
+    pytest.param(
+        tiny_study(training={"min_delta": math.nan}),
+        422,
+        "body.training.min_delta: Input should be a finite number",
+        id="min-delta-nan",
+    ),
+    pytest.param(
+        raw_study('"timeout_s": Infinity'),
+        422,
+        "body.timeout_s: Input should be a finite number",
+        id="timeout-infinity",
+    ),
+    pytest.param(
+        raw_study('"n_trials": 1e400'),
+        422,
+        "body.n_trials: Input should be a finite number",
+        id="n_trials-overflow",
+    ),
+    pytest.param(
+        raw_study('"seed": NaN'), 422, "body.seed: Input should be a finite number", id="seed-nan"
+    ),
+    pytest.param(
+        raw_study('"search_space": {"dropout": {"low": NaN, "high": 0.5}}'),
+        422,
+        "body.search_space.dropout: Value error, low: Input should be a finite number",
+        id="range-nan-low",
+    ),
+    pytest.param(
+        raw_study('"search_space": {"weight_decay": Infinity}'),
+        422,
+        "body.search_space.weight_decay: Value error, must be a finite number, got inf",
+        id="weight-decay-infinity",
+    ),
+    pytest.param(
+        raw_study('"search_space": {"lr": [0.001, -Infinity]}'),
+        422,
+        "must be a finite number, got -inf",
+        id="choice-minus-infinity",
+    ),
+    # unknown keys, datasets and enum values
+    pytest.param(
+        tiny_study(colour="blue"),
+        422,
+        "body.colour: Extra inputs are not permitted",
+        id="unknown-top-key",
+    ),
+    pytest.param(
+        ss(momentumz=0.9),
+        422,
+        "body.search_space.momentumz: Extra inputs are not permitted",
+        id="unknown-search-key",
+    ),
+    pytest.param(
+        tiny_study(dataset="builtin:imagenet"),
+        422,
+        "body.dataset: unknown built-in dataset 'imagenet'",
+        id="unknown-builtin",
+    ),
+    pytest.param(
+        tiny_study(dataset="0123abcd"),
+        422,
+        "body.dataset: unknown dataset '0123abcd'",
+        id="unknown-upload",
+    ),
+    pytest.param(
+        tiny_study(dataset="builtin:mnist1d:5"),
+        422,
+        "body.dataset: mnist1d size must be an integer in [10, 200000]",
+        id="mnist1d-too-small",
+    ),
+    pytest.param({"n_trials": 2}, 422, "body.dataset: Field required", id="missing-dataset"),
+    pytest.param(
+        tiny_study(dataset=""),
+        422,
+        "body.dataset: String should have at least 1 character",
+        id="empty-dataset",
+    ),
+    pytest.param(
+        tiny_study(model={"kind": "transformer"}),
+        422,
+        "body.model.kind: Input should be 'mlp' or 'cnn'",
+        id="model-kind",
+    ),
+    pytest.param(
+        tiny_study(sampler={"kind": "annealing"}),
+        422,
+        "body.sampler.kind: Input should be 'tpe', 'random', 'gp', 'cmaes' or 'grid'",
+        id="sampler-kind",
+    ),
+    pytest.param(
+        tiny_study(pruner={"kind": "sometimes"}),
+        422,
+        "body.pruner.kind: Input should be 'median', 'hyperband', 'wilcoxon' or 'none'",
+        id="pruner-kind",
+    ),
+    pytest.param(
+        tiny_study(training={"optimizer": "rmsprop"}),
+        422,
+        "body.training.optimizer: Input should be 'adam' or 'sgd'",
+        id="optimizer",
+    ),
+    pytest.param(
+        ss(optimizer=["adam", "rmsprop"]),
+        422,
+        "optimizer must be one of ['adam', 'sgd'] or a list of them",
+        id="optimizer-choices",
+    ),
+    pytest.param(
+        tiny_study(training={"l2_mode": "both"}),
+        422,
+        "body.training.l2_mode: Input should be 'coupled' or 'decoupled'",
+        id="l2-mode",
+    ),
+    pytest.param(
+        tiny_study(objective={"metric": "f1"}),
+        422,
+        "body.objective.metric: Input should be 'accuracy', 'mse' or 'loss'",
+        id="metric",
+    ),
+    # specs that contradict themselves or their dataset
+    pytest.param(
+        tiny_study(task="regression", objective={"metric": "accuracy"}),
+        422,
+        "objective.metric 'accuracy' needs task 'classification'",
+        id="metric-vs-task",
+    ),
+    pytest.param(
+        tiny_study(objective={"metric": "mse"}),
+        422,
+        "needs a regression dataset",
+        id="metric-vs-dataset",
+    ),
+    pytest.param(
+        tiny_study(model={"kind": "cnn"}),
+        422,
+        "needs inputs with a spatial shape",
+        id="cnn-on-a-table",
+    ),
+    pytest.param(
+        tiny_study(dataset="builtin:mnist1d:10"),
+        422,
+        "body.dataset: class '0' has 1 samples; 3-fold stratified CV needs at least 3",
+        id="too-few-per-class",
+    ),
+    # not a JSON object
+    pytest.param(Raw(b""), 422, "body: Field required", id="empty-body"),
+    pytest.param(Raw(b"{not json"), 422, "body.1: JSON decode error", id="not-json"),
+    pytest.param(
+        Raw(b"[1, 2]"), 422, "body: Input should be a valid dictionary or object", id="json-array"
+    ),
+    pytest.param(
+        Raw(b"null"), 422, "body: Input should be a valid dictionary or object", id="json-null"
+    ),
+    pytest.param(
+        Raw(b'"builtin:wine"'),
+        422,
+        "body: Input should be a valid dictionary or object",
+        id="json-string",
+    ),
+    # deep nesting, long strings, unicode junk
+    pytest.param(
+        raw_study('"junk": ' + "[" * NEST_ACCEPTED + "]" * NEST_ACCEPTED),
+        422,
+        "body.junk: Extra inputs are not permitted",
+        id="deep-junk",
+    ),
+    pytest.param(
+        raw_study('"search_space": {"lr": ' + "[" * NEST_ACCEPTED + "]" * NEST_ACCEPTED + "}"),
+        422,
+        "body.search_space.lr: Value error, a list of choices may hold only numbers or strings",
+        id="deep-junk-in-a-param",
+    ),
+    pytest.param(
+        raw_study('"junk": ' + "[" * NEST_UNPARSABLE + "]" * NEST_UNPARSABLE),
+        400,
+        "the JSON body is nested too deeply to parse",
+        id="nested-beyond-parsing",
+    ),
+    pytest.param(
+        tiny_study(name="n" * 201),
+        422,
+        "body.name: String should have at most 200 characters",
+        id="long-name",
+    ),
+    pytest.param(
+        tiny_study(dataset="d" * 100_000),
+        422,
+        "body.dataset: String should have at most 200 characters",
+        id="long-dataset",
+    ),
+    pytest.param(
+        tiny_study(name="a\x00b"),
+        422,
+        "body.name: Value error, name must not contain control characters, got '\\x00' at",
+        id="name-with-nul",
+    ),
+    pytest.param(
+        tiny_study(dataset="builtin:wine\n"),
+        422,
+        "dataset must not contain control characters",
+        id="dataset-with-newline",
+    ),
+    pytest.param(
+        raw_study('"name": "\\ud800"'),
+        422,
+        "body.name: Input should be a valid string, unable to parse raw data as a unicode string",
+        id="name-lone-surrogate",
+    ),
+    pytest.param(
+        tiny_study(dataset="builtin:🤖"),
+        422,
+        "body.dataset: unknown built-in dataset '🤖'",
+        id="dataset-emoji",
+    ),
+]
+
+
+@pytest.fixture(scope="module")
+def database(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("hostile-specs") / "specs.db"
+
+
+@pytest.fixture(scope="module")
+def server(database: Path) -> Iterator[Server]:
+    with serving(
+        f"sqlite:///{database}",
+        database.with_name("serve.log"),
+        workers=0,
+        REGTUNE_LIMITS__MAX_TRIALS="100",
+    ) as running:
+        yield running
+
+
+def problem(response: httpx.Response) -> str:
+    """The ``detail`` as text: FastAPI's list as ``dotted.loc: message`` lines, or the string."""
+    detail = response.json()["detail"]
+    if isinstance(detail, str):
+        return detail
+    return "\n".join(".".join(str(p) for p in e["loc"]) + ": " + e["msg"] for e in detail)
+
+
+def stored(server: Server, database: Path) -> tuple[int, int]:
+    """(study records the API lists, Optuna studies in the database)."""
+    with server.client() as http:
+        listed = http.get("/v1/studies", params={"limit": 100})
+    assert listed.status_code == 200, listed.text
+    db = sqlite3.connect(database)
+    try:
+        (optuna_studies,) = db.execute("SELECT count(*) FROM studies").fetchone()
+    finally:
+        db.close()
+    return len(listed.json()), optuna_studies
+
+
+def post(server: Server, body: Any) -> httpx.Response:
+    content = bytes(body) if isinstance(body, Raw) else json.dumps(body).encode()
+    with server.client() as http:
+        return http.post(
+            "/v1/studies", content=content, headers={"content-type": "application/json"}
+        )
+
+
+def test_the_corpus_is_large_and_its_ids_unique() -> None:
+    assert len(CORPUS) >= 30
+    assert len({case.id for case in CORPUS}) == len(CORPUS)
+
+
+@pytest.mark.parametrize(("body", "status", "fragment"), CORPUS)
+def test_hostile_spec_is_refused_by_name_and_nothing_is_stored(
+    server: Server, database: Path, body: Any, status: int, fragment: str
+) -> None:
+    before = stored(server, database)
+    response = post(server, body)
+    assert response.status_code == status, response.text[:2000]
+    assert fragment in problem(response), problem(response)[:2000]
+    assert stored(server, database) == before
+
+
+def test_a_valid_spec_is_still_stored(server: Server, database: Path) -> None:
+    """The control case: the same server, the same counting, a spec that is fine."""
+    before = stored(server, database)
+    response = post(server, tiny_study(search_space={"patience": {"low": 2, "high": 5}}))
+    assert response.status_code == 201, response.text
+    assert stored(server, database) == (before[0] + 1, before[1] + 1)
+
+
+def test_the_server_survived_the_corpus(server: Server) -> None:
+    assert server.proc.poll() is None
+    log = Path(server.log).read_text()
+    assert "Traceback" not in log and " 500 " not in log, log[-3000:]
