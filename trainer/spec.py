@@ -202,6 +202,8 @@ class SearchSpace(_Strict):
         for point in points:
             if isinstance(point, str | bool):
                 raise ValueError(f"must be {domain.describe()}, got {point!r}")
+            if isinstance(point, int) and abs(point) > 2**63:  # JSON integers have no bound
+                raise ValueError(f"must be {domain.describe()}, got an integer beyond ±2^63")
             if not math.isfinite(point):
                 raise ValueError(f"must be a finite number, got {point:g}")
             if not domain.contains(point):

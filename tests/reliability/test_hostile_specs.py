@@ -272,6 +272,12 @@ CORPUS = [
         id="weight-decay-infinity",
     ),
     pytest.param(
+        raw_study('"search_space": {"weight_decay": 1' + "0" * 400 + "}"),
+        422,
+        "body.search_space.weight_decay: Value error, must be a number in [0, inf), got an integer",
+        id="integer-beyond-float",
+    ),
+    pytest.param(
         raw_study('"search_space": {"lr": [0.001, -Infinity]}'),
         422,
         "must be a finite number, got -inf",
