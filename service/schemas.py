@@ -11,6 +11,12 @@ from pydantic import BaseModel, ConfigDict
 T = TypeVar("T")
 
 
+class ErrorOut(BaseModel):
+    """An error other than a validation error: ``{"detail": "what is wrong"}``."""
+
+    detail: str
+
+
 class DatasetOut(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 

@@ -11,7 +11,7 @@ from starlette.concurrency import run_in_threadpool
 
 from service import datasets
 from service.api.deps import DB, AppSettings, Tenant
-from service.api.errors import not_found, too_large, unprocessable
+from service.api.errors import documented, not_found, too_large, unprocessable
 from service.models import DatasetRecord
 from service.schemas import DatasetOut
 from trainer.datasets import DatasetError, DatasetTooLarge
@@ -33,7 +33,12 @@ def check_text(field: str, what: str, value: str | None) -> None:
             )
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, response_model=DatasetOut)
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=DatasetOut,
+    responses=documented(400, 401, 413),
+)
 async def upload_dataset(
     db: DB,
     settings: AppSettings,
@@ -70,7 +75,7 @@ async def upload_dataset(
         )
 
 
-@router.get("", response_model=list[DatasetOut])
+@router.get("", response_model=list[DatasetOut], responses=documented(401))
 def list_datasets(db: DB, tenant: Tenant) -> list[DatasetRecord]:
     with db.read() as session:
         return list(
@@ -82,7 +87,7 @@ def list_datasets(db: DB, tenant: Tenant) -> list[DatasetRecord]:
         )
 
 
-@router.get("/{dataset_id}", response_model=DatasetOut)
+@router.get("/{dataset_id}", response_model=DatasetOut, responses=documented(401, 404))
 def get_dataset(dataset_id: str, db: DB, tenant: Tenant) -> DatasetRecord:
     with db.read() as session:
         record = datasets.get_record(session, tenant, dataset_id)

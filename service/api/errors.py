@@ -2,7 +2,24 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import HTTPException, status
+
+from service.schemas import ErrorOut
+
+DESCRIPTIONS = {
+    400: "The body could not be parsed",
+    401: "Missing or invalid token",
+    404: "No such study, trial or dataset (for this tenant)",
+    409: "The study is not in a state that allows this",
+    413: "The body or the dataset is over a size limit",
+}
+
+
+def documented(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` for the error statuses a route can answer with (422 is FastAPI's)."""
+    return {code: {"model": ErrorOut, "description": DESCRIPTIONS[code]} for code in codes}
 
 
 def unprocessable(field: str, message: str) -> HTTPException:

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Response, status
+from fastapi import APIRouter, Path, Query, Response, status
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
 from service import studies
 from service.api.deps import DB, AppSettings, Storage, Tenant
-from service.api.errors import unprocessable
+from service.api.errors import documented, unprocessable
 from service.models import StudyRecord
 from service.schemas import (
     BestTrial,
@@ -26,11 +26,19 @@ from trainer.spec import StudySpec
 from trainer.study import SpecError
 
 router = APIRouter(prefix="/v1/studies", tags=["studies"])
-Offset = Annotated[int, Query(ge=0)]
+# Bounded so that the database can take them (SQLite and PostgreSQL integers overflow).
+MAX_INT = 2**31 - 1
+Offset = Annotated[int, Query(ge=0, le=MAX_INT)]
 Limit = Annotated[int, Query(ge=1, le=100)]
+TrialNumber = Annotated[int, Path(ge=0, le=MAX_INT)]
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, response_model=StudyCreated)
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=StudyCreated,
+    responses=documented(400, 401, 413),
+)
 def submit_study(
     spec: StudySpec, db: DB, storage: Storage, settings: AppSettings, tenant: Tenant
 ) -> StudyRecord:
@@ -48,7 +56,7 @@ def submit_study(
         raise unprocessable("spec", str(exc)) from None
 
 
-@router.get("", response_model=list[StudyItem])
+@router.get("", response_model=list[StudyItem], responses=documented(401))
 def list_studies(db: DB, tenant: Tenant, offset: Offset = 0, limit: Limit = 50) -> list[StudyItem]:
     with db.read() as session:
         return [
@@ -70,7 +78,7 @@ def lookup(db: DB, tenant: str, study_id: str) -> StudyRecord:
         return studies.get(session, tenant, study_id)
 
 
-@router.get("/{study_id}", response_model=StudyOut)
+@router.get("/{study_id}", response_model=StudyOut, responses=documented(401, 404))
 def get_study(study_id: str, db: DB, storage: Storage, tenant: Tenant) -> StudyOut:
     record = lookup(db, tenant, study_id)
     with db.read() as session:
@@ -108,7 +116,7 @@ def get_study(study_id: str, db: DB, storage: Storage, tenant: Tenant) -> StudyO
     )
 
 
-@router.get("/{study_id}/trials", response_model=Page[TrialOut])
+@router.get("/{study_id}/trials", response_model=Page[TrialOut], responses=documented(401, 404))
 def list_trials(
     study_id: str, db: DB, storage: Storage, tenant: Tenant, offset: Offset = 0, limit: Limit = 50
 ) -> Page[TrialOut]:
@@ -120,19 +128,25 @@ def list_trials(
     )
 
 
-@router.get("/{study_id}/trials/{number}", response_model=TrialDetail)
-def get_trial(study_id: str, number: int, db: DB, storage: Storage, tenant: Tenant) -> TrialDetail:
+@router.get(
+    "/{study_id}/trials/{number}", response_model=TrialDetail, responses=documented(401, 404)
+)
+def get_trial(
+    study_id: str, number: TrialNumber, db: DB, storage: Storage, tenant: Tenant
+) -> TrialDetail:
     record = lookup(db, tenant, study_id)
     with db.read() as session:
         return TrialDetail.of(studies.trial(session, storage, record, number))
 
 
-@router.post("/{study_id}/cancel", response_model=StudyCreated)
+@router.post("/{study_id}/cancel", response_model=StudyCreated, responses=documented(401, 404, 409))
 def cancel_study(study_id: str, db: DB, tenant: Tenant) -> StudyRecord:
     return studies.cancel(db, tenant, study_id)
 
 
-@router.delete("/{study_id}", status_code=status.HTTP_204_NO_CONTENT)
+@router.delete(
+    "/{study_id}", status_code=status.HTTP_204_NO_CONTENT, responses=documented(401, 404)
+)
 def delete_study(study_id: str, db: DB, storage: Storage, tenant: Tenant) -> Response:
     studies.delete(db, storage, tenant, study_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
