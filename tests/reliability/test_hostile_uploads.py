@@ -297,7 +297,7 @@ CORPUS = [
         f"{MAX_ROWS + 1} rows; the limit is {MAX_ROWS}", id="csv-too-many-rows",
     ),
     pytest.param(
-        "big.csv", b"0" * (MAX_BYTES + 500_000), LABEL, 413,
+        "big.csv", b"0" * (MAX_BYTES + 150_000), LABEL, 413,
         "request body over the limit", id="too-many-bytes",
     ),
 ]  # fmt: skip
@@ -390,7 +390,7 @@ def test_a_zip_bomb_is_refused_without_being_expanded(server: Server, database: 
     expanded = shape[0] * shape[1] * 8 + shape[0] * 8
     assert f"the arrays take {expanded + shape[0] * shape[1] * 4} bytes" in problem(response)
     assert peak_rss_mb(server.proc.pid) - peak < 100, "the bomb was expanded in memory"
-    assert elapsed < 5, f"refusing the bomb took {elapsed:.1f} s"
+    assert elapsed < 15, f"refusing the bomb took {elapsed:.1f} s"
     assert stored(server, database) == before
 
 
