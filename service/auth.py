@@ -32,6 +32,16 @@ def create_token(session: Session, name: str, tenant: str | None = None) -> str:
 
 
 def tenant_of(session: Session, token: str) -> str | None:
+    """The tenant of ``token``, looked up by its SHA-256; the token itself is never compared.
+
+    Why this is safe against timing attacks without ``hmac.compare_digest``: the database's
+    index lookup and string comparison may take time that depends on how many leading
+    characters match, but what they compare is the hash of the presented token, never the
+    secret. An attacker who learns how much of a stored hash their guess's hash shares learns
+    nothing about a token (finding an input whose SHA-256 has a chosen prefix does not bring
+    them closer to the 256-bit random token), so the comparison is constant-time with respect
+    to the secret.
+    """
     return session.scalar(select(ApiToken.tenant).where(ApiToken.token_hash == hash_token(token)))
 
 

@@ -55,7 +55,10 @@ class DashboardGuard:
             await verdict(scope, receive, send)
         elif request.url.path.rstrip("/") == "/api/studies":
             owned = await run_in_threadpool(self.owned, verdict)
-            await self.filtered(scope, receive, send, owned)
+            # A HEAD has no body to filter: answer it with the filtered GET's headers only.
+            head = request.method == "HEAD"
+            get = {**scope, "method": "GET"} if head else scope
+            await self.filtered(get, receive, send, owned, head=head)
         else:
             await self.app(scope, receive, send)
 
@@ -97,7 +100,9 @@ class DashboardGuard:
             ids = session.scalars(select(StudyRecord.optuna_id).where(StudyRecord.tenant == tenant))
             return {i for i in ids if i is not None}
 
-    async def filtered(self, scope: Scope, receive: Receive, send: Send, owned: set[int]) -> None:
+    async def filtered(
+        self, scope: Scope, receive: Receive, send: Send, owned: set[int], *, head: bool = False
+    ) -> None:
         """Run the study list and drop the studies of other tenants from its JSON."""
         start: dict[str, Any] = {}
         chunks: list[bytes] = []
@@ -121,4 +126,4 @@ class DashboardGuard:
         await send(
             {"type": "http.response.start", "status": start.get("status", 500), "headers": headers}
         )
-        await send({"type": "http.response.body", "body": body})
+        await send({"type": "http.response.body", "body": b"" if head else body})

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -23,6 +25,29 @@ WORKER_STOP_TIMEOUT_S = 60
 
 class PublicBindRefused(RuntimeError):
     pass
+
+
+class RedactTokens(logging.Filter):
+    """Blank ``token=…`` in access-log lines: a browser logs in with ``/dashboard?token=…``,
+    and the log must not keep the secret that the database keeps only as a hash."""
+
+    # The query parameter, and anything shaped like a token wherever it appears.
+    TOKEN = re.compile(r"(token=)[^&\s]*|()\brt_[\w-]{16,}", re.IGNORECASE)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(
+                self.TOKEN.sub(r"\1<redacted>", a) if isinstance(a, str) else a for a in record.args
+            )
+        return True
+
+
+def log_config() -> dict[str, Any]:
+    """uvicorn's logging, with tokens redacted from the access log."""
+    config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
+    config.setdefault("filters", {})["redact_tokens"] = {"()": RedactTokens}
+    config["handlers"]["access"].setdefault("filters", []).append("redact_tokens")
+    return config
 
 
 def worker_devices(settings: Settings) -> list[str]:
@@ -107,6 +132,12 @@ def serve(settings: Settings) -> None:
         len(workers),
     )
     try:
-        uvicorn.run(app, host=settings.host, port=settings.port, log_level="info")
+        uvicorn.run(
+            app,
+            host=settings.host,
+            port=settings.port,
+            log_level="info",
+            log_config=log_config(),
+        )
     finally:
         stop_workers(workers)

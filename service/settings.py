@@ -43,6 +43,12 @@ class Settings(BaseSettings):
 
     # What one study may ask for: REGTUNE_LIMITS__MAX_TRIALS=500 and so on.
     limits: Limits = Limits()
+    max_active_studies: int = Field(
+        100,
+        ge=1,
+        description="queued or running studies one tenant may have at once; "
+        "a submission beyond it is answered 429",
+    )
 
     # Crash safety: a running trial beats every `heartbeat_s`; one silent for `grace_s` is failed.
     heartbeat_s: int = Field(5, ge=1)

@@ -7,6 +7,7 @@ trials the workers write. Routers call these functions; they hold no HTTP types.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -14,14 +15,16 @@ from typing import Any
 import optuna
 from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial
-from sqlalchemy import select, update
+from sqlalchemy import func, select, text, update
 from sqlalchemy.orm import Session
 
 from service import datasets, trials
 from service.db import Database
 from service.models import ACTIVE, StudyRecord, utcnow
-from trainer.spec import StudySpec, metric_direction
-from trainer.study import Protocol
+from trainer.datasets import Dataset
+from trainer.models import parameter_count
+from trainer.spec import Limits, StudySpec, metric_direction
+from trainer.study import Protocol, SpecError
 
 
 class NotFound(LookupError):
@@ -32,20 +35,95 @@ class Conflict(RuntimeError):
     """The study's state does not allow the request (e.g. cancelling a finished study)."""
 
 
+class ModelTooLarge(SpecError):
+    """The network would have more parameters than ``Limits.max_parameters`` (HTTP 422)."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class TooManyActiveStudies(RuntimeError):
+    """The tenant has ``max_active_studies`` queued or running already (HTTP 429)."""
+
+
+def check_parameters(spec: StudySpec, dataset: Dataset, limits: Limits) -> None:
+    """Refuse a network over ``limits.max_parameters``: its size is known only with the data.
+
+    Every width the search may pick (``search_space.hidden``) is counted, not only the default.
+    """
+    choices = [("model", None)]
+    if spec.search_space.hidden is not None:
+        choices = [("search_space.hidden", widths) for widths in spec.search_space.hidden]
+    for field, widths in choices:
+        count = parameter_count(spec.model, dataset.input_shape, dataset.n_outputs, hidden=widths)
+        if count > limits.max_parameters:
+            what = f"hidden {widths}" if widths is not None else f"model.kind {spec.model.kind!r}"
+            raise ModelTooLarge(
+                field,
+                f"the network ({what}) has {count:,} parameters on dataset {dataset.name!r} "
+                f"({dataset.n_features} features, {dataset.n_outputs} outputs); the limit "
+                f"max_parameters is {limits.max_parameters:,}",
+            )
+
+
+def active_studies(session: Session, tenant: str) -> int:
+    return (
+        session.scalar(
+            select(func.count())
+            .select_from(StudyRecord)
+            .where(StudyRecord.tenant == tenant, StudyRecord.status.in_(ACTIVE))
+        )
+        or 0
+    )
+
+
+def check_active(session: Session, tenant: str, max_active: int | None) -> None:
+    if max_active is None:
+        return
+    count = active_studies(session, tenant)
+    if count >= max_active:
+        raise TooManyActiveStudies(
+            f"tenant {tenant!r} has {count} queued or running studies; the limit "
+            f"max_active_studies is {max_active}: wait for one to finish or cancel one"
+        )
+
+
+def lock_tenant(session: Session, tenant: str) -> None:
+    """Make concurrent submissions of one tenant take turns (count, then insert).
+
+    SQLite's write transactions are serialized already (``BEGIN IMMEDIATE``); on PostgreSQL
+    a transaction-scoped advisory lock keyed by the tenant does it.
+    """
+    if session.get_bind().dialect.name == "postgresql":
+        key = int.from_bytes(hashlib.sha256(f"regtune-submit:{tenant}".encode()).digest()[:8])
+        session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key - 2**63})
+
+
 def optuna_name(study_id: str) -> str:
     return f"regtune-{study_id}"
 
 
-def submit(db: Database, storage: RDBStorage, tenant: str, spec: StudySpec) -> StudyRecord:
+def submit(
+    db: Database,
+    storage: RDBStorage,
+    tenant: str,
+    spec: StudySpec,
+    *,
+    limits: Limits | None = None,
+    max_active: int | None = None,
+) -> StudyRecord:
     """Check the spec against its dataset, then create the Optuna study and the record.
 
-    Everything that can be wrong with the request is found here (``DatasetError`` or
-    ``SpecError``), before anything is written; if writing the record fails, the Optuna study
-    is removed again so nothing is left half-written.
+    Everything that can be wrong with the request is found here (``DatasetError``,
+    ``SpecError``, ``TooManyActiveStudies``), before anything is written; if writing the
+    record fails, the Optuna study is removed again so nothing is left half-written.
     """
     with db.read() as session:
+        check_active(session, tenant, max_active)  # cheap, before the dataset is loaded
         dataset = datasets.resolve(session, tenant, spec.dataset)
     protocol = Protocol.of(spec, dataset)
+    check_parameters(spec, dataset, limits or Limits())
     study_id = uuid.uuid4().hex
     name = optuna_name(study_id)
     study = optuna.create_study(
@@ -54,6 +132,8 @@ def submit(db: Database, storage: RDBStorage, tenant: str, spec: StudySpec) -> S
     study.set_user_attr("regtune_id", study_id)
     try:
         with db.write() as session:
+            lock_tenant(session, tenant)
+            check_active(session, tenant, max_active)  # again, in the inserting transaction
             record = StudyRecord(
                 id=study_id,
                 tenant=tenant,

@@ -112,3 +112,34 @@ def build_model(
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def parameter_count(
+    spec: ModelSpec,
+    input_shape: tuple[int, ...],
+    n_out: int,
+    *,
+    hidden: Sequence[int] | None = None,
+) -> int:
+    """``count_parameters(build_model(...))`` by arithmetic, without allocating the network.
+
+    So that a size limit can refuse a model too large to build.
+    """
+    widths = list(spec.hidden if hidden is None else hidden)
+    bn = 2 if spec.batch_norm else 0  # BatchNorm's weight and bias per channel
+    total = 0
+    if spec.kind == "cnn":
+        channels, *spatial = input_shape
+        k, stride = spec.kernel_size, spec.stride
+        for out in spec.channels:
+            total += channels * out * k ** len(spatial) + out + bn * out
+            # Conv output length with padding k // 2: floor((n + 2 (k // 2) - k) / stride) + 1
+            spatial = [(n + 2 * (k // 2) - k) // stride + 1 for n in spatial]
+            channels = out
+        n_in = channels * math.prod(spatial)
+    else:
+        n_in = math.prod(input_shape)
+    for width in widths:
+        total += n_in * width + width + bn * width
+        n_in = width
+    return total + n_in * n_out + n_out

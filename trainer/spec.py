@@ -40,6 +40,9 @@ class Limits(BaseModel):
     max_width: int = 4_096
     max_batch_size: int = 65_536
     max_timeout_s: float = 30 * 86_400.0
+    # Weights of one network, counted once the dataset fixes the input and output widths
+    # (the service checks it at submission): 50M float32 parameters are 200 MB per trial.
+    max_parameters: int = 50_000_000
 
 
 def _limits(info: ValidationInfo) -> Limits:

@@ -14,6 +14,7 @@ DESCRIPTIONS = {
     404: "No such study, trial or dataset (for this tenant)",
     409: "The study is not in a state that allows this",
     413: "The body or the dataset is over a size limit",
+    429: "The tenant has as many queued or running studies as max_active_studies allows",
 }
 
 
@@ -23,10 +24,10 @@ def documented(*codes: int) -> dict[int | str, dict[str, Any]]:
 
 
 def unprocessable(field: str, message: str) -> HTTPException:
-    """422 naming the request field at fault, like FastAPI's validation errors do."""
+    """422 naming the request field at fault (dotted if nested), like FastAPI's errors do."""
     return HTTPException(
         status.HTTP_422_UNPROCESSABLE_CONTENT,
-        [{"loc": ["body", field], "msg": message, "type": "value_error"}],
+        [{"loc": ["body", *field.split(".")], "msg": message, "type": "value_error"}],
     )
 
 
@@ -36,3 +37,7 @@ def too_large(message: str) -> HTTPException:
 
 def not_found(message: str) -> HTTPException:
     return HTTPException(status.HTTP_404_NOT_FOUND, message)
+
+
+def too_many(message: str) -> HTTPException:
+    return HTTPException(status.HTTP_429_TOO_MANY_REQUESTS, message)

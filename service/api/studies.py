@@ -10,7 +10,7 @@ from pydantic import ValidationError
 
 from service import studies
 from service.api.deps import DB, AppSettings, Storage, Tenant
-from service.api.errors import documented, unprocessable
+from service.api.errors import documented, too_many, unprocessable
 from service.models import StudyRecord
 from service.schemas import (
     BestTrial,
@@ -37,7 +37,7 @@ TrialNumber = Annotated[int, Path(ge=0, le=MAX_INT)]
     "",
     status_code=status.HTTP_201_CREATED,
     response_model=StudyCreated,
-    responses=documented(400, 401, 413),
+    responses=documented(400, 401, 413, 429),
 )
 def submit_study(
     spec: StudySpec, db: DB, storage: Storage, settings: AppSettings, tenant: Tenant
@@ -49,9 +49,20 @@ def submit_study(
             [{**e, "loc": ("body", *e["loc"])} for e in exc.errors()]
         ) from None
     try:
-        return studies.submit(db, storage, tenant, spec)
+        return studies.submit(
+            db,
+            storage,
+            tenant,
+            spec,
+            limits=settings.limits,
+            max_active=settings.max_active_studies,
+        )
+    except studies.TooManyActiveStudies as exc:
+        raise too_many(str(exc)) from None
     except DatasetError as exc:
         raise unprocessable("dataset", str(exc)) from None
+    except studies.ModelTooLarge as exc:
+        raise unprocessable(exc.field, str(exc)) from None
     except SpecError as exc:
         raise unprocessable("spec", str(exc)) from None
 
