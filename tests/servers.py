@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import optuna
 import pytest
 
 REGTUNE = [sys.executable, "-m", "service"]
@@ -134,6 +135,21 @@ def wait_status(
         return body if body["status"] in statuses else None
 
     return wait_for(done, timeout, what=f"study {study_id} to reach {statuses}")
+
+
+# Trials of a few seconds each, so that a test can act while one is running.
+SLOW = {
+    "dataset": "builtin:digits",
+    "model": {"hidden": [32]},
+    "training": {"max_epochs": 100},
+    "cv": {"folds": 3},
+    "search_space": {"patience": 200},
+    "pruner": {"kind": "none"},
+}
+
+
+def trials_of(database_url: str, study_id: str) -> list[optuna.trial.FrozenTrial]:
+    return optuna.load_study(study_name=f"regtune-{study_id}", storage=database_url).trials
 
 
 def tiny_study(**overrides: Any) -> dict[str, Any]:

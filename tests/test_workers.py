@@ -3,38 +3,24 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import signal
 from pathlib import Path
 
-import optuna
 import pytest
 from servers import (
+    SLOW,
     fresh_postgres_database,
     postgres_admin,
     serving,
     start_worker,
     tiny_study,
+    trials_of,
     wait_for,
     wait_status,
 )
 
 from service.serve import usable_cores, worker_devices
 from service.settings import Settings
-
-# Trials of a few seconds each, so that a test can act while one is running.
-SLOW = {
-    "dataset": "builtin:digits",
-    "model": {"hidden": [32]},
-    "training": {"max_epochs": 12},
-    "cv": {"folds": 3},
-    "search_space": {"patience": 50},
-    "pruner": {"kind": "none"},
-}
-
-
-def trials_of(database_url: str, study_id: str) -> list[optuna.trial.FrozenTrial]:
-    return optuna.load_study(study_name=f"regtune-{study_id}", storage=database_url).trials
 
 
 def test_two_workers_share_one_study_without_overshooting(tmp_path: Path) -> None:
@@ -96,77 +82,6 @@ def test_cancel_stops_a_running_study(tmp_path: Path) -> None:
         final = http.get(f"/v1/studies/{study['id']}").json()
     assert final["status"] == "cancelled"
     assert len(trials_of(url, study["id"])) < 50
-
-
-@pytest.mark.parametrize("population", [1, 2])
-def test_restarting_serve_mid_study_loses_nothing(tmp_path: Path, population: int) -> None:
-    url = f"sqlite:///{tmp_path / 'restart.db'}"
-    log = tmp_path / "serve.log"
-    env = {"REGTUNE_POPULATION": str(population)}
-    with serving(url, log, **env) as server, server.client() as http:
-        study = http.post("/v1/studies", json=SLOW | {"n_trials": 4}).json()
-        wait_for(
-            lambda: http.get(f"/v1/studies/{study['id']}").json()["trials"]["complete"] >= 1,
-            what="a first completed trial",
-        )
-        wait_for(
-            lambda: http.get(f"/v1/studies/{study['id']}").json()["trials"]["running"],
-            what="a running trial",
-        )
-    # Ctrl-C interrupted that trial; it must come back with its parameters.
-    before = trials_of(url, study["id"])
-    completed_before = [t for t in before if t.state == optuna.trial.TrialState.COMPLETE]
-    with serving(url, log, **env) as server, server.client() as http:
-        final = wait_status(http, study["id"], ("completed", "failed"))
-    assert final["status"] == "completed", final
-    after = trials_of(url, study["id"])
-    complete = [t for t in after if t.state == optuna.trial.TrialState.COMPLETE]
-    assert len(complete) == 4
-    assert {t.number for t in completed_before} <= {t.number for t in complete}
-    interrupted = [t for t in after if t.state == optuna.trial.TrialState.FAIL]
-    for trial in interrupted:  # each interrupted trial was re-run with the same parameters
-        assert any(
-            t.params == trial.params and t.state == optuna.trial.TrialState.COMPLETE
-            for t in after
-            if t.number > trial.number
-        )
-
-
-@pytest.mark.parametrize("population", [1, 3])
-def test_a_killed_worker_trial_is_failed_and_requeued(tmp_path: Path, population: int) -> None:
-    """One trial at a time, or a population of three: every killed trial comes back."""
-    url = f"sqlite:///{tmp_path / 'kill.db'}"
-    env = {"REGTUNE_POPULATION": str(population)}
-    with serving(url, tmp_path / "serve.log", workers=0) as server, server.client() as http:
-        study = http.post("/v1/studies", json=SLOW | {"n_trials": 3}).json()
-        victim = start_worker(url, tmp_path / "victim.log", **env)
-        wait_for(
-            lambda: (
-                http.get(f"/v1/studies/{study['id']}").json()["trials"]["running"] == population
-            ),
-            what="the victim's running trials",
-        )
-        os.kill(victim.pid, signal.SIGKILL)
-        victim.wait()
-        killed = [
-            t for t in trials_of(url, study["id"]) if t.state == optuna.trial.TrialState.RUNNING
-        ]
-        assert len(killed) == population
-        rescuer = start_worker(url, tmp_path / "rescuer.log", **env)
-        try:
-            final = wait_status(http, study["id"], ("completed", "failed"))
-        finally:
-            rescuer.send_signal(signal.SIGTERM)
-            rescuer.wait(60)
-    assert final["status"] == "completed", final
-    trials = trials_of(url, study["id"])
-    for victim_trial in killed:
-        dead = next(t for t in trials if t.number == victim_trial.number)
-        assert dead.state == optuna.trial.TrialState.FAIL  # failed after the grace period
-        retry = [t for t in trials if t.system_attrs.get("failed_trial") == dead.number]
-        assert len(retry) == 1 and retry[0].params == dead.params
-        assert retry[0].state == optuna.trial.TrialState.COMPLETE
-    assert sum(t.state == optuna.trial.TrialState.COMPLETE for t in trials) == 3
 
 
 def test_a_worker_waits_for_the_database_instead_of_dying(tmp_path: Path) -> None:

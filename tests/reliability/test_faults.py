@@ -1,0 +1,212 @@
+"""Faults with real processes: killed workers, a restarted server, a database outage, training
+that raises, diverges or runs out of memory. docs/reliability.md says what each one proves."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from servers import (
+    SLOW,
+    fresh_postgres_database,
+    postgres_admin,
+    serving,
+    start_worker,
+    trials_of,
+    wait_for,
+    wait_status,
+)
+
+COMPLETE, FAIL = optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL
+INJECT = str(Path(__file__).parent / "inject")
+# The per-trial engine (Wilcoxon pruning, CNNs) and the population engine recover alike.
+ENGINES = {
+    "per-trial": {"pruner": {"kind": "wilcoxon"}},
+    "population": {},
+}
+
+
+def assert_full_budget_without_duplicates(trials: list[optuna.trial.FrozenTrial], n: int) -> None:
+    """n finished trials; every failure re-run at most once, with its parameters."""
+    complete = [t for t in trials if t.state == COMPLETE]
+    assert len(complete) == n, [(t.number, t.state) for t in trials]
+    for dead in (t for t in trials if t.state == FAIL):
+        retries = [t for t in trials if t.system_attrs.get("failed_trial") == dead.number]
+        assert len(retries) == 1 and retries[0].params == dead.params
+        assert retries[0].state == COMPLETE
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_restarting_serve_mid_study_loses_nothing(tmp_path: Path, engine: str) -> None:
+    url = f"sqlite:///{tmp_path / 'restart.db'}"
+    log = tmp_path / "serve.log"
+    spec = SLOW | ENGINES[engine] | {"n_trials": 4}
+    with serving(url, log) as server, server.client() as http:
+        study = http.post("/v1/studies", json=spec).json()
+        wait_for(
+            lambda: http.get(f"/v1/studies/{study['id']}").json()["trials"]["complete"] >= 1,
+            what="a first completed trial",
+        )
+        wait_for(
+            lambda: http.get(f"/v1/studies/{study['id']}").json()["trials"]["running"],
+            what="a running trial",
+        )
+    # Ctrl-C interrupted that trial; it must come back with its parameters.
+    before = trials_of(url, study["id"])
+    completed_before = {t.number for t in before if t.state == COMPLETE}
+    assert any(t.state == FAIL for t in before)  # the interrupted one
+    with serving(url, log) as server, server.client() as http:
+        final = wait_status(http, study["id"], ("completed", "failed"))
+    assert final["status"] == "completed", final
+    after = trials_of(url, study["id"])
+    assert completed_before <= {t.number for t in after if t.state == COMPLETE}
+    assert_full_budget_without_duplicates(after, 4)
+
+
+@pytest.mark.parametrize(("engine", "running"), [("per-trial", 1), ("population", 3)])
+def test_a_killed_worker_trial_is_failed_and_requeued(
+    tmp_path: Path, engine: str, running: int
+) -> None:
+    url = f"sqlite:///{tmp_path / 'kill.db'}"
+    env = {"REGTUNE_POPULATION": str(running)}
+    with serving(url, tmp_path / "serve.log", workers=0) as server, server.client() as http:
+        study = http.post("/v1/studies", json=SLOW | ENGINES[engine] | {"n_trials": 3}).json()
+        victim = start_worker(url, tmp_path / "victim.log", **env)
+        wait_for(
+            lambda: http.get(f"/v1/studies/{study['id']}").json()["trials"]["running"] == running,
+            what="the victim's running trials",
+        )
+        os.kill(victim.pid, signal.SIGKILL)
+        victim.wait()
+        killed = [t.number for t in trials_of(url, study["id"]) if t.state.name == "RUNNING"]
+        assert len(killed) == running
+        rescuer = start_worker(url, tmp_path / "rescuer.log", **env)
+        try:
+            final = wait_status(http, study["id"], ("completed", "failed"))
+        finally:
+            rescuer.send_signal(signal.SIGTERM)
+            rescuer.wait(60)
+    assert final["status"] == "completed", final
+    trials = trials_of(url, study["id"])
+    # Failed after the heartbeat grace period, each re-run once with its parameters.
+    assert {t.number for t in trials if t.state == FAIL} == set(killed)
+    assert_full_budget_without_duplicates(trials, 3)
+
+
+def test_a_30s_database_outage_under_a_running_worker_loses_no_trial(tmp_path: Path) -> None:
+    with fresh_postgres_database() as (url, name):
+        log = tmp_path / "worker.log"
+        with serving(url, tmp_path / "serve.log", workers=0) as server, server.client() as http:
+            study = http.post("/v1/studies", json=SLOW | {"n_trials": 4}).json()
+            worker = start_worker(url, log)
+            try:
+                wait_for(
+                    lambda: http.get(f"/v1/studies/{study['id']}").json()["trials"]["running"],
+                    what="a running trial",
+                )
+                # The outage: no new connections, and every open one dropped.
+                postgres_admin(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
+                postgres_admin(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    f"WHERE datname = '{name}'"
+                )
+                time.sleep(30)
+                assert worker.poll() is None, "the worker died in the outage"
+                postgres_admin(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+                final = wait_status(http, study["id"], ("completed", "failed"))
+            finally:
+                postgres_admin(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+                worker.send_signal(signal.SIGTERM)
+                assert worker.wait(60) == 0
+        assert final["status"] == "completed", final
+        text = log.read_text()
+        assert "database unavailable" in text  # it noticed, waited and came back
+        assert "Traceback" not in text
+        assert_full_budget_without_duplicates(trials_of(url, study["id"]), 4)
+
+
+def test_diverging_trials_fail_with_their_reason_and_the_study_goes_on(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'nan.db'}"
+    spec = {
+        "dataset": "builtin:wine",
+        "n_trials": 6,
+        "model": {"hidden": [16], "batch_norm": False},
+        "training": {"optimizer": "sgd", "max_epochs": 5},
+        "cv": {"folds": 2},
+        "search_space": {"lr": [1e12, 0.01]},  # 1e12 overflows to inf/NaN within an epoch
+        "sampler": {"kind": "random"},
+        "seed": 3,
+    }
+    with serving(url, tmp_path / "serve.log") as server, server.client() as http:
+        study = http.post("/v1/studies", json=spec).json()
+        assert "id" in study, study
+        final = wait_status(http, study["id"], ("completed", "failed"))
+        trials = http.get(f"/v1/studies/{study['id']}/trials").json()["items"]
+    assert final["status"] == "completed", final
+    by_lr = {lr: [t for t in trials if t["params"]["lr"] == lr] for lr in (1e12, 0.01)}
+    assert by_lr[1e12] and by_lr[0.01], "the seed must draw both learning rates"
+    assert all(t["state"] == "fail" for t in by_lr[1e12])
+    assert all("diverged" in t["fail_reason"] for t in by_lr[1e12])
+    assert all(t["state"] == "complete" for t in by_lr[0.01])
+
+
+def test_a_study_whose_every_trial_fails_is_failed_early_with_the_reason(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'doomed.db'}"
+    spec = {
+        "dataset": "builtin:wine",
+        "n_trials": 40,
+        "model": {"hidden": [16], "batch_norm": False},
+        "training": {"optimizer": "sgd", "max_epochs": 5},
+        "cv": {"folds": 2},
+        "search_space": {"lr": [1e12]},
+    }
+    with serving(url, tmp_path / "serve.log") as server, server.client() as http:
+        study = http.post("/v1/studies", json=spec).json()
+        final = wait_status(http, study["id"], ("completed", "failed"))
+    assert final["status"] == "failed"
+    assert "trials failed" in final["error"] and "diverged" in final["error"]
+    assert sum(final["trials"].values()) < 40  # it did not burn the whole budget
+
+
+def test_training_that_raises_fails_its_trial_and_the_study_completes(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'raise.db'}"
+    with serving(url, tmp_path / "serve.log", workers=0) as server, server.client() as http:
+        spec = SLOW | {"n_trials": 6, "training": {"max_epochs": 3}}
+        study = http.post("/v1/studies", json=spec).json()
+        worker = start_worker(
+            url, tmp_path / "worker.log", PYTHONPATH=INJECT, REGTUNE_INJECT="raise"
+        )
+        try:
+            final = wait_status(http, study["id"], ("completed", "failed"))
+            trials = http.get(f"/v1/studies/{study['id']}/trials").json()["items"]
+        finally:
+            worker.send_signal(signal.SIGTERM)
+            worker.wait(60)
+    assert final["status"] == "completed", final
+    failed = [t for t in trials if t["state"] == "fail"]
+    assert len(failed) == 2 and len(trials) == 6  # calls 3 and 6 of 6; failures use budget
+    reasons = {t["fail_reason"] for t in failed}
+    assert reasons == {"RuntimeError: injected training failure"}
+
+
+def test_out_of_memory_in_the_population_engine_shrinks_the_population(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'oom.db'}"
+    log = tmp_path / "worker.log"
+    spec = SLOW | {"n_trials": 6, "training": {"max_epochs": 3}}
+    with serving(url, tmp_path / "serve.log", workers=0) as server, server.client() as http:
+        study = http.post("/v1/studies", json=spec).json()
+        worker = start_worker(
+            url, log, PYTHONPATH=INJECT, REGTUNE_INJECT="oom", REGTUNE_POPULATION="4"
+        )
+        try:
+            final = wait_status(http, study["id"], ("completed", "failed"))
+        finally:
+            worker.send_signal(signal.SIGTERM)
+            worker.wait(60)
+    assert final["status"] == "completed", final
+    assert final["trials"]["complete"] == 6 and final["trials"]["fail"] == 0
+    assert "out of memory with 4 trials; retrying as 2 + 2" in log.read_text()
