@@ -55,6 +55,15 @@ def engine_kwargs(settings: Settings) -> dict[str, Any]:
     }
 
 
+def connections_per_process(settings: Settings) -> int:
+    """The most PostgreSQL connections one API or worker process opens.
+
+    Two pools of ``pool_size + max_overflow``: ours and Optuna's storage. N processes stay
+    within N times this, whatever the load; size the server's ``max_connections`` by it.
+    """
+    return 2 * (settings.pool_size + settings.max_overflow)
+
+
 def make_engine(settings: Settings) -> Engine:
     engine = create_engine(settings.database_url, **engine_kwargs(settings))
     if is_sqlite(settings.database_url):
