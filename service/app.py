@@ -19,13 +19,14 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from service.api import datasets, studies
 from service.auth import any_tokens
 from service.dashboard import dashboard_app
-from service.db import Database
+from service.db import DATABASE_ERRORS, Database
 from service.settings import Settings
 from service.studies import Conflict, NotFound
 from service.trials import make_storage
 
 log = logging.getLogger("regtune")
 UPLOAD_OVERHEAD = 64 * 1024  # multipart framing and form fields around the file
+DATABASE_RETRY_AFTER_S = 5
 
 
 class BodyLimit:
@@ -141,6 +142,18 @@ def create_app(settings: Settings) -> FastAPI:
     @app.exception_handler(Conflict)
     def _conflict(request: Request, exc: Conflict) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=409)
+
+    def _database_unavailable(request: Request, exc: Exception) -> JSONResponse:
+        # An outage is the server's state, not a bug: say so, and when to come back.
+        log.warning("database unavailable: %s", str(exc).splitlines()[0][:200])
+        return JSONResponse(
+            {"detail": "the database is unavailable; retry shortly"},
+            status_code=503,
+            headers={"Retry-After": str(DATABASE_RETRY_AFTER_S)},
+        )
+
+    for error in DATABASE_ERRORS:
+        app.add_exception_handler(error, _database_unavailable)
 
     app.include_router(datasets.router)
     app.include_router(studies.router)

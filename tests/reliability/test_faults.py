@@ -114,7 +114,11 @@ def test_a_30s_database_outage_under_a_running_worker_loses_no_trial(tmp_path: P
                     "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
                     f"WHERE datname = '{name}'"
                 )
-                time.sleep(30)
+                time.sleep(5)
+                during = http.get(f"/v1/studies/{study['id']}")
+                assert during.status_code == 503, during.text  # not a 500: "come back later"
+                assert during.headers["Retry-After"] and "database" in during.json()["detail"]
+                time.sleep(25)
                 assert worker.poll() is None, "the worker died in the outage"
                 postgres_admin(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
                 final = wait_status(http, study["id"], ("completed", "failed"))
