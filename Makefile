@@ -5,6 +5,9 @@ LINTED := $(wildcard service trainer tests benchmarks)
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
+CHROMIUM := /usr/bin/chromium
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
 .PHONY: install serve test lint bench quality clean
 
 $(STAMP): pyproject.toml
@@ -21,7 +24,13 @@ install: $(STAMP)
 serve: $(STAMP)
 	$(VENV)/bin/regtune serve
 
-test: $(STAMP)
+# The browser tests drive Debian's Chromium (Playwright's own browser download does not work
+# on a closed network); the package lists are refreshed only if the first try fails.
+$(CHROMIUM):
+	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q chromium \
+	  || ($(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q chromium)
+
+test: $(STAMP) $(CHROMIUM)
 	$(VENV)/bin/ruff check $(LINTED)
 	$(PY) -m pytest -q
 
