@@ -17,7 +17,9 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.api import datasets, studies
+from service.api.deps import Authenticator
 from service.auth import any_tokens
+from service.cache import TTLCache
 from service.dashboard import dashboard_app
 from service.db import DATABASE_ERRORS, Database
 from service.settings import Settings
@@ -127,6 +129,8 @@ def create_app(settings: Settings) -> FastAPI:
         description="Regularization tuning of PyTorch networks with k-fold CV.",
     )
     app.state.settings, app.state.db, app.state.storage = settings, db, storage
+    app.state.authenticator = Authenticator(db, settings.auth_cache_s)
+    app.state.status_cache = TTLCache[Any](settings.status_cache_s)
 
     @app.get("/healthz", tags=["health"])
     def healthz() -> dict[str, str]:

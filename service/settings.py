@@ -50,6 +50,13 @@ class Settings(BaseSettings):
         "a submission beyond it is answered 429",
     )
 
+    # Pollers: a study's status is recomputed at most every `status_cache_s` per API process;
+    # a token's tenant is looked up at most every `auth_cache_s` (service/cache.py).
+    status_cache_s: float = Field(1.0, ge=0)
+    auth_cache_s: float = Field(5.0, ge=0)
+    # Training is batch work: on a machine shared with the API it yields the CPU first.
+    worker_nice: int = Field(10, ge=0, le=19, description="os.nice increment of worker processes")
+
     # Crash safety: a running trial beats every `heartbeat_s`; one silent for `grace_s` is failed.
     heartbeat_s: int = Field(5, ge=1)
     grace_s: int = Field(30, ge=2)

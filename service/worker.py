@@ -69,6 +69,8 @@ class Worker:
         waits with exponential back-off and carries on where it was.
         """
         torch.set_num_threads(self.settings.threads)
+        if self.settings.worker_nice:
+            os.nice(self.settings.worker_nice)  # the API answers pollers first
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         log.info(
             "worker %s started on %s (pid %d, %d thread(s))",

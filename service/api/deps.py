@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, HTTPException, Request, status
 from optuna.storages import RDBStorage
 
-from service.auth import OPEN_TENANT, any_tokens, tenant_of
+from service.auth import OPEN_TENANT, any_tokens, hash_token, tenant_of
+from service.cache import TTLCache
 from service.db import Database
 from service.settings import Settings
 
@@ -35,16 +36,41 @@ def presented_token(request: Request) -> str | None:
     return request.cookies.get(TOKEN_COOKIE)
 
 
+class Authenticator:
+    """Token → tenant, with the lookups pollers repeat kept for ``auth_cache_s``.
+
+    Once a token exists the API is closed for good (tokens are never deleted through the
+    service), so "are there tokens?" is asked only until the answer is yes. Keys are token
+    hashes: the cache holds no secret.
+    """
+
+    def __init__(self, db: Database, ttl_s: float) -> None:
+        self.db, self.cache = db, TTLCache[str | None](ttl_s)
+        self.closed = False
+
+    def __call__(self, token: str | None) -> str | None:
+        """The caller's tenant; the open tenant while no token exists; None if refused."""
+        if not self.closed:
+            with self.db.read() as session:
+                self.closed = any_tokens(session)
+            if not self.closed:
+                return OPEN_TENANT
+        if not token:
+            return None
+        return self.cache.get(hash_token(token), lambda: self.lookup(token))
+
+    def lookup(self, token: str) -> str | None:
+        with self.db.read() as session:
+            return tenant_of(session, token)
+
+
 def authenticate(db: Database, token: str | None) -> str | None:
-    """The caller's tenant; the open tenant while no token exists; None if refused."""
-    with db.read() as session:
-        if not any_tokens(session):
-            return OPEN_TENANT
-        return tenant_of(session, token) if token else None
+    """The caller's tenant, uncached (for callers without an app)."""
+    return Authenticator(db, ttl_s=0)(token)
 
 
-def current_tenant(request: Request, db: Annotated[Database, Depends(get_db)]) -> str:
-    tenant = authenticate(db, presented_token(request))
+def current_tenant(request: Request) -> str:
+    tenant = request.app.state.authenticator(presented_token(request))
     if tenant is None:
         raise HTTPException(
             status.HTTP_401_UNAUTHORIZED,
@@ -58,4 +84,11 @@ def current_tenant(request: Request, db: Annotated[Database, Depends(get_db)]) -
 DB = Annotated[Database, Depends(get_db)]
 Storage = Annotated[RDBStorage, Depends(get_storage)]
 AppSettings = Annotated[Settings, Depends(get_settings)]
+
+
+def get_status_cache(request: Request) -> TTLCache[Any]:
+    return request.app.state.status_cache
+
+
+StatusCache = Annotated[TTLCache[Any], Depends(get_status_cache)]
 Tenant = Annotated[str, Depends(current_tenant)]

@@ -9,7 +9,7 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
 from service import studies
-from service.api.deps import DB, AppSettings, Storage, Tenant
+from service.api.deps import DB, AppSettings, StatusCache, Storage, Tenant
 from service.api.errors import documented, too_many, unprocessable
 from service.models import StudyRecord
 from service.schemas import (
@@ -90,7 +90,14 @@ def lookup(db: DB, tenant: str, study_id: str) -> StudyRecord:
 
 
 @router.get("/{study_id}", response_model=StudyOut, responses=documented(401, 404))
-def get_study(study_id: str, db: DB, storage: Storage, tenant: Tenant) -> StudyOut:
+def get_study(
+    study_id: str, db: DB, storage: Storage, tenant: Tenant, cache: StatusCache
+) -> StudyOut:
+    # Keyed by tenant: another tenant's request computes (and 404s) for itself.
+    return cache.get((tenant, study_id), lambda: study_status(db, storage, tenant, study_id))
+
+
+def study_status(db: DB, storage: Storage, tenant: str, study_id: str) -> StudyOut:
     record = lookup(db, tenant, study_id)
     with db.read() as session:
         state = studies.status(session, storage, record)
@@ -151,13 +158,18 @@ def get_trial(
 
 
 @router.post("/{study_id}/cancel", response_model=StudyCreated, responses=documented(401, 404, 409))
-def cancel_study(study_id: str, db: DB, tenant: Tenant) -> StudyRecord:
-    return studies.cancel(db, tenant, study_id)
+def cancel_study(study_id: str, db: DB, tenant: Tenant, cache: StatusCache) -> StudyRecord:
+    cancelled = studies.cancel(db, tenant, study_id)
+    cache.invalidate((tenant, study_id))
+    return cancelled
 
 
 @router.delete(
     "/{study_id}", status_code=status.HTTP_204_NO_CONTENT, responses=documented(401, 404)
 )
-def delete_study(study_id: str, db: DB, storage: Storage, tenant: Tenant) -> Response:
+def delete_study(
+    study_id: str, db: DB, storage: Storage, tenant: Tenant, cache: StatusCache
+) -> Response:
     studies.delete(db, storage, tenant, study_id)
+    cache.invalidate((tenant, study_id))
     return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -1,0 +1,65 @@
+"""The pollers' cache: fresh within its TTL, recomputed after, never shared across keys."""
+
+from __future__ import annotations
+
+import pytest
+
+from service.cache import TTLCache
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_value_is_reused_within_the_ttl_and_recomputed_after() -> None:
+    clock, calls = Clock(), []
+    cache = TTLCache[int](ttl_s=1.0, clock=clock)
+
+    def compute() -> int:
+        calls.append(clock.now)
+        return len(calls)
+
+    assert cache.get("a", compute) == 1
+    clock.now = 0.99
+    assert cache.get("a", compute) == 1
+    clock.now = 1.0
+    assert cache.get("a", compute) == 2
+    assert calls == [0.0, 1.0]
+
+
+def test_keys_with_another_tenant_never_see_each_others_values() -> None:
+    cache = TTLCache[str](ttl_s=60.0, clock=Clock())
+    assert cache.get(("alice", "s1"), lambda: "alice's status") == "alice's status"
+    assert cache.get(("bob", "s1"), lambda: "bob's answer") == "bob's answer"
+    assert cache.get(("alice", "s1"), lambda: "recomputed") == "alice's status"
+
+
+def test_invalidation_and_errors_are_not_cached() -> None:
+    cache = TTLCache[str](ttl_s=60.0, clock=Clock())
+    cache.get("s", lambda: "running")
+    cache.invalidate("s")
+    assert cache.get("s", lambda: "cancelled") == "cancelled"
+
+    def missing() -> str:
+        raise LookupError("no such study")
+
+    with pytest.raises(LookupError):
+        cache.get("gone", missing)
+    assert cache.get("gone", lambda: "created since") == "created since"
+
+
+def test_the_oldest_entries_go_first_and_a_zero_ttl_disables_it() -> None:
+    clock = Clock()
+    cache = TTLCache[int](ttl_s=60.0, max_entries=2, clock=clock)
+    for i, key in enumerate("abc"):
+        clock.now = i
+        cache.get(key, lambda i=i: i)
+    assert list(cache.entries) == ["b", "c"]
+    off, calls = TTLCache[int](ttl_s=0.0), []
+    off.get("k", lambda: calls.append(1) or 1)
+    off.get("k", lambda: calls.append(1) or 1)
+    assert len(calls) == 2
