@@ -18,7 +18,7 @@ from optuna.trial import FrozenTrial
 from sqlalchemy import func, select, text, update
 from sqlalchemy.orm import Session
 
-from service import datasets, trials
+from service import datasets, trials, warmstart
 from service.db import Database
 from service.models import ACTIVE, StudyRecord, utcnow
 from trainer.datasets import Dataset
@@ -122,6 +122,7 @@ def submit(
     with db.read() as session:
         check_active(session, tenant, max_active)  # cheap, before the dataset is loaded
         dataset = datasets.resolve(session, tenant, spec.dataset)
+        warm = warmstart.plan(session, storage, tenant, spec)  # WarmStartError
     protocol = Protocol.of(spec, dataset)
     check_parameters(spec, dataset, limits or Limits())
     study_id = uuid.uuid4().hex
@@ -131,6 +132,8 @@ def submit(
     )
     study.set_user_attr("regtune_id", study_id)
     try:
+        if warm is not None:  # the earlier study's best trials come first
+            warmstart.enqueue(study, spec.search_space, warm)
         with db.write() as session:
             lock_tenant(session, tenant)
             check_active(session, tenant, max_active)  # again, in the inserting transaction

@@ -330,6 +330,23 @@ class PrunerSpec(_Strict):
     p_threshold: float = Field(0.1, gt=0, lt=1, description="wilcoxon")
 
 
+class WarmStartSpec(_Strict):
+    """Start from an earlier study of the same tenant: its ``top`` best completed trials'
+    parameters are the new study's first trials (those outside the new search space dropped).
+    Only the service can resolve ``study``; ``regtune tune`` refuses a warm start.
+    """
+
+    study: str = Field(min_length=1, max_length=200, description="id of an earlier study")
+    top: int = Field(5, ge=1, le=100, description="how many of its best trials to enqueue")
+
+    @field_validator("study")
+    @classmethod
+    def _printable(cls, value: str) -> str:
+        if any(unicodedata.category(char) == "Cc" for char in value):
+            raise ValueError("study must not contain control characters")
+        return value
+
+
 class StudySpec(_Strict):
     """A whole study: data, model, training, search space, CV, objective, sampler, pruner."""
 
@@ -350,6 +367,7 @@ class StudySpec(_Strict):
     objective: ObjectiveSpec = ObjectiveSpec()
     sampler: SamplerSpec = SamplerSpec()
     pruner: PrunerSpec = PrunerSpec()
+    warm_start: WarmStartSpec | None = None
 
     @field_validator("name", "dataset")
     @classmethod

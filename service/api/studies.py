@@ -8,7 +8,7 @@ from fastapi import APIRouter, Path, Query, Response, status
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
-from service import studies
+from service import studies, warmstart
 from service.api.deps import DB, AppSettings, StatusCache, Storage, Tenant
 from service.api.errors import documented, too_many, unprocessable
 from service.models import StudyRecord
@@ -61,7 +61,7 @@ def submit_study(
         raise too_many(str(exc)) from None
     except DatasetError as exc:
         raise unprocessable("dataset", str(exc)) from None
-    except studies.ModelTooLarge as exc:
+    except (studies.ModelTooLarge, warmstart.WarmStartError) as exc:
         raise unprocessable(exc.field, str(exc)) from None
     except SpecError as exc:
         raise unprocessable("spec", str(exc)) from None
