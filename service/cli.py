@@ -6,9 +6,8 @@ import json
 import logging
 import signal
 import sys
-import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import optuna
 import torch
@@ -23,6 +22,10 @@ from trainer.datasets import DatasetError, load_dataset
 from trainer.device import resolve_device
 from trainer.spec import StudySpec
 from trainer.study import SpecError, StudyOutcome, run_study
+
+if TYPE_CHECKING:
+    from service.client import Client
+    from service.schemas import StudyOut
 
 app = typer.Typer(
     help="Tune the regularization of PyTorch networks with k-fold CV.", no_args_is_help=True
@@ -136,6 +139,8 @@ def tune(
             "seed": seed,
         },
     )
+    if study_spec.warm_start is not None:
+        raise fail("warm_start names a study on a server: submit this spec with 'regtune submit'")
     torch.set_num_threads(threads)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
@@ -274,6 +279,12 @@ def token_create(
 
 
 # --- the HTTP client ------------------------------------------------------------------------
+# Every command below talks to the server through ``service.client.Client`` and its typed
+# results. Tables go to stdout, progress and messages to stderr; without a terminal (a pipe,
+# a log file, a test) the live bar becomes one line per change and tables are not wrapped.
+
+ACTIVE_STATES = ("queued", "running")
+STATE_STYLES = {"completed": "green", "failed": "red", "running": "yellow", "cancelled": "dim"}
 
 
 def api_call(call: Any, *args: Any, **kwargs: Any) -> Any:
@@ -285,78 +296,270 @@ def api_call(call: Any, *args: Any, **kwargs: Any) -> Any:
         raise fail(str(exc)) from None
 
 
-def study_summary(study: dict[str, Any]) -> dict[str, Any]:
+def print_table(table: Table) -> None:
+    """To stdout; off a terminal as wide as the table needs (a file does not wrap)."""
+    from rich.measure import Measurement
+
+    out = Console()
+    if not out.is_terminal:
+        width = Measurement.get(out, out.options.update_width(10_000), table).maximum
+        out = Console(width=max(out.width, width))
+    out.print(table)
+
+
+def fmt(value: Any) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, list):
+        return "[" + ", ".join(fmt(v) for v in value) + "]"
+    return str(value)
+
+
+def duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "—"
+    minutes, secs = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
+
+
+def done_trials(study: StudyOut) -> int:
+    """Trials that used up budget (complete, pruned, failed for good), as the API counts them."""
+    return round(study.progress * study.n_trials)
+
+
+def state_counts(study: StudyOut) -> str:
+    return ", ".join(f"{n} {state}" for state, n in study.trials.items())
+
+
+def styled_status(study: StudyOut) -> str:
+    style = STATE_STYLES.get(study.status)
+    return f"[{style}]{study.status}[/]" if style else study.status
+
+
+def best_text(study: StudyOut) -> str:
+    """'0.9444 ± 0.0124 (trial 3)', or '—' before a trial completes."""
+    best = study.best
+    if best is None:
+        return "—"
+    mean = best.cv_mean if best.cv_mean is not None else best.value
+    spread = f" ± {best.cv_std:.4f}" if best.cv_std is not None else ""
+    return f"{mean:.4f}{spread} (trial {best.number})"
+
+
+def hyperparameters(study: StudyOut) -> dict[str, str]:
+    """The best trial's configuration; values the study did not search are marked fixed."""
+    best = study.best
+    if best is None:
+        return {}
+    config = best.config or best.params
+    return {
+        name: fmt(value) + ("" if name in best.params or config is best.params else " (fixed)")
+        for name, value in config.items()
+    }
+
+
+def study_summary(study: StudyOut) -> dict[str, Any]:
     """The API's study status in the shape of ``result_table``."""
     return {
-        "study": study["id"],
-        "metric": study["metric"],
-        "trials": {k: v for k, v in study["trials"].items() if v},
-        "best": study["best"],
-        "test_score": study["test_score"],
+        "study": study.id,
+        "metric": study.metric,
+        "trials": {k: v for k, v in study.trials.items() if v},
+        "best": study.best.model_dump() if study.best else None,
+        "test_score": study.test_score,
     }
+
+
+def status_table(study: StudyOut) -> Table:
+    table = Table(title=f"study {study.id}", show_header=False)
+    table.add_column(style="bold")
+    table.add_column()
+    table.add_row("name", study.name)
+    table.add_row("dataset", study.dataset)
+    table.add_row("status", styled_status(study))
+    table.add_row("trials", state_counts(study))
+    table.add_row(
+        "progress", f"{done_trials(study)}/{study.n_trials} trials ({study.progress:.0%})"
+    )
+    if study.status in ACTIVE_STATES:
+        table.add_row("ETA", duration(study.eta_s))
+    table.add_row(f"best CV {study.metric}", best_text(study))
+    if study.best is not None and study.best.fold_scores:
+        table.add_row("per fold", "  ".join(f"{s:.4f}" for s in study.best.fold_scores))
+    table.add_row(f"test {study.metric}", fmt(study.test_score))
+    for name, value in hyperparameters(study).items():
+        table.add_row(name, value)
+    if study.best is not None:
+        table.add_row("diagnosis", fmt(study.best.diagnosis))
+    if study.error:
+        table.add_row("error", f"[red]{study.error}[/]")
+    return table
+
+
+def compare_table(studies: list[StudyOut]) -> Table:
+    """Studies side by side, one column each; the best CV score is marked if metrics agree."""
+    table = Table(title=f"{len(studies)} studies side by side")
+    table.add_column("", style="bold")
+    for study in studies:
+        table.add_column(study.name, overflow="fold")  # an id is folded, never cut short
+    marked: StudyOut | None = None
+    scored = [s for s in studies if s.best is not None]
+    if len(scored) > 1 and len({(s.metric, s.direction) for s in scored}) == 1:
+        sign = 1 if scored[0].direction == "maximize" else -1
+        marked = max(scored, key=lambda s: sign * s.best.value)  # type: ignore[union-attr]
+
+    def row(label: str, values: list[str]) -> None:
+        table.add_row(label, *values)
+
+    row("id", [s.id for s in studies])
+    row("dataset", [s.dataset for s in studies])
+    row("metric", [f"{s.metric} ({s.direction})" for s in studies])
+    row("status", [styled_status(s) for s in studies])
+    row("trials", [f"{done_trials(s)}/{s.n_trials}: {state_counts(s)}" for s in studies])
+    row(
+        "best CV mean ± std",
+        [best_text(s) + (" ◀ best" if s is marked else "") for s in studies],
+    )
+    row("test score", [fmt(s.test_score) for s in studies])
+    params = [hyperparameters(s) for s in studies]
+    names = list(dict.fromkeys(name for p in params for name in p))
+    for name in names:
+        row(name, [p.get(name, "—") for p in params])
+    row("diagnosis", [fmt(s.best.diagnosis) if s.best else "—" for s in studies])
+    return table
+
+
+def follow(client: Client, study_id: str, quiet: bool) -> StudyOut:
+    """Poll the study until it ends: a live bar on a terminal, one line per change off it."""
+    live = not quiet and console.is_terminal
+    progress = Progress(
+        TextColumn("[bold]{task.fields[status]:<9}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[counts]}"),
+        TextColumn("{task.fields[best]}"),
+        TextColumn("{task.fields[eta]}"),
+        TimeElapsedColumn(),
+        console=console,
+        disable=not live,
+    )
+    last = ""
+
+    def update(study: StudyOut) -> None:
+        nonlocal last
+        pruned, failed = study.trials.get("pruned", 0), study.trials.get("fail", 0)
+        fields = {
+            "status": study.status,
+            "counts": f"{pruned} pruned, {failed} failed",
+            "best": f"best {study.best.value:.4f}" if study.best else "no best yet",
+            "eta": f"ETA {duration(study.eta_s)}" if study.status in ACTIVE_STATES else "",
+        }
+        progress.update(bar, total=study.n_trials, completed=done_trials(study), **fields)
+        line = (
+            f"{study.status}: {done_trials(study)}/{study.n_trials} trials done "
+            f"({fields['counts']}), {fields['best']}"
+            + (f", {fields['eta']}" if fields["eta"] else "")
+        )
+        if not quiet and not live and line != last:
+            console.print(line, highlight=False)
+        last = line
+
+    with progress:
+        bar = progress.add_task("study", total=None, status="queued", counts="", best="", eta="")
+        try:
+            return api_call(client.wait, study_id, poll_s=1.0, on_update=update)
+        except KeyboardInterrupt:
+            progress.stop()
+            console.print(
+                f"stopped following; study {study_id} goes on "
+                f"(regtune status {study_id}, regtune cancel {study_id})"
+            )
+            raise typer.Exit(130) from None
+
+
+def read_spec_file(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise fail(f"cannot read spec {path}: {exc}") from None
+    if not isinstance(data, dict):
+        raise fail(f"spec {path} must hold a JSON object")
+    return data
 
 
 @app.command()
 def submit(
     spec: Annotated[Path, typer.Argument(help="study spec (JSON)")],
-    wait: Annotated[bool, typer.Option(help="follow progress until the study ends")] = False,
+    wait: Annotated[
+        bool, typer.Option(help="follow progress (a live bar) until the study ends")
+    ] = False,
+    warm_start: Annotated[
+        str | None,
+        typer.Option(help="id of an earlier study whose best trials run first (warm_start.study)"),
+    ] = None,
+    warm_top: Annotated[
+        int | None, typer.Option(min=1, max=100, help="how many of them (warm_start.top)")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
-    """Submit a study to the server (REGTUNE_URL, REGTUNE_TOKEN)."""
+    """Submit a study to the server (REGTUNE_URL, REGTUNE_TOKEN); prints its id."""
     from service.client import Client
 
-    client = Client()
-    created = api_call(client.submit, json.loads(spec.read_text()))
-    study_id = created["id"]
-    if not wait:
-        print(json.dumps(created) if as_json else study_id)
-        return
-    with Progress(
-        TextColumn("[bold]{task.fields[status]}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TextColumn("{task.fields[best]}"),
-        console=console,
-        disable=as_json,
-    ) as progress:
-        bar = progress.add_task("study", total=None, status="queued", best="")
-        while True:
-            study = api_call(client.study, study_id)
-            best = study["best"]
-            progress.update(
-                bar,
-                total=study["n_trials"],
-                completed=round(study["progress"] * study["n_trials"]),
-                status=study["status"],
-                best=f"best {best['value']:.4f}" if best else "",
-            )
-            if study["status"] not in ("queued", "running"):
-                break
-            time.sleep(1.0)
+    body = read_spec_file(spec)
+    if warm_start is not None or warm_top is not None:
+        warm = dict(body.get("warm_start") or {})
+        warm.update({k: v for k, v in {"study": warm_start, "top": warm_top}.items() if v})
+        body["warm_start"] = warm
+    with Client() as client:
+        created = api_call(client.submit, body)
+        if not wait:
+            print(created.model_dump_json() if as_json else created.id)
+            return
+        console.print(f"study {created.id} submitted", highlight=False)
+        study = follow(client, created.id, quiet=as_json)
     if as_json:
-        print(json.dumps(study))
+        print(study.model_dump_json())
     else:
-        Console().print(result_table(study_summary(study)))
-    if study["status"] != "completed":
+        print_table(result_table(study_summary(study)))
+        if study.error:
+            console.print(f"[bold red]{study.status}:[/] {study.error}")
+    if study.status != "completed":
         raise typer.Exit(1)
 
 
 @app.command()
 def status(study_id: str, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
-    """A study's status, progress and best trial."""
+    """A study's status, trials by state, progress, ETA and best trial, as a table."""
     from service.client import Client
 
-    study = api_call(Client().study, study_id)
+    with Client() as client:
+        study = api_call(client.study, study_id)
     if as_json:
-        print(json.dumps(study))
+        print(study.model_dump_json())
         return
-    eta = f", ETA {study['eta_s']:.0f}s" if study.get("eta_s") else ""
-    console.print(
-        f"{study['name']}: {study['status']}, {study['progress']:.0%} of "
-        f"{study['n_trials']} trials{eta}"
-    )
-    Console().print(result_table(study_summary(study)))
+    print_table(status_table(study))
+
+
+@app.command()
+def compare(
+    study_ids: Annotated[list[str], typer.Argument(help="two or more study ids")],
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Studies side by side: status, trials, best CV score, test score, hyperparameters."""
+    from service.client import Client
+
+    if len(study_ids) < 2:
+        raise fail("give at least two study ids to compare")
+    with Client() as client:
+        studies = [api_call(client.study, study_id) for study_id in study_ids]
+    if as_json:
+        print(json.dumps([s.model_dump(mode="json") for s in studies]))
+        return
+    print_table(compare_table(studies))
 
 
 @app.command()
@@ -369,26 +572,27 @@ def trials(
     """A page of a study's trials."""
     from service.client import Client
 
-    page = api_call(Client().trials, study_id, offset, limit)
+    with Client() as client:
+        page = api_call(client.trials, study_id, offset, limit)
     if as_json:
-        print(json.dumps(page))
+        print(page.model_dump_json())
         return
-    table = Table(title=f"trials {offset}–{offset + len(page['items'])} of {page['total']}")
+    table = Table(title=f"trials {offset}–{offset + len(page.items)} of {page.total}")
     for column in ("#", "state", "value", "± std", "diagnosis", "params"):
         table.add_column(column)
-    for t in page["items"]:
+    for t in page.items:
         params = ", ".join(
-            f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in t["params"].items()
+            f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in t.params.items()
         )
         table.add_row(
-            str(t["number"]),
-            t["state"],
-            "" if t["value"] is None else f"{t['value']:.4f}",
-            "" if t["cv_std"] is None else f"{t['cv_std']:.4f}",
-            t["diagnosis"] or t["fail_reason"] or "",
+            str(t.number),
+            t.state,
+            "" if t.value is None else f"{t.value:.4f}",
+            "" if t.cv_std is None else f"{t.cv_std:.4f}",
+            t.diagnosis or t.fail_reason or "",
             params,
         )
-    Console().print(table)
+    print_table(table)
 
 
 @app.command()
@@ -396,8 +600,9 @@ def cancel(study_id: str) -> None:
     """Cancel a queued or running study."""
     from service.client import Client
 
-    study = api_call(Client().cancel, study_id)
-    console.print(f"study {study['id']} {study['status']}")
+    with Client() as client:
+        study = api_call(client.cancel, study_id)
+    console.print(f"study {study.id} {study.status}")
 
 
 datasets_app = typer.Typer(help="Datasets on the server.", no_args_is_help=True)
@@ -413,11 +618,10 @@ def datasets_upload(
     """Upload a dataset; prints its id (use it as the spec's 'dataset')."""
     from service.client import Client
 
-    record = api_call(Client().upload, file, target, name)
-    print(record["id"])
-    console.print(
-        f"{record['n_samples']} samples × {record['n_features']} features, {record['task']}"
-    )
+    with Client() as client:
+        record = api_call(client.upload, file, target, name)
+    print(record.id)
+    console.print(f"{record.n_samples} samples × {record.n_features} features, {record.task}")
 
 
 @app.callback()

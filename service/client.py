@@ -1,18 +1,56 @@
-"""The HTTP client behind ``regtune submit/status/trials/cancel/datasets``."""
+"""The Python client of the HTTP API; every ``regtune`` command that talks to a server uses it.
+
+Methods return the API's own response models (``service.schemas``), parsed from its JSON::
+
+    from service.client import Client
+
+    with Client("http://127.0.0.1:8000", token="rt_...") as client:  # or REGTUNE_URL/_TOKEN
+        created = client.submit({"dataset": "builtin:wine", "n_trials": 10})
+        study = client.wait(created.id)  # a StudyOut once it is no longer queued or running
+        if study.best is not None:
+            print(study.best.value, study.best.params)
+
+An error answer raises :class:`ApiError` with the server's ``detail``.
+"""
 
 from __future__ import annotations
 
 import os
+import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
+from pydantic import BaseModel, TypeAdapter, ValidationError
+
+from service.schemas import (
+    DatasetOut,
+    Page,
+    StudyCreated,
+    StudyItem,
+    StudyOut,
+    TrialDetail,
+    TrialOut,
+)
+from trainer.spec import StudySpec
 
 DEFAULT_URL = "http://127.0.0.1:8000"
+ACTIVE = ("queued", "running")
+M = TypeVar("M", bound=BaseModel)
 
 
 class ApiError(RuntimeError):
-    """The server answered with an error; the message carries its ``detail``."""
+    """The server answered with an error; the message carries its ``detail``.
+
+    ``status_code`` is the HTTP status (None when the server could not be reached) and
+    ``detail`` the body's ``detail`` as sent (a string, or FastAPI's list of field errors).
+    """
+
+    def __init__(self, message: str, status_code: int | None = None, detail: Any = None) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+        self.detail = detail
 
 
 class Client:
@@ -27,6 +65,15 @@ class Client:
             timeout=timeout,
         )
 
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.http.close()
+
     def request(self, method: str, path: str, **kwargs: Any) -> Any:
         try:
             response = self.http.request(method, path, **kwargs)
@@ -37,29 +84,102 @@ class Client:
                 detail = response.json().get("detail")
             except ValueError:
                 detail = response.text
-            raise ApiError(f"{response.status_code}: {format_detail(detail)}")
+            raise ApiError(
+                f"{response.status_code}: {format_detail(detail)}", response.status_code, detail
+            )
         return response.json() if response.content else None
 
-    def submit(self, spec: dict[str, Any]) -> dict[str, Any]:
-        return self.request("POST", "/v1/studies", json=spec)
+    def typed(self, model: type[M], method: str, path: str, **kwargs: Any) -> M:
+        """``request``'s answer parsed as the response model ``model``."""
+        return self._parse(model.model_validate, method, path, **kwargs)
 
-    def study(self, study_id: str) -> dict[str, Any]:
-        return self.request("GET", f"/v1/studies/{study_id}")
+    def typed_list(self, model: type[M], method: str, path: str, **kwargs: Any) -> list[M]:
+        """``request``'s answer parsed as a list of ``model``."""
+        adapter: TypeAdapter[list[M]] = TypeAdapter(list[model])  # type: ignore[valid-type]
+        return self._parse(adapter.validate_python, method, path, **kwargs)
 
-    def trials(self, study_id: str, offset: int = 0, limit: int = 50) -> dict[str, Any]:
-        return self.request(
-            "GET", f"/v1/studies/{study_id}/trials", params={"offset": offset, "limit": limit}
+    def _parse(self, parse: Callable[[Any], Any], method: str, path: str, **kwargs: Any) -> Any:
+        body = self.request(method, path, **kwargs)
+        try:
+            return parse(body)
+        except ValidationError as exc:
+            raise ApiError(f"unexpected answer to {method} {path}: {exc}") from None
+
+    # --- studies ------------------------------------------------------------------------------
+
+    def submit(self, spec: dict[str, Any] | StudySpec) -> StudyCreated:
+        """Submit a study spec (a dict as in a spec file, or a ``StudySpec``)."""
+        if isinstance(spec, StudySpec):
+            spec = spec.model_dump(mode="json", exclude_unset=True)
+        return self.typed(StudyCreated, "POST", "/v1/studies", json=spec)
+
+    def studies(self, offset: int = 0, limit: int = 50) -> list[StudyItem]:
+        """This tenant's studies, newest first."""
+        return self.typed_list(
+            StudyItem, "GET", "/v1/studies", params={"offset": offset, "limit": limit}
         )
 
-    def cancel(self, study_id: str) -> dict[str, Any]:
-        return self.request("POST", f"/v1/studies/{study_id}/cancel")
+    def study(self, study_id: str) -> StudyOut:
+        """Status, trial counts by state, progress, ETA, best trial and test score."""
+        return self.typed(StudyOut, "GET", f"/v1/studies/{study_id}")
 
-    def upload(self, path: Path, target: str | None, name: str | None = None) -> dict[str, Any]:
+    def wait(
+        self,
+        study_id: str,
+        *,
+        poll_s: float = 1.0,
+        timeout_s: float | None = None,
+        on_update: Callable[[StudyOut], None] | None = None,
+    ) -> StudyOut:
+        """Poll until the study is no longer queued or running; ``on_update`` sees each poll."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while True:
+            study = self.study(study_id)
+            if on_update is not None:
+                on_update(study)
+            if study.status not in ACTIVE:
+                return study
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"study {study_id} still {study.status} after {timeout_s}s")
+            time.sleep(poll_s)
+
+    def trials(self, study_id: str, offset: int = 0, limit: int = 50) -> Page[TrialOut]:
+        """A page of trials in number order."""
+        return self.typed(
+            Page[TrialOut],
+            "GET",
+            f"/v1/studies/{study_id}/trials",
+            params={"offset": offset, "limit": limit},
+        )
+
+    def trial(self, study_id: str, number: int) -> TrialDetail:
+        """One trial with per-fold scores, learning curves and diagnosis."""
+        return self.typed(TrialDetail, "GET", f"/v1/studies/{study_id}/trials/{number}")
+
+    def cancel(self, study_id: str) -> StudyCreated:
+        return self.typed(StudyCreated, "POST", f"/v1/studies/{study_id}/cancel")
+
+    def delete(self, study_id: str) -> None:
+        self.request("DELETE", f"/v1/studies/{study_id}")
+
+    # --- datasets -----------------------------------------------------------------------------
+
+    def upload(self, path: Path, target: str | None, name: str | None = None) -> DatasetOut:
         data = {k: v for k, v in {"target": target, "name": name}.items() if v}
         with path.open("rb") as handle:
-            return self.request(
-                "POST", "/v1/datasets", files={"file": (path.name, handle)}, data=data
+            return self.typed(
+                DatasetOut,
+                "POST",
+                "/v1/datasets",
+                files={"file": (path.name, handle)},
+                data=data,
             )
+
+    def datasets(self) -> list[DatasetOut]:
+        return self.typed_list(DatasetOut, "GET", "/v1/datasets")
+
+    def dataset(self, dataset_id: str) -> DatasetOut:
+        return self.typed(DatasetOut, "GET", f"/v1/datasets/{dataset_id}")
 
 
 def format_detail(detail: Any) -> str:
