@@ -4,8 +4,11 @@ A study's status costs a handful of aggregate queries (~8 ms on SQLite). Two hun
 polling it once a second would need 1.6 s of work per second from one API process; with the
 answer kept for ``ttl_s`` the database sees at most one computation per study per ``ttl_s``.
 A poller therefore sees a status at most ``ttl_s`` old, which is below the resolution anyone
-polls at. Keys include the tenant, so an entry computed for one tenant is never served to
-another; changes made through this process (cancel, delete) drop their entries at once.
+polls at (plus, while one request recomputes an expired entry, the others are answered from
+the previous value rather than queueing behind it). Keys include the tenant, so an entry
+computed for one tenant is never served to another; changes made through this process
+(cancel, delete) drop their entries at once, and a computation that was under way when they
+did is not stored.
 """
 
 from __future__ import annotations
@@ -24,7 +27,8 @@ class TTLCache(Generic[V]):
 
     Thread-safe (FastAPI runs plain ``def`` routes in a thread pool). Exceptions from
     ``compute`` (a 404, a database error) are not cached. At most ``max_entries`` are kept,
-    the least recently computed going first.
+    the least recently computed going first. While one caller recomputes an expired entry,
+    the others get the expired value at once instead of computing it again.
     """
 
     def __init__(
@@ -35,24 +39,52 @@ class TTLCache(Generic[V]):
     ) -> None:
         self.ttl_s, self.max_entries, self.clock = ttl_s, max_entries, clock
         self.entries: OrderedDict[Hashable, tuple[float, V]] = OrderedDict()
+        self.refreshing: dict[Hashable, object] = {}  # key → the computation that may store
         self.lock = threading.Lock()
 
     def get(self, key: Hashable, compute: Callable[[], V]) -> V:
         if self.ttl_s <= 0:
             return compute()
         now = self.clock()
+        mine = object()
         with self.lock:
             hit = self.entries.get(key)
-            if hit is not None and now - hit[0] < self.ttl_s:
-                return hit[1]
-        value = compute()  # outside the lock: a slow computation must not block other keys
+            if hit is not None:
+                if now - hit[0] < self.ttl_s:
+                    return hit[1]
+                if key in self.refreshing:  # someone recomputes it already
+                    return hit[1]
+            self.refreshing[key] = mine
+        try:
+            value = compute()  # outside the lock: a slow computation must not block other keys
+        except BaseException:
+            with self.lock:
+                if self.refreshing.get(key) is mine:
+                    del self.refreshing[key]
+            raise
         with self.lock:
-            self.entries[key] = (now, value)
-            self.entries.move_to_end(key)
-            while len(self.entries) > self.max_entries:
-                self.entries.popitem(last=False)
+            if self.refreshing.get(key) is mine:  # not invalidated meanwhile
+                del self.refreshing[key]
+                self.entries[key] = (now, value)
+                self.entries.move_to_end(key)
+                while len(self.entries) > self.max_entries:
+                    self.entries.popitem(last=False)
         return value
 
-    def invalidate(self, key: Hashable) -> None:
+    def invalidate(self, *prefix: Hashable) -> None:
+        """Drop every key that is ``prefix`` or a tuple starting with it: ``invalidate(tenant,
+        study_id)`` drops the study's status and all its trial pages."""
+        n = len(prefix)
+
+        def match(key: Hashable) -> bool:
+            return (
+                key == prefix
+                or (isinstance(key, tuple) and key[:n] == prefix)
+                or (n == 1 and key == prefix[0])
+            )
+
         with self.lock:
-            self.entries.pop(key, None)
+            for key in [k for k in self.entries if match(k)]:
+                del self.entries[key]
+            for key in [k for k in self.refreshing if match(k)]:
+                del self.refreshing[key]

@@ -40,9 +40,13 @@ def test_keys_with_another_tenant_never_see_each_others_values() -> None:
 
 def test_invalidation_and_errors_are_not_cached() -> None:
     cache = TTLCache[str](ttl_s=60.0, clock=Clock())
-    cache.get("s", lambda: "running")
-    cache.invalidate("s")
-    assert cache.get("s", lambda: "cancelled") == "cancelled"
+    cache.get(("alice", "s"), lambda: "running")
+    cache.get(("alice", "s", "trials", 0, 50), lambda: "page")
+    cache.get(("alice", "t"), lambda: "other study")
+    cache.invalidate("alice", "s")  # the study and all its pages
+    assert cache.get(("alice", "s"), lambda: "cancelled") == "cancelled"
+    assert cache.get(("alice", "s", "trials", 0, 50), lambda: "new page") == "new page"
+    assert cache.get(("alice", "t"), lambda: "recomputed") == "other study"
 
     def missing() -> str:
         raise LookupError("no such study")
@@ -63,3 +67,27 @@ def test_the_oldest_entries_go_first_and_a_zero_ttl_disables_it() -> None:
     off.get("k", lambda: calls.append(1) or 1)
     off.get("k", lambda: calls.append(1) or 1)
     assert len(calls) == 2
+
+
+def test_one_caller_recomputes_an_expired_entry_while_the_others_get_the_last_value() -> None:
+    import threading
+
+    clock = Clock()
+    cache = TTLCache[str](ttl_s=1.0, clock=clock)
+    cache.get("k", lambda: "old")
+    clock.now = 5.0
+    started, release, calls = threading.Event(), threading.Event(), []
+
+    def slow() -> str:
+        calls.append(1)
+        started.set()
+        release.wait(5)
+        return "new"
+
+    refresher = threading.Thread(target=lambda: cache.get("k", slow))
+    refresher.start()
+    assert started.wait(5)
+    assert cache.get("k", slow) == "old"  # served at once, no second computation
+    release.set()
+    refresher.join(5)
+    assert cache.get("k", slow) == "new" and len(calls) == 1
