@@ -605,6 +605,42 @@ def cancel(study_id: str) -> None:
     console.print(f"study {study.id} {study.status}")
 
 
+@app.command("model")
+def model_download(
+    study_id: str,
+    output: Annotated[
+        Path | None,
+        typer.Option("--output", "-o", help="the file to write (default: regtune-ID.pt)"),
+    ] = None,
+) -> None:
+    """Download a completed study's final model: a torch.save file, ready for
+    trainer.artifact.load_model (see the README, 'Using the tuned model')."""
+    from service.client import Client
+    from trainer.artifact import ArtifactError, load_model
+
+    with Client() as client:
+        data = api_call(client.model, study_id)
+    try:
+        tuned = load_model(data)  # check it before writing: a broken file is no download
+    except ArtifactError as exc:
+        raise fail(f"the server sent no model file: {exc}") from None
+    target = output or Path(f"regtune-{study_id}.pt")
+    try:
+        target.write_bytes(data)
+    except OSError as exc:
+        raise fail(f"cannot write {target}: {exc}") from None
+    print(target)
+    scores = tuned.scores
+    what = f"{len(tuned.classes)} classes" if tuned.task == "classification" else "regression"
+    cv = f"CV {tuned.metric} {fmt(scores.get('cv_mean'))} ± {fmt(scores.get('cv_std'))}"
+    test = "" if tuned.test_score is None else f", test {fmt(tuned.test_score)}"
+    console.print(
+        f"{len(data):,} bytes: {what}, {cv}{test}; retrained for {tuned.epochs} epochs on "
+        f"{scores.get('n_train')} rows",
+        highlight=False,
+    )
+
+
 datasets_app = typer.Typer(help="Datasets on the server.", no_args_is_help=True)
 app.add_typer(datasets_app, name="datasets")
 

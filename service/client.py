@@ -9,6 +9,8 @@ Methods return the API's own response models (``service.schemas``), parsed from 
         study = client.wait(created.id)  # a StudyOut once it is no longer queued or running
         if study.best is not None:
             print(study.best.value, study.best.params)
+        if study.status == "completed":  # the final model, for trainer.artifact.load_model
+            Path("model.pt").write_bytes(client.model(created.id))
 
 An error answer raises :class:`ApiError` with the server's ``detail``.
 """
@@ -74,7 +76,8 @@ class Client:
     def close(self) -> None:
         self.http.close()
 
-    def request(self, method: str, path: str, **kwargs: Any) -> Any:
+    def send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        """The raw answer; an error status raises ``ApiError`` with the server's detail."""
         try:
             response = self.http.request(method, path, **kwargs)
         except httpx.HTTPError as exc:
@@ -87,6 +90,11 @@ class Client:
             raise ApiError(
                 f"{response.status_code}: {format_detail(detail)}", response.status_code, detail
             )
+        return response
+
+    def request(self, method: str, path: str, **kwargs: Any) -> Any:
+        """The answer's JSON (None for an empty body)."""
+        response = self.send(method, path, **kwargs)
         return response.json() if response.content else None
 
     def typed(self, model: type[M], method: str, path: str, **kwargs: Any) -> M:
@@ -155,6 +163,13 @@ class Client:
     def trial(self, study_id: str, number: int) -> TrialDetail:
         """One trial with per-fold scores, learning curves and diagnosis."""
         return self.typed(TrialDetail, "GET", f"/v1/studies/{study_id}/trials/{number}")
+
+    def model(self, study_id: str) -> bytes:
+        """The study's final model file (load it with ``trainer.artifact.load_model``).
+
+        Raises ``ApiError`` 409 while the study has not completed, 404 for an unknown id.
+        """
+        return self.send("GET", f"/v1/studies/{study_id}/model").content
 
     def cancel(self, study_id: str) -> StudyCreated:
         return self.typed(StudyCreated, "POST", f"/v1/studies/{study_id}/cancel")

@@ -12,6 +12,7 @@ from sqlalchemy import (
     DateTime,
     Dialect,
     Float,
+    ForeignKey,
     Integer,
     LargeBinary,
     String,
@@ -98,6 +99,23 @@ class StudyRecord(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class ArtifactRecord(Base):
+    """A file a study produced, e.g. its final model (``kind`` "model": a ``torch.save`` file
+    of trainer.artifact). In the database, so that every worker and API process reaches it;
+    deleted with its study."""
+
+    __tablename__ = "regtune_artifacts"
+
+    study_id: Mapped[str] = mapped_column(
+        String(32), ForeignKey("regtune_studies.id", ondelete="CASCADE"), primary_key=True
+    )
+    kind: Mapped[str] = mapped_column(String(16), primary_key=True)
+    size_bytes: Mapped[int] = mapped_column(Integer)
+    sha256: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    data: Mapped[bytes] = deferred(mapped_column(LargeBinary, nullable=False))
 
 
 class WorkerRecord(Base):

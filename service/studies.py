@@ -15,12 +15,13 @@ from typing import Any
 import optuna
 from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial
+from sqlalchemy import delete as sa_delete
 from sqlalchemy import func, select, text, update
 from sqlalchemy.orm import Session
 
 from service import datasets, trials, warmstart
 from service.db import Database
-from service.models import ACTIVE, StudyRecord, utcnow
+from service.models import ACTIVE, ArtifactRecord, StudyRecord, utcnow
 from trainer.datasets import Dataset
 from trainer.models import parameter_count
 from trainer.spec import Limits, StudySpec, metric_direction
@@ -224,6 +225,12 @@ def trial(session: Session, storage: RDBStorage, record: StudyRecord, number: in
     return storage.get_trial(trial_id)
 
 
+def all_trials(storage: RDBStorage, record: StudyRecord) -> list[FrozenTrial]:
+    """Every trial of the study with its attributes (the report reads them all)."""
+    assert record.optuna_id is not None
+    return storage.get_all_trials(record.optuna_id, deepcopy=False)
+
+
 def cancel(db: Database, tenant: str, study_id: str) -> StudyRecord:
     """Queued or running → cancelled; workers notice between epochs and stop."""
     with db.write() as session:
@@ -243,6 +250,8 @@ def delete(db: Database, storage: RDBStorage, tenant: str, study_id: str) -> Non
     with db.write() as session:
         record = get(session, tenant, study_id)
         name = record.optuna_name
+        # Its files (the final model) go with it; the foreign key cascades as well.
+        session.execute(sa_delete(ArtifactRecord).where(ArtifactRecord.study_id == study_id))
         session.delete(record)
     with contextlib.suppress(KeyError):  # already gone
         optuna.delete_study(study_name=name, storage=storage)

@@ -32,18 +32,18 @@ from optuna.storages import RDBStorage
 from pydantic import ValidationError
 from sqlalchemy import or_, select, update
 
-from service import datasets, studies, trials
+from service import artifacts, datasets, studies, trials
 from service.db import DATABASE_ERRORS, Database
 from service.models import StudyRecord, WorkerRecord, utcnow
 from service.settings import Settings
-from trainer import layout
+from trainer import artifact, layout
 from trainer.batched import Populations
 from trainer.datasets import DatasetError
 from trainer.device import resolve_device
 from trainer.engine import DivergedError
-from trainer.objective import Objective, TrialFailed, TrialInterrupted
+from trainer.objective import Objective, TrialFailed, TrialInterrupted, failure_reason
 from trainer.spec import StudySpec
-from trainer.study import Protocol, SpecError, make_pruner, make_sampler, refit_trial
+from trainer.study import Protocol, SpecError, final_model, make_pruner, make_sampler
 
 log = logging.getLogger("regtune.worker")
 MAX_BACKOFF_S = 60.0
@@ -348,20 +348,43 @@ class Worker:
                 self.db, record.id, "failed", error=f"no trial completed ({counts.as_dict()})"
             )
             return
-        test_score = self.test_score(record, spec)
-        studies.mark(self.db, record.id, "completed", test_score=test_score)
-        log.info("study %s completed", record.id)
+        test_score, model, error = self.final_model(record, spec)
+        if artifacts.complete(self.db, record.id, test_score=test_score, model=model, error=error):
+            log.info(
+                "study %s completed (model: %s)",
+                record.id,
+                f"{len(model)} bytes" if model is not None else "none",
+            )
 
-    def test_score(self, record: StudyRecord, spec: StudySpec) -> float | None:
-        """Retrain the best configuration on all non-test rows and score the test rows."""
-        if spec.cv.test_fraction == 0:
-            return None
-        with self.db.read() as session:
-            dataset = datasets.resolve(session, record.tenant, spec.dataset)
-        protocol = Protocol.of(spec, dataset)
-        study = optuna.load_study(study_name=record.optuna_name, storage=self.storage)
-        fitted = refit_trial(spec, dataset, protocol, study.best_trial, device=self.device)
-        return fitted.test_score
+    def final_model(
+        self, record: StudyRecord, spec: StudySpec
+    ) -> tuple[float | None, bytes | None, str | None]:
+        """Retrain the best configuration on all non-test rows: (test score, model file, error).
+
+        The test score is that of the held-out test rows (None without a test split). A refit
+        that fails (it diverges, runs out of memory, a bug) does not lose the study: it
+        completes without a model, the reason in its ``error``. Database errors propagate
+        (the worker retries the whole step).
+        """
+        try:
+            with self.db.read() as session:
+                dataset = datasets.resolve(session, record.tenant, spec.dataset)
+            protocol = Protocol.of(spec, dataset)
+            study = optuna.load_study(study_name=record.optuna_name, storage=self.storage)
+            fitted, packed = final_model(
+                spec,
+                dataset,
+                protocol,
+                study.best_trial,
+                device=self.device,
+                study={"id": record.id, "name": record.name, "dataset": spec.dataset},
+            )
+            return fitted.test_score, artifact.to_bytes(packed), None
+        except DATABASE_ERRORS:
+            raise
+        except Exception as exc:
+            log.exception("study %s: the final model could not be built", record.id)
+            return None, None, f"the final model could not be built: {failure_reason(exc)}"
 
     def set_current(self, study_id: str | None) -> None:
         with self.db.write() as session:

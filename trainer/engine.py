@@ -355,7 +355,7 @@ def refit(
     """Retrain on every row of ``pool`` for ``epochs`` epochs, then score it on ``test``.
 
     No row is held back for early stopping: the epoch count comes from cross-validation
-    (the folds' mean best epoch), as is usual when a model is refitted on all its data.
+    (the folds' median best epoch), as is usual when a model is refitted on all its data.
     """
     training = config.training.model_copy(update={"max_epochs": epochs})
     run = FoldRun(

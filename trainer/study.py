@@ -17,7 +17,7 @@ import numpy as np
 import optuna
 import torch
 
-from trainer import layout
+from trainer import artifact, layout
 from trainer.batched import Populations
 from trainer.config import TrialConfig
 from trainer.datasets import Dataset, check_for_cv
@@ -228,6 +228,17 @@ def run_study(
     return StudyOutcome(study, protocol.metric, best, fitted)
 
 
+def refit_epochs(best_epochs: Sequence[int]) -> int:
+    """How long the refit trains: the median over folds of the best epoch, as a count.
+
+    ``best_epochs`` are 0-based (a fold whose best weights came after its first epoch says
+    0), so the count is the median + 1; the median of an even number of folds is rounded
+    (half to even). The median, not the mean: one fold that stopped late does not drag the
+    refit along.
+    """
+    return max(1, round(float(np.median(best_epochs))) + 1)
+
+
 def refit_trial(
     spec: StudySpec,
     dataset: Dataset,
@@ -239,11 +250,12 @@ def refit_trial(
 ) -> FittedModel:
     """Retrain ``trial``'s configuration on all non-test rows and score it on the test rows.
 
-    It trains for the mean over folds of the trial's best epoch count, with the trial's own
-    seed unless ``seed`` is given (to see how much the test score varies between refits).
+    It trains for :func:`refit_epochs` epochs (the median over folds of the best epoch), with
+    the trial's own seed unless ``seed`` is given (to see how much the test score varies
+    between refits).
     """
     config = TrialConfig.from_values(spec, trial.user_attrs["config"])
-    epochs = round(float(np.mean(trial.user_attrs["best_epochs"]))) + 1
+    epochs = refit_epochs(trial.user_attrs["best_epochs"])
     return refit(
         dataset,
         config,
@@ -254,3 +266,34 @@ def refit_trial(
         device=device,
         seed=trial_seed(spec.seed, trial.number) if seed is None else seed,
     )
+
+
+def final_model(
+    spec: StudySpec,
+    dataset: Dataset,
+    protocol: Protocol,
+    trial: optuna.trial.FrozenTrial,
+    *,
+    device: torch.device | str = "cpu",
+    study: dict[str, Any] | None = None,
+) -> tuple[FittedModel, dict[str, Any]]:
+    """:func:`refit_trial`, and the refitted model packed as a file (:mod:`trainer.artifact`)
+    with the trial's CV scores, its test score and ``study`` metadata."""
+    fitted = refit_trial(spec, dataset, protocol, trial, device=device)
+    attrs = trial.user_attrs
+    packed = artifact.pack(
+        fitted,
+        dataset,
+        metric=protocol.metric,
+        n_train=len(protocol.pool),
+        n_test=len(protocol.test),
+        cv=attrs,
+        trial={
+            "number": trial.number,
+            "params": trial.params,
+            "best_epochs": attrs.get("best_epochs"),
+            "diagnosis": attrs.get("diagnosis"),
+        },
+        study=study,
+    )
+    return fitted, packed

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Path, Query, Response, status
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
-from service import studies, warmstart
+from service import artifacts, studies, warmstart
 from service.api.deps import DB, AppSettings, StatusCache, Storage, Tenant
 from service.api.errors import documented, too_many, unprocessable
 from service.models import StudyRecord
@@ -155,6 +155,30 @@ def get_trial(
     record = lookup(db, tenant, study_id)
     with db.read() as session:
         return TrialDetail.of(studies.trial(session, storage, record, number))
+
+
+MODEL_FILE = {
+    200: {
+        "description": "The best configuration retrained on all non-test rows: a torch.save "
+        "file that torch.load(..., weights_only=True) reads (trainer.artifact.load_model "
+        "rebuilds it for prediction)",
+        "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+    }
+}
+
+
+@router.get(
+    "/{study_id}/model",
+    response_class=Response,
+    responses={**MODEL_FILE, **documented(401, 404, 409)},
+)
+def get_model(study_id: str, db: DB, tenant: Tenant) -> Response:
+    """The study's final model; 409 until the study has completed (and has one)."""
+    return Response(
+        artifacts.model_file(db, tenant, study_id),
+        media_type="application/octet-stream",
+        headers={"Content-Disposition": f'attachment; filename="regtune-{study_id}.pt"'},
+    )
 
 
 @router.post("/{study_id}/cancel", response_model=StudyCreated, responses=documented(401, 404, 409))

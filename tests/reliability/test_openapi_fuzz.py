@@ -49,6 +49,7 @@ EXPECTED = {
     "DELETE /v1/studies/{study_id}",
     "GET /v1/studies/{study_id}/trials",
     "GET /v1/studies/{study_id}/trials/{number}",
+    "GET /v1/studies/{study_id}/model",
     "POST /v1/studies/{study_id}/cancel",
 }
 

@@ -330,7 +330,9 @@ def test_another_tenants_study_and_dataset_are_not_found(
         assert alice.get(f"/v1/studies/{alice_study.id}").json()["status"] == "queued"
         for method, template, operation in sorted(operations, key=lambda o: o[0] == "DELETE"):
             response = alice.request(method, fill(template, theirs), **request_body(operation))
-            assert response.status_code < 300, (method, template, response.text)
+            # Her queued study has no final model yet: 409 says so (not a refusal).
+            no_model_yet = template.endswith("/model") and response.status_code == 409
+            assert response.status_code < 300 or no_model_yet, (method, template, response.text)
 
 
 def test_lists_show_only_the_tenants_own_items(

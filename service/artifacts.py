@@ -1,0 +1,84 @@
+"""A study's stored files: its final model, written in the transaction that completes it.
+
+The model (``trainer.artifact``: a ``torch.save`` file that ``torch.load(weights_only=True)``
+reads) lives in ``regtune_artifacts`` in the one database, so every worker and API process
+reaches it without a shared filesystem; it is deleted with its study (``ON DELETE CASCADE``,
+and explicitly by ``studies.delete``). Routers call these functions; they hold no HTTP types.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+from sqlalchemy import delete, select, update
+
+from service import studies
+from service.db import Database
+from service.models import ACTIVE, ArtifactRecord, StudyRecord, utcnow
+
+MODEL = "model"
+
+
+def complete(
+    db: Database,
+    study_id: str,
+    *,
+    test_score: float | None,
+    model: bytes | None,
+    error: str | None = None,
+) -> bool:
+    """Mark the study completed and store its model, both or neither (one transaction).
+
+    Only a study that is still queued or running moves (a study cancelled or deleted
+    meanwhile keeps its state, and no file is stored for it). ``error`` notes why a completed
+    study has no model. Returns whether the study moved.
+    """
+    with db.write() as session:
+        moved = session.execute(
+            update(StudyRecord)
+            .where(StudyRecord.id == study_id, StudyRecord.status.in_(ACTIVE))
+            .values(status="completed", finished_at=utcnow(), test_score=test_score, error=error)
+        )
+        if not moved.rowcount:  # type: ignore[attr-defined]
+            return False
+        if model is not None:
+            session.execute(
+                delete(ArtifactRecord).where(
+                    ArtifactRecord.study_id == study_id, ArtifactRecord.kind == MODEL
+                )
+            )
+            session.add(
+                ArtifactRecord(
+                    study_id=study_id,
+                    kind=MODEL,
+                    size_bytes=len(model),
+                    sha256=hashlib.sha256(model).hexdigest(),
+                    data=model,
+                )
+            )
+    return True
+
+
+def model_file(db: Database, tenant: str, study_id: str) -> bytes:
+    """The study's model file; ``NotFound`` (unknown or another tenant's study) or
+    ``Conflict`` (no model: not completed yet, failed or cancelled, or built without one)."""
+    with db.read() as session:
+        record = studies.get(session, tenant, study_id)
+        data = session.scalar(
+            select(ArtifactRecord.data).where(
+                ArtifactRecord.study_id == study_id, ArtifactRecord.kind == MODEL
+            )
+        )
+    if data is not None:
+        return data
+    if record.status in ACTIVE:
+        raise studies.Conflict(
+            f"study {study_id!r} is {record.status}: its model is retrained on all non-test "
+            "rows once the study completes; try again then"
+        )
+    if record.status != "completed":
+        raise studies.Conflict(
+            f"study {study_id!r} is {record.status}; only a completed study has a model"
+        )
+    reason = record.error or "it completed before regtune stored final models"
+    raise studies.Conflict(f"study {study_id!r} completed without a model: {reason}")

@@ -1,0 +1,202 @@
+"""The tuned model's file (trainer.artifact): a weights-only round trip that predicts exactly
+as the model in memory did, with its preprocessing, labels and scores."""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from trainer import artifact
+from trainer.artifact import ArtifactError, load_model
+from trainer.config import TrialConfig
+from trainer.datasets import Dataset, make_dataset
+from trainer.engine import FittedModel, predict, refit
+from trainer.spec import StudySpec
+from trainer.study import Protocol, final_model, refit_epochs, run_study
+
+BASE = {"weight_decay": 1e-4, "l1": 1e-6, "dropout": 0.1, "bn_momentum": 0.2, "patience": 3}
+
+
+def fit(dataset: Dataset, spec: StudySpec, epochs: int = 5) -> tuple[FittedModel, Protocol]:
+    protocol = Protocol.of(spec, dataset)
+    config = TrialConfig.from_values(spec, BASE)
+    fitted = refit(
+        dataset, config, protocol.pool, protocol.test, metric=protocol.metric, epochs=epochs
+    )
+    return fitted, protocol
+
+
+def packed(fitted: FittedModel, dataset: Dataset, protocol: Protocol) -> dict[str, Any]:
+    return artifact.pack(
+        fitted,
+        dataset,
+        metric=protocol.metric,
+        n_train=len(protocol.pool),
+        n_test=len(protocol.test),
+        cv={"cv_mean": 0.9, "cv_std": np.float64(0.01), "fold_scores": [0.89, 0.91]},
+        trial={"number": 3, "params": {"dropout": 0.1}},
+        study={"id": "abc"},
+    )
+
+
+class Payload:
+    """A pickled object in a file: weights_only refuses to build it."""
+
+
+def in_memory_outputs(fitted: FittedModel, X: np.ndarray) -> torch.Tensor:
+    return predict(fitted.model, torch.as_tensor(fitted.x_scaler.transform(X)))
+
+
+def plain_values_only(value: Any) -> None:
+    """What weights_only promises: tensors and Python's own plain types, nothing else."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            assert isinstance(key, str)
+            plain_values_only(item)
+    elif isinstance(value, list):
+        for item in value:
+            plain_values_only(item)
+    else:
+        assert value is None or type(value) in (str, int, float, bool, torch.Tensor), type(value)
+
+
+def test_a_classifier_round_trips_through_a_weights_only_file(wine, tmp_path) -> None:
+    spec = StudySpec(
+        dataset="builtin:wine", model={"hidden": [16, 8]}, cv={"folds": 3, "test_fraction": 0.25}
+    )
+    fitted, protocol = fit(wine, spec)
+    path = tmp_path / "model.pt"
+    path.write_bytes(artifact.to_bytes(packed(fitted, wine, protocol)))
+
+    raw = torch.load(path, weights_only=True)  # no class is unpickled
+    plain_values_only(raw)
+    assert raw["format"] == "regtune-model" and raw["version"] == 1
+    assert raw["task"] == "classification" and raw["classes"] == ["0", "1", "2"]
+    assert raw["feature_names"] == list(wine.feature_names)
+    assert raw["architecture"]["hidden"] == [16, 8] and raw["architecture"]["n_outputs"] == 3
+    assert raw["hyperparameters"]["dropout"] == 0.1 and raw["epochs"] == 5
+    assert raw["scores"] == {
+        "cv_mean": 0.9,
+        "cv_std": 0.01,
+        "fold_scores": [0.89, 0.91],
+        "test_score": fitted.test_score,
+        "n_train": len(protocol.pool),
+        "n_test": len(protocol.test),
+    }
+
+    for source in (path, str(path), path.read_bytes(), io.BytesIO(path.read_bytes())):
+        model = load_model(source)
+        X = wine.X[protocol.test]
+        expected = in_memory_outputs(fitted, X)
+        assert torch.equal(model.outputs(X), expected)  # bit for bit
+        np.testing.assert_array_equal(model.predict_proba(X), torch.softmax(expected, 1).numpy())
+        labels = model.predict(X)
+        assert list(labels) == [wine.classes[i] for i in expected.argmax(1).tolist()]
+        accuracy = float(np.mean(labels == np.asarray(wine.classes)[wine.y[protocol.test]]))
+        assert accuracy == pytest.approx(fitted.test_score, abs=1e-6)  # a float32 mean
+        assert model.test_score == fitted.test_score
+    assert not model.model.training  # evaluation mode: running BN statistics, no dropout
+    # Float64 input and a single sample are taken as the training rows were.
+    assert list(model.predict(X.astype(np.float64))) == list(labels)
+    assert model.predict(X[0]).tolist() == [labels[0]]
+    with pytest.raises(ValueError, match="13"):
+        model.predict(X[:, :5])
+
+
+def test_a_regression_model_predicts_in_the_targets_units(tmp_path) -> None:
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(150, 4)).astype(np.float32)
+    y = 1000.0 * X[:, 0] - 300.0 * X[:, 1] + 5000.0  # far from z-scores
+    data = make_dataset("scaled", X, y, task="regression")
+    spec = StudySpec(
+        dataset="x",
+        task="regression",
+        model={"hidden": [8]},
+        training={"lr": 0.01},
+        cv={"folds": 3, "test_fraction": 0.2},
+    )
+    fitted, protocol = fit(data, spec, epochs=30)
+    model = load_model(artifact.to_bytes(packed(fitted, data, protocol)))
+    X_test, y_test = data.X[protocol.test], data.y[protocol.test]
+    predicted = model.predict(X_test)
+    assert fitted.y_scaler is not None
+    expected = fitted.y_scaler.inverse(in_memory_outputs(fitted, X_test).numpy())[:, 0]
+    np.testing.assert_array_equal(predicted, expected)
+    assert abs(predicted.mean() - 5000.0) < 500.0  # de-standardized, not z-scores
+    # The stored test MSE is the MSE of these predictions, in the target's own units.
+    mse = float(np.mean((predicted.astype(np.float64) - y_test) ** 2))
+    assert mse == pytest.approx(fitted.test_score, rel=1e-4)
+    with pytest.raises(ValueError, match="classification"):
+        model.predict_proba(X_test)
+
+
+def test_a_cnn_round_trips_and_takes_flat_or_shaped_inputs(digits) -> None:
+    spec = StudySpec(
+        dataset="builtin:digits",
+        model={"kind": "cnn", "channels": [4], "hidden": [8]},
+        cv={"folds": 2, "test_fraction": 0.1},
+    )
+    fitted, protocol = fit(digits, spec, epochs=1)
+    model = load_model(artifact.to_bytes(packed(fitted, digits, protocol)))
+    X = digits.X[protocol.test]
+    assert model.input_shape == (1, 8, 8)
+    assert torch.equal(model.outputs(X), in_memory_outputs(fitted, X))
+    assert list(model.predict(X.reshape(-1, 1, 8, 8))) == list(model.predict(X))
+
+
+def test_the_refit_trains_for_the_median_best_epoch() -> None:
+    # best_epochs are 0-based: a fold best after its first epoch says 0.
+    assert refit_epochs([0, 0, 0]) == 1
+    assert refit_epochs([2, 3, 40]) == 4  # the median, not pulled up by one late fold
+    assert refit_epochs([4, 1, 9, 6, 2]) == 5
+    assert refit_epochs([1, 2]) == 3  # median 1.5 rounds half to even: 2, then + 1
+    assert refit_epochs([-1]) == 1
+
+
+def test_final_model_packs_the_best_trial(wine) -> None:
+    spec = StudySpec.model_validate(
+        {
+            "dataset": "builtin:wine",
+            "n_trials": 2,
+            "model": {"hidden": [16]},
+            "training": {"max_epochs": 6},
+            "cv": {"folds": 3, "test_fraction": 0.2},
+        }
+    )
+    outcome = run_study(spec, wine, refit_best=False)
+    assert outcome.best is not None
+    protocol = Protocol.of(spec, wine)
+    fitted, packed_model = final_model(spec, wine, protocol, outcome.best, study={"id": "s1"})
+    attrs = outcome.best.user_attrs
+    assert fitted.epochs == refit_epochs(attrs["best_epochs"])
+    model = load_model(artifact.to_bytes(packed_model))
+    assert model.scores["cv_mean"] == attrs["cv_mean"]
+    assert model.scores["fold_scores"] == attrs["fold_scores"]
+    assert model.hyperparameters == attrs["config"]
+    assert model.metadata["trial"]["number"] == outcome.best.number
+    assert model.metadata["study"] == {"id": "s1"}
+    X, y = wine.X[protocol.test], wine.y[protocol.test]
+    accuracy = float(np.mean(model.predict(X) == np.asarray(wine.classes)[y]))
+    assert accuracy == pytest.approx(model.test_score, abs=1e-6)
+
+
+def test_files_that_are_not_regtune_models_are_refused(tmp_path) -> None:
+    buffer = io.BytesIO()
+    torch.save({"weights": torch.zeros(2)}, buffer)
+    with pytest.raises(ArtifactError, match="not a regtune model"):
+        load_model(buffer.getvalue())
+    with pytest.raises(ArtifactError, match="not a regtune model"):
+        load_model(b"definitely not a torch file")
+
+    smuggled = io.BytesIO()
+    torch.save({"format": "regtune-model", "version": 1, "x": Payload()}, smuggled)
+    with pytest.raises(ArtifactError):
+        load_model(smuggled.getvalue())
+    newer = io.BytesIO()
+    torch.save({"format": "regtune-model", "version": 99}, newer)
+    with pytest.raises(ArtifactError, match="version 99"):
+        load_model(newer.getvalue())

@@ -1,0 +1,274 @@
+"""The tuned model as a file: pack a refitted network, and load it back for prediction.
+
+An artifact is a plain dict of tensors and Python values (str, int, float, bool, None, lists,
+dicts) written by ``torch.save``, so ``torch.load(path, weights_only=True)`` reads it without
+unpickling any class::
+
+    format, version      "regtune-model", 1
+    state_dict           the network's weights and BatchNorm buffers (CPU tensors)
+    architecture         model (ModelSpec as JSON), hidden, dropout, bn_momentum,
+                         input_shape, n_outputs: enough for trainer.models.build_model
+    preprocessing        x_mean, x_std (tensors: z = (x − mean) / std, fitted on the training
+                         rows), y_mean, y_std (regression: predictions are z·std + mean)
+    task, metric         "classification" | "regression"; "accuracy" | "mse" | "loss"
+    classes              class labels in output order (classification), else []
+    feature_names        the training features' names in column order ([] if unknown)
+    hyperparameters      the best trial's resolved configuration (TrialConfig.hyperparameters)
+    training             the TrainingSpec it was retrained with (as JSON)
+    epochs, train_loss   the refit's epoch count and training-loss curve
+    scores               cv_mean, cv_std, fold_scores (the best trial's CV), test_score
+                         (None without a held-out test split), n_train, n_test
+    trial, study         the best trial's number and params; free metadata from the caller
+
+Loading::
+
+    from trainer.artifact import load_model
+
+    model = load_model("model.pt")
+    labels = model.predict(X)  # X: [n, n_features] in the training columns' order
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from trainer.datasets import Dataset
+from trainer.engine import FittedModel, predict
+from trainer.models import build_model
+from trainer.preprocessing import Standardizer
+from trainer.spec import Limits, ModelSpec
+
+FORMAT = "regtune-model"
+VERSION = 1
+# A stored architecture was checked against the operator's limits when it was trained; a
+# file is rebuilt whatever the default limits are.
+UNLIMITED = Limits(max_layers=2**31 - 1, max_width=2**31 - 1)
+
+
+class ArtifactError(ValueError):
+    """The file is not a regtune model (or one of a newer format than this code reads)."""
+
+
+def _plain(value: Any) -> Any:
+    """``value`` with numpy scalars/arrays and tuples turned into what weights_only reads."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return _plain(value.tolist())
+    if isinstance(value, np.generic):
+        return value.item()
+    if value is None or isinstance(value, str | bool | int | float | torch.Tensor):
+        return value
+    raise TypeError(f"cannot store a {type(value).__name__} in a model artifact")
+
+
+def _tensor(values: np.ndarray) -> torch.Tensor:
+    """A numpy array as a CPU tensor of the same dtype (so that predictions are bit-equal)."""
+    return torch.from_numpy(np.array(values, copy=True))
+
+
+def pack(
+    fitted: FittedModel,
+    dataset: Dataset,
+    *,
+    metric: str,
+    n_train: int,
+    n_test: int,
+    cv: Mapping[str, Any] | None = None,
+    trial: Mapping[str, Any] | None = None,
+    study: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The artifact of ``fitted`` (a refit on ``dataset``): see the module docstring.
+
+    ``cv`` holds the best trial's ``cv_mean``, ``cv_std`` and ``fold_scores``; ``trial`` its
+    ``number`` and ``params``; ``study`` any further JSON-ready metadata (id, name, seed).
+    """
+    config = fitted.config
+    cv = cv or {}
+    y = fitted.y_scaler
+    return {
+        "format": FORMAT,
+        "version": VERSION,
+        "state_dict": {
+            name: tensor.detach().cpu().clone()
+            for name, tensor in fitted.model.state_dict().items()
+        },
+        "architecture": {
+            "model": config.model.model_dump(mode="json"),
+            "hidden": list(config.hidden),
+            "dropout": float(config.dropout),
+            "bn_momentum": float(config.bn_momentum),
+            "input_shape": [int(n) for n in dataset.input_shape],
+            "n_outputs": int(dataset.n_outputs),
+        },
+        "preprocessing": {
+            "x_mean": _tensor(fitted.x_scaler.mean),
+            "x_std": _tensor(fitted.x_scaler.std),
+            "y_mean": None if y is None else _tensor(y.mean),
+            "y_std": None if y is None else _tensor(y.std),
+        },
+        "task": dataset.task,
+        "metric": metric,
+        "classes": list(dataset.classes),
+        "feature_names": list(dataset.feature_names),
+        "hyperparameters": _plain(config.hyperparameters()),
+        "training": config.training.model_dump(mode="json"),
+        "epochs": int(fitted.epochs),
+        "train_loss": [float(v) for v in fitted.train_loss],
+        "scores": {
+            "cv_mean": _plain(cv.get("cv_mean")),
+            "cv_std": _plain(cv.get("cv_std")),
+            "fold_scores": _plain(list(cv.get("fold_scores") or [])),
+            "test_score": None if fitted.test_score is None else float(fitted.test_score),
+            "n_train": int(n_train),
+            "n_test": int(n_test),
+        },
+        "trial": _plain(dict(trial or {})),
+        "study": _plain(dict(study or {})),
+    }
+
+
+def to_bytes(artifact: Mapping[str, Any]) -> bytes:
+    """The artifact as ``torch.save`` writes it (what ``GET /v1/studies/{id}/model`` serves)."""
+    buffer = io.BytesIO()
+    torch.save(dict(artifact), buffer)
+    return buffer.getvalue()
+
+
+Source = str | os.PathLike[str] | bytes | bytearray | memoryview | IO[bytes]
+
+
+def read(source: Source) -> dict[str, Any]:
+    """The artifact dict from a path, the file's bytes or an open binary file.
+
+    Only ``torch.load(..., weights_only=True)``: tensors and plain values, no pickled code.
+    """
+    if isinstance(source, bytes | bytearray | memoryview):
+        source = io.BytesIO(bytes(source))
+    try:
+        artifact = torch.load(source, map_location="cpu", weights_only=True)
+    except OSError:
+        raise
+    except Exception as exc:  # not a torch file, or one that holds more than weights
+        raise ArtifactError(f"not a regtune model file: {exc}") from None
+    if not isinstance(artifact, dict) or artifact.get("format") != FORMAT:
+        raise ArtifactError("not a regtune model file (no 'format': 'regtune-model')")
+    if not isinstance(artifact.get("version"), int) or artifact["version"] > VERSION:
+        raise ArtifactError(
+            f"model file version {artifact.get('version')!r}; this regtune reads up to {VERSION}"
+        )
+    return artifact
+
+
+@dataclass
+class TunedModel:
+    """A loaded artifact: the network in evaluation mode with its preprocessing and metadata."""
+
+    model: nn.Module
+    task: str
+    metric: str
+    classes: list[str]
+    feature_names: list[str]
+    input_shape: tuple[int, ...]
+    hyperparameters: dict[str, Any]
+    scores: dict[str, Any]
+    epochs: int
+    x_scaler: Standardizer
+    y_scaler: Standardizer | None
+    metadata: dict[str, Any] = field(repr=False, default_factory=dict)
+
+    @property
+    def n_features(self) -> int:
+        return math.prod(self.input_shape)
+
+    @property
+    def test_score(self) -> float | None:
+        return self.scores.get("test_score")
+
+    def features(self, X: Any) -> torch.Tensor:
+        """``X`` ([n, n_features] or [n, *input_shape]) standardized as in training."""
+        X = np.asarray(X, dtype=np.float32)  # the dtype the training rows had
+        if X.ndim == 1:  # one feature per row, or one sample
+            X = X[:, None] if self.n_features == 1 else X[None]
+        if X.ndim == 0:
+            raise ValueError(f"X must be [n, {self.n_features}], got a scalar")
+        X = X.reshape(len(X), -1)
+        if X.shape[1] != self.n_features:
+            raise ValueError(
+                f"X has {X.shape[1]} features; the model was trained on {self.n_features}"
+                + (f" ({', '.join(self.feature_names[:5])}, …)" if self.feature_names else "")
+            )
+        if not np.isfinite(X).all():
+            raise ValueError("X must be finite (no NaN/inf)")
+        device = next(iter(self.model.parameters())).device
+        return torch.as_tensor(self.x_scaler.transform(X)).to(device)
+
+    def outputs(self, X: Any) -> torch.Tensor:
+        """The network's raw outputs (logits, or standardized targets) in evaluation mode."""
+        return predict(self.model, self.features(X)).cpu()
+
+    def predict(self, X: Any) -> np.ndarray:
+        """Class labels (classification) or values in the target's own units (regression)."""
+        out = self.outputs(X)
+        if self.task == "classification":
+            return np.asarray(self.classes, dtype=object)[out.argmax(1).numpy()]
+        assert self.y_scaler is not None
+        return self.y_scaler.inverse(out.numpy())[:, 0]
+
+    def predict_proba(self, X: Any) -> np.ndarray:
+        """Class probabilities ``[n, len(classes)]``, columns in the order of ``classes``."""
+        if self.task != "classification":
+            raise ValueError("predict_proba needs a classification model; use predict")
+        return torch.softmax(self.outputs(X), dim=1).numpy()
+
+    def to(self, device: torch.device | str) -> TunedModel:
+        self.model.to(device)
+        return self
+
+
+def load_model(source: Source, *, device: torch.device | str = "cpu") -> TunedModel:
+    """Rebuild the tuned network from an artifact (a path, its bytes or a binary file)."""
+    artifact = read(source)
+    arch = artifact["architecture"]
+    spec = ModelSpec.model_validate(arch["model"], context={"limits": UNLIMITED})
+    input_shape = tuple(int(n) for n in arch["input_shape"])
+    model = build_model(
+        spec,
+        input_shape,
+        int(arch["n_outputs"]),
+        dropout=float(arch["dropout"]),
+        bn_momentum=float(arch["bn_momentum"]),
+        hidden=list(arch["hidden"]),
+    )
+    model.load_state_dict(artifact["state_dict"])
+    model.to(device).eval()
+    pre = artifact["preprocessing"]
+    y_scaler = None
+    if pre.get("y_mean") is not None:
+        y_scaler = Standardizer(pre["y_mean"].numpy(), pre["y_std"].numpy())
+    metadata = {k: v for k, v in artifact.items() if k != "state_dict"}
+    return TunedModel(
+        model=model,
+        task=artifact["task"],
+        metric=artifact["metric"],
+        classes=list(artifact["classes"]),
+        feature_names=list(artifact["feature_names"]),
+        input_shape=input_shape,
+        hyperparameters=dict(artifact["hyperparameters"]),
+        scores=dict(artifact["scores"]),
+        epochs=int(artifact["epochs"]),
+        x_scaler=Standardizer(pre["x_mean"].numpy(), pre["x_std"].numpy()),
+        y_scaler=y_scaler,
+        metadata=metadata,
+    )
