@@ -6,12 +6,14 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Response, status
 from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse
 from pydantic import ValidationError
 
 from service import artifacts, studies, warmstart
 from service.api.deps import DB, AppSettings, StatusCache, Storage, Tenant
 from service.api.errors import documented, too_many, unprocessable
 from service.models import StudyRecord
+from service.report import render as render_report
 from service.schemas import (
     BestTrial,
     Page,
@@ -179,6 +181,30 @@ def get_model(study_id: str, db: DB, tenant: Tenant) -> Response:
         media_type="application/octet-stream",
         headers={"Content-Disposition": f'attachment; filename="regtune-{study_id}.pt"'},
     )
+
+
+REPORT_PAGE = {
+    200: {
+        "description": "A self-contained HTML page (no script, nothing fetched from elsewhere): "
+        "best configuration, CV table (per fold, mean ± std), test score, learning curves of "
+        "the best trial, diagnosis, parameter importance, score against each hyperparameter "
+        "and the budget over time; it renders what exists while the study runs",
+        "content": {"text/html": {"schema": {"type": "string"}}},
+    }
+}
+
+
+# response_class=Response: the HTML is documented above, and errors stay application/json
+# (an HTMLResponse class would document them as text/html).
+@router.get(
+    "/{study_id}/report",
+    response_class=Response,
+    responses={**REPORT_PAGE, **documented(401, 404)},
+)
+def get_report(study_id: str, db: DB, storage: Storage, tenant: Tenant) -> HTMLResponse:
+    """The study's report as one HTML page (a plain def: rendering runs off the event loop)."""
+    record = lookup(db, tenant, study_id)
+    return HTMLResponse(render_report(record, studies.all_trials(storage, record)))
 
 
 @router.post("/{study_id}/cancel", response_model=StudyCreated, responses=documented(401, 404, 409))
