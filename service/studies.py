@@ -214,7 +214,7 @@ def trial_page(
     counts = trials.count_trials(session, record.optuna_id)
     total = counts.complete + counts.pruned + counts.fail + counts.running + counts.waiting
     ids = trials.trial_ids_page(session, record.optuna_id, offset, limit)
-    return total, [storage.get_trial(i) for i in ids]
+    return total, trials.load_trials(session, storage, ids)
 
 
 def trial(session: Session, storage: RDBStorage, record: StudyRecord, number: int) -> FrozenTrial:

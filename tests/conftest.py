@@ -1,10 +1,14 @@
-"""Shared fixtures: tiny budgets, one torch thread, quiet Optuna."""
+"""Shared fixtures: tiny budgets, one torch thread, quiet Optuna, both databases."""
 
 from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
 
 import optuna
 import pytest
 import torch
+from servers import fresh_postgres_database
 
 torch.set_num_threads(1)
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -22,3 +26,13 @@ def wine():
     from trainer.datasets import load_builtin
 
     return load_builtin("builtin:wine")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A fresh SQLite file, then a fresh database on the local PostgreSQL server."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'regtune.db'}"
+    else:
+        with fresh_postgres_database() as (url, _):
+            yield url

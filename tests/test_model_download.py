@@ -19,7 +19,6 @@ import numpy as np
 import pytest
 import sqlalchemy as sa
 from servers import (
-    fresh_postgres_database,
     regtune,
     serving,
     start_worker,
@@ -84,15 +83,6 @@ def run_snippet(workdir: Path, model_file: Path, spec: dict[str, Any]) -> dict[s
     )
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout.strip().splitlines()[-1])
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'regtune.db'}"
-    else:
-        with fresh_postgres_database() as (url, _):
-            yield url
 
 
 def test_the_final_model_downloads_and_predicts_its_test_score(

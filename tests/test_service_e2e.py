@@ -3,21 +3,11 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import optuna
 import pytest
-from servers import fresh_postgres_database, regtune, serving, tiny_study, wait_status
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'regtune.db'}"
-    else:
-        with fresh_postgres_database() as (url, _):
-            yield url
+from servers import regtune, serving, tiny_study, wait_status
 
 
 def test_submit_poll_and_read_back(database_url: str, tmp_path: Path) -> None:

@@ -138,7 +138,22 @@ def study_status(db: DB, storage: Storage, tenant: str, study_id: str) -> StudyO
 
 @router.get("/{study_id}/trials", response_model=Page[TrialOut], responses=documented(401, 404))
 def list_trials(
-    study_id: str, db: DB, storage: Storage, tenant: Tenant, offset: Offset = 0, limit: Limit = 50
+    study_id: str,
+    db: DB,
+    storage: Storage,
+    tenant: Tenant,
+    cache: StatusCache,
+    offset: Offset = 0,
+    limit: Limit = 50,
+) -> Page[TrialOut]:
+    return cache.get(
+        (tenant, study_id, "trials", offset, limit),
+        lambda: trial_page(db, storage, tenant, study_id, offset, limit),
+    )
+
+
+def trial_page(
+    db: DB, storage: Storage, tenant: str, study_id: str, offset: int, limit: int
 ) -> Page[TrialOut]:
     record = lookup(db, tenant, study_id)
     with db.read() as session:
@@ -210,7 +225,7 @@ def get_report(study_id: str, db: DB, storage: Storage, tenant: Tenant) -> HTMLR
 @router.post("/{study_id}/cancel", response_model=StudyCreated, responses=documented(401, 404, 409))
 def cancel_study(study_id: str, db: DB, tenant: Tenant, cache: StatusCache) -> StudyRecord:
     cancelled = studies.cancel(db, tenant, study_id)
-    cache.invalidate((tenant, study_id))
+    cache.invalidate(tenant, study_id)
     return cancelled
 
 
@@ -221,5 +236,5 @@ def delete_study(
     study_id: str, db: DB, storage: Storage, tenant: Tenant, cache: StatusCache
 ) -> Response:
     studies.delete(db, storage, tenant, study_id)
-    cache.invalidate((tenant, study_id))
+    cache.invalidate(tenant, study_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
