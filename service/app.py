@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import math
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -71,6 +73,30 @@ class BodyTooLarge(Exception):
     pass
 
 
+class ServerTiming:
+    """``Server-Timing: app;dur=<ms>`` on every response: the time from the request's arrival
+    in the app to its response headers, so that a client (the load script, a browser's
+    network tab) can tell the server's share of a latency from the network's and its own."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+
+        async def timed(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                ms = (time.perf_counter() - start) * 1000
+                headers = [*message.get("headers", []), (b"server-timing", b"app;dur=%.1f" % ms)]
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, timed)
+
+
 ECHO_DEPTH = 16  # how deep a 422 echoes the offending input back
 
 
@@ -119,6 +145,11 @@ def create_app(settings: Settings) -> FastAPI:
                     "can reach %s (create one with 'regtune token create NAME')",
                     settings.host,
                 )
+        # Everything loaded so far (torch, Optuna, the app) lives as long as the process: out
+        # of the collector's sight, a full collection no longer walks millions of objects
+        # and stalls every request for most of a second (BENCHMARKS.md, "Load").
+        gc.collect()
+        gc.freeze()
         yield
         db.dispose()
 
@@ -164,4 +195,5 @@ def create_app(settings: Settings) -> FastAPI:
     # optuna-dashboard requests /api/* and /static/* from the root, so it takes the rest.
     app.mount("/", dashboard_app(db, storage))
     app.add_middleware(BodyLimit, limit=settings.max_upload_bytes + UPLOAD_OVERHEAD)
+    app.add_middleware(ServerTiming)
     return app

@@ -208,13 +208,13 @@ def status(session: Session, storage: RDBStorage, record: StudyRecord) -> StudyS
 
 
 def trial_page(
-    session: Session, storage: RDBStorage, record: StudyRecord, offset: int, limit: int
+    session: Session, record: StudyRecord, offset: int, limit: int
 ) -> tuple[int, list[FrozenTrial]]:
     assert record.optuna_id is not None
     counts = trials.count_trials(session, record.optuna_id)
     total = counts.complete + counts.pruned + counts.fail + counts.running + counts.waiting
     ids = trials.trial_ids_page(session, record.optuna_id, offset, limit)
-    return total, trials.load_trials(session, storage, ids)
+    return total, trials.trial_summaries(session, ids)
 
 
 def trial(session: Session, storage: RDBStorage, record: StudyRecord, number: int) -> FrozenTrial:

@@ -8,12 +8,16 @@ Optuna's RDB schema, which Optuna migrates itself).
 
 from __future__ import annotations
 
+import json
 import logging
+import math
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
 import optuna
+from optuna.distributions import json_to_distribution
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy import (
@@ -25,10 +29,11 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
+    Text,
     func,
     select,
 )
-from sqlalchemy.orm import Session, selectinload
+from sqlalchemy.orm import Session
 
 from service.db import DATABASE_ERRORS, engine_kwargs
 from service.settings import Settings
@@ -57,6 +62,24 @@ trial_values = Table(
     Column("trial_id", Integer),
     Column("objective", Integer),
     Column("value", Float),
+    Column("value_type", Enum("FINITE", "INF_POS", "INF_NEG", name="trialvaluetype")),
+)
+trial_params = Table(
+    "trial_params",
+    _optuna,
+    Column("param_id", Integer, primary_key=True),
+    Column("trial_id", Integer),
+    Column("param_name", String),
+    Column("param_value", Float),
+    Column("distribution_json", Text),
+)
+trial_user_attributes = Table(
+    "trial_user_attributes",
+    _optuna,
+    Column("trial_user_attribute_id", Integer, primary_key=True),
+    Column("trial_id", Integer),
+    Column("key", String),
+    Column("value_json", Text),
 )
 trial_system_attributes = Table(
     "trial_system_attributes",
@@ -242,37 +265,86 @@ def trial_ids_page(session: Session, study_id: int, offset: int, limit: int) -> 
     )
 
 
-def load_trials(session: Session, storage: RDBStorage, trial_ids: list[int]) -> list[FrozenTrial]:
-    """The trials ``trial_ids``, in that order, in six queries whatever their number.
+LISTED_ATTRS = ("cv_std", "diagnosis", "fail_reason")  # the user attributes a listing shows
 
-    ``storage.get_trial`` lazy-loads each trial's params, values and attributes: about seven
-    queries a trial, 80 ms for a page of 50 on SQLite, which 200 pollers turned into seconds
-    (BENCHMARKS.md, "Load"). Here each related table is read once for the whole page with
-    Optuna's own ORM models and frozen-trial builder (internal to its RDBStorage, unchanged
-    since Optuna 3); should they ever change, it falls back to one ``get_trial`` per id.
+
+# Optuna stores ±inf as NULL with a type tag.
+STORED_INFINITY = {"INF_POS": math.inf, "INF_NEG": -math.inf}
+
+
+def local_time(utc: datetime | None) -> datetime | None:
+    """RDBStorage's naive UTC as the naive local time its FrozenTrials carry."""
+    return None if utc is None else utc.replace(tzinfo=UTC).astimezone().replace(tzinfo=None)
+
+
+def trial_summaries(
+    session: Session, trial_ids: list[int], user_attrs: Sequence[str] = LISTED_ATTRS
+) -> list[FrozenTrial]:
+    """The trials ``trial_ids``, in that order, with what a listing shows: state, values,
+    params, times and only the user attributes ``user_attrs`` (no intermediate values, no
+    system attributes). Four queries of plain rows whatever the page size.
+
+    ``RDBStorage.get_trial`` loads everything through the ORM, about seven queries a trial,
+    and a regtune trial's attributes hold its per-fold learning curves: a page of 50 took
+    ~80 ms of Python holding the GIL, which stalled the event loop of an API answering 200
+    pollers (BENCHMARKS.md, "Load").
     """
     if not trial_ids:
         return []
-    try:
-        from optuna.storages._rdb import models
-
-        build = storage._build_frozen_trial_from_trial_model
-        model = models.TrialModel
-        loaded = session.scalars(
-            select(model)
-            .where(model.trial_id.in_(trial_ids))
-            .options(
-                selectinload(model.params),
-                selectinload(model.values),
-                selectinload(model.user_attributes),
-                selectinload(model.system_attributes),
-                selectinload(model.intermediate_values),
-            )
-        ).all()
-        by_id = {t.trial_id: build(t) for t in loaded}
-    except (ImportError, AttributeError):  # Optuna's internals moved: the slow, public way
-        return [storage.get_trial(i) for i in trial_ids]
-    return [by_id[i] for i in trial_ids if i in by_id]
+    rows = session.execute(
+        select(
+            trials.c.trial_id,
+            trials.c.number,
+            trials.c.state,
+            trials.c.datetime_start,
+            trials.c.datetime_complete,
+        ).where(trials.c.trial_id.in_(trial_ids))
+    ).all()
+    parts: dict[int, dict[str, dict]] = {
+        row.trial_id: {"params": {}, "distributions": {}, "values": {}, "user_attrs": {}}
+        for row in rows
+    }
+    params = session.execute(
+        select(trial_params)
+        .where(trial_params.c.trial_id.in_(trial_ids))
+        .order_by(trial_params.c.param_id)
+    ).all()
+    distributions = {
+        text: json_to_distribution(text) for text in {p.distribution_json for p in params}
+    }
+    for p in params:
+        distribution = distributions[p.distribution_json]
+        parts[p.trial_id]["params"][p.param_name] = distribution.to_external_repr(p.param_value)
+        parts[p.trial_id]["distributions"][p.param_name] = distribution
+    for v in session.execute(
+        select(trial_values).where(trial_values.c.trial_id.in_(trial_ids))
+    ).all():
+        parts[v.trial_id]["values"][v.objective] = STORED_INFINITY.get(v.value_type, v.value)
+    for a in session.execute(
+        select(trial_user_attributes).where(
+            trial_user_attributes.c.trial_id.in_(trial_ids),
+            trial_user_attributes.c.key.in_(list(user_attrs)),
+        )
+    ).all():
+        parts[a.trial_id]["user_attrs"][a.key] = json.loads(a.value_json)
+    built = {
+        row.trial_id: FrozenTrial(
+            number=row.number,
+            state=TrialState[row.state],
+            value=None,
+            values=[v for _, v in sorted(parts[row.trial_id]["values"].items())] or None,
+            datetime_start=local_time(row.datetime_start),
+            datetime_complete=local_time(row.datetime_complete),
+            params=parts[row.trial_id]["params"],
+            distributions=parts[row.trial_id]["distributions"],
+            user_attrs=parts[row.trial_id]["user_attrs"],
+            system_attrs={},
+            intermediate_values={},
+            trial_id=row.trial_id,
+        )
+        for row in rows
+    }
+    return [built[i] for i in trial_ids if i in built]
 
 
 def throughput(session: Session, study_id: int) -> tuple[int, datetime | None, datetime | None]:

@@ -133,3 +133,25 @@ def test_the_dashboard_refuses_writes_and_hides_other_tenants(page: Page, site: 
     # Nothing changed: the study is still there, under its name.
     page.goto(f"{site.server.url}/dashboard")
     expect(page.get_by_text(f"regtune-{site.study['id']}")).to_be_visible(timeout=20_000)
+
+
+def test_the_report_opens_in_the_browser_and_fetches_nothing_else(page: Page, site: Site) -> None:
+    requested: list[str] = []
+    page.on("request", lambda request: requested.append(request.url))
+    report = f"{site.server.url}/v1/studies/{site.study['id']}/report"
+    response = page.goto(report)  # authenticated by the dashboard's cookie
+    assert response is not None and response.status == 200
+    for heading in (
+        "Best configuration",
+        "Cross-validation and test score",
+        "Learning curves of the best trial",
+        "Diagnosis: over- or under-fitting?",
+        "Score against each hyperparameter",
+        "How the budget was spent",
+    ):
+        expect(page.get_by_role("heading", name=heading)).to_be_visible()
+    assert page.locator("svg").count() >= 2  # the plots are drawn, inline
+    assert requested == [report], requested  # no script, font or image from anywhere
+    screenshot(page, "report")
+    theirs = page.goto(f"{site.server.url}/v1/studies/{site.other_id}/report")
+    assert theirs is not None and theirs.status == 404

@@ -91,3 +91,31 @@ def test_one_caller_recomputes_an_expired_entry_while_the_others_get_the_last_va
     release.set()
     refresher.join(5)
     assert cache.get("k", slow) == "new" and len(calls) == 1
+
+
+def test_the_event_loop_gets_recent_values_at_once_and_they_refresh_behind_it() -> None:
+    import asyncio
+
+    clock, calls = Clock(), []
+    cache = TTLCache[int](ttl_s=1.0, clock=clock)
+
+    def compute() -> int:
+        calls.append(clock.now)
+        return len(calls)
+
+    async def scenario() -> list[int]:
+        seen = [await cache.aget("k", compute)]  # missing: computed, awaited
+        clock.now = 0.5
+        seen.append(await cache.aget("k", compute))  # fresh
+        clock.now = 1.5  # expired, but less than two TTLs old: the old value, at once...
+        seen.append(await cache.aget("k", compute))
+        seen.append(await cache.aget("k", compute))  # (one background refresh, not two)
+        while cache.tasks:
+            await asyncio.sleep(0.01)
+        seen.append(await cache.aget("k", compute))  # ...and the refreshed one next
+        clock.now = 10.0  # long expired: computed and awaited, never served that stale
+        seen.append(await cache.aget("k", compute))
+        return seen
+
+    assert asyncio.run(scenario()) == [1, 1, 1, 1, 2, 3]
+    assert calls == [0.0, 1.5, 10.0]

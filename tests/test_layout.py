@@ -8,7 +8,7 @@ import torch
 
 from trainer import layout
 from trainer.batched import ramped
-from trainer.models import build_model, count_parameters
+from trainer.models import build_model, count_parameters, parameter_count
 from trainer.spec import StudySpec
 
 
@@ -17,12 +17,20 @@ def spec(**extra: object) -> StudySpec:
 
 
 @pytest.mark.parametrize(
-    ("hidden", "batch_norm"), [([256, 256], True), ([7], False), ([], True), ([5, 9, 3], True)]
+    ("model", "input_shape"),
+    [
+        ({"hidden": [256, 256]}, (64,)),
+        ({"hidden": [7], "batch_norm": False}, (64,)),
+        ({"hidden": []}, (64,)),
+        ({"hidden": [5, 9, 3]}, (64,)),
+        ({"kind": "cnn", "channels": [4, 8], "hidden": [16]}, (1, 8, 8)),
+        ({"kind": "cnn", "channels": [3], "kernel_size": 5, "stride": 3, "hidden": []}, (2, 40)),
+    ],
 )
-def test_the_parameter_count_is_the_models(hidden: list[int], batch_norm: bool) -> None:
-    model_spec = spec(model={"hidden": hidden, "batch_norm": batch_norm}).model
-    model = build_model(model_spec, (64,), 10, dropout=0.1, bn_momentum=0.1)
-    assert layout.mlp_parameters(64, hidden, 10, batch_norm=batch_norm) == count_parameters(model)
+def test_the_parameter_count_is_the_models(model: dict, input_shape: tuple[int, ...]) -> None:
+    model_spec = spec(model=model).model
+    built = build_model(model_spec, input_shape, 10, dropout=0.1, bn_momentum=0.1)
+    assert parameter_count(model_spec, input_shape, 10) == count_parameters(built)
 
 
 def test_the_memory_estimate_covers_the_widest_and_largest_searched_model() -> None:
@@ -30,10 +38,23 @@ def test_the_memory_estimate_covers_the_widest_and_largest_searched_model() -> N
     wider = spec(search_space={"hidden": [[64], [512, 512]], "batch_size": [32, 256]})
     assert layout.widest(wider) == [512, 512] and layout.largest_batch(wider) == 256
     assert layout.largest_batch(spec(search_space={"batch_size": {"low": 16, "high": 128}})) == 128
-    assert layout.model_bytes(wider, 64, 10, 1797) > 2 * layout.model_bytes(base, 64, 10, 1797)
+    assert layout.model_bytes(wider, (64,), 10, 1797) > 2 * layout.model_bytes(
+        base, (64,), 10, 1797
+    )
     # Parameters, gradients, both Adam moments and the snapshot: at least 5 words per weight.
-    assert layout.model_bytes(base, 64, 10, 0) >= 4 * 5 * count_parameters(
+    assert layout.model_bytes(base, (64,), 10, 0) >= 4 * 5 * count_parameters(
         build_model(base.model, (64,), 10, dropout=0.0, bn_momentum=0.1)
+    )
+
+
+def test_a_cnn_counts_its_feature_maps() -> None:
+    """A CNN's activations are channels × positions per layer: more than its MLP head's."""
+    cnn = spec(model={"kind": "cnn", "channels": [32, 64], "stride": 1, "hidden": [16]})
+    head_only = spec(model={"hidden": [16]})
+    # Stride 1 keeps 8×8 positions: 32·64 + 64·64 + 16 units per sample.
+    assert layout.hidden_units(cnn, (1, 8, 8), [16]) == 32 * 64 + 64 * 64 + 16
+    assert layout.model_bytes(cnn, (1, 8, 8), 10, 1797) > 10 * layout.model_bytes(
+        head_only, (1, 8, 8), 10, 1797
     )
 
 
@@ -41,7 +62,7 @@ def test_sizes_by_device_and_study(digits) -> None:
     cpu = torch.device("cpu")
     assert layout.population_size(spec(), digits, cpu) == 1
     assert layout.population_size(spec(), digits, cpu, requested=6) == 6
-    assert layout.population_size(spec(model={"kind": "cnn"}), digits, cpu, requested=6) == 0
+    assert layout.population_size(spec(model={"kind": "cnn"}), digits, cpu, requested=6) == 6
     assert layout.population_size(spec(pruner={"kind": "wilcoxon"}), digits, cpu) == 0
 
 

@@ -83,6 +83,56 @@ def test_population_matches_the_per_trial_engine_without_dropout(
         assert_same(result, alone, rel=rel)
 
 
+@pytest.mark.parametrize(
+    ("dataset", "training", "batch_norm", "rel"),
+    [
+        ("digits", {"optimizer": "sgd", "lr": 0.05}, True, 1e-4),  # Conv2d, grouped
+        ("digits", {"optimizer": "adam", "l2_mode": "decoupled"}, False, 1e-4),
+        ("mnist1d", {"optimizer": "sgd", "lr": 0.05, "grad_clip": 0.5}, True, 1e-4),  # Conv1d
+        ("mnist1d", {"optimizer": "adam"}, True, 2e-2),  # see the note on Adam with BatchNorm
+    ],
+)
+def test_stacked_cnns_match_the_per_trial_engine(
+    digits, dataset: str, training: dict, batch_norm: bool, rel: float
+) -> None:
+    from trainer.datasets import load_builtin
+
+    data = digits if dataset == "digits" else load_builtin("builtin:mnist1d:600")
+    spec = StudySpec(
+        dataset=data.name,
+        model={"kind": "cnn", "channels": [4, 6], "hidden": [12], "batch_norm": batch_norm},
+        training=training | {"max_epochs": 3},
+        cv={"folds": 2},
+    )
+    splits = Protocol.of(spec, data).splits
+    configs = [
+        config(spec, weight_decay=1e-3, bn_momentum=0.3),
+        config(spec, weight_decay=5e-2, l1=1e-4, bn_momentum=0.9),
+    ]
+    seeds = [11, 22]
+    together = train_population(data, configs, splits, seeds=seeds, metric="accuracy")
+    for cfg, seed, result in zip(configs, seeds, together, strict=True):
+        alone = cross_validate(data, cfg, splits, metric="accuracy", seed=seed)
+        assert_same(result, alone, rel=rel)
+
+
+def test_a_stacked_cnn_does_not_depend_on_its_neighbours_with_dropout(digits) -> None:
+    spec = StudySpec(
+        dataset=digits.name,
+        model={"kind": "cnn", "channels": [4], "hidden": [8]},
+        training={"max_epochs": 3},
+        cv={"folds": 2},
+    )
+    splits = Protocol.of(spec, digits).splits
+    target = config(spec, dropout=0.3)
+    neighbour = config(spec, dropout=0.6, weight_decay=0.1, bn_momentum=0.9)
+    alone = train_population(digits, [target], splits, seeds=[5], metric="accuracy")[0]
+    crowd = train_population(digits, [neighbour, target], splits, seeds=[6, 5], metric="accuracy")[
+        1
+    ]
+    assert_same(alone, crowd, rel=1e-5)
+
+
 def test_a_model_does_not_depend_on_its_neighbours_even_with_dropout(wine) -> None:
     spec = StudySpec(
         dataset="builtin:wine", model={"hidden": [16]}, training={"max_epochs": 6}, cv={"folds": 3}

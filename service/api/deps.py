@@ -6,6 +6,7 @@ from typing import Annotated, Any
 
 from fastapi import Depends, HTTPException, Request, status
 from optuna.storages import RDBStorage
+from starlette.concurrency import run_in_threadpool
 
 from service.auth import OPEN_TENANT, any_tokens, hash_token, tenant_of
 from service.cache import TTLCache
@@ -15,15 +16,17 @@ from service.settings import Settings
 TOKEN_COOKIE = "regtune_token"
 
 
-def get_db(request: Request) -> Database:
+# Dependencies that only read app state are ``async def``: FastAPI runs a plain ``def``
+# dependency in the thread pool, a round trip per dependency per request.
+async def get_db(request: Request) -> Database:
     return request.app.state.db
 
 
-def get_storage(request: Request) -> RDBStorage:
+async def get_storage(request: Request) -> RDBStorage:
     return request.app.state.storage
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
@@ -40,24 +43,34 @@ class Authenticator:
     """Token → tenant, with the lookups pollers repeat kept for ``auth_cache_s``.
 
     Once a token exists the API is closed for good (tokens are never deleted through the
-    service), so "are there tokens?" is asked only until the answer is yes. Keys are token
-    hashes: the cache holds no secret.
+    service), so "are there tokens?" is asked only until the answer is yes (and while it is
+    no, at most once per ``auth_cache_s``). Keys are token hashes: the cache holds no secret.
     """
 
     def __init__(self, db: Database, ttl_s: float) -> None:
         self.db, self.cache = db, TTLCache[str | None](ttl_s)
+        self.opened = TTLCache[bool](ttl_s)
         self.closed = False
 
     def __call__(self, token: str | None) -> str | None:
         """The caller's tenant; the open tenant while no token exists; None if refused."""
         if not self.closed:
-            with self.db.read() as session:
-                self.closed = any_tokens(session)
+            self.closed = not self.opened.get(OPEN_TENANT, self.without_tokens)
             if not self.closed:
                 return OPEN_TENANT
         if not token:
             return None
         return self.cache.get(hash_token(token), lambda: self.lookup(token))
+
+    async def resolve(self, token: str | None) -> str | None:
+        """``self(token)`` from the event loop: a cached answer without a thread-pool trip."""
+        if self.closed and token:
+            return await self.cache.aget(hash_token(token), lambda: self.lookup(token))
+        return await run_in_threadpool(self, token)
+
+    def without_tokens(self) -> bool:
+        with self.db.read() as session:
+            return not any_tokens(session)
 
     def lookup(self, token: str) -> str | None:
         with self.db.read() as session:
@@ -69,8 +82,8 @@ def authenticate(db: Database, token: str | None) -> str | None:
     return Authenticator(db, ttl_s=0)(token)
 
 
-def current_tenant(request: Request) -> str:
-    tenant = request.app.state.authenticator(presented_token(request))
+async def current_tenant(request: Request) -> str:
+    tenant = await request.app.state.authenticator.resolve(presented_token(request))
     if tenant is None:
         raise HTTPException(
             status.HTTP_401_UNAUTHORIZED,
@@ -86,7 +99,7 @@ Storage = Annotated[RDBStorage, Depends(get_storage)]
 AppSettings = Annotated[Settings, Depends(get_settings)]
 
 
-def get_status_cache(request: Request) -> TTLCache[Any]:
+async def get_status_cache(request: Request) -> TTLCache[Any]:
     return request.app.state.status_cache
 
 

@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Query, Response, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from service import artifacts, studies, warmstart
 from service.api.deps import DB, AppSettings, StatusCache, Storage, Tenant
@@ -91,12 +91,24 @@ def lookup(db: DB, tenant: str, study_id: str) -> StudyRecord:
         return studies.get(session, tenant, study_id)
 
 
+def json_body(model: BaseModel) -> bytes:
+    return model.model_dump_json().encode()
+
+
+def cached_json(body: bytes) -> Response:
+    """A cached answer as it was serialized: pollers' repeats skip validation and encoding."""
+    return Response(body, media_type="application/json")
+
+
 @router.get("/{study_id}", response_model=StudyOut, responses=documented(401, 404))
-def get_study(
+async def get_study(
     study_id: str, db: DB, storage: Storage, tenant: Tenant, cache: StatusCache
-) -> StudyOut:
+) -> Response:
     # Keyed by tenant: another tenant's request computes (and 404s) for itself.
-    return cache.get((tenant, study_id), lambda: study_status(db, storage, tenant, study_id))
+    body = await cache.aget(
+        (tenant, study_id), lambda: json_body(study_status(db, storage, tenant, study_id))
+    )
+    return cached_json(body)
 
 
 def study_status(db: DB, storage: Storage, tenant: str, study_id: str) -> StudyOut:
@@ -137,7 +149,7 @@ def study_status(db: DB, storage: Storage, tenant: str, study_id: str) -> StudyO
 
 
 @router.get("/{study_id}/trials", response_model=Page[TrialOut], responses=documented(401, 404))
-def list_trials(
+async def list_trials(
     study_id: str,
     db: DB,
     storage: Storage,
@@ -145,19 +157,18 @@ def list_trials(
     cache: StatusCache,
     offset: Offset = 0,
     limit: Limit = 50,
-) -> Page[TrialOut]:
-    return cache.get(
+) -> Response:
+    body = await cache.aget(
         (tenant, study_id, "trials", offset, limit),
-        lambda: trial_page(db, storage, tenant, study_id, offset, limit),
+        lambda: json_body(trial_page(db, tenant, study_id, offset, limit)),
     )
+    return cached_json(body)
 
 
-def trial_page(
-    db: DB, storage: Storage, tenant: str, study_id: str, offset: int, limit: int
-) -> Page[TrialOut]:
+def trial_page(db: DB, tenant: str, study_id: str, offset: int, limit: int) -> Page[TrialOut]:
     record = lookup(db, tenant, study_id)
     with db.read() as session:
-        total, page = studies.trial_page(session, storage, record, offset, limit)
+        total, page = studies.trial_page(session, record, offset, limit)
     return Page[TrialOut](
         items=[TrialOut.of(t) for t in page], total=total, offset=offset, limit=limit
     )
