@@ -122,7 +122,7 @@ def tune(
         int | None,
         typer.Option(
             min=1,
-            help="trials trained at once as one stacked model (MLP only); "
+            help="trials trained at once as one stacked model (not with Wilcoxon pruning); "
             "default: 1 on a CPU, what fits in memory on a GPU",
         ),
     ] = None,

@@ -26,7 +26,7 @@ class Settings(BaseSettings):
     population: int | None = Field(
         None,
         ge=1,
-        description="trials a worker trains at once as one stacked model (MLP studies); "
+        description="trials a worker trains at once as one stacked model (MLPs and CNNs); "
         "default: 1 on a CPU, as many as fit in memory on a GPU",
     )
 

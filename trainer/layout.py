@@ -1,6 +1,6 @@
 """How many trials train at once on a device: the population size P.
 
-The population engine stacks P trials × K folds of an MLP. On a GPU a larger stack fills more
+The population engine stacks P trials × K folds of a network. On a GPU a larger stack fills more
 of the device, so P is as large as memory allows. On a CPU the opposite holds: the stacked
 elementwise work (Adam, BatchNorm, dropout) streams every model's tensors through the caches
 once per step, and past a few models per core the step is bound by memory traffic, not by the
@@ -11,8 +11,9 @@ is the fastest CPU layout per core, and one 1-thread worker process per core use
 A GPU model's memory, in float32 words, per stacked model:
 
 * parameters θ and their gradient, Adam's two moments and the best-weights snapshot: 5·|θ|;
-* activations kept for the backward pass, per training row and hidden unit: the linear output,
-  the normalized value, the ReLU output and the dropout mask, about 4 words;
+* activations kept for the backward pass, per training row and hidden unit (for a CNN, per
+  channel and output position): the layer's output, the normalized value, the ReLU output and
+  the dropout mask, about 4 words;
 * evaluation in one pass over the model's validation or scored rows, one layer at a time.
 
 P is the number of trials whose K models fit in ``MEMORY_SHARE`` of the free memory.
@@ -20,12 +21,12 @@ P is the number of trials whose K models fit in ``MEMORY_SHARE`` of the free mem
 
 from __future__ import annotations
 
-import itertools
 import math
 
 import torch
 
 from trainer.datasets import Dataset
+from trainer.models import parameter_count
 from trainer.spec import StudySpec
 
 MEMORY_SHARE = 0.5  # of the free device memory; the rest is for the allocator's slack
@@ -35,8 +36,8 @@ BYTES_PER_WORD = 4
 
 
 def applies(spec: StudySpec) -> bool:
-    """Stacking needs an MLP and epoch-wise (not per-fold Wilcoxon) pruning."""
-    return spec.model.kind == "mlp" and spec.pruner.kind != "wilcoxon"
+    """Stacking needs epoch-wise pruning: Wilcoxon pruning decides between folds, one by one."""
+    return spec.pruner.kind != "wilcoxon"
 
 
 def widest(spec: StudySpec) -> list[int]:
@@ -46,11 +47,17 @@ def widest(spec: StudySpec) -> list[int]:
     return [max((h[i] for h in choices if len(h) > i), default=0) for i in range(depth)]
 
 
-def mlp_parameters(n_in: int, hidden: list[int], n_out: int, *, batch_norm: bool) -> int:
-    """|θ| of an MLP: each Linear's weights and bias, plus γ and β per BatchNorm unit."""
-    sizes = [n_in, *hidden, n_out]
-    linear = sum((a + 1) * b for a, b in itertools.pairwise(sizes))
-    return linear + (2 * sum(hidden) if batch_norm else 0)
+def hidden_units(spec: StudySpec, input_shape: tuple[int, ...], hidden: list[int]) -> int:
+    """Activations per sample after each hidden layer: a CNN's channels × positions, then the
+    head's widths."""
+    units = sum(hidden)
+    if spec.model.kind == "cnn":
+        _, *spatial = input_shape
+        k, stride = spec.model.kernel_size, spec.model.stride
+        for channels in spec.model.channels:
+            spatial = [(n + 2 * (k // 2) - k) // stride + 1 for n in spatial]
+            units += channels * math.prod(spatial)
+    return units
 
 
 def largest_batch(spec: StudySpec) -> int:
@@ -63,14 +70,17 @@ def largest_batch(spec: StudySpec) -> int:
     return int(high)
 
 
-def model_bytes(spec: StudySpec, n_features: int, n_outputs: int, eval_rows: int) -> int:
+def model_bytes(
+    spec: StudySpec, input_shape: tuple[int, ...], n_outputs: int, eval_rows: int
+) -> int:
     """Device memory one stacked model needs, by the count in the module docstring."""
     widths = widest(spec)
-    params = mlp_parameters(n_features, widths, n_outputs, batch_norm=spec.model.batch_norm)
-    hidden = sum(widths)
+    n_features = math.prod(input_shape)
+    params = parameter_count(spec.model, input_shape, n_outputs, hidden=widths)
+    hidden = hidden_units(spec, input_shape, widths)
     batch = largest_batch(spec)
     train = batch * (hidden * WORDS_PER_ACTIVATION + n_features + n_outputs)
-    evaluate = eval_rows * (max([n_features, *widths, n_outputs]) * 2)
+    evaluate = eval_rows * (n_features + hidden + n_outputs)
     return BYTES_PER_WORD * (5 * params + train + evaluate)
 
 
@@ -79,8 +89,8 @@ def population_size(
 ) -> int:
     """Trials per population: ``requested`` if given, else 1 on a CPU, else what memory allows.
 
-    Returns 0 when the population engine does not apply (CNNs, Wilcoxon pruning): those
-    studies train one trial at a time in the per-trial engine.
+    Returns 0 when the population engine does not apply (Wilcoxon pruning): those studies
+    train one trial at a time in the per-trial engine.
     """
     if not applies(spec):
         return 0
@@ -90,7 +100,7 @@ def population_size(
         return 1
     free, _ = torch.cuda.mem_get_info(device)
     per_trial = spec.cv.folds * model_bytes(
-        spec, dataset.n_features, dataset.n_outputs, dataset.n_samples
+        spec, dataset.input_shape, dataset.n_outputs, dataset.n_samples
     )
     fits = math.floor(MEMORY_SHARE * free / per_trial)
     return max(1, min(fits, MAX_POPULATION, spec.n_trials))

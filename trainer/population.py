@@ -1,13 +1,16 @@
-"""The population engine: M = P trials × K folds of one MLP architecture as one stacked model.
+"""The population engine: M = P trials × K folds of one network as one stacked model.
 
 None of the searched regularization hyperparameters changes a tensor's shape, so the M models
 are stacked along a leading axis and trained by batched kernels: each Linear layer is one
-``torch.baddbmm`` over weights ``[M, in, out]``. Per model m:
+``torch.baddbmm`` over weights ``[M, in, out]``, and each convolution one grouped convolution
+with M groups over the models' channels side by side (``[B, M·C, …]``, weights ``[M·out, C,
+k…]``), which is M independent convolutions in one kernel. Per model m:
 
 * data: its own fit/val/score rows (index gathers into one device copy of the data set) and
   its own standardization μ_m, σ_m, fitted on its fit rows;
-* BatchNorm: batch statistics over its own valid rows and its own running statistics,
-  ``running ← (1 − m_m)·running + m_m·batch`` with a momentum tensor;
+* BatchNorm: batch statistics over its own valid rows (and, after a convolution, positions)
+  and its own running statistics, ``running ← (1 − m_m)·running + m_m·batch`` with a momentum
+  tensor;
 * dropout: inverted, keep probability 1 − p_m, masks from ``trainer.rng`` keyed by the model's
   seed, so a model draws the same masks whatever its neighbours are;
 * loss: its own mean over its batch; the population's loss is the *sum* over models, so each
@@ -94,6 +97,11 @@ def _column(values: Sequence[float], device: torch.device) -> torch.Tensor:
     return torch.tensor(values, dtype=torch.float32, device=device).view(-1, 1, 1)
 
 
+def per_model(column: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """A per-model value ``[M, …]`` shaped to broadcast against ``like`` ``[M, …]``."""
+    return column.reshape(-1, *[1] * (like.dim() - 1))
+
+
 class Population:
     """Train ``members`` (same architecture, batch size and optimizer) as one stacked model."""
 
@@ -119,13 +127,15 @@ class Population:
                     "a population shares architecture, batch size, optimizer and "
                     "training settings; group members by them"
                 )
-        if first.model.kind != "mlp":
-            raise ValueError("the population engine stacks MLPs; CNNs train per trial")
         self.members, self.metric, self.task = list(members), metric, dataset.task
         self.device = torch.device(device)
         self.training = first.training
         self.batch_size = first.batch_size
         self.batch_norm = first.model.batch_norm
+        self.input_shape = dataset.input_shape
+        self.conv = F.conv1d if len(dataset.input_shape) == 2 else F.conv2d
+        self.stride, self.padding = first.model.stride, first.model.kernel_size // 2
+        self.n_conv = len(first.model.channels) if first.model.kind == "cnn" else 0
         M, dev = len(members), self.device
         self.M = M
 
@@ -187,10 +197,20 @@ class Population:
                 )
             )
         self.n_params = count_parameters(models[0])
-        linears = [[m for m in model if isinstance(m, nn.Linear)] for model in models]
-        norms = [[m for m in model if isinstance(m, nn.BatchNorm1d)] for model in models]
+        # Layers in forward order (a CNN's convolutions, then its head): weights [M, out, C, k…]
+        # for a convolution, [M, in, out] for a Linear, biases [M, 1, out] for both.
+        layer_types = (nn.Conv1d, nn.Conv2d, nn.Linear)
+        norm_types = (nn.BatchNorm1d, nn.BatchNorm2d)
+        linears = [[m for m in model.modules() if isinstance(m, layer_types)] for model in models]
+        norms = [[m for m in model.modules() if isinstance(m, norm_types)] for model in models]
         for layer in range(len(linears[0])):
-            w = torch.stack([ls[layer].weight.detach().t() for ls in linears])
+            conv = layer < self.n_conv
+            w = torch.stack(
+                [
+                    ls[layer].weight.detach() if conv else ls[layer].weight.detach().t()
+                    for ls in linears
+                ]
+            )
             b = torch.stack([ls[layer].bias.detach()[None, :] for ls in linears])
             self.weights.append(nn.Parameter(w.to(dev)))
             self.biases.append(nn.Parameter(b.to(dev)))
@@ -262,6 +282,65 @@ class Population:
         """Standardized features of ``index`` ``[M, B]`` → ``[M, B, d]``, each model its own."""
         return (self.X[index] - self.x_mean) / self.x_std
 
+    def convolve(self, h: torch.Tensor, layer: int) -> torch.Tensor:
+        """Layer ``layer`` of every model at once: ``[M, B, C, …]`` → ``[M, B, out, …]``.
+
+        The models' channels side by side make one input ``[B, M·C, …]``; a convolution with M
+        groups convolves group m (model m's C channels) with model m's filters only.
+        """
+        M, B, C, *spatial = h.shape
+        w = self.weights[layer]
+        out = self.conv(
+            h.transpose(0, 1).reshape(B, M * C, *spatial),
+            w.flatten(0, 1),
+            self.biases[layer].reshape(-1),
+            stride=self.stride,
+            padding=self.padding,
+            groups=M,
+        )
+        return out.view(B, M, w.shape[1], *out.shape[2:]).transpose(0, 1)
+
+    def normalize(
+        self,
+        h: torch.Tensor,
+        layer: int,
+        weight: torch.Tensor,
+        count: torch.Tensor,
+        *,
+        train: bool,
+        full: bool,
+    ) -> torch.Tensor:
+        """Per-model BatchNorm of ``h`` ``[M, B, C, …]`` over its valid rows and positions.
+
+        ``weight`` ``[M, B]`` is 1 on real rows; ``count`` ``[M]`` how many there are.
+        """
+        M, _, C, *spatial = h.shape
+        dims = (1, *range(3, h.dim()))
+        shape = (M, 1, C, *[1] * len(spatial))  # per model and channel
+        mean_run, var_run = self.running[layer]
+        n = (count * math.prod(spatial)).view(M, *[1] * (h.dim() - 1))
+        # Two-pass statistics: torch.var_mean over the middle axis is ~7× slower on CPU.
+        if train and full:
+            mean = h.mean(dims, keepdim=True)
+            centred = h - mean
+            var = (centred * centred).mean(dims, keepdim=True)
+        elif train:
+            rows = weight.view(*weight.shape, *[1] * (h.dim() - 2))
+            mean = (h * rows).sum(dims, keepdim=True) / n
+            centred = (h - mean) * rows
+            var = (centred * centred).sum(dims, keepdim=True) / n
+        if train:
+            with torch.no_grad():
+                # PyTorch keeps the unbiased batch variance in the running estimate.
+                unbiased = var * n / (n - 1).clamp(min=1.0)
+                m = self.bn_momentum * self.stepping[:, None].to(h.dtype)
+                mean_run.mul_(1 - m).add_(m * mean.view(M, C))
+                var_run.mul_(1 - m).add_(m * unbiased.view(M, C))
+        else:
+            mean, var = mean_run.view(shape), var_run.view(shape)
+        gamma, beta = self.gammas[layer].view(shape), self.betas[layer].view(shape)
+        return (h - mean) / torch.sqrt(var + BN_EPS) * gamma + beta
+
     def targets(self, index: torch.Tensor) -> torch.Tensor:
         y = self.y[index]
         if self.task == "regression":
@@ -281,39 +360,23 @@ class Population:
 
         ``full`` says that every row is real, which allows plain (unmasked) batch statistics.
         """
-        weight = valid[..., None].to(x.dtype)
-        count = weight.sum(1, keepdim=True).clamp(min=1.0)
-        h = x
+        weight = valid.to(x.dtype)
+        count = weight.sum(1).clamp(min=1.0)
+        h = x.view(*x.shape[:2], *self.input_shape) if self.n_conv else x
         last = len(self.weights) - 1
         for layer, (w, b) in enumerate(zip(self.weights, self.biases, strict=True)):
-            h = torch.baddbmm(b, h, w)
+            if layer < self.n_conv:
+                h = self.convolve(h, layer)
+            else:
+                h = torch.baddbmm(b, h.flatten(2), w)  # flatten: a CNN's features, as nn.Flatten
             if layer == last:
                 break
             if self.batch_norm:
-                mean_run, var_run = self.running[layer]
-                # Two-pass statistics: torch.var_mean over the middle axis is ~7× slower on CPU.
-                if train and full:
-                    mean = h.mean(1, keepdim=True)
-                    centred = h - mean
-                    var = (centred * centred).mean(1, keepdim=True)
-                elif train:
-                    mean = (h * weight).sum(1, keepdim=True) / count
-                    centred = (h - mean) * weight
-                    var = (centred * centred).sum(1, keepdim=True) / count
-                if train:
-                    with torch.no_grad():
-                        # PyTorch keeps the unbiased batch variance in the running estimate.
-                        unbiased = var * count / (count - 1).clamp(min=1.0)
-                        m = self.bn_momentum * self.stepping[:, None].to(x.dtype)
-                        mean_run.mul_(1 - m).add_(m * mean[:, 0])
-                        var_run.mul_(1 - m).add_(m * unbiased[:, 0])
-                else:
-                    mean, var = mean_run[:, None, :], var_run[:, None, :]
-                h = (h - mean) / torch.sqrt(var + BN_EPS) * self.gammas[layer] + self.betas[layer]
+                h = self.normalize(h, layer, weight, count, train=train, full=full)
             h = F.relu(h)
             if train and self.uses_dropout:
                 keep = rng.keep_mask(self.dropout_keys[step, layer], tuple(h.shape[1:]), self.keep)
-                h = h * (keep * self.inverse_keep)
+                h = h * (keep * per_model(self.inverse_keep, h))
         return h
 
     def losses(
@@ -375,7 +438,7 @@ class Population:
         if self.uses_l1:
             for p, g, decayed in zip(self.params, grads, self.decayed, strict=True):
                 if decayed:
-                    g.addcmul_(torch.sgn(p), self.l1)
+                    g.addcmul_(torch.sgn(p), per_model(self.l1, p))
         if self.training.grad_clip is not None:
             norm = torch.sqrt(sum(g.pow(2).flatten(1).sum(1) for g in grads))
             coef = (self.training.grad_clip / (norm + 1e-6)).clamp(max=1.0)
@@ -387,18 +450,18 @@ class Population:
         adam = self.members[0].config.optimizer == "adam"
         for p, g, decayed in zip(self.params, grads, self.decayed, strict=True):
             if decayed and decoupled:
-                p.mul_(1 - lr * self.weight_decay)
+                p.mul_(1 - per_model(lr * self.weight_decay, p))
             elif decayed:
-                g.addcmul_(p, self.weight_decay)
+                g.addcmul_(p, per_model(self.weight_decay, p))
         if adam:
             self.adam_step(grads, stepping)
             return
         momentum = self.training.momentum
         for p, g, (m1, _) in zip(self.params, grads, self.state, strict=True):
             if momentum:
-                m1.copy_(torch.where(gate.bool(), momentum * m1 + g, m1))
+                m1.copy_(torch.where(per_model(gate, p).bool(), momentum * m1 + g, m1))
                 g = m1
-            p.sub_(lr * g)
+            p.sub_(per_model(lr, p) * g)
 
     def adam_step(self, grads: list[torch.Tensor], stepping: list[bool]) -> None:
         """torch's fused Adam over the rows of the stepping models, one call per learning rate.

@@ -189,9 +189,10 @@ def run_study(
 ) -> StudyOutcome:
     """Search until the study holds ``spec.n_trials`` finished trials (or ``timeout_s``).
 
-    Diverging trials fail with their reason in ``fail_reason`` and the search goes on. MLP
-    studies train ``population`` trials at once as one stacked model (by default as many as
-    suit the device: :func:`trainer.layout.population_size`); CNNs train one at a time.
+    Diverging trials fail with their reason in ``fail_reason`` and the search goes on.
+    ``population`` trials train at once as one stacked model (MLPs and CNNs; by default as
+    many as suit the device: :func:`trainer.layout.population_size`); studies with Wilcoxon
+    pruning, which decides between folds, train one trial at a time.
     """
     protocol = Protocol.of(spec, dataset)
     study = create_study(spec, protocol.metric, storage=storage, study_name=study_name)
