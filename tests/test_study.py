@@ -241,3 +241,22 @@ def test_median_warmup_grows_with_the_epoch_budget() -> None:
     long = make_pruner(StudySpec(dataset="x", training={"max_epochs": 2000}))
     fixed = make_pruner(StudySpec(dataset="x", pruner={"n_warmup_steps": 3}))
     assert (short._n_warmup_steps, long._n_warmup_steps, fixed._n_warmup_steps) == (5, 200, 3)
+
+
+def test_a_cnn_study_trains_in_populations_and_refits(digits) -> None:
+    spec = StudySpec.model_validate(
+        {
+            "dataset": "builtin:digits",
+            "n_trials": 3,
+            "model": {"kind": "cnn", "channels": [4], "hidden": [8]},
+            "training": {"max_epochs": 2},
+            "cv": {"folds": 2, "test_fraction": 0.1},
+            "pruner": {"kind": "none"},
+        }
+    )
+    outcome = run_study(spec, digits, population=2)
+    done = [t for t in outcome.study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(done) == 3
+    assert all(len(t.user_attrs["fold_scores"]) == 2 for t in done)
+    assert outcome.best is not None and 0.1 < outcome.best.value <= 1.0
+    assert outcome.test_score is not None and 0.0 < outcome.test_score <= 1.0
