@@ -5,10 +5,14 @@ from __future__ import annotations
 import copy
 import logging
 import os
+import queue
 import re
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from logging.handlers import QueueHandler, QueueListener
 from typing import Any
 
 import torch
@@ -48,6 +52,45 @@ def log_config() -> dict[str, Any]:
     config.setdefault("filters", {})["redact_tokens"] = {"()": RedactTokens}
     config["handlers"]["access"].setdefault("filters", []).append("redact_tokens")
     return config
+
+
+class RecordQueue(QueueHandler):
+    """A QueueHandler that passes records as they are: the listener's handlers (uvicorn's
+    access formatter, the token filter) need the record's ``args``, which ``prepare`` would
+    merge into the message; in one process nothing needs pickling."""
+
+    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
+        return record
+
+
+@contextmanager
+def logging_off_the_event_loop(*names: str) -> Iterator[None]:
+    """Hand the records of loggers ``names`` to a thread that writes them.
+
+    A handler writes in the caller's thread, and uvicorn logs each request from its event
+    loop: when the disk is busy (training workers committing to SQLite, say), a write of one
+    access-log line blocked every request in flight for a few hundred milliseconds
+    (BENCHMARKS.md, "Load"). The records queue instead; the listener does the I/O.
+    """
+    originals: dict[str, list[logging.Handler]] = {}
+    listeners = []
+    for name in names:
+        logger = logging.getLogger(name)
+        if not logger.handlers:
+            continue
+        # A queue per logger: a listener gives each record to all of its handlers.
+        records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
+        listeners.append(QueueListener(records, *logger.handlers, respect_handler_level=True))
+        originals[name], logger.handlers = logger.handlers, [RecordQueue(records)]
+    for listener in listeners:
+        listener.start()
+    try:
+        yield
+    finally:
+        for listener in listeners:
+            listener.stop()  # writes what is still queued
+        for name, handlers in originals.items():
+            logging.getLogger(name).handlers = handlers
 
 
 def worker_devices(settings: Settings) -> list[str]:
@@ -132,12 +175,14 @@ def serve(settings: Settings) -> None:
         len(workers),
     )
     try:
-        uvicorn.run(
+        config = uvicorn.Config(
             app,
             host=settings.host,
             port=settings.port,
             log_level="info",
             log_config=log_config(),
-        )
+        )  # configures logging: the handlers exist from here on
+        with logging_off_the_event_loop("uvicorn", "uvicorn.access", "uvicorn.error"):
+            uvicorn.Server(config).run()
     finally:
         stop_workers(workers)

@@ -56,6 +56,11 @@ class Settings(BaseSettings):
     auth_cache_s: float = Field(5.0, ge=0)
     # Training is batch work: on a machine shared with the API it yields the CPU first.
     worker_nice: int = Field(10, ge=0, le=19, description="os.nice increment of worker processes")
+    worker_idle_priority: bool = Field(
+        False,
+        description="run workers under Linux's SCHED_IDLE: they get only CPU time nothing else "
+        "wants (the API's latency under load; but a machine busy with other work starves them)",
+    )
 
     # Crash safety: a running trial beats every `heartbeat_s`; one silent for `grace_s` is failed.
     heartbeat_s: int = Field(5, ge=1)

@@ -68,9 +68,12 @@ class Worker:
         Losing the database (not up yet, restarting, network) never kills the worker: it
         waits with exponential back-off and carries on where it was.
         """
-        torch.set_num_threads(self.settings.threads)
         if self.settings.worker_nice:
             os.nice(self.settings.worker_nice)  # the API answers pollers first
+        if self.settings.worker_idle_priority and hasattr(os, "SCHED_IDLE"):
+            # Before any thread starts: threads inherit it (the heartbeat's included).
+            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+        torch.set_num_threads(self.settings.threads)
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         log.info(
             "worker %s started on %s (pid %d, %d thread(s))",
