@@ -49,14 +49,7 @@ def validation_message(exc: ValidationError) -> str:
 
 def load_spec(path: Path | None, overrides: dict[str, Any]) -> StudySpec:
     """The spec file (if any) with the command-line overrides applied on top."""
-    data: dict[str, Any] = {}
-    if path is not None:
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise fail(f"cannot read spec {path}: {exc}") from None
-        if not isinstance(data, dict):
-            raise fail(f"spec {path} must hold a JSON object")
+    data = read_spec_file(path) if path is not None else {}
     for dotted, value in overrides.items():
         if value is None:
             continue

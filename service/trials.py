@@ -232,19 +232,27 @@ def recover_stale(
     return recovered
 
 
-def best_trial_id(session: Session, study_id: int, direction: str) -> int | None:
+def top_trial_ids(session: Session, study_id: int, direction: str, k: int) -> list[int]:
+    """The ``k`` best COMPLETE trials of an Optuna study, best first (ties: lower number)."""
     value = trial_values.c.value
-    return session.scalar(
-        select(trials.c.trial_id)
-        .join(trial_values, trial_values.c.trial_id == trials.c.trial_id)
-        .where(
-            trials.c.study_id == study_id,
-            trials.c.state == "COMPLETE",
-            trial_values.c.objective == 0,
+    return list(
+        session.scalars(
+            select(trials.c.trial_id)
+            .join(trial_values, trial_values.c.trial_id == trials.c.trial_id)
+            .where(
+                trials.c.study_id == study_id,
+                trials.c.state == "COMPLETE",
+                trial_values.c.objective == 0,
+            )
+            .order_by(value.desc() if direction == "maximize" else value.asc(), trials.c.number)
+            .limit(k)
         )
-        .order_by(value.desc() if direction == "maximize" else value.asc(), trials.c.number)
-        .limit(1)
     )
+
+
+def best_trial_id(session: Session, study_id: int, direction: str) -> int | None:
+    best = top_trial_ids(session, study_id, direction, 1)
+    return best[0] if best else None
 
 
 def trial_id_of(session: Session, study_id: int, number: int) -> int | None:

@@ -21,7 +21,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from service.models import StudyRecord
-from service.trials import trial_values, trials
+from service.trials import top_trial_ids
 from trainer.objective import hidden_key
 from trainer.spec import DOMAINS, SEARCHABLE, Range, SearchSpace, StudySpec
 from trainer.study import SpecError
@@ -43,24 +43,6 @@ class Plan:
     source: str
     top: int
     candidates: list[tuple[int, dict[str, Any]]]
-
-
-def top_trial_ids(session: Session, study_id: int, direction: str, k: int) -> list[int]:
-    """The ``k`` best COMPLETE trials of an Optuna study, best first (ties: lower number)."""
-    value = trial_values.c.value
-    return list(
-        session.scalars(
-            select(trials.c.trial_id)
-            .join(trial_values, trial_values.c.trial_id == trials.c.trial_id)
-            .where(
-                trials.c.study_id == study_id,
-                trials.c.state == "COMPLETE",
-                trial_values.c.objective == 0,
-            )
-            .order_by(value.desc() if direction == "maximize" else value.asc(), trials.c.number)
-            .limit(k)
-        )
-    )
 
 
 def plan(session: Session, storage: BaseStorage, tenant: str, spec: StudySpec) -> Plan | None:
