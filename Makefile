@@ -6,9 +6,13 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
 CHROMIUM := /usr/bin/chromium
+TCPDUMP := /usr/bin/tcpdump
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+# A Debian package; the package lists are refreshed only if the first try fails.
+APT_INSTALL = DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q $(1) \
+  || ($(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q $(1))
 
-.PHONY: install serve test lint bench quality clean
+.PHONY: install serve test lint bench quality load clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,10 +29,13 @@ serve: $(STAMP)
 	$(VENV)/bin/regtune serve
 
 # The browser tests drive Debian's Chromium (Playwright's own browser download does not work
-# on a closed network); the package lists are refreshed only if the first try fails.
+# on a closed network).
 $(CHROMIUM):
-	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q chromium \
-	  || ($(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q chromium)
+	$(call APT_INSTALL,chromium)
+
+# The load benchmark times requests on the wire too (tcpdump, run as root).
+$(TCPDUMP):
+	$(call APT_INSTALL,tcpdump)
 
 test: $(STAMP) $(CHROMIUM)
 	$(VENV)/bin/ruff check $(LINTED)
@@ -45,6 +52,12 @@ bench: $(STAMP)
 # Search quality on the built-in datasets (long: tens of minutes on 2 cores).
 quality: $(STAMP)
 	$(PY) benchmarks/quality.py --append BENCHMARKS.md
+
+# 200 pollers against `regtune serve` while two workers train (issue 5); the first run fills
+# a 10,000-trial database at LOAD_SEED (minutes), later runs copy it.
+LOAD_SEED ?= /tmp/regtune-load-seed.db
+load: $(STAMP) $(TCPDUMP)
+	$(PY) benchmarks/load_status.py --seeded $(LOAD_SEED) --capture --append BENCHMARKS.md
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -8,35 +8,41 @@ two workers train during the whole measurement. Then N clients (asyncio, one kee
 status (``GET /v1/studies/{id}``) about once a second (0.8–1.2 s apart) and lists its first
 page of trials (``GET /v1/studies/{id}/trials?limit=50``) about every 5 s (4–6 s apart); a
 poller sends its next request only after the previous answer. Half the clients poll the
-10,000-trial study, half the study being trained.
+10,000-trial study, half the study being trained. Every client is built and connected before
+the clock starts; then a warm-up, then the measured window.
 
 Per endpoint it reports requests, throughput, p50/p90/p99/max latency and errors (non-2xx,
-exceptions and timeouts), the CPU time that this load generator, the API process and the
-workers used meanwhile, and the machine's load average.
+exceptions and timeouts), the server's own share (``Server-Timing``), with ``--capture`` the
+latency on the loopback wire (tcpdump, see ``wire.py``), the CPU time that this load
+generator, the API process and the workers used meanwhile, and the machine's load average.
 
 Filling the 10,000 trials takes minutes; ``--seeded PATH`` keeps the filled database there
-and copies it for every later run:
+and copies it for every later run (``make load`` does this and captures):
 
     .venv/bin/python benchmarks/load_status.py --seeded /tmp/regtune-load-seed.db \\
-        --append BENCHMARKS.md
+        --capture --append BENCHMARKS.md
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import csv
 import gc
 import os
 import random
 import shutil
 import sqlite3
+import ssl
 import sys
 import tempfile
 import time
 from collections import Counter, defaultdict
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 import numpy as np
@@ -47,6 +53,7 @@ from optuna.distributions import FloatDistribution, IntDistribution
 # This tree's service (not whichever one is installed), and the test suite's helpers.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+import wire
 from provenance import append_section, command_line, git_commit, machine
 from servers import Server, regtune  # the test suite's real-process helpers
 
@@ -151,6 +158,7 @@ def children(pid: int) -> list[int]:
 class Endpoint:
     latencies: list[float] = field(default_factory=list)
     server: list[float] = field(default_factory=list)  # the server's own share (Server-Timing)
+    wire: list[float] = field(default_factory=list)  # request to response packet (--capture)
     errors: Counter[str] = field(default_factory=Counter)
 
     @property
@@ -166,6 +174,9 @@ class Load:
     end: float
     samples: dict[tuple[str, str], Endpoint] = field(default_factory=lambda: defaultdict(Endpoint))
     lag: list[float] = field(default_factory=list)  # the generator's own event-loop delays
+    # (wall-clock start, endpoint, study, seconds, server seconds, client port, error) per
+    # request: lines up with a packet capture (``--trace``).
+    trace: list[tuple[float, str, str, float, float | None, int, str]] = field(default_factory=list)
 
     def record(
         self,
@@ -174,9 +185,11 @@ class Load:
         elapsed: float,
         error: str | None,
         server_s: float | None = None,
+        wire: tuple[float, int] = (0.0, 0),
     ) -> None:
         if not self.start <= started < self.end:
             return
+        self.trace.append((wire[0], *key, elapsed, server_s, wire[1], error or ""))
         if error is None:
             self.samples[key].latencies.append(elapsed)
             if server_s is not None:
@@ -194,54 +207,63 @@ def server_time(header: str) -> float | None:
     return None
 
 
+def new_client(
+    base_url: str, token: str, timeout_s: float, tls: ssl.SSLContext
+) -> httpx.AsyncClient:
+    """One poller's keep-alive client. ``tls`` is shared: httpx builds a TLS context per
+    client otherwise (~27 ms of CPU each, even for plain HTTP), and 200 of them blocked the
+    generator's event loop for over 5 s, longer than the warm-up, so the first measured
+    requests waited behind it. That stall was most of the p99 recorded before this fix."""
+    return httpx.AsyncClient(
+        base_url=base_url,
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=timeout_s,
+        verify=tls,
+        limits=httpx.Limits(max_connections=1, max_keepalive_connections=1),
+    )
+
+
 async def poller(
     index: int,
-    base_url: str,
-    token: str,
+    http: httpx.AsyncClient,
     study: tuple[str, str],
     load: Load,
     stop_at: float,
-    timeout_s: float,
 ) -> None:
     """One client: status about every second, the first trial page about every 5 s."""
     kind, study_id = study
     rng = random.Random(index)
     loop = asyncio.get_running_loop()
-    async with httpx.AsyncClient(
-        base_url=base_url,
-        headers={"Authorization": f"Bearer {token}"},
-        timeout=timeout_s,
-        limits=httpx.Limits(max_connections=1, max_keepalive_connections=1),
-    ) as http:
 
-        async def get(endpoint: str, path: str) -> None:
-            started = time.perf_counter()
-            error, server_s = None, None
-            try:
-                response = await http.get(path)
-                if not response.is_success:
-                    error = f"HTTP {response.status_code}"
-                server_s = server_time(response.headers.get("server-timing", ""))
-            except httpx.TimeoutException:
-                error = "timeout"
-            except httpx.HTTPError as exc:
-                error = type(exc).__name__
-            elapsed = time.perf_counter() - started
-            load.record((endpoint, kind), started, elapsed, error, server_s)
+    async def get(endpoint: str, path: str) -> None:
+        wall, started = time.time(), time.perf_counter()
+        error, server_s, port = None, None, 0
+        try:
+            response = await http.get(path)
+            if not response.is_success:
+                error = f"HTTP {response.status_code}"
+            server_s = server_time(response.headers.get("server-timing", ""))
+            port = response.extensions["network_stream"].get_extra_info("client_addr")[1]
+        except httpx.TimeoutException:
+            error = "timeout"
+        except httpx.HTTPError as exc:
+            error = type(exc).__name__
+        elapsed = time.perf_counter() - started
+        load.record((endpoint, kind), started, elapsed, error, server_s, (wall, port))
 
-        now = loop.time()
-        next_status, next_list = now + rng.uniform(0, 1), now + rng.uniform(0, 5)
-        while True:
-            due = min(next_status, next_list)
-            if due >= stop_at:
-                return
-            await asyncio.sleep(max(0.0, due - loop.time()))
-            if next_status <= next_list:
-                await get("status", f"/v1/studies/{study_id}")
-                next_status = max(next_status + rng.uniform(0.8, 1.2), loop.time())
-            else:
-                await get("trials", f"/v1/studies/{study_id}/trials?limit=50")
-                next_list = max(next_list + rng.uniform(4.0, 6.0), loop.time())
+    now = loop.time()
+    next_status, next_list = now + rng.uniform(0, 1), now + rng.uniform(0, 5)
+    while True:
+        due = min(next_status, next_list)
+        if due >= stop_at:
+            return
+        await asyncio.sleep(max(0.0, due - loop.time()))
+        if next_status <= next_list:
+            await get("status", f"/v1/studies/{study_id}")
+            next_status = max(next_status + rng.uniform(0.8, 1.2), loop.time())
+        else:
+            await get("trials", f"/v1/studies/{study_id}/trials?limit=50")
+            next_list = max(next_list + rng.uniform(4.0, 6.0), loop.time())
 
 
 LAG_PROBE_S = 0.01
@@ -268,17 +290,33 @@ async def run_load(
     timeout_s: float,
 ) -> Load:
     loop = asyncio.get_running_loop()
-    t0 = time.perf_counter()
-    load = Load(start=t0 + warmup_s, end=t0 + warmup_s + seconds)
-    stop_at = loop.time() + warmup_s + seconds
-    await asyncio.gather(
-        lag_probe(load, stop_at),
-        *(
-            poller(i, base_url, token, studies[i % len(studies)], load, stop_at, timeout_s)
-            for i in range(clients)
-        ),
-    )
+    tls = ssl.create_default_context()
+    pool = [new_client(base_url, token, timeout_s, tls) for _ in range(clients)]
+    try:
+        # Every client connected (and answered once) before the clock starts.
+        opened = await asyncio.gather(*(http.get("/healthz") for http in pool))
+        if failed := [r.status_code for r in opened if not r.is_success]:
+            raise RuntimeError(f"{len(failed)} clients could not connect: {failed[:5]}")
+        t0 = time.perf_counter()
+        load = Load(start=t0 + warmup_s, end=t0 + warmup_s + seconds)
+        stop_at = loop.time() + warmup_s + seconds
+        await asyncio.gather(
+            lag_probe(load, stop_at),
+            *(
+                poller(i, http, studies[i % len(studies)], load, stop_at)
+                for i, http in enumerate(pool)
+            ),
+        )
+    finally:
+        await asyncio.gather(*(http.aclose() for http in pool))
     return load
+
+
+def add_wire(load: Load, seen: wire.Wire) -> None:
+    """Each measured request's latency on the wire, beside the client's."""
+    for wall, endpoint, kind, _, _, port, error in load.trace:
+        if not error and (latency := seen.latency(wall, port)) is not None:
+            load.samples[(endpoint, kind)].wire.append(latency)
 
 
 def percentile(sorted_values: list[float], q: float) -> float:
@@ -294,6 +332,7 @@ def rows(load: Load) -> list[tuple[str, str, Endpoint]]:
     for (endpoint, _), samples in load.samples.items():
         merged[endpoint].latencies += samples.latencies
         merged[endpoint].server += samples.server
+        merged[endpoint].wire += samples.wire
         merged[endpoint].errors += samples.errors
     out = []
     for endpoint in ("status", "trials"):
@@ -306,8 +345,8 @@ def rows(load: Load) -> list[tuple[str, str, Endpoint]]:
 def table(load: Load, seconds: float) -> list[str]:
     lines = [
         "| endpoint | study | requests | req/s | p50 ms | p90 ms | p99 ms | max ms "
-        "| server p50 ms | server p99 ms | errors |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| server p50 ms | server p99 ms | wire p99 ms | wire max ms | errors |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for endpoint, kind, samples in rows(load):
         values = sorted(samples.latencies)
@@ -321,7 +360,10 @@ def table(load: Load, seconds: float) -> list[str]:
             f"{bold}{percentile(values, 99):.1f}{bold} | "
             f"{(values[-1] * 1000 if values else float('nan')):.1f} | "
             f"{percentile(sorted(samples.server), 50):.1f} | "
-            f"{percentile(sorted(samples.server), 99):.1f} | {errors}{detail} |"
+            f"{percentile(sorted(samples.server), 99):.1f} | "
+            f"{percentile(sorted(samples.wire), 99):.1f} | "
+            f"{(max(samples.wire) * 1000 if samples.wire else float('nan')):.1f} | "
+            f"{errors}{detail} |"
         )
     return lines
 
@@ -337,6 +379,17 @@ def main() -> None:
     parser.add_argument("--seeded", type=Path, help="keep/reuse the filled database here")
     parser.add_argument("--label", default="", help="a note for the section's title")
     parser.add_argument("--append", type=Path, help="append the result to this markdown file")
+    parser.add_argument(
+        "--capture",
+        action="store_true",
+        help="also time every request on the loopback wire with tcpdump (needs root)",
+    )
+    parser.add_argument(
+        "--trace",
+        type=Path,
+        help="write every measured request here (CSV: wall-clock start, endpoint, study, "
+        "seconds, server seconds, client port, error), to line up with a packet capture",
+    )
     args = parser.parse_args()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -391,19 +444,26 @@ def main() -> None:
             # (Optuna, torch, httpx) took ~130 ms, which every latency in flight then showed.
             gc.collect()
             gc.disable()
-            load = uvloop.run(
-                run_load(
-                    server.url,
-                    token,
-                    [("filled", big_id), ("training", busy_id)],
-                    args.clients,
-                    args.warmup,
-                    args.seconds,
-                    args.timeout,
+            with (
+                wire.capture(urlsplit(server.url).port or 80, Path(tmp) / "load.pcap")
+                if args.capture
+                else nullcontext([])
+            ) as captured:
+                load = uvloop.run(
+                    run_load(
+                        server.url,
+                        token,
+                        [("filled", big_id), ("training", busy_id)],
+                        args.clients,
+                        args.warmup,
+                        args.seconds,
+                        args.timeout,
+                    )
                 )
-            )
             wall = time.perf_counter() - wall0
             gc.enable()
+            if captured:
+                add_wire(load, captured[0])
             own = time.process_time() - own0
             cpu = {pid: cpu_seconds(pid) - cpu0[pid] for pid in cpu0}
             load_after = os.getloadavg()
@@ -447,6 +507,16 @@ def main() -> None:
         f"{max(load.lag, default=0) * 1000:.0f} ms at most (that much of a latency below can "
         f"be the client's own); the server's share of each request is its `Server-Timing` "
         f"header (app entry to response headers)",
+        "- wire: "
+        + (
+            "tcpdump on loopback timed each request from its first packet to the response's "
+            "first packet, the server's whole share (its socket queue, its event loop, the "
+            "application) without anything the load generator adds; "
+            f"{sum(len(s.wire) for s in every)} of {sum(len(s.latencies) for s in every)} "
+            "answered requests matched to their packets"
+            if args.capture
+            else "not captured (run with `--capture`)"
+        ),
         "",
         *table(load, args.seconds),
         "",
@@ -455,6 +525,9 @@ def main() -> None:
         "",
     ]
     print("\n".join(lines))
+    if args.trace:
+        with args.trace.open("w", newline="") as out:
+            csv.writer(out).writerows(load.trace)
     if args.append:
         append_section(args.append, "\n".join(lines))
 
