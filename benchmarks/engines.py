@@ -1,8 +1,10 @@
 """Throughput of three ways to cross-validate the same trials, side by side in one run.
 
-Reference workload: digits, MLP 64-256-256-10 with BatchNorm and dropout, Adam lr 1e-3,
-batch 64, 5 folds, a fixed number of epochs (no early stopping, no pruning), P trials whose
-regularization is drawn from the default search space with a fixed seed. The engines:
+Reference workload: digits, an MLP 64-256-256-10 (``--model mlp``) or a CNN (``--model cnn``:
+conv 32, conv 64, 3×3 stride 2 over the 8×8 image, then 256-256-10), with BatchNorm and
+dropout, Adam lr 1e-3, batch 64, 5 folds, a fixed number of epochs (no early stopping, no
+pruning), P trials whose regularization is drawn from the default search space with a fixed
+seed. The engines:
 
   (a) textbook: what a user writes from the tutorials: an Optuna-style objective, per fold a
       StandardScaler, a DataLoader over a TensorDataset, nn.Sequential, torch.optim.Adam,
@@ -15,7 +17,8 @@ regularization is drawn from the default search space with a fixed seed. The eng
 
 (a)–(d) run at 1 and at all threads; the best of the two counts. It prints fold-epochs per second,
 wall time, best CV accuracy, the speed-up over (a), and achieved model FLOP/s against the
-device's measured dense matmul rate (forward + backward ≈ 3 × 2 × multiply-adds per sample).
+device's measured dense matmul rate (a training step's FLOPs per sample, forward and backward,
+as torch's ``FlopCounterMode`` counts them on the model).
 
     .venv/bin/python benchmarks/engines.py --append BENCHMARKS.md
 """
@@ -38,24 +41,33 @@ from provenance import append_section, command_line, git_commit, machine
 from sklearn.preprocessing import StandardScaler
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.flop_counter import FlopCounterMode
 
 from trainer import layout
 from trainer.config import TrialConfig
 from trainer.datasets import Dataset, load_builtin
 from trainer.engine import cross_validate
+from trainer.models import build_model
 from trainer.objective import suggest
 from trainer.population import train_population
 from trainer.spec import StudySpec
 from trainer.splits import Split
 from trainer.study import Protocol
 
-HIDDEN = (256, 256)
+WORKLOADS = {
+    "mlp": "MLP 64-256-256-10",
+    "cnn": "CNN conv3×3/2 1→32→64 on 8×8, then 256-256-10",
+}
+MODELS = {
+    "mlp": {"hidden": [256, 256]},
+    "cnn": {"kind": "cnn", "channels": [32, 64], "kernel_size": 3, "stride": 2},
+}
 
 
-def reference(epochs: int) -> StudySpec:
+def reference(epochs: int, model: str = "mlp") -> StudySpec:
     return StudySpec(
         dataset="builtin:digits",
-        model={"hidden": list(HIDDEN)},
+        model=MODELS[model],
         training={"max_epochs": epochs},
         cv={"folds": 5},
         search_space={"patience": epochs + 1},
@@ -68,6 +80,9 @@ def draw_configs(spec: StudySpec, n: int, seed: int) -> list[TrialConfig]:
     return [
         TrialConfig.from_values(spec, suggest(study.ask(), spec.search_space)) for _ in range(n)
     ]
+
+
+WEIGHTED = (nn.Linear, nn.Conv1d, nn.Conv2d)
 
 
 def textbook(
@@ -89,17 +104,15 @@ def textbook(
                 shuffle=True,
                 drop_last=len(train) % config.batch_size == 1,
             )
-            layers: list[nn.Module] = []
-            width = data.n_features
-            for h in config.hidden:
-                layers += [
-                    nn.Linear(width, h),
-                    nn.BatchNorm1d(h, momentum=config.bn_momentum),
-                    nn.ReLU(),
-                    nn.Dropout(config.dropout),
-                ]
-                width = h
-            model = nn.Sequential(*layers, nn.Linear(width, data.n_outputs))
+            # The same network as the engines; what differs is the loop around it.
+            model = build_model(
+                config.model,
+                data.input_shape,
+                data.n_outputs,
+                dropout=config.dropout,
+                bn_momentum=config.bn_momentum,
+                hidden=config.hidden,
+            )
             optimizer = torch.optim.Adam(
                 model.parameters(), lr=config.lr, weight_decay=config.weight_decay
             )
@@ -110,7 +123,7 @@ def textbook(
                     optimizer.zero_grad()
                     loss = loss_fn(model(xb), yb)
                     loss = loss + config.l1 * sum(
-                        m.weight.abs().sum() for m in model if isinstance(m, nn.Linear)
+                        m.weight.abs().sum() for m in model.modules() if isinstance(m, WEIGHTED)
                     )
                     loss.backward()
                     optimizer.step()
@@ -194,6 +207,16 @@ def population_in(pool: ProcessPoolExecutor, size: int) -> Callable[..., list[fl
     return run
 
 
+def training_flops(spec: StudySpec, data: Dataset, batch: int = 64) -> float:
+    """FLOPs of one training step per sample (forward, loss, backward), counted by torch."""
+    model = build_model(spec.model, data.input_shape, data.n_outputs, dropout=0.5, bn_momentum=0.1)
+    x = torch.randn(batch, data.n_features)
+    y = torch.randint(0, data.n_outputs, (batch,))
+    with FlopCounterMode(display=False) as counter:
+        nn.functional.cross_entropy(model(x), y).backward()
+    return counter.get_total_flops() / batch
+
+
 def matmul_rate(threads: int, size: int = 1024, repeats: int = 20) -> float:
     torch.set_num_threads(threads)
     a, b = torch.randn(size, size), torch.randn(size, size)
@@ -208,6 +231,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=8)
     parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--model", choices=sorted(MODELS), default="mlp")
     parser.add_argument("--engines", help="comma-separated engine names as printed (default: all)")
     parser.add_argument("--append", type=Path)
     args = parser.parse_args()
@@ -216,13 +240,12 @@ def main() -> None:
     started = datetime.now(UTC)
 
     data = load_builtin("builtin:digits")
-    spec = reference(args.epochs)
+    spec = reference(args.epochs, args.model)
     protocol = Protocol.of(spec, data)
     configs = draw_configs(spec, args.trials, seed=0)
     fit_rows = sum(len(s.fit) for s in protocol.splits) / len(protocol.splits)
-    macs = data.n_features * HIDDEN[0] + HIDDEN[0] * HIDDEN[1] + HIDDEN[1] * data.n_outputs
     fold_epochs = args.trials * len(protocol.splits) * args.epochs
-    flops = 6 * macs * fit_rows * fold_epochs
+    flops = training_flops(spec, data) * fit_rows * fold_epochs
     cores = os.cpu_count() or 1
     cpu_size = layout.population_size(spec, data, torch.device("cpu"))
     pool = ProcessPoolExecutor(cores, mp_context=get_context("spawn"), initializer=_one_thread)
@@ -258,12 +281,13 @@ def main() -> None:
 
     base = rows[0][1] if rows[0][0] == "textbook" else None
     lines = [
-        f"\n## Engines: textbook vs per-trial vs population ({started:%Y-%m-%d %H:%M} UTC)\n",
+        f"\n## Engines: textbook vs per-trial vs population, {args.model.upper()} "
+        f"({started:%Y-%m-%d %H:%M} UTC)\n",
         f"- command: `{command_line()}`",
         f"- device: CPU: {machine()}; commit `{commit}`",
-        f"- workload: digits, MLP 64-256-256-10 (BN, dropout), Adam, batch 64, 5 folds, "
+        f"- workload: digits, {WORKLOADS[args.model]} (BN, dropout), Adam, batch 64, 5 folds, "
         f"{args.epochs} epochs, {args.trials} trials = {fold_epochs} fold-epochs; "
-        f"{flops / 1e9:.0f} GFLOP of training (6 × MACs × rows)",
+        f"{flops / 1e9:.0f} GFLOP of training (torch's FlopCounterMode × rows)",
         f"- dense fp32 matmul (1024², best of {thread_options} threads): {peak / 1e9:.1f} GFLOP/s",
         "",
         "| engine | threads | wall s | fold-epochs/s | × textbook | best CV acc | GFLOP/s "

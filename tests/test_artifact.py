@@ -4,9 +4,11 @@ as the model in memory did, with its preprocessing, labels and scores."""
 from __future__ import annotations
 
 import io
+import re
 from typing import Any
 
 import numpy as np
+import optuna
 import pytest
 import torch
 
@@ -200,3 +202,80 @@ def test_files_that_are_not_regtune_models_are_refused(tmp_path) -> None:
     torch.save({"format": "regtune-model", "version": 99}, newer)
     with pytest.raises(ArtifactError, match="version 99"):
         load_model(newer.getvalue())
+
+
+def ensemble_study(
+    dataset: Dataset, **spec: Any
+) -> tuple[Protocol, optuna.trial.FrozenTrial, bytes]:
+    """A small study with ``final_model.ensemble`` and its best trial's packed file."""
+    study_spec = StudySpec.model_validate(
+        {
+            "dataset": f"builtin:{dataset.name.removeprefix('builtin:')}",
+            "n_trials": 2,
+            "model": {"hidden": [16]},
+            "training": {"max_epochs": 6},
+            "cv": {"folds": 3, "test_fraction": 0.25},
+            "final_model": {"ensemble": True},
+            **spec,
+        }
+    )
+    outcome = run_study(study_spec, dataset, refit_best=False)
+    assert outcome.best is not None
+    protocol = Protocol.of(study_spec, dataset)
+    _, packed_model = final_model(study_spec, dataset, protocol, outcome.best)
+    return protocol, outcome.best, artifact.to_bytes(packed_model)
+
+
+def test_the_fold_ensemble_holds_the_best_trials_own_fold_models(wine) -> None:
+    # Wilcoxon studies train in the per-trial engine, as the ensemble does (other studies
+    # train in the population engine, whose dropout draws differ: same procedure, other masks).
+    protocol, best, data = ensemble_study(wine, pruner={"kind": "wilcoxon"})
+    folds = load_model(data, ensemble=True)
+    assert len(folds.members) == len(protocol.splits) == 3
+    labels = np.asarray(wine.classes)
+    for k, (member, split) in enumerate(zip(folds.members, protocol.splits, strict=True)):
+        # Retrained with the trial's seeds and schedule: each member scores on its own
+        # validation fold exactly what the trial recorded for that fold.
+        own = float(np.mean(member.predict(wine.X[split.score]) == labels[wine.y[split.score]]))
+        assert own == pytest.approx(best.user_attrs["fold_scores"][k], abs=1e-6)
+        assert member.epochs == best.user_attrs["best_epochs"][k] + 1
+    # The members' standardizations are their own fit rows', not the refit's.
+    assert not np.allclose(folds.members[0].x_scaler.mean, folds.members[1].x_scaler.mean)
+
+
+def test_the_ensemble_averages_probabilities_and_reports_its_test_score(wine) -> None:
+    protocol, _, data = ensemble_study(wine)
+    folds = load_model(data, ensemble=True)
+    X, y = wine.X[protocol.test], np.asarray(wine.classes)[wine.y[protocol.test]]
+    mean = np.mean([m.predict_proba(X) for m in folds.members], axis=0)
+    np.testing.assert_allclose(folds.predict_proba(X), mean, rtol=1e-6)
+    np.testing.assert_allclose(mean.sum(1), 1.0, rtol=1e-5)
+    labels = folds.predict(X)
+    assert list(labels) == list(np.asarray(wine.classes)[mean.argmax(1)])
+    assert folds.test_score == pytest.approx(float(np.mean(labels == y)), abs=1e-6)
+    # The refit is still the file's main model, and the ensemble is not in its metadata.
+    single = load_model(data)
+    assert single.test_score is not None and "ensemble" not in single.metadata
+
+
+def test_a_regression_ensemble_averages_in_the_targets_units() -> None:
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(160, 4)).astype(np.float32)
+    y = (X @ np.array([2.0, -1.0, 0.5, 0.0]) * 50 + 1000).astype(np.float32)
+    dataset = make_dataset("reg", X, y, task="regression")
+    protocol, _, data = ensemble_study(
+        dataset, task="regression", objective={"metric": "mse"}, training={"max_epochs": 8}
+    )
+    folds = load_model(data, ensemble=True)
+    X_test, y_test = dataset.X[protocol.test], dataset.y[protocol.test]
+    mean = np.mean([m.predict(X_test) for m in folds.members], axis=0)
+    np.testing.assert_allclose(folds.predict(X_test), mean, rtol=1e-6)
+    assert np.abs(mean - 1000).max() < 1000  # in the target's units, not standardized
+    assert folds.test_score == pytest.approx(float(np.mean((mean - y_test) ** 2)), rel=1e-4)
+
+
+def test_a_file_without_an_ensemble_says_how_to_get_one(wine) -> None:
+    fitted, protocol = fit(wine, StudySpec(dataset="builtin:wine"), epochs=2)
+    data = artifact.to_bytes(packed(fitted, wine, protocol))
+    with pytest.raises(ArtifactError, match=re.escape('"final_model": {"ensemble": true}')):
+        load_model(data, ensemble=True)

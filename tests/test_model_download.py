@@ -33,7 +33,7 @@ from service.models import ArtifactRecord
 from service.settings import Settings
 from service.trials import make_storage
 from service.worker import Worker
-from trainer.artifact import load_model
+from trainer.artifact import ArtifactError, load_model
 from trainer.datasets import load_builtin
 from trainer.spec import StudySpec
 from trainer.study import Protocol
@@ -218,6 +218,8 @@ def test_without_a_test_split_the_model_is_stored_and_no_test_score_reported(ser
     assert model.test_score is None and model.scores["n_test"] == 0
     assert model.scores["n_train"] == load_builtin("builtin:wine").n_samples
     assert model.metadata["study"]["id"] == study_id
+    with pytest.raises(ArtifactError, match="holds no fold ensemble"):  # not asked for one
+        load_model(artifacts.model_file(db, "t", study_id), ensemble=True)
 
 
 def test_a_failing_refit_completes_the_study_without_a_model(service, monkeypatch) -> None:
@@ -249,3 +251,22 @@ def test_a_study_cancelled_meanwhile_stores_no_model(service) -> None:
         artifacts.model_file(db, "t", study_id)
     with pytest.raises(studies.NotFound):
         artifacts.model_file(db, "someone else", study_id)
+
+
+def test_a_study_asked_for_an_ensemble_stores_its_fold_models(service) -> None:
+    settings, db, _ = service
+    study_id = submitted(
+        service, cv={"folds": 3, "test_fraction": 0.25}, final_model={"ensemble": True}
+    )
+    Worker(settings).run(once=True)
+    with db.read() as session:
+        record = studies.get(session, "t", study_id)
+    assert record.status == "completed" and record.error is None, record.error
+    data = artifacts.model_file(db, "t", study_id)
+    refit, folds = load_model(data), load_model(data, ensemble=True)
+    assert refit.test_score == pytest.approx(record.test_score)  # the study reports the refit
+    assert len(folds.members) == 3
+    spec = tiny_study(cv={"folds": 3, "test_fraction": 0.25})
+    X, _, truth = held_out_rows(spec)
+    accuracy = float(np.mean(folds.predict(X) == np.array(truth)))
+    assert folds.test_score == pytest.approx(accuracy, abs=1e-6)

@@ -19,6 +19,10 @@ unpickling any class::
     scores               cv_mean, cv_std, fold_scores (the best trial's CV), test_score
                          (None without a held-out test split), n_train, n_test
     trial, study         the best trial's number and params; free metadata from the caller
+    ensemble             None, or (spec ``final_model.ensemble``) the K fold models:
+                         members (each: state_dict, x_mean, x_std, y_mean, y_std, epochs:
+                         its own fit rows' standardization) and test_score, the score of
+                         their averaged prediction on the test rows
 
 Loading::
 
@@ -26,6 +30,7 @@ Loading::
 
     model = load_model("model.pt")
     labels = model.predict(X)  # X: [n, n_features] in the training columns' order
+    folds = load_model("model.pt", ensemble=True)  # the K fold models, averaged
 """
 
 from __future__ import annotations
@@ -35,14 +40,14 @@ import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import IO, Any
+from typing import IO, Any, Literal, overload
 
 import numpy as np
 import torch
 from torch import nn
 
 from trainer.datasets import Dataset
-from trainer.engine import FittedModel, predict
+from trainer.engine import FittedModel, FoldEnsemble, predict
 from trainer.models import build_model
 from trainer.preprocessing import Standardizer
 from trainer.spec import Limits, ModelSpec
@@ -78,6 +83,20 @@ def _tensor(values: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.array(values, copy=True))
 
 
+def _weights(fitted: FittedModel) -> dict[str, torch.Tensor]:
+    return {name: t.detach().cpu().clone() for name, t in fitted.model.state_dict().items()}
+
+
+def _preprocessing(fitted: FittedModel) -> dict[str, torch.Tensor | None]:
+    y = fitted.y_scaler
+    return {
+        "x_mean": _tensor(fitted.x_scaler.mean),
+        "x_std": _tensor(fitted.x_scaler.std),
+        "y_mean": None if y is None else _tensor(y.mean),
+        "y_std": None if y is None else _tensor(y.std),
+    }
+
+
 def pack(
     fitted: FittedModel,
     dataset: Dataset,
@@ -88,22 +107,20 @@ def pack(
     cv: Mapping[str, Any] | None = None,
     trial: Mapping[str, Any] | None = None,
     study: Mapping[str, Any] | None = None,
+    ensemble: FoldEnsemble | None = None,
 ) -> dict[str, Any]:
     """The artifact of ``fitted`` (a refit on ``dataset``): see the module docstring.
 
     ``cv`` holds the best trial's ``cv_mean``, ``cv_std`` and ``fold_scores``; ``trial`` its
-    ``number`` and ``params``; ``study`` any further JSON-ready metadata (id, name, seed).
+    ``number`` and ``params``; ``study`` any further JSON-ready metadata (id, name, seed);
+    ``ensemble`` the same configuration's fold models.
     """
     config = fitted.config
     cv = cv or {}
-    y = fitted.y_scaler
     return {
         "format": FORMAT,
         "version": VERSION,
-        "state_dict": {
-            name: tensor.detach().cpu().clone()
-            for name, tensor in fitted.model.state_dict().items()
-        },
+        "state_dict": _weights(fitted),
         "architecture": {
             "model": config.model.model_dump(mode="json"),
             "hidden": list(config.hidden),
@@ -112,12 +129,7 @@ def pack(
             "input_shape": [int(n) for n in dataset.input_shape],
             "n_outputs": int(dataset.n_outputs),
         },
-        "preprocessing": {
-            "x_mean": _tensor(fitted.x_scaler.mean),
-            "x_std": _tensor(fitted.x_scaler.std),
-            "y_mean": None if y is None else _tensor(y.mean),
-            "y_std": None if y is None else _tensor(y.std),
-        },
+        "preprocessing": _preprocessing(fitted),
         "task": dataset.task,
         "metric": metric,
         "classes": list(dataset.classes),
@@ -136,6 +148,15 @@ def pack(
         },
         "trial": _plain(dict(trial or {})),
         "study": _plain(dict(study or {})),
+        "ensemble": None
+        if ensemble is None
+        else {
+            "members": [
+                {"state_dict": _weights(m), **_preprocessing(m), "epochs": int(m.epochs)}
+                for m in ensemble.members
+            ],
+            "test_score": _plain(ensemble.test_score),
+        },
     }
 
 
@@ -237,9 +258,46 @@ class TunedModel:
         return self
 
 
-def load_model(source: Source, *, device: torch.device | str = "cpu") -> TunedModel:
-    """Rebuild the tuned network from an artifact (a path, its bytes or a binary file)."""
-    artifact = read(source)
+@dataclass
+class EnsembleModel:
+    """The K fold models of an artifact, predicting by their average (see
+    :func:`trainer.engine.fold_ensemble` for the maths)."""
+
+    members: list[TunedModel]
+    test_score: float | None
+
+    @property
+    def task(self) -> str:
+        return self.members[0].task
+
+    @property
+    def classes(self) -> list[str]:
+        return self.members[0].classes
+
+    def predict_proba(self, X: Any) -> np.ndarray:
+        """The members' mean class probabilities ``[n, len(classes)]``."""
+        return np.mean([member.predict_proba(X) for member in self.members], axis=0)
+
+    def predict(self, X: Any) -> np.ndarray:
+        """Class labels of the mean probabilities, or the mean value in the target's units."""
+        if self.task == "classification":
+            return np.asarray(self.classes, dtype=object)[self.predict_proba(X).argmax(1)]
+        return np.mean([member.predict(X) for member in self.members], axis=0)
+
+    def to(self, device: torch.device | str) -> EnsembleModel:
+        for member in self.members:
+            member.to(device)
+        return self
+
+
+def _network(
+    artifact: Mapping[str, Any],
+    state_dict: Mapping[str, torch.Tensor],
+    preprocessing: Mapping[str, torch.Tensor | None],
+    epochs: int,
+    device: torch.device | str,
+) -> TunedModel:
+    """One network of an artifact (the refit or a fold model) with its preprocessing."""
     arch = artifact["architecture"]
     spec = ModelSpec.model_validate(arch["model"], context={"limits": UNLIMITED})
     input_shape = tuple(int(n) for n in arch["input_shape"])
@@ -251,13 +309,14 @@ def load_model(source: Source, *, device: torch.device | str = "cpu") -> TunedMo
         bn_momentum=float(arch["bn_momentum"]),
         hidden=list(arch["hidden"]),
     )
-    model.load_state_dict(artifact["state_dict"])
+    model.load_state_dict(state_dict)
     model.to(device).eval()
-    pre = artifact["preprocessing"]
+    y_mean, y_std = preprocessing.get("y_mean"), preprocessing.get("y_std")
     y_scaler = None
-    if pre.get("y_mean") is not None:
-        y_scaler = Standardizer(pre["y_mean"].numpy(), pre["y_std"].numpy())
-    metadata = {k: v for k, v in artifact.items() if k != "state_dict"}
+    if y_mean is not None and y_std is not None:
+        y_scaler = Standardizer(y_mean.numpy(), y_std.numpy())
+    x_mean, x_std = preprocessing["x_mean"], preprocessing["x_std"]
+    assert x_mean is not None and x_std is not None
     return TunedModel(
         model=model,
         task=artifact["task"],
@@ -267,8 +326,39 @@ def load_model(source: Source, *, device: torch.device | str = "cpu") -> TunedMo
         input_shape=input_shape,
         hyperparameters=dict(artifact["hyperparameters"]),
         scores=dict(artifact["scores"]),
-        epochs=int(artifact["epochs"]),
-        x_scaler=Standardizer(pre["x_mean"].numpy(), pre["x_std"].numpy()),
+        epochs=epochs,
+        x_scaler=Standardizer(x_mean.numpy(), x_std.numpy()),
         y_scaler=y_scaler,
-        metadata=metadata,
+        metadata={k: v for k, v in artifact.items() if k not in ("state_dict", "ensemble")},
     )
+
+
+@overload
+def load_model(
+    source: Source, *, device: torch.device | str = ..., ensemble: Literal[False] = ...
+) -> TunedModel: ...
+@overload
+def load_model(
+    source: Source, *, device: torch.device | str = ..., ensemble: Literal[True]
+) -> EnsembleModel: ...
+def load_model(
+    source: Source, *, device: torch.device | str = "cpu", ensemble: bool = False
+) -> TunedModel | EnsembleModel:
+    """Rebuild the tuned network from an artifact (a path, its bytes or a binary file); with
+    ``ensemble``, its K fold models instead (a file stored with ``final_model.ensemble``)."""
+    artifact = read(source)
+    if not ensemble:
+        return _network(
+            artifact, artifact["state_dict"], artifact["preprocessing"], artifact["epochs"], device
+        )
+    folds = artifact.get("ensemble")
+    if not folds:
+        raise ArtifactError(
+            "this model file holds no fold ensemble: submit the study with "
+            '"final_model": {"ensemble": true} to store one'
+        )
+    members = [
+        _network(artifact, member["state_dict"], member, int(member["epochs"]), device)
+        for member in folds["members"]
+    ]
+    return EnsembleModel(members, folds["test_score"])

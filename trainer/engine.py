@@ -285,6 +285,46 @@ def fold_seed(seed: int, fold: int) -> int:
     return int(np.random.SeedSequence([seed, fold]).generate_state(1)[0])
 
 
+def fold_runs(
+    dataset: Dataset,
+    config: TrialConfig,
+    splits: Sequence[Split],
+    *,
+    metric: Metric,
+    device: torch.device | str,
+    seed: int,
+) -> list[FoldRun]:
+    """One run per split, fold k seeded by ``fold_seed(seed, k)``."""
+    return [
+        FoldRun(k, dataset, config, split, metric=metric, device=device, seed=fold_seed(seed, k))
+        for k, split in enumerate(splits)
+    ]
+
+
+def train_folds(
+    runs: Sequence[FoldRun],
+    schedule: Schedule = "lockstep",
+    *,
+    on_epoch: Callable[[int, float], None] | None = None,
+    on_fold: Callable[[int, float], None] | None = None,
+) -> None:
+    """Train ``runs`` to the end, all in lockstep or one after another (see cross_validate).
+
+    The order matters beyond speed: dropout draws from torch's global generator, so the same
+    seeds give the same fold models only in the same schedule.
+    """
+    groups = [list(runs)] if schedule == "lockstep" else [[run] for run in runs]
+    for group in groups:
+        while active := [run for run in group if not run.done]:
+            for run in active:
+                run.train_epoch()
+                if run.done and on_fold is not None:
+                    on_fold(run.index, run.best_score)
+            if on_epoch is not None:
+                started = [r.best_score for r in runs if r.epoch > 0]
+                on_epoch(active[0].epoch - 1, float(np.mean(started)))
+
+
 def cross_validate(
     dataset: Dataset,
     config: TrialConfig,
@@ -306,20 +346,8 @@ def cross_validate(
     ``optuna.TrialPruned``) to stop the trial.
     """
     start = time.perf_counter()
-    runs = [
-        FoldRun(k, dataset, config, split, metric=metric, device=device, seed=fold_seed(seed, k))
-        for k, split in enumerate(splits)
-    ]
-    groups = [runs] if schedule == "lockstep" else [[run] for run in runs]
-    for group in groups:
-        while active := [run for run in group if not run.done]:
-            for run in active:
-                run.train_epoch()
-                if run.done and on_fold is not None:
-                    on_fold(run.index, run.best_score)
-            if on_epoch is not None:
-                started = [r.best_score for r in runs if r.epoch > 0]
-                on_epoch(active[0].epoch - 1, float(np.mean(started)))
+    runs = fold_runs(dataset, config, splits, metric=metric, device=device, seed=seed)
+    train_folds(runs, schedule, on_epoch=on_epoch, on_fold=on_fold)
     return CVResult(
         metric=metric,
         folds=[run.result() for run in runs],
@@ -339,6 +367,74 @@ class FittedModel:
     epochs: int
     train_loss: list[float]
     test_score: float | None
+
+
+@dataclass
+class FoldEnsemble:
+    """A configuration's K fold models, as its cross-validation trained them, and their
+    averaged prediction's score on the test rows (None without test rows)."""
+
+    members: list[FittedModel]
+    test_score: float | None
+
+
+def fold_ensemble(
+    dataset: Dataset,
+    config: TrialConfig,
+    splits: Sequence[Split],
+    test: np.ndarray,
+    *,
+    metric: Metric,
+    device: torch.device | str = "cpu",
+    seed: int = 0,
+    schedule: Schedule = "lockstep",
+) -> FoldEnsemble:
+    """Retrain ``config`` on every fold as :func:`cross_validate` does (same rows, same early
+    stopping, same seeds and schedule, so on a CPU the same fold models as the trial's when
+    the per-trial engine trained it) and keep each fold's best weights.
+
+    The ensemble predicts the mean of its K members: for classification the mean class
+    probability p̄ = (1/K) Σ_k softmax(f_k(x)), for regression the mean prediction in the
+    target's own units ȳ = (1/K) Σ_k (σ_k f_k(x) + μ_k), each member with the standardization
+    of its own fit rows. Its test score is that of p̄ (accuracy, or the loss −log p̄_y) or ȳ.
+    """
+    # Scored on the test rows, trained exactly as in CV (scoring draws no random numbers).
+    scored_on_test = [Split(split.fit, split.val, test) for split in splits]
+    runs = fold_runs(dataset, config, scored_on_test, metric=metric, device=device, seed=seed)
+    train_folds(runs, schedule)
+    members = [
+        FittedModel(
+            run.model,
+            config,
+            run.data.x_scaler,
+            run.data.y_scaler,
+            run.stopper.best_epoch + 1,
+            run.train_loss,
+            run.best_score if len(test) else None,
+        )
+        for run in runs
+    ]
+    return FoldEnsemble(members, ensemble_score(runs, metric) if len(test) else None)
+
+
+def ensemble_score(runs: Sequence[FoldRun], metric: Metric) -> float:
+    """The metric of the members' mean prediction on their (shared) scored rows."""
+    first = runs[0].data
+    outputs = [predict(run.model, run.data.X_score) for run in runs]
+    if first.y_scaler is None:  # classification: log p̄ as logits, softmax(log p̄) = p̄
+        mean = torch.stack([torch.softmax(out, dim=1) for out in outputs]).mean(0)
+        return score(metric, runs[0].task, torch.log(mean), first.y_score, None)
+    # Regression: average in the target's units, then standardize as the first member does.
+    units = np.mean(
+        [
+            run.data.y_scaler.inverse(out.cpu().numpy())
+            for run, out in zip(runs, outputs, strict=True)
+            if run.data.y_scaler is not None
+        ],
+        axis=0,
+    )
+    z = torch.as_tensor(first.y_scaler.transform(units), device=first.y_score.device)
+    return score(metric, runs[0].task, z, first.y_score, first.y_scaler)
 
 
 def refit(

@@ -66,6 +66,12 @@ def grid(space: SearchSpace, points: int) -> dict[str, list[Any]]:
     return axes
 
 
+def fold_schedule(spec: StudySpec) -> Schedule:
+    """Folds one after another for the Wilcoxon pruner (it prunes between folds), else in
+    lockstep (the median pruner compares epochs across all folds)."""
+    return "sequential" if spec.pruner.kind == "wilcoxon" else "lockstep"
+
+
 def trial_seed(study_seed: int, trial_number: int) -> int:
     return int(np.random.SeedSequence([study_seed, trial_number]).generate_state(1)[0])
 
@@ -136,7 +142,7 @@ class Objective:
         self.spec, self.dataset, self.splits = spec, dataset, splits
         self.metric, self.device = metric, device
         self.passthrough = passthrough
-        self.schedule: Schedule = "sequential" if spec.pruner.kind == "wilcoxon" else "lockstep"
+        self.schedule = fold_schedule(spec)
         self.should_stop = should_stop
 
     def __call__(self, trial: optuna.Trial) -> float:

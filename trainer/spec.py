@@ -347,6 +347,17 @@ class WarmStartSpec(_Strict):
         return value
 
 
+class FinalModelSpec(_Strict):
+    """What the model file holds once the study completes: always the best configuration
+    retrained on all non-test rows; with ``ensemble``, also its K fold models."""
+
+    ensemble: bool = Field(
+        False,
+        description="also store the best configuration's K fold models (retrained as its "
+        "cross-validation trained them) for prediction by their average; K more trainings",
+    )
+
+
 class StudySpec(_Strict):
     """A whole study: data, model, training, search space, CV, objective, sampler, pruner."""
 
@@ -368,6 +379,7 @@ class StudySpec(_Strict):
     sampler: SamplerSpec = SamplerSpec()
     pruner: PrunerSpec = PrunerSpec()
     warm_start: WarmStartSpec | None = None
+    final_model: FinalModelSpec = FinalModelSpec()
 
     @field_validator("name", "dataset")
     @classmethod

@@ -21,8 +21,8 @@ from trainer import artifact, layout
 from trainer.batched import Populations
 from trainer.config import TrialConfig
 from trainer.datasets import Dataset, check_for_cv
-from trainer.engine import DivergedError, FittedModel, refit
-from trainer.objective import Objective, TrialFailed, grid, trial_seed
+from trainer.engine import DivergedError, FittedModel, fold_ensemble, refit
+from trainer.objective import Objective, TrialFailed, fold_schedule, grid, trial_seed
 from trainer.spec import Metric, StudySpec, default_metric, metric_direction
 from trainer.splits import Split, cv_splits, holdout
 
@@ -279,8 +279,21 @@ def final_model(
     study: dict[str, Any] | None = None,
 ) -> tuple[FittedModel, dict[str, Any]]:
     """:func:`refit_trial`, and the refitted model packed as a file (:mod:`trainer.artifact`)
-    with the trial's CV scores, its test score and ``study`` metadata."""
+    with the trial's CV scores, its test score and ``study`` metadata; with
+    ``spec.final_model.ensemble`` the file also holds the trial's K fold models."""
     fitted = refit_trial(spec, dataset, protocol, trial, device=device)
+    ensemble = None
+    if spec.final_model.ensemble:
+        ensemble = fold_ensemble(
+            dataset,
+            TrialConfig.from_values(spec, trial.user_attrs["config"]),
+            protocol.splits,
+            protocol.test,
+            metric=protocol.metric,
+            device=device,
+            seed=trial_seed(spec.seed, trial.number),
+            schedule=fold_schedule(spec),
+        )
     attrs = trial.user_attrs
     packed = artifact.pack(
         fitted,
@@ -296,5 +309,6 @@ def final_model(
             "diagnosis": attrs.get("diagnosis"),
         },
         study=study,
+        ensemble=ensemble,
     )
     return fitted, packed

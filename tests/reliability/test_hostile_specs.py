@@ -56,6 +56,18 @@ CORPUS = [
         id="model-string",
     ),
     pytest.param(
+        tiny_study(final_model={"ensemble": "maybe"}),
+        422,
+        "body.final_model.ensemble: Input should be a valid boolean",
+        id="ensemble-not-a-boolean",
+    ),
+    pytest.param(
+        tiny_study(final_model={"folds": 5}),
+        422,
+        "body.final_model.folds: Extra inputs are not permitted",
+        id="final-model-unknown-key",
+    ),
+    pytest.param(
         ss(hidden="wide"),
         422,
         "body.search_space.hidden: Input should be a valid list",
