@@ -627,9 +627,16 @@ def model_download(
     what = f"{len(tuned.classes)} classes" if tuned.task == "classification" else "regression"
     cv = f"CV {tuned.metric} {fmt(scores.get('cv_mean'))} ± {fmt(scores.get('cv_std'))}"
     test = "" if tuned.test_score is None else f", test {fmt(tuned.test_score)}"
+    folds = tuned.metadata.get("ensemble")
+    ensemble = (
+        f"; with an ensemble of its {folds['members']} fold models"
+        + ("" if folds["test_score"] is None else f" (test {fmt(folds['test_score'])})")
+        if folds
+        else ""
+    )
     console.print(
         f"{len(data):,} bytes: {what}, {cv}{test}; retrained for {tuned.epochs} epochs on "
-        f"{scores.get('n_train')} rows",
+        f"{scores.get('n_train')} rows{ensemble}",
         highlight=False,
     )
 

@@ -253,9 +253,10 @@ def test_the_ensemble_averages_probabilities_and_reports_its_test_score(wine) ->
     labels = folds.predict(X)
     assert list(labels) == list(np.asarray(wine.classes)[mean.argmax(1)])
     assert folds.test_score == pytest.approx(float(np.mean(labels == y)), abs=1e-6)
-    # The refit is still the file's main model, and the ensemble is not in its metadata.
+    # The refit is still the file's main model; its metadata names the ensemble, no weights.
     single = load_model(data)
-    assert single.test_score is not None and "ensemble" not in single.metadata
+    assert single.test_score is not None
+    assert single.metadata["ensemble"] == {"members": 3, "test_score": folds.test_score}
 
 
 def test_a_regression_ensemble_averages_in_the_targets_units() -> None:

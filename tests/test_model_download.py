@@ -41,7 +41,9 @@ from trainer.study import Protocol
 ROOT = Path(__file__).resolve().parents[1]
 # Population training in a worker warns that heartbeats belong to Study.optimize (they beat).
 pytestmark = pytest.mark.filterwarnings("ignore:Heartbeat of storage:UserWarning")
-SPEC = tiny_study(name="final-model", cv={"folds": 3, "test_fraction": 0.25})
+SPEC = tiny_study(
+    name="final-model", cv={"folds": 3, "test_fraction": 0.25}, final_model={"ensemble": True}
+)
 
 
 def readme_snippet() -> str:
@@ -142,6 +144,10 @@ def test_the_final_model_downloads_and_predicts_its_test_score(
         assert downloaded.returncode == 0, downloaded.stderr
         assert downloaded.stdout.strip() == "cli.pt"
         assert f"test {study['test_score']:.4g}" in downloaded.stderr, downloaded.stderr
+        folds = load_model(response.content, ensemble=True)
+        assert f"with an ensemble of its 3 fold models (test {folds.test_score:.4g})" in (
+            " ".join(downloaded.stderr.split())  # rich wraps long lines
+        )
         assert (tmp_path / "cli.pt").read_bytes() == response.content
         default = cli("model", study_id)  # named after the study by default
         assert default.returncode == 0 and (tmp_path / f"regtune-{study_id}.pt").exists()
@@ -174,6 +180,11 @@ def test_the_final_model_downloads_and_predicts_its_test_score(
         assert scores["cv_mean"] == pytest.approx(study["best"]["cv_mean"])
         assert scores["fold_scores"] == pytest.approx(study["best"]["fold_scores"])
         assert scores["n_test"] == len(truth)
+        # The fold ensemble in the same file scores its own test figure on the same rows.
+        X, _, _ = held_out_rows(SPEC)
+        assert len(folds.members) == 3
+        ensemble_accuracy = float(np.mean(folds.predict(X) == np.array(truth)))
+        assert folds.test_score == pytest.approx(ensemble_accuracy, abs=1e-6)
 
         # Deleting the study deletes its model.
         assert http.delete(f"/v1/studies/{study_id}").status_code == 204
@@ -251,22 +262,3 @@ def test_a_study_cancelled_meanwhile_stores_no_model(service) -> None:
         artifacts.model_file(db, "t", study_id)
     with pytest.raises(studies.NotFound):
         artifacts.model_file(db, "someone else", study_id)
-
-
-def test_a_study_asked_for_an_ensemble_stores_its_fold_models(service) -> None:
-    settings, db, _ = service
-    study_id = submitted(
-        service, cv={"folds": 3, "test_fraction": 0.25}, final_model={"ensemble": True}
-    )
-    Worker(settings).run(once=True)
-    with db.read() as session:
-        record = studies.get(session, "t", study_id)
-    assert record.status == "completed" and record.error is None, record.error
-    data = artifacts.model_file(db, "t", study_id)
-    refit, folds = load_model(data), load_model(data, ensemble=True)
-    assert refit.test_score == pytest.approx(record.test_score)  # the study reports the refit
-    assert len(folds.members) == 3
-    spec = tiny_study(cv={"folds": 3, "test_fraction": 0.25})
-    X, _, truth = held_out_rows(spec)
-    accuracy = float(np.mean(folds.predict(X) == np.array(truth)))
-    assert folds.test_score == pytest.approx(accuracy, abs=1e-6)

@@ -290,6 +290,16 @@ class EnsembleModel:
         return self
 
 
+def _metadata(artifact: Mapping[str, Any]) -> dict[str, Any]:
+    """Everything but the weights; of an ensemble, its size and test score."""
+    metadata = {k: v for k, v in artifact.items() if k not in ("state_dict", "ensemble")}
+    folds = artifact.get("ensemble")
+    metadata["ensemble"] = (
+        {"members": len(folds["members"]), "test_score": folds["test_score"]} if folds else None
+    )
+    return metadata
+
+
 def _network(
     artifact: Mapping[str, Any],
     state_dict: Mapping[str, torch.Tensor],
@@ -329,7 +339,7 @@ def _network(
         epochs=epochs,
         x_scaler=Standardizer(x_mean.numpy(), x_std.numpy()),
         y_scaler=y_scaler,
-        metadata={k: v for k, v in artifact.items() if k not in ("state_dict", "ensemble")},
+        metadata=_metadata(artifact),
     )
 
 
