@@ -105,14 +105,7 @@ def textbook(
                 drop_last=len(train) % config.batch_size == 1,
             )
             # The same network as the engines; what differs is the loop around it.
-            model = build_model(
-                config.model,
-                data.input_shape,
-                data.n_outputs,
-                dropout=config.dropout,
-                bn_momentum=config.bn_momentum,
-                hidden=config.hidden,
-            )
+            model = config.network(data.input_shape, data.n_outputs)
             optimizer = torch.optim.Adam(
                 model.parameters(), lr=config.lr, weight_decay=config.weight_decay
             )

@@ -5,6 +5,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from torch import nn
+
+from trainer.models import build_model
 from trainer.spec import ModelSpec, StudySpec, TrainingSpec
 
 
@@ -47,3 +50,14 @@ class TrialConfig:
         del values["model"], values["training"]
         values["hidden"] = list(self.hidden)
         return values
+
+    def network(self, input_shape: tuple[int, ...], n_outputs: int) -> nn.Module:
+        """A fresh network of this configuration (its widths, dropout and BN momentum)."""
+        return build_model(
+            self.model,
+            input_shape,
+            n_outputs,
+            dropout=self.dropout,
+            bn_momentum=self.bn_momentum,
+            hidden=self.hidden,
+        )

@@ -27,7 +27,7 @@ from trainer.config import TrialConfig
 from trainer.datasets import Dataset
 from trainer.diagnosis import Diagnosis, diagnose_fold, diagnose_trial
 from trainer.early_stopping import EarlyStopping
-from trainer.models import build_model, count_parameters
+from trainer.models import count_parameters
 from trainer.preprocessing import Standardizer
 from trainer.regularizers import make_optimizer
 from trainer.spec import Metric, Task
@@ -165,14 +165,7 @@ class FoldRun:
         self.task: Task = dataset.task
         self.data = FoldData.build(dataset, split, device)
         torch.manual_seed(seed)
-        self.model = build_model(
-            config.model,
-            dataset.input_shape,
-            dataset.n_outputs,
-            dropout=config.dropout,
-            bn_momentum=config.bn_momentum,
-            hidden=config.hidden,
-        ).to(device)
+        self.model = config.network(dataset.input_shape, dataset.n_outputs).to(device)
         self.optimizer, self.regularizer = make_optimizer(
             self.model,
             optimizer=config.optimizer,

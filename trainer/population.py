@@ -44,7 +44,7 @@ from trainer.config import TrialConfig
 from trainer.datasets import Dataset
 from trainer.diagnosis import diagnose_fold
 from trainer.engine import CVResult, DivergedError, FoldResult, fold_seed
-from trainer.models import build_model, count_parameters
+from trainer.models import count_parameters
 from trainer.preprocessing import Standardizer
 from trainer.regularizers import SPARSITY_THRESHOLD
 from trainer.spec import Metric
@@ -186,16 +186,7 @@ class Population:
         models = []
         for member in members:
             torch.manual_seed(member.seed)
-            models.append(
-                build_model(
-                    first.model,
-                    dataset.input_shape,
-                    dataset.n_outputs,
-                    dropout=member.config.dropout,
-                    bn_momentum=member.config.bn_momentum,
-                    hidden=member.config.hidden,
-                )
-            )
+            models.append(member.config.network(dataset.input_shape, dataset.n_outputs))
         self.n_params = count_parameters(models[0])
         # Layers in forward order (a CNN's convolutions, then its head): weights [M, out, C, k…]
         # for a convolution, [M, in, out] for a Linear, biases [M, 1, out] for both.
