@@ -634,6 +634,8 @@ def model_download(
         if folds
         else ""
     )
+    if missing := tuned.metadata.get("ensemble_error"):
+        ensemble = f"; {missing}"
     console.print(
         f"{len(data):,} bytes: {what}, {cv}{test}; retrained for {tuned.epochs} epochs on "
         f"{scores.get('n_train')} rows{ensemble}",

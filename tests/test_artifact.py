@@ -13,10 +13,11 @@ import pytest
 import torch
 
 from trainer import artifact
+from trainer import study as study_module
 from trainer.artifact import ArtifactError, load_model
 from trainer.config import TrialConfig
 from trainer.datasets import Dataset, make_dataset
-from trainer.engine import FittedModel, predict, refit
+from trainer.engine import DivergedError, FittedModel, predict, refit
 from trainer.spec import StudySpec
 from trainer.study import Protocol, final_model, refit_epochs, run_study
 
@@ -279,4 +280,19 @@ def test_a_file_without_an_ensemble_says_how_to_get_one(wine) -> None:
     fitted, protocol = fit(wine, StudySpec(dataset="builtin:wine"), epochs=2)
     data = artifact.to_bytes(packed(fitted, wine, protocol))
     with pytest.raises(ArtifactError, match=re.escape('"final_model": {"ensemble": true}')):
+        load_model(data, ensemble=True)
+
+
+def test_a_fold_that_diverges_costs_the_ensemble_not_the_model(wine, monkeypatch) -> None:
+    def diverges(*args: Any, **kwargs: Any) -> Any:  # injected: the retrained fold 1 diverges
+        raise DivergedError("fold 1 diverged at epoch 3: training loss nan")
+
+    monkeypatch.setattr(study_module, "fold_ensemble", diverges)
+    _, _, data = ensemble_study(wine)
+    model = load_model(data)
+    assert model.test_score is not None
+    assert model.metadata["ensemble"] is None
+    reason = "the fold ensemble could not be built: fold 1 diverged at epoch 3"
+    assert model.metadata["ensemble_error"].startswith(reason)
+    with pytest.raises(ArtifactError, match=reason):
         load_model(data, ensemble=True)

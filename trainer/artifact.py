@@ -23,6 +23,8 @@ unpickling any class::
                          members (each: state_dict, x_mean, x_std, y_mean, y_std, epochs:
                          its own fit rows' standardization) and test_score, the score of
                          their averaged prediction on the test rows
+    ensemble_error       why an ensemble that was asked for is missing (a fold diverged when
+                         retrained), else None or absent
 
 Loading::
 
@@ -364,7 +366,8 @@ def load_model(
     folds = artifact.get("ensemble")
     if not folds:
         raise ArtifactError(
-            "this model file holds no fold ensemble: submit the study with "
+            artifact.get("ensemble_error")
+            or "this model file holds no fold ensemble: submit the study with "
             '"final_model": {"ensemble": true} to store one'
         )
     members = [

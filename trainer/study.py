@@ -280,20 +280,25 @@ def final_model(
 ) -> tuple[FittedModel, dict[str, Any]]:
     """:func:`refit_trial`, and the refitted model packed as a file (:mod:`trainer.artifact`)
     with the trial's CV scores, its test score and ``study`` metadata; with
-    ``spec.final_model.ensemble`` the file also holds the trial's K fold models."""
+    ``spec.final_model.ensemble`` the file also holds the trial's K fold models. A fold
+    that diverges when retrained costs the ensemble, not the model: the file then says why
+    in ``ensemble_error``."""
     fitted = refit_trial(spec, dataset, protocol, trial, device=device)
-    ensemble = None
+    ensemble, ensemble_error = None, None
     if spec.final_model.ensemble:
-        ensemble = fold_ensemble(
-            dataset,
-            TrialConfig.from_values(spec, trial.user_attrs["config"]),
-            protocol.splits,
-            protocol.test,
-            metric=protocol.metric,
-            device=device,
-            seed=trial_seed(spec.seed, trial.number),
-            schedule=fold_schedule(spec),
-        )
+        try:
+            ensemble = fold_ensemble(
+                dataset,
+                TrialConfig.from_values(spec, trial.user_attrs["config"]),
+                protocol.splits,
+                protocol.test,
+                metric=protocol.metric,
+                device=device,
+                seed=trial_seed(spec.seed, trial.number),
+                schedule=fold_schedule(spec),
+            )
+        except DivergedError as exc:
+            ensemble_error = f"the fold ensemble could not be built: {exc}"
     attrs = trial.user_attrs
     packed = artifact.pack(
         fitted,
@@ -311,4 +316,5 @@ def final_model(
         study=study,
         ensemble=ensemble,
     )
+    packed["ensemble_error"] = ensemble_error
     return fitted, packed
