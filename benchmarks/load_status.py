@@ -185,11 +185,13 @@ class Load:
         elapsed: float,
         error: str | None,
         server_s: float | None = None,
-        wire: tuple[float, int] = (0.0, 0),
+        origin: tuple[float, int] = (0.0, 0),
     ) -> None:
+        """``origin``: the request's wall-clock start and client port, for ``trace``."""
         if not self.start <= started < self.end:
             return
-        self.trace.append((wire[0], *key, elapsed, server_s, wire[1], error or ""))
+        wall, port = origin
+        self.trace.append((wall, *key, elapsed, server_s, port, error or ""))
         if error is None:
             self.samples[key].latencies.append(elapsed)
             if server_s is not None:
@@ -249,7 +251,7 @@ async def poller(
         except httpx.HTTPError as exc:
             error = type(exc).__name__
         elapsed = time.perf_counter() - started
-        load.record((endpoint, kind), started, elapsed, error, server_s, (wall, port))
+        load.record((endpoint, kind), started, elapsed, error, server_s, origin=(wall, port))
 
     now = loop.time()
     next_status, next_list = now + rng.uniform(0, 1), now + rng.uniform(0, 5)

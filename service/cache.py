@@ -56,9 +56,8 @@ class TTLCache(Generic[V]):
         A fresh hit is answered in place. An entry less than two TTLs old is answered in place
         too, and recomputed in the thread pool in the background (stale-while-revalidate), so
         a poller sees a value at most ``2·ttl_s`` plus one computation old. Anything older,
-        or missing, is computed in the thread pool and awaited. Under a few hundred pollers
-        the thread pool's queue, not the work, made the latency of every request that went
-        through it (BENCHMARKS.md, "Load").
+        or missing, is computed in the thread pool and awaited: a poller's repeat costs no
+        thread-pool round trip and never queues behind other requests' computations.
         """
         now = self.clock()
         with self.lock:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from service.cache import TTLCache
@@ -94,8 +96,6 @@ def test_one_caller_recomputes_an_expired_entry_while_the_others_get_the_last_va
 
 
 def test_the_event_loop_gets_recent_values_at_once_and_they_refresh_behind_it() -> None:
-    import asyncio
-
     clock, calls = Clock(), []
     cache = TTLCache[int](ttl_s=1.0, clock=clock)
 

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from trainer.config import TrialConfig
+from trainer.datasets import load_builtin
 from trainer.engine import cross_validate
 from trainer.population import train_population
 from trainer.spec import StudySpec
@@ -95,8 +96,6 @@ def test_population_matches_the_per_trial_engine_without_dropout(
 def test_stacked_cnns_match_the_per_trial_engine(
     digits, dataset: str, training: dict, batch_norm: bool, rel: float
 ) -> None:
-    from trainer.datasets import load_builtin
-
     data = digits if dataset == "digits" else load_builtin("builtin:mnist1d:600")
     spec = StudySpec(
         dataset=data.name,
@@ -127,9 +126,8 @@ def test_a_stacked_cnn_does_not_depend_on_its_neighbours_with_dropout(digits) ->
     target = config(spec, dropout=0.3)
     neighbour = config(spec, dropout=0.6, weight_decay=0.1, bn_momentum=0.9)
     alone = train_population(digits, [target], splits, seeds=[5], metric="accuracy")[0]
-    crowd = train_population(digits, [neighbour, target], splits, seeds=[6, 5], metric="accuracy")[
-        1
-    ]
+    pair = train_population(digits, [neighbour, target], splits, seeds=[6, 5], metric="accuracy")
+    crowd = pair[1]
     assert_same(alone, crowd, rel=1e-5)
 
 

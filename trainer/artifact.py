@@ -110,12 +110,14 @@ def pack(
     trial: Mapping[str, Any] | None = None,
     study: Mapping[str, Any] | None = None,
     ensemble: FoldEnsemble | None = None,
+    ensemble_error: str | None = None,
 ) -> dict[str, Any]:
     """The artifact of ``fitted`` (a refit on ``dataset``): see the module docstring.
 
     ``cv`` holds the best trial's ``cv_mean``, ``cv_std`` and ``fold_scores``; ``trial`` its
     ``number`` and ``params``; ``study`` any further JSON-ready metadata (id, name, seed);
-    ``ensemble`` the same configuration's fold models.
+    ``ensemble`` the same configuration's fold models, or ``ensemble_error`` why they are
+    missing.
     """
     config = fitted.config
     cv = cv or {}
@@ -159,6 +161,7 @@ def pack(
             ],
             "test_score": _plain(ensemble.test_score),
         },
+        "ensemble_error": ensemble_error,
     }
 
 

@@ -26,7 +26,7 @@ import math
 import torch
 
 from trainer.datasets import Dataset
-from trainer.models import parameter_count
+from trainer.models import feature_shapes, parameter_count
 from trainer.spec import StudySpec
 
 MEMORY_SHARE = 0.5  # of the free device memory; the rest is for the allocator's slack
@@ -50,14 +50,7 @@ def widest(spec: StudySpec) -> list[int]:
 def hidden_units(spec: StudySpec, input_shape: tuple[int, ...], hidden: list[int]) -> int:
     """Activations per sample after each hidden layer: a CNN's channels × positions, then the
     head's widths."""
-    units = sum(hidden)
-    if spec.model.kind == "cnn":
-        _, *spatial = input_shape
-        k, stride = spec.model.kernel_size, spec.model.stride
-        for channels in spec.model.channels:
-            spatial = [(n + 2 * (k // 2) - k) // stride + 1 for n in spatial]
-            units += channels * math.prod(spatial)
-    return units
+    return sum(hidden) + sum(math.prod(shape) for shape in feature_shapes(spec.model, input_shape))
 
 
 def largest_batch(spec: StudySpec) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 
@@ -114,6 +115,21 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def feature_shapes(spec: ModelSpec, input_shape: tuple[int, ...]) -> list[tuple[int, ...]]:
+    """The output shape ``(channels, *spatial)`` of each of a CNN's conv blocks ([] for an MLP).
+
+    With padding k // 2 a convolution's output length is ⌊(n + 2⌊k/2⌋ − k) / stride⌋ + 1.
+    """
+    if spec.kind != "cnn":
+        return []
+    k, stride = spec.kernel_size, spec.stride
+    shapes, spatial = [], list(input_shape[1:])
+    for out in spec.channels:
+        spatial = [(n + 2 * (k // 2) - k) // stride + 1 for n in spatial]
+        shapes.append((out, *spatial))
+    return shapes
+
+
 def parameter_count(
     spec: ModelSpec,
     input_shape: tuple[int, ...],
@@ -128,17 +144,11 @@ def parameter_count(
     widths = list(spec.hidden if hidden is None else hidden)
     bn = 2 if spec.batch_norm else 0  # BatchNorm's weight and bias per channel
     total = 0
-    if spec.kind == "cnn":
-        channels, *spatial = input_shape
-        k, stride = spec.kernel_size, spec.stride
-        for out in spec.channels:
-            total += channels * out * k ** len(spatial) + out + bn * out
-            # Conv output length with padding k // 2: floor((n + 2 (k // 2) - k) / stride) + 1
-            spatial = [(n + 2 * (k // 2) - k) // stride + 1 for n in spatial]
-            channels = out
-        n_in = channels * math.prod(spatial)
-    else:
-        n_in = math.prod(input_shape)
+    shapes = [input_shape, *feature_shapes(spec, input_shape)]
+    kernel = spec.kernel_size ** (len(input_shape) - 1)
+    for (channels, *_), (out, *_) in itertools.pairwise(shapes):
+        total += channels * out * kernel + out + bn * out
+    n_in = math.prod(shapes[-1])
     for width in widths:
         total += n_in * width + width + bn * width
         n_in = width

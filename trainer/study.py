@@ -315,6 +315,6 @@ def final_model(
         },
         study=study,
         ensemble=ensemble,
+        ensemble_error=ensemble_error,
     )
-    packed["ensemble_error"] = ensemble_error
     return fitted, packed
