@@ -37,11 +37,10 @@ from service.db import DATABASE_ERRORS, Database
 from service.models import StudyRecord, WorkerRecord, utcnow
 from service.settings import Settings
 from trainer import artifact, layout
-from trainer.batched import Populations
 from trainer.datasets import DatasetError
 from trainer.device import resolve_device
-from trainer.engine import DivergedError
-from trainer.objective import Objective, TrialFailed, TrialInterrupted, failure_reason
+from trainer.objective import TrialInterrupted, failure_reason
+from trainer.search import Search
 from trainer.spec import StudySpec
 from trainer.study import Protocol, SpecError, final_model, make_pruner, make_sampler
 
@@ -190,45 +189,32 @@ class Worker:
             ),
             pruner=make_pruner(spec),
         )
-        should_stop = self.stop_check(record.id)
-        objective = Objective(
-            spec,
-            dataset,
-            protocol.splits,
-            metric=protocol.metric,
-            device=self.device,
-            should_stop=should_stop,
-            passthrough=DATABASE_ERRORS,
-        )
         deadline = _deadline(spec, record)
-        size = layout.population_size(spec, dataset, self.device, self.settings.population)
-        populations = Populations(
+        failed = False
+
+        def budget() -> int:
+            nonlocal failed
+            failed = failed or self.failing(record)
+            return 0 if failed else self.runnable(record, deadline)
+
+        search = Search(
             study,
             spec,
             dataset,
             protocol.splits,
             metric=protocol.metric,
-            size=size,
+            size=layout.population_size(spec, dataset, self.device, self.settings.population),
+            budget=budget,
             device=self.device,
+            deadline=deadline,
             guard=self.heartbeats,
-            should_stop=should_stop,
+            should_stop=self.stop_check(record.id),
             passthrough=DATABASE_ERRORS,
         )
         try:
-            while startable := self.runnable(record, deadline):
-                if size:
-                    populations.run(min(populations.size, startable))
-                else:
-                    try:
-                        study.optimize(objective, n_trials=1, catch=(DivergedError, TrialFailed))
-                    except optuna.exceptions.UpdateFinishedTrialError as exc:
-                        # Declared dead while it trained (a long outage); its parameters
-                        # are queued again, so dropping this result loses nothing.
-                        log.warning("result dropped: %s", exc)
-                if self.failing(record):
-                    return
+            search.run()
         except TrialInterrupted as exc:
-            self.requeue_interrupted(study, getattr(exc, "failed", None))
+            self.requeue_interrupted(study, exc.trial_ids)
         except DATABASE_ERRORS:
             raise
         except Exception as exc:  # a bug or a broken dataset: fail loudly, keep the worker
@@ -237,7 +223,8 @@ class Worker:
             return
         finally:
             self.set_current(None)
-        self.finish(record)
+        if not failed:
+            self.finish(record)
 
     def failing(self, record: StudyRecord) -> bool:
         """Fail the study when its first trials all fail for good (a bug, bad data, NaN).
@@ -294,9 +281,7 @@ class Worker:
 
         return should_stop
 
-    def requeue_interrupted(
-        self, study: optuna.Study, failed: list[optuna.trial.FrozenTrial] | None = None
-    ) -> None:
+    def requeue_interrupted(self, study: optuna.Study, trial_ids: Sequence[int]) -> None:
         """Interrupted trials failed; queue their parameters again while the study runs."""
         with self.db.read() as session:
             status = session.scalar(
@@ -304,23 +289,20 @@ class Worker:
             )
         if status != "running":
             return  # cancelled or deleted: nothing to resume
-        if failed is None:  # one trial through study.optimize: the newest failure is ours
-            newest = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.FAIL,))
-            failed = newest[-1:]
         retry = trials.retry_callback()
-        for trial in failed:
-            retry(study, trial)
+        for trial_id in trial_ids:
+            retry(study, study._storage.get_trial(trial_id))
 
     @contextmanager
     def heartbeats(self, running: Sequence[optuna.Trial]) -> Iterator[None]:
-        """Beat for a population's trials while they train (study.optimize does it for one)."""
+        """Beat for the search's running trials (study.optimize beats for a trial of its own)."""
         storage = self.storage
         assert storage is not None
         stop = threading.Event()
 
         def beat() -> None:
             while True:
-                for trial in running:
+                for trial in list(running):  # the search adds and removes trials meanwhile
                     storage.record_heartbeat(trial._trial_id)
                 if stop.wait(self.settings.heartbeat_s):
                     return

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from trainer import layout
-from trainer.batched import ramped
 from trainer.models import build_model, count_parameters, parameter_count
+from trainer.search import ramped
 from trainer.spec import StudySpec
 
 

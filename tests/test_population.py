@@ -11,7 +11,7 @@ import torch
 
 from trainer.config import TrialConfig
 from trainer.datasets import load_builtin
-from trainer.engine import cross_validate
+from trainer.engine import cross_validate, fold_seed
 from trainer.population import train_population
 from trainer.spec import StudySpec
 from trainer.study import Protocol
@@ -198,18 +198,17 @@ def test_stacked_batchnorm_running_statistics(wine) -> None:
     )
     splits = Protocol.of(spec, wine).splits
     from trainer.engine import FoldRun
-    from trainer.population import Member, Population
+    from trainer.population import Population
 
     cfgs = [config(spec, bn_momentum=0.1), config(spec, bn_momentum=0.7)]
-    members = [
-        Member(c, splits[0], seed, i, 0)
-        for i, (c, seed) in enumerate(zip(cfgs, [3, 4], strict=True))
-    ]
-    population = Population(wine, members, metric="accuracy")
+    seeds = [3, 4]
+    population = Population(wine, [splits[0]], cfgs[0], slots=2, metric="accuracy")
+    for slot, (c, seed) in enumerate(zip(cfgs, seeds, strict=True)):
+        population.assign(slot, c, seed)
     population.train_epoch()
-    for m, member in enumerate(members):
+    for m, (c, seed) in enumerate(zip(cfgs, seeds, strict=True)):
         fold = FoldRun(
-            0, wine, member.config, member.split, metric="accuracy", device="cpu", seed=member.seed
+            0, wine, c, splits[0], metric="accuracy", device="cpu", seed=fold_seed(seed, 0)
         )
         fold.train_epoch()
         bn = fold.model[1]
@@ -250,25 +249,97 @@ def test_batched_asks_run_a_study_with_pruning_and_records(wine) -> None:
     assert outcome.test_score is not None
 
 
-def test_compaction_drops_finished_models_without_changing_any_result(wine) -> None:
+def test_a_refilled_slot_trains_its_trial_exactly_as_alone(wine) -> None:
+    """A trial put in a slot that an earlier trial left, at a later epoch of the stack, and
+    next to a trial mid-way through, gets the same init, batch orders and dropout masks."""
+    from trainer.population import Population
+
+    spec = StudySpec(
+        dataset="builtin:wine", model={"hidden": [16]}, training={"max_epochs": 7}, cv={"folds": 3}
+    )
+    splits = Protocol.of(spec, wine).splits
+    long, short, late = (
+        config(spec, dropout=0.2, patience=50),
+        config(spec, dropout=0.5, lr=0.05),
+        config(spec, dropout=0.3, weight_decay=0.05, patience=50),
+    )
+    population = Population(wine, splits, long, slots=2, metric="accuracy")
+    population.assign(0, long, 1)
+    population.assign(1, short, 2)
+    results: dict[int, object] = {}  # by the trial's seed
+    seeds = {0: 1, 1: 2}
+    refilled_at = None
+    while population.occupied():
+        population.train_epoch()
+        for report in population.end_epoch():
+            if refilled_at is None and report.slot == 1 and report.epoch == 1:
+                # The short trial is pruned after two epochs; its slot takes the late one.
+                population.stop(1)
+                population.release(1)
+                population.assign(1, late, 3)
+                seeds[1], refilled_at = 3, report.epoch
+            elif report.finished:
+                results[seeds[report.slot]] = population.result(report.slot)
+                population.release(report.slot)
+    assert refilled_at == 1
+    for seed, cfg in ((1, long), (3, late)):
+        alone = train_population(wine, [cfg], splits, seeds=[seed], metric="accuracy")[0]
+        assert_same(results[seed], alone, rel=1e-5)
+
+
+def test_an_epoch_waits_for_the_host_once(wine) -> None:
+    """No host synchronisation inside an epoch's steps, one at its end."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from trainer.population import Population
+
+    # Ops that make the host wait for the device (a scalar read, a data-dependent shape) or
+    # copy host data to it; .tolist() does not dispatch, so it is counted by a wrapper.
+    syncing = {"_local_scalar_dense", "nonzero", "lift_fresh", "masked_select", "item"}
+
+    class Counter(TorchDispatchMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.seen: list[str] = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func.__name__.split(".")[0] in syncing:
+                self.seen.append(func.__name__)
+            return func(*args, **(kwargs or {}))
+
+    def counting(real):
+        def tolist(tensor):
+            counter.seen.append("tolist")
+            return real(tensor)
+
+        return tolist
+
     spec = StudySpec(
         dataset="builtin:wine",
         model={"hidden": [16]},
-        training={"max_epochs": 25, "lr": 0.02},
+        training={"max_epochs": 4, "grad_clip": 1.0},
         cv={"folds": 3},
     )
     splits = Protocol.of(spec, wine).splits
-    configs = [config(spec, patience=p, dropout=0.2) for p in (1, 2, 3, 30)]
-    seeds = [1, 2, 3, 4]
-    never = train_population(
-        wine, configs, splits, seeds=seeds, metric="accuracy", compact_below=0.0
-    )
-    eager = train_population(
-        wine, configs, splits, seeds=seeds, metric="accuracy", compact_below=1.0
-    )
-    assert max(f.epochs for f in never[3].folds) > min(f.epochs for f in never[0].folds)
-    for a, b in zip(never, eager, strict=True):
-        assert_same(a, b, rel=1e-5)
+    population = Population(wine, splits, config(spec), slots=4, metric="accuracy")
+    for slot in range(3):  # one slot left empty
+        population.assign(slot, config(spec, dropout=0.1 * slot, l1=1e-4), slot)
+    real = torch.Tensor.tolist
+    for _ in range(2):
+        counter = Counter()
+        torch.Tensor.tolist = counting(real)
+        try:
+            with counter:
+                population.train_epoch()
+            in_epoch = list(counter.seen)
+            counter.seen.clear()
+            with counter:
+                population.end_epoch()
+        finally:
+            torch.Tensor.tolist = real
+        assert len(population.step_list) > 1
+        assert in_epoch == []
+        assert counter.seen == ["tolist"]
 
 
 def fault_study(n_trials: int, **extra: object) -> StudySpec:
@@ -285,56 +356,58 @@ def fault_study(n_trials: int, **extra: object) -> StudySpec:
     )
 
 
-def test_out_of_memory_halves_the_population_and_loses_no_trial(wine, monkeypatch) -> None:
-    from trainer import batched
+def test_out_of_memory_halves_the_population_and_loses_no_trial(wine) -> None:
+    from trainer.population import Population
     from trainer.study import run_study
 
     sizes: list[int] = []
-    real = batched.train_population
 
-    def small_device(dataset, configs, *args, **kwargs):
-        sizes.append(len(configs))
-        if len(configs) > 2:  # what fits: two trials at a time
-            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        return real(dataset, configs, *args, **kwargs)
+    class SmallDevice(Population):  # what fits: two trials at a time
+        def train_epoch(self) -> None:
+            sizes.append(self.P)
+            if self.P > 2:
+                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+            super().train_epoch()
 
-    monkeypatch.setattr(batched, "train_population", small_device)
-    outcome = run_study(fault_study(8), wine, population=4, refit_best=False)
+    outcome = run_study(fault_study(8), wine, population=4, refit_best=False, engine=SmallDevice)
     states = [t.state for t in outcome.study.trials]
     assert states == [optuna.trial.TrialState.COMPLETE] * 8
-    # 4 fails → 2 + 2; after that the engine asks for 2 at a time.
-    assert sizes == [4, 2, 2, 2, 2]
+    # The stack of 4 fails once; its trials start again in stacks of 2, and so do all after.
+    assert sizes[0] == 4 and set(sizes[1:]) == {2}
 
 
-def test_a_trial_that_does_not_fit_alone_fails_with_the_reason(wine, monkeypatch) -> None:
-    from trainer import batched
+def test_a_trial_that_does_not_fit_alone_fails_with_the_reason(wine) -> None:
+    from trainer.population import Population
     from trainer.study import run_study
 
-    def no_memory(*args, **kwargs):
-        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 80.00 GiB")
+    class NoMemory(Population):
+        def train_epoch(self) -> None:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 80.00 GiB")
 
-    monkeypatch.setattr(batched, "train_population", no_memory)
-    outcome = run_study(fault_study(3), wine, population=2, refit_best=False)
+    outcome = run_study(fault_study(3), wine, population=2, refit_best=False, engine=NoMemory)
     assert [t.state for t in outcome.study.trials] == [optuna.trial.TrialState.FAIL] * 3
     assert all("OutOfMemoryError" in t.user_attrs["fail_reason"] for t in outcome.study.trials)
     assert outcome.best is None
 
 
-def test_a_training_error_fails_its_trials_and_the_search_goes_on(wine, monkeypatch) -> None:
-    from trainer import batched
+def test_a_training_error_fails_its_trials_and_the_search_goes_on(wine) -> None:
+    from trainer.population import Population
     from trainer.study import run_study
 
-    real = batched.train_population
-    calls = []
+    assigned: list[int] = []
 
-    def flaky(dataset, configs, *args, **kwargs):
-        calls.append(len(configs))
-        if len(calls) == 2:
-            raise RuntimeError("cuDNN error: CUDNN_STATUS_INTERNAL_ERROR")
-        return real(dataset, configs, *args, **kwargs)
+    class Flaky(Population):  # the second trial's training raises once
+        def assign(self, slot: int, config: TrialConfig, seed: int) -> None:
+            assigned.append(seed)
+            super().assign(slot, config, seed)
 
-    monkeypatch.setattr(batched, "train_population", flaky)
-    outcome = run_study(fault_study(4), wine, population=1, refit_best=False)
+        def train_epoch(self) -> None:
+            if len(assigned) == 2 and not getattr(self, "raised", False):
+                self.raised = True
+                raise RuntimeError("cuDNN error: CUDNN_STATUS_INTERNAL_ERROR")
+            super().train_epoch()
+
+    outcome = run_study(fault_study(4), wine, population=1, refit_best=False, engine=Flaky)
     trials = outcome.study.trials
     assert [t.state for t in trials].count(optuna.trial.TrialState.COMPLETE) == 3
     assert trials[1].state == optuna.trial.TrialState.FAIL

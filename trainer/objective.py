@@ -103,7 +103,15 @@ def result_attrs(result: CVResult, config: TrialConfig) -> dict[str, Any]:
 
 
 class TrialInterrupted(Exception):
-    """Raised inside a trial when its owner asked it to stop (cancel, shutdown)."""
+    """Raised inside a trial when its owner asked it to stop (cancel, shutdown).
+
+    ``trial_ids`` are the storage ids of the trials it interrupted: each is recorded as
+    failed ("interrupted"), and the owner may queue their parameters again.
+    """
+
+    def __init__(self, message: str, *, trial_ids: Sequence[int] = ()) -> None:
+        super().__init__(message)
+        self.trial_ids = list(trial_ids)
 
 
 class TrialFailed(Exception):
@@ -158,7 +166,10 @@ class Objective:
         def on_epoch(epoch: int, value: float) -> None:
             if self.should_stop is not None and self.should_stop():
                 trial.set_user_attr("fail_reason", f"interrupted at epoch {epoch}")
-                raise TrialInterrupted(f"trial {trial.number} interrupted at epoch {epoch}")
+                raise TrialInterrupted(
+                    f"trial {trial.number} interrupted at epoch {epoch}",
+                    trial_ids=[trial._trial_id],
+                )
             if lockstep:
                 report(epoch, value)
 

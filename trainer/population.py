@@ -1,37 +1,45 @@
-"""The population engine: M = P trials × K folds of one network as one stacked model.
+"""The population engine: P slots × K folds of one network as one stacked model.
 
-None of the searched regularization hyperparameters changes a tensor's shape, so the M models
-are stacked along a leading axis and trained by batched kernels: each Linear layer is one
-``torch.baddbmm`` over weights ``[M, in, out]``, and each convolution one grouped convolution
-with M groups over the models' channels side by side (``[B, M·C, …]``, weights ``[M·out, C,
-k…]``), which is M independent convolutions in one kernel. Per model m:
+None of the searched regularization hyperparameters changes a tensor's shape, so M = P·K
+models are stacked along a leading axis and trained by batched kernels: each Linear layer is
+one ``torch.baddbmm`` over weights ``[M, in, out]``, and each convolution one grouped
+convolution with M groups over the models' channels side by side (``[B, M·C, …]``, weights
+``[M·out, C, k…]``), which is M independent convolutions in one kernel. Row r of the stack is
+fold ``r mod K`` of the trial in slot ``r div K``. Per model m:
 
-* data: its own fit/val/score rows (index gathers into one device copy of the data set) and
-  its own standardization μ_m, σ_m, fitted on its fit rows;
+* data: its fold's fit/val/score rows (index gathers into one device copy of the data set) and
+  its fold's standardization μ, σ, fitted on the fit rows only;
 * BatchNorm: batch statistics over its own valid rows (and, after a convolution, positions)
-  and its own running statistics, ``running ← (1 − m_m)·running + m_m·batch`` with a momentum
-  tensor;
+  and its own running statistics, ``running ← (1 − m_m)·running + m_m·batch``;
 * dropout: inverted, keep probability 1 − p_m, masks from ``trainer.rng`` keyed by the model's
-  seed, so a model draws the same masks whatever its neighbours are;
+  seed and its own epoch, so a model draws the same masks whatever its neighbours are and
+  whichever slot it was given;
 * loss: its own mean over its batch; the population's loss is the *sum* over models, so each
   model's gradient is exactly its own (a mean would scale every gradient by 1/M);
-* L1 λ₁_m·‖θ_m‖₁ in the loss; L2 λ_m coupled (g ← g + λθ) or decoupled (θ ← (1 − ηλ)θ);
-* Adam or SGD written over the stacked tensors, step counts per model, updates masked for
-  models that stopped, were pruned, diverged, or had no batch this step (zeroing a gradient
-  would not do: Adam's moments would still move the weights);
+* L1 λ₁_m·sign(θ) added to the gradient; L2 λ_m coupled (g ← g + λθ) or decoupled
+  (θ ← (1 − ηλ)θ);
+* Adam or SGD over the stacked tensors in one call per step, with per-model learning rates
+  and step counts as tensors; a model that does not step (stopped, pruned, an empty slot, no
+  batch of its own this step) is gated out with ``torch.where``: zeroing its gradient would
+  not do, Adam's moments would still move its weights;
 * early stopping with its own patience; the best weights are kept by a masked copy.
 
-Initial weights are those of ``build_model`` under the model's seed, and batch orders those of
-``engine.batch_order``, so a model trained here matches the per-trial engine when dropout is
-off, and a model's result does not depend on which population it trains in.
+Slots are refilled: when a trial ends, :meth:`Population.assign` puts the next one in its
+rows at the next epoch boundary, initialised exactly as ``build_model`` under its seed. Shapes
+never change, so the step can be compiled once (:mod:`trainer.compiled`).
+
+Inside an epoch nothing waits for the host. Batch orders, dropout keys and the per-step
+"who steps" masks are device tensors made at the epoch's start, and which steps exist at all
+is fixed by the folds' sizes; :meth:`Population.end_epoch` reads the epoch's results back in
+one transfer.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections import defaultdict
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import numpy as np
@@ -54,47 +62,23 @@ BN_EPS = 1e-5
 ADAM_BETAS = (0.9, 0.999)
 ADAM_EPS = 1e-8
 
+ShapeKey = tuple[tuple[int, ...], int, str]
+
+
+def shape_key(config: TrialConfig) -> ShapeKey:
+    """What trials must share to train in one stack: widths, batch size and optimizer."""
+    return (config.hidden, config.batch_size, config.optimizer)
+
 
 @dataclass(frozen=True)
-class Member:
-    """One model of a population: a trial's configuration on one fold."""
+class SlotEpoch:
+    """What one slot's trial did in the epoch that just ended (read on the host)."""
 
-    config: TrialConfig
-    split: Split
-    seed: int
-    trial: int  # slot of the trial in the population
-    fold: int
-
-
-@dataclass
-class HostView:
-    """Per-row facts the step loop needs on the host (the device copies stay authoritative)."""
-
-    active: list[bool]
-    fit_len: list[int]
-    lr: list[float]
-    trial: list[int]
-
-    def keep(self, rows: list[int]) -> None:
-        for name in ("active", "fit_len", "lr", "trial"):
-            values = getattr(self, name)
-            setattr(self, name, [values[r] for r in rows])
-
-
-def _padded(
-    indices: Sequence[np.ndarray], device: torch.device
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Index lists of unequal length as ``[M, max]`` (padded with 0) and their lengths ``[M]``."""
-    width = max(1, max(len(i) for i in indices))
-    table = np.zeros((len(indices), width), dtype=np.int64)
-    for m, index in enumerate(indices):
-        table[m, : len(index)] = index
-    lengths = torch.tensor([len(i) for i in indices], device=device)
-    return torch.as_tensor(table, device=device), lengths
-
-
-def _column(values: Sequence[float], device: torch.device) -> torch.Tensor:
-    return torch.tensor(values, dtype=torch.float32, device=device).view(-1, 1, 1)
+    slot: int
+    epoch: int  # the trial's own epoch index, from 0
+    value: float  # fold mean of the best-epoch scores so far: the value Optuna is told
+    diverged: bool  # a fold's loss is NaN/inf: the trial fails
+    finished: bool  # every fold stopped (early stopping or max_epochs)
 
 
 def per_model(column: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -102,144 +86,118 @@ def per_model(column: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return column.reshape(-1, *[1] * (like.dim() - 1))
 
 
+def _padded(indices: Sequence[np.ndarray], device: torch.device) -> tuple[torch.Tensor, list[int]]:
+    """Index lists of unequal length as ``[M, max]`` (padded with 0) and their lengths."""
+    width = max(1, max(len(i) for i in indices))
+    table = np.zeros((len(indices), width), dtype=np.int64)
+    for m, index in enumerate(indices):
+        table[m, : len(index)] = index
+    return torch.as_tensor(table, device=device), [len(i) for i in indices]
+
+
 class Population:
-    """Train ``members`` (same architecture, batch size and optimizer) as one stacked model."""
+    """``slots`` trials × K folds of ``template``'s network, batch size and optimizer.
+
+    Every trial assigned must share :func:`shape_key` with ``template`` (and the study's
+    model and training settings). Empty slots cost compute but change nothing.
+    """
 
     def __init__(
         self,
         dataset: Dataset,
-        members: Sequence[Member],
+        splits: Sequence[Split],
+        template: TrialConfig,
         *,
+        slots: int,
         metric: Metric,
         device: torch.device | str = "cpu",
+        precision: str = "fp32",
     ) -> None:
-        first = members[0].config
-        for member in members:
-            c = member.config
-            if (c.hidden, c.batch_size, c.optimizer, c.model, c.training) != (
-                first.hidden,
-                first.batch_size,
-                first.optimizer,
-                first.model,
-                first.training,
-            ):
-                raise ValueError(
-                    "a population shares architecture, batch size, optimizer and "
-                    "training settings; group members by them"
-                )
-        self.members, self.metric, self.task = list(members), metric, dataset.task
-        self.device = torch.device(device)
-        self.training = first.training
-        self.batch_size = first.batch_size
-        self.batch_norm = first.model.batch_norm
-        self.input_shape = dataset.input_shape
+        self.template, self.metric, self.task = template, metric, dataset.task
+        self.device = dev = torch.device(device)
+        self.training = template.training
+        self.batch_size = template.batch_size
+        self.batch_norm = template.model.batch_norm
+        self.adam = template.optimizer == "adam"
+        self.input_shape, self.n_outputs = dataset.input_shape, dataset.n_outputs
         self.conv = F.conv1d if len(dataset.input_shape) == 2 else F.conv2d
-        self.stride, self.padding = first.model.stride, first.model.kernel_size // 2
-        self.n_conv = len(first.model.channels) if first.model.kind == "cnn" else 0
-        M, dev = len(members), self.device
-        self.M = M
+        self.stride, self.padding = template.model.stride, template.model.kernel_size // 2
+        self.n_conv = len(template.model.channels) if template.model.kind == "cnn" else 0
+        self.P, self.K = slots, len(splits)
+        self.M = M = slots * self.K
+        self.splits = list(splits)
+        self.autocast = (
+            torch.autocast(dev.type, dtype=torch.bfloat16) if precision == "bf16" else nullcontext()
+        )
 
-        # Data: one device copy; per-model standardization fitted on its fit rows only.
+        # Data: one device copy; fold k's standardization fitted on its fit rows only.
         self.X = torch.as_tensor(dataset.X, device=dev)
-        x_scalers = [Standardizer.fit(dataset.X[m.split.fit]) for m in members]
-        self.x_scalers = x_scalers
-        self.x_mean = torch.as_tensor(
-            np.stack([s.mean for s in x_scalers]), device=dev, dtype=torch.float32
-        )[:, None, :]
-        self.x_std = torch.as_tensor(
-            np.stack([s.std for s in x_scalers]), device=dev, dtype=torch.float32
-        )[:, None, :]
+        self.x_scalers = [Standardizer.fit(dataset.X[s.fit]) for s in splits]
+        fold_of_row = [r % self.K for r in range(M)]
+
+        def by_row(values: Sequence[np.ndarray] | Sequence[float]) -> torch.Tensor:
+            return torch.as_tensor(
+                np.stack([np.asarray(values[k]) for k in fold_of_row]),
+                device=dev,
+                dtype=torch.float32,
+            )
+
+        self.x_mean = by_row([s.mean for s in self.x_scalers])[:, None, :]
+        self.x_std = by_row([s.std for s in self.x_scalers])[:, None, :]
         if dataset.task == "regression":
-            y_scalers = [Standardizer.fit(dataset.y[m.split.fit, None]) for m in members]
-            self.y_mean = torch.tensor([float(s.mean[0]) for s in y_scalers], device=dev)
-            self.y_std = torch.tensor([float(s.std[0]) for s in y_scalers], device=dev)
-            self.baseline = [1.0] * M
+            y_scalers = [Standardizer.fit(dataset.y[s.fit, None]) for s in splits]
+            self.y_mean = by_row([float(s.mean[0]) for s in y_scalers])
+            self.y_std = by_row([float(s.std[0]) for s in y_scalers])
+            self.baseline = [1.0] * self.K
         else:
             self.y_mean = self.y_std = torch.zeros(M, device=dev)
             self.baseline = []
-            for m in members:
-                prior = np.bincount(dataset.y[m.split.fit], minlength=dataset.n_outputs)
-                prior = prior[prior > 0] / len(m.split.fit)
+            for s in splits:
+                prior = np.bincount(dataset.y[s.fit], minlength=dataset.n_outputs)
+                prior = prior[prior > 0] / len(s.fit)
                 self.baseline.append(float(-(prior * np.log(prior)).sum()))
         self.y = torch.as_tensor(dataset.y, device=dev)
-        self.fit_index, self.fit_len = _padded([m.split.fit for m in members], dev)
-        self.val_index, self.val_len = _padded([m.split.val for m in members], dev)
-        self.score_index, self.score_len = _padded([m.split.score for m in members], dev)
+        rows = [splits[k] for k in fold_of_row]
+        self.fit_index, fit_len = _padded([s.fit for s in rows], dev)
+        self.val_index, val_len = _padded([s.val for s in rows], dev)
+        self.score_index, score_len = _padded([s.score for s in rows], dev)
+        self.fit_len = torch.tensor(fit_len, device=dev)
+        self.val_len = torch.tensor(val_len, device=dev)
+        self.score_len = torch.tensor(score_len, device=dev)
+        self.schedule(fit_len)
 
-        # Per-model hyperparameters as tensors.
-        configs = [m.config for m in members]
-        self.lr = _column([c.lr for c in configs], dev)
-        self.weight_decay = _column([c.weight_decay for c in configs], dev)
-        self.l1 = _column([c.l1 for c in configs], dev)
-        self.keep = torch.tensor([1.0 - c.dropout for c in configs], device=dev)
-        self.inverse_keep = 1.0 / self.keep.view(-1, 1, 1)
-        self.bn_momentum = _column([c.bn_momentum for c in configs], dev)[:, :, 0]
-        self.patience = torch.tensor([c.patience for c in configs], device=dev)
-        self.seeds = torch.tensor([m.seed for m in members], device=dev)
+        # Per-model hyperparameters as tensors, written in place by assign().
+        self.lr = torch.zeros(M, 1, 1, device=dev)
+        self.weight_decay = torch.zeros(M, 1, 1, device=dev)
+        self.l1 = torch.zeros(M, 1, 1, device=dev)
+        self.keep = torch.ones(M, device=dev)
+        self.bn_momentum = torch.zeros(M, 1, device=dev)
+        self.patience = torch.zeros(M, dtype=torch.long, device=dev)
+        self.seeds = torch.zeros(M, dtype=torch.long, device=dev)
 
-        # Weights: each model exactly as build_model initializes it under its seed.
-        self.weights: list[nn.Parameter] = []
-        self.biases: list[nn.Parameter] = []
-        self.gammas: list[nn.Parameter] = []
-        self.betas: list[nn.Parameter] = []
-        self.running: list[tuple[torch.Tensor, torch.Tensor]] = []
-        models = []
-        for member in members:
-            torch.manual_seed(member.seed)
-            models.append(member.config.network(dataset.input_shape, dataset.n_outputs))
-        self.n_params = count_parameters(models[0])
-        # Layers in forward order (a CNN's convolutions, then its head): weights [M, out, C, k…]
-        # for a convolution, [M, in, out] for a Linear, biases [M, 1, out] for both.
-        layer_types = (nn.Conv1d, nn.Conv2d, nn.Linear)
-        norm_types = (nn.BatchNorm1d, nn.BatchNorm2d)
-        linears = [[m for m in model.modules() if isinstance(m, layer_types)] for model in models]
-        norms = [[m for m in model.modules() if isinstance(m, norm_types)] for model in models]
-        for layer in range(len(linears[0])):
-            conv = layer < self.n_conv
-            w = torch.stack(
-                [
-                    ls[layer].weight.detach() if conv else ls[layer].weight.detach().t()
-                    for ls in linears
-                ]
-            )
-            b = torch.stack([ls[layer].bias.detach()[None, :] for ls in linears])
-            self.weights.append(nn.Parameter(w.to(dev)))
-            self.biases.append(nn.Parameter(b.to(dev)))
-        for layer in range(len(norms[0])):
-            self.gammas.append(
-                nn.Parameter(
-                    torch.stack([ns[layer].weight.detach()[None, :] for ns in norms]).to(dev)
-                )
-            )
-            self.betas.append(
-                nn.Parameter(
-                    torch.stack([ns[layer].bias.detach()[None, :] for ns in norms]).to(dev)
-                )
-            )
-            width = norms[0][layer].num_features
-            self.running.append(
-                (torch.zeros(M, width, device=dev), torch.ones(M, width, device=dev))
-            )
+        # Weights: the template's layout, replicated; assign() loads each trial's own init.
+        torch.manual_seed(0)
+        net = template.network(dataset.input_shape, dataset.n_outputs)
+        self.n_params = count_parameters(net)
+        weights, biases = self.layer_tensors(net)
+        self.weights = [nn.Parameter(w.to(dev)[None].repeat(M, *[1] * w.dim())) for w in weights]
+        self.biases = [nn.Parameter(b.to(dev).repeat(M, 1, 1)) for b in biases]
+        norms = self.norm_tensors(net)
+        self.gammas = [nn.Parameter(g.to(dev).repeat(M, 1, 1)) for g, _ in norms]
+        self.betas = [nn.Parameter(b.to(dev).repeat(M, 1, 1)) for _, b in norms]
+        self.running = [
+            (torch.zeros(M, g.shape[-1], device=dev), torch.ones(M, g.shape[-1], device=dev))
+            for g, _ in norms
+        ]
         self.params = [*self.weights, *self.biases, *self.gammas, *self.betas]
-        regularize_all = first.training.regularize_bias_and_bn
-        self.regularized = self.params if regularize_all else self.weights
-        ids = {id(p) for p in self.regularized}
+        regularized = self.params if self.training.regularize_bias_and_bn else self.weights
+        ids = {id(p) for p in regularized}
         self.decayed = [id(p) in ids for p in self.params]
-        self.state = [(torch.zeros_like(p), torch.zeros_like(p)) for p in self.params]
-        self.steps = torch.zeros(M, device=dev)
-        self.stepping = torch.zeros(M, dtype=torch.bool, device=dev)
-        # Host copies of what the step loop branches on, so that it never waits for the device.
-        self.host = HostView(
-            active=[True] * M,
-            fit_len=[len(m.split.fit) for m in members],
-            lr=[c.lr for c in configs],
-            trial=[m.trial for m in members],
-        )
-        self.uses_l1 = any(c.l1 > 0 for c in configs)
-        self.uses_dropout = any(c.dropout > 0 for c in configs)
+        self.moments = [(torch.zeros_like(p), torch.zeros_like(p)) for p in self.params]
+        self.steps = torch.zeros(M, dtype=torch.float64, device=dev)
 
-        # Per-model progress.
-        self.active = torch.ones(M, dtype=torch.bool, device=dev)
+        # Per-model progress; every row starts empty (inactive).
+        self.active = torch.zeros(M, dtype=torch.bool, device=dev)
         self.diverged = torch.zeros(M, dtype=torch.bool, device=dev)
         self.best_loss = torch.full((M,), math.inf, device=dev)
         self.best_epoch = torch.full((M,), -1, device=dev, dtype=torch.long)
@@ -247,29 +205,128 @@ class Population:
         self.best_score = torch.full((M,), math.nan, device=dev)
         self.epochs = torch.zeros(M, dtype=torch.long, device=dev)
         self.best_params = [p.detach().clone() for p in self.params]
-        # Rows of the stack → members; compaction drops finished rows, results stay by member.
-        self.ids = torch.arange(M, device=dev)
-        self.trial_ids = torch.tensor([m.trial for m in members], device=dev)
-        self.regularize_all = regularize_all
-        self.results: dict[int, FoldResult] = {}
-        self.member_score = torch.full((M,), math.nan, device=dev)
-        self.member_diverged = torch.zeros(M, dtype=torch.bool, device=dev)
-        self.member_active = torch.ones(M, dtype=torch.bool, device=dev)
         self.best_running = [(a.clone(), b.clone()) for a, b in self.running]
+
+        # Host side: what each slot holds, and the curves for the record.
+        self.occupant: list[TrialConfig | None] = [None] * slots
+        self.started = [0.0] * slots
+        self.slot_epochs = [0] * slots
+        self.host_active = [False] * M
         self.train_curves: list[list[float]] = [[] for _ in range(M)]
         self.val_curves: list[list[float]] = [[] for _ in range(M)]
-        self.epoch = 0
-        self.bind_rows()
+        self.uses_l1 = self.uses_dropout = False
 
-    def bind_rows(self) -> None:
-        """Per-model views of the stacked parameters and Adam state, for the fused optimizer."""
-        self.param_rows = [p.detach().unbind(0) for p in self.params]
-        self.moment_rows = [(m1.unbind(0), m2.unbind(0)) for m1, m2 in self.state]
-        self.step_rows = self.steps.unbind(0)
+    # --- layout --------------------------------------------------------------------------
+
+    def layer_tensors(self, net: nn.Module) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """A network's layers in forward order, as stacked: a convolution's weight ``[out, C,
+        k…]``, a Linear's ``[in, out]``, every bias ``[1, out]``."""
+        layers = [m for m in net.modules() if isinstance(m, nn.Conv1d | nn.Conv2d | nn.Linear)]
+        weights = [
+            (m.weight if i < self.n_conv else m.weight.t()).detach() for i, m in enumerate(layers)
+        ]
+        return weights, [m.bias.detach()[None, :] for m in layers]
+
+    @staticmethod
+    def norm_tensors(net: nn.Module) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        norms = [m for m in net.modules() if isinstance(m, nn.BatchNorm1d | nn.BatchNorm2d)]
+        return [(m.weight.detach()[None, :], m.bias.detach()[None, :]) for m in norms]
+
+    def schedule(self, fit_len: list[int]) -> None:
+        """Which steps an epoch takes and who has a batch in each: fixed by the folds' sizes.
+
+        Step s gives model m the rows ``s·B … s·B + B − 1`` of its shuffled fit rows; it
+        steps when it has enough of them (BatchNorm needs two). ``full[s]``: every model has a
+        whole batch, so batch statistics need no mask.
+        """
+        B = self.batch_size
+        self.n_max = max(fit_len)
+        minimum = 2 if self.batch_norm else 1
+        n_steps = -(-self.n_max // B)
+        counts = np.array(
+            [[min(max(n - s * B, 0), B) for n in fit_len] for s in range(n_steps)], dtype=np.int64
+        ).reshape(n_steps, len(fit_len))
+        self.step_list = [s for s in range(n_steps) if (counts[s] >= minimum).any()]
+        self.full = [bool((counts[s] == B).all()) for s in range(n_steps)]
+        self.has_batch = torch.as_tensor(counts >= minimum, device=self.device)  # [S, M]
+        self.n_steps = n_steps
+
+    def rows_of(self, slot: int) -> slice:
+        return slice(slot * self.K, (slot + 1) * self.K)
+
+    # --- slots ---------------------------------------------------------------------------
+
+    def free_slots(self) -> list[int]:
+        return [s for s, c in enumerate(self.occupant) if c is None]
+
+    def occupied(self) -> int:
+        return sum(c is not None for c in self.occupant)
+
+    @torch.no_grad()
+    def assign(self, slot: int, config: TrialConfig, seed: int) -> None:
+        """Put a trial in ``slot``: its K fold models initialised exactly as ``build_model``
+        under ``fold_seed(seed, k)``, fresh optimizer state, nothing trained yet."""
+        if shape_key(config) != shape_key(self.template) or config.training != self.training:
+            raise ValueError("a population shares widths, batch size, optimizer and training")
+        if self.occupant[slot] is not None:
+            raise ValueError(f"slot {slot} is taken")
+        rows, dev = self.rows_of(slot), self.device
+        seeds = [fold_seed(seed, k) for k in range(self.K)]
+        nets = []
+        for s in seeds:
+            torch.manual_seed(s)
+            nets.append(config.network(self.input_shape, self.n_outputs))
+        layers = [self.layer_tensors(n) for n in nets]
+        norms = [self.norm_tensors(n) for n in nets]
+        for i, w in enumerate(self.weights):
+            w[rows] = torch.stack([ws[i] for ws, _ in layers]).to(dev)
+        for i, b in enumerate(self.biases):
+            b[rows] = torch.stack([bs[i] for _, bs in layers]).to(dev)
+        for i, (g, b) in enumerate(zip(self.gammas, self.betas, strict=True)):
+            g[rows] = torch.stack([ns[i][0] for ns in norms]).to(dev)
+            b[rows] = torch.stack([ns[i][1] for ns in norms]).to(dev)
+        for (m1, m2), p, best in zip(self.moments, self.params, self.best_params, strict=True):
+            m1[rows], m2[rows] = 0.0, 0.0
+            best[rows] = p[rows]
+        for (mean, var), (best_mean, best_var) in zip(self.running, self.best_running, strict=True):
+            mean[rows], var[rows], best_mean[rows], best_var[rows] = 0.0, 1.0, 0.0, 1.0
+        self.lr[rows] = config.lr
+        self.weight_decay[rows] = config.weight_decay
+        self.l1[rows] = config.l1
+        self.keep[rows] = 1.0 - config.dropout
+        self.bn_momentum[rows] = config.bn_momentum
+        self.patience[rows] = config.patience
+        self.seeds[rows] = torch.tensor(seeds, device=dev)
+        self.steps[rows] = 0.0
+        self.active[rows], self.diverged[rows] = True, False
+        self.best_loss[rows], self.best_epoch[rows], self.bad_epochs[rows] = math.inf, -1, 0
+        self.best_score[rows], self.epochs[rows] = math.nan, 0
+        self.occupant[slot] = config
+        self.started[slot] = time.perf_counter()
+        self.slot_epochs[slot] = 0
+        for r in range(rows.start, rows.stop):
+            self.host_active[r] = True
+            self.train_curves[r], self.val_curves[r] = [], []
+        self.refresh_flags()
+
+    def release(self, slot: int) -> None:
+        """Empty ``slot``: its models stop stepping (their compute stays, masked)."""
+        rows = self.rows_of(slot)
+        self.active[rows] = False
+        for r in range(rows.start, rows.stop):
+            self.host_active[r] = False
+        self.occupant[slot] = None
+        self.refresh_flags()
+
+    def refresh_flags(self) -> None:
+        """Skip the L1 and dropout work while no occupant needs it (eager mode only)."""
+        configs = [c for c in self.occupant if c is not None]
+        self.uses_l1 = any(c.l1 > 0 for c in configs)
+        self.uses_dropout = any(c.dropout > 0 for c in configs)
 
     # --- the model -----------------------------------------------------------------------
 
-    def rows(self, index: torch.Tensor) -> torch.Tensor:
+    def features(self, index: torch.Tensor) -> torch.Tensor:
         """Standardized features of ``index`` ``[M, B]`` → ``[M, B, d]``, each model its own."""
         return (self.X[index] - self.x_mean) / self.x_std
 
@@ -296,39 +353,40 @@ class Population:
         h: torch.Tensor,
         layer: int,
         weight: torch.Tensor,
-        count: torch.Tensor,
+        stepping: torch.Tensor | None,
         *,
-        train: bool,
         full: bool,
     ) -> torch.Tensor:
         """Per-model BatchNorm of ``h`` ``[M, B, C, …]`` over its valid rows and positions.
 
-        ``weight`` ``[M, B]`` is 1 on real rows; ``count`` ``[M]`` how many there are.
+        ``weight`` ``[M, B]`` is 1 on real rows; ``stepping`` ``[M]`` (training only) says whose
+        running statistics move: ``running ← (1 − m)·running + m·batch`` with m gated to 0.
         """
         M, _, C, *spatial = h.shape
         dims = (1, *range(3, h.dim()))
         shape = (M, 1, C, *[1] * len(spatial))  # per model and channel
         mean_run, var_run = self.running[layer]
-        n = (count * math.prod(spatial)).view(M, *[1] * (h.dim() - 1))
-        # Two-pass statistics: torch.var_mean over the middle axis is ~7× slower on CPU.
-        if train and full:
-            mean = h.mean(dims, keepdim=True)
-            centred = h - mean
-            var = (centred * centred).mean(dims, keepdim=True)
-        elif train:
-            rows = weight.view(*weight.shape, *[1] * (h.dim() - 2))
-            mean = (h * rows).sum(dims, keepdim=True) / n
-            centred = (h - mean) * rows
-            var = (centred * centred).sum(dims, keepdim=True) / n
-        if train:
+        if stepping is None:
+            mean, var = mean_run.view(shape), var_run.view(shape)
+        else:
+            count = weight.sum(1).clamp(min=1.0)
+            n = (count * math.prod(spatial)).view(M, *[1] * (h.dim() - 1))
+            # Two-pass statistics: torch.var_mean over the middle axis is ~7× slower on CPU.
+            if full:
+                mean = h.mean(dims, keepdim=True)
+                centred = h - mean
+                var = (centred * centred).mean(dims, keepdim=True)
+            else:
+                rows = weight.view(*weight.shape, *[1] * (h.dim() - 2))
+                mean = (h * rows).sum(dims, keepdim=True) / n
+                centred = (h - mean) * rows
+                var = (centred * centred).sum(dims, keepdim=True) / n
             with torch.no_grad():
                 # PyTorch keeps the unbiased batch variance in the running estimate.
                 unbiased = var * n / (n - 1).clamp(min=1.0)
-                m = self.bn_momentum * self.stepping[:, None].to(h.dtype)
+                m = self.bn_momentum * stepping[:, None].to(h.dtype)
                 mean_run.mul_(1 - m).add_(m * mean.view(M, C))
                 var_run.mul_(1 - m).add_(m * unbiased.view(M, C))
-        else:
-            mean, var = mean_run.view(shape), var_run.view(shape)
         gamma, beta = self.gammas[layer].view(shape), self.betas[layer].view(shape)
         return (h - mean) / torch.sqrt(var + BN_EPS) * gamma + beta
 
@@ -343,16 +401,16 @@ class Population:
         x: torch.Tensor,
         valid: torch.Tensor,
         *,
-        train: bool,
-        step: int = 0,
+        stepping: torch.Tensor | None = None,
+        dropout_keys: torch.Tensor | None = None,
         full: bool = False,
     ) -> torch.Tensor:
         """Outputs ``[M, B, out]``; ``valid`` ``[M, B]`` marks real rows (the rest is padding).
 
-        ``full`` says that every row is real, which allows plain (unmasked) batch statistics.
+        Training mode when ``stepping`` is given; ``dropout_keys`` ``[layers, M]`` draws the
+        masks; ``full`` says that every row is real (plain, unmasked batch statistics).
         """
         weight = valid.to(x.dtype)
-        count = weight.sum(1).clamp(min=1.0)
         h = x.view(*x.shape[:2], *self.input_shape) if self.n_conv else x
         last = len(self.weights) - 1
         for layer, (w, b) in enumerate(zip(self.weights, self.biases, strict=True)):
@@ -363,12 +421,12 @@ class Population:
             if layer == last:
                 break
             if self.batch_norm:
-                h = self.normalize(h, layer, weight, count, train=train, full=full)
+                h = self.normalize(h, layer, weight, stepping, full=full)
             h = F.relu(h)
-            if train and self.uses_dropout:
-                keep = rng.keep_mask(self.dropout_keys[step, layer], tuple(h.shape[1:]), self.keep)
-                h = h * (keep * per_model(self.inverse_keep, h))
-        return h
+            if dropout_keys is not None:
+                keep = rng.keep_mask(dropout_keys[layer], tuple(h.shape[1:]), self.keep)
+                h = h * (keep * per_model(1.0 / self.keep, h))
+        return h.float()
 
     def losses(
         self, outputs: torch.Tensor, targets: torch.Tensor, valid: torch.Tensor
@@ -385,114 +443,73 @@ class Population:
     # --- training ------------------------------------------------------------------------
 
     def train_epoch(self) -> None:
-        """One epoch for every active model, then validation, early stopping and scoring."""
-        B, n_max = self.batch_size, self.fit_index.shape[1]
-        epoch_key = rng.keys(self.seeds, self.epoch)
-        order = rng.permutations(epoch_key, self.fit_len, n_max)
+        """One epoch for every active model, with no host synchronisation: every tensor the
+        steps need is made here, on the device, from the models' seeds and own epochs."""
+        B = self.batch_size
+        epoch_key = rng.keys_at(self.seeds, self.epochs)
+        order = rng.permutations(epoch_key, self.fit_len, self.n_max)
+        # Padded to whole batches: positions past n_max are nobody's rows (masked as invalid).
+        order = F.pad(order, (0, self.n_steps * B - self.n_max), value=self.n_max)
+        stepping = self.has_batch & self.active[None, :]  # [S, M]
+        keys = None
         if self.uses_dropout:  # a key per (step, layer, model), all drawn at once
-            self.dropout_keys = rng.key_table(epoch_key, -(-n_max // B), len(self.weights) - 1)
-        total = torch.zeros(self.M, device=self.device)
-        seen = torch.zeros(self.M, device=self.device)
-        minimum = 2 if self.batch_norm else 1
-        for step, start in enumerate(range(0, n_max, B)):
-            rows_host = [min(max(n - start, 0), B) for n in self.host.fit_len]
-            # A model steps when it trains and has a batch here (BatchNorm needs two rows).
-            active = self.host.active
-            stepping = [a and r >= minimum for a, r in zip(active, rows_host, strict=True)]
-            if not any(stepping):
-                continue
-            full = all(r == B for r in rows_host)
-            position = order[:, start : start + B]
-            valid = position < self.fit_len[:, None]
-            index = self.fit_index.gather(1, position.clamp(max=n_max - 1))
-            rows = valid.sum(1)
-            self.stepping = torch.tensor(stepping, device=self.device)
-            outputs = self.forward(self.rows(index), valid, train=True, step=step, full=full)
-            loss = self.losses(outputs, self.targets(index), valid)
-            for p in self.params:
-                p.grad = None
-            (loss * self.stepping).sum().backward()
-            self.update(stepping)
-            total += torch.where(self.stepping, loss.detach() * rows, 0.0)
-            seen += torch.where(self.stepping, rows, 0).to(seen.dtype)
-        self.finish_epoch(total / seen.clamp(min=1.0))
+            keys = rng.key_table(epoch_key, self.n_steps, len(self.weights) - 1)
+        self.total = torch.zeros(self.M, device=self.device)
+        self.seen = torch.zeros(self.M, device=self.device)
+        for step in self.step_list:
+            position = order[:, step * B : (step + 1) * B]
+            self.step(
+                position,
+                stepping[step],
+                None if keys is None else keys[step],
+                full=self.full[step],
+            )
+
+    def step(
+        self,
+        position: torch.Tensor,
+        stepping: torch.Tensor,
+        dropout_keys: torch.Tensor | None,
+        *,
+        full: bool,
+    ) -> None:
+        """One optimizer step of every model whose ``stepping`` is set, on its ``position``
+        rows ``[M, B]`` of its shuffled fit rows."""
+        valid = position < self.fit_len[:, None]
+        index = self.fit_index.gather(1, position.clamp(max=self.n_max - 1))
+        with self.autocast:
+            outputs = self.forward(
+                self.features(index), valid, stepping=stepping, dropout_keys=dropout_keys, full=full
+            )
+        loss = self.losses(outputs, self.targets(index), valid)
+        for p in self.params:
+            p.grad = None
+        (loss * stepping).sum().backward()
+        self.update(stepping)
+        rows = valid.sum(1)
+        self.total += torch.where(stepping, loss.detach() * rows, 0.0)
+        self.seen += torch.where(stepping, rows, 0).to(self.seen.dtype)
 
     @torch.no_grad()
-    def update(self, stepping: list[bool]) -> None:
-        """One optimizer step per stepping model, exactly as torch's Adam/SGD would take it.
-
-        The L1 term's gradient λ₁·sign(θ) is added here rather than through autograd: the same
-        number (torch's d|θ|/dθ is sign θ) for a fraction of the memory traffic.
-        """
-        go = self.stepping
+    def update(self, stepping: torch.Tensor) -> None:
+        """One optimizer step of the whole stack, exactly as torch's Adam/SGD would take it
+        for each stepping model (:func:`stacked_update`)."""
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
-        if self.uses_l1:
-            for p, g, decayed in zip(self.params, grads, self.decayed, strict=True):
-                if decayed:
-                    g.addcmul_(torch.sgn(p), per_model(self.l1, p))
-        if self.training.grad_clip is not None:
-            norm = torch.sqrt(sum(g.pow(2).flatten(1).sum(1) for g in grads))
-            coef = (self.training.grad_clip / (norm + 1e-6)).clamp(max=1.0)
-            grads = [g * coef.view(-1, *[1] * (g.dim() - 1)) for g in grads]
-        self.steps += go.to(self.steps.dtype)
-        decoupled = self.training.l2_mode == "decoupled"
-        gate = go.to(torch.float32).view(-1, 1, 1)  # 1: step, 0: leave model and moments be
-        lr = self.lr * gate
-        adam = self.members[0].config.optimizer == "adam"
-        for p, g, decayed in zip(self.params, grads, self.decayed, strict=True):
-            if decayed and decoupled:
-                p.mul_(1 - per_model(lr * self.weight_decay, p))
-            elif decayed:
-                g.addcmul_(p, per_model(self.weight_decay, p))
-        if adam:
-            self.adam_step(grads, stepping)
-            return
-        momentum = self.training.momentum
-        for p, g, (m1, _) in zip(self.params, grads, self.state, strict=True):
-            if momentum:
-                m1.copy_(torch.where(per_model(gate, p).bool(), momentum * m1 + g, m1))
-                g = m1
-            p.sub_(per_model(lr, p) * g)
-
-    def adam_step(self, grads: list[torch.Tensor], stepping: list[bool]) -> None:
-        """torch's fused Adam over the rows of the stepping models, one call per learning rate.
-
-        Each model's rows are views into the stacked tensors, with their own step count, so a
-        model that does not step here is simply left out: its weights and moments stay put.
-        """
-        by_lr: dict[float, list[int]] = defaultdict(list)
-        for row, go in enumerate(stepping):
-            if go:
-                by_lr[self.host.lr[row]].append(row)
-        grad_rows = [g.unbind(0) for g in grads]
-        b1, b2 = ADAM_BETAS
-        for lr, rows in by_lr.items():
-            lists: tuple[list[torch.Tensor], ...] = ([], [], [], [], [])
-            for p_rows, g_rows, (m1_rows, m2_rows) in zip(
-                self.param_rows, grad_rows, self.moment_rows, strict=True
-            ):
-                for row in rows:
-                    lists[0].append(p_rows[row])
-                    lists[1].append(g_rows[row])
-                    lists[2].append(m1_rows[row])
-                    lists[3].append(m2_rows[row])
-                    lists[4].append(self.step_rows[row])
-            params, grad_list, m1s, m2s, steps = lists
-            torch._fused_adam_(
-                params,
-                grad_list,
-                m1s,
-                m2s,
-                [],
-                steps,
-                lr=lr,
-                beta1=b1,
-                beta2=b2,
-                weight_decay=0.0,
-                eps=ADAM_EPS,
-                amsgrad=False,
-                maximize=False,
-            )
+        stacked_update(
+            [p.detach() for p in self.params],
+            grads,
+            self.moments,
+            self.steps,
+            stepping,
+            lr=self.lr,
+            weight_decay=self.weight_decay,
+            l1=self.l1 if self.uses_l1 else None,
+            decayed=self.decayed,
+            adam=self.adam,
+            decoupled=self.training.l2_mode == "decoupled",
+            momentum=self.training.momentum,
+            grad_clip=self.training.grad_clip,
+        )
 
     @torch.no_grad()
     def evaluate(
@@ -500,7 +517,8 @@ class Population:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(data loss, objective) per model on its rows ``index`` in evaluation mode."""
         valid = torch.arange(index.shape[1], device=self.device)[None, :] < lengths[:, None]
-        outputs = self.forward(self.rows(index), valid, train=False)
+        with self.autocast:
+            outputs = self.forward(self.features(index), valid)
         targets = self.targets(index)
         loss = self.losses(outputs, targets, valid)
         if self.metric == "accuracy":
@@ -513,7 +531,10 @@ class Population:
         return loss, metric.to(torch.float32)
 
     @torch.no_grad()
-    def finish_epoch(self, train_loss: torch.Tensor) -> None:
+    def end_epoch(self) -> list[SlotEpoch]:
+        """Validation, early stopping and scoring for the epoch just trained, then its one host
+        synchronisation: what each trial that trained did (:class:`SlotEpoch`)."""
+        train_loss = self.total / self.seen.clamp(min=1.0)
         val_loss, _ = self.evaluate(self.val_index, self.val_len)
         _, score = self.evaluate(self.score_index, self.score_len)
         was_active = self.active.clone()
@@ -525,140 +546,169 @@ class Population:
         self.best_score = torch.where(improved, score, self.best_score)
         self.bad_epochs = torch.where(improved, 0, self.bad_epochs + was_active.long())
         for best, p in zip(self.best_params, self.params, strict=True):
-            best.copy_(torch.where(improved.view(-1, *[1] * (p.dim() - 1)), p, best))
+            best.copy_(torch.where(per_model(improved, p), p, best))
         for (best_mean, best_var), (mean, var) in zip(self.best_running, self.running, strict=True):
             best_mean.copy_(torch.where(improved[:, None], mean, best_mean))
             best_var.copy_(torch.where(improved[:, None], var, best_var))
         self.epochs += was_active.long()
         out_of_epochs = self.epochs >= self.training.max_epochs
-        self.active = was_active & ~diverged & (self.bad_epochs < self.patience) & ~out_of_epochs
-        # The epoch's one host synchronisation: curves for the record.
-        rows = (train_loss, val_loss, was_active, self.ids, self.active)
-        train_host, val_host, active_host, ids_host, self.host.active = (t.tolist() for t in rows)
-        for r, member in enumerate(ids_host):
-            if active_host[r]:
-                self.train_curves[member].append(train_host[r])
-                self.val_curves[member].append(val_host[r])
-        self.sync_members()
-        self.epoch += 1
+        self.active &= ~diverged & (self.bad_epochs < self.patience) & ~out_of_epochs
+        # The epoch's one host synchronisation.
+        table = torch.stack(
+            [train_loss, val_loss, was_active, self.active, self.diverged, self.best_score]
+        ).tolist()
+        train_host, val_host, was_host, active_host, diverged_host, score_host = table
+        reports = []
+        for slot, config in enumerate(self.occupant):
+            rows = range(slot * self.K, (slot + 1) * self.K)
+            if config is None or not any(was_host[r] for r in rows):
+                continue
+            for r in rows:
+                if was_host[r]:
+                    self.train_curves[r].append(train_host[r])
+                    self.val_curves[r].append(val_host[r])
+                self.host_active[r] = bool(active_host[r])
+            reports.append(
+                SlotEpoch(
+                    slot=slot,
+                    epoch=self.slot_epochs[slot],
+                    value=float(np.mean([score_host[r] for r in rows])),
+                    diverged=any(diverged_host[r] for r in rows),
+                    finished=not any(active_host[r] for r in rows),
+                )
+            )
+            self.slot_epochs[slot] += 1
+        return reports
 
-    def sync_members(self) -> None:
-        """Per-member views (by member, not by row) of score, divergence and activity."""
-        self.member_score[self.ids] = self.best_score
-        self.member_diverged[self.ids] = self.diverged
-        self.member_active[self.ids] = self.active
+    def stop(self, slot: int) -> None:
+        """Stop every fold of ``slot``'s trial (pruned, or a fold diverged); it stays in the
+        slot until released."""
+        rows = self.rows_of(slot)
+        self.active[rows] = False
+        for r in range(rows.start, rows.stop):
+            self.host_active[r] = False
 
-    def stop_trial(self, trial: int) -> None:
-        """Stop every model of this trial (pruned, or one of its folds diverged)."""
-        self.active &= self.trial_ids != trial
-        self.host.active = [
-            a and t != trial for a, t in zip(self.host.active, self.host.trial, strict=True)
-        ]
-        self.sync_members()
-
-    PER_ROW = (
-        "x_mean",
-        "x_std",
-        "y_mean",
-        "y_std",
-        "fit_index",
-        "fit_len",
-        "val_index",
-        "val_len",
-        "score_index",
-        "score_len",
-        "lr",
-        "weight_decay",
-        "l1",
-        "keep",
-        "inverse_keep",
-        "bn_momentum",
-        "patience",
-        "seeds",
-        "steps",
-        "stepping",
-        "active",
-        "diverged",
-        "best_loss",
-        "best_epoch",
-        "bad_epochs",
-        "best_score",
-        "epochs",
-        "ids",
-        "trial_ids",
-    )
+    # --- results -------------------------------------------------------------------------
 
     @torch.no_grad()
-    def compact(self) -> None:
-        """Drop the rows of finished models from every stacked tensor (their results are kept).
-
-        A stopped model's update is masked but its compute is not: without this, a population
-        whose models mostly stopped early costs as much per epoch as a full one.
-        """
-        keep = self.active.nonzero().flatten()
-        self.host.keep([r for r, a in enumerate(self.host.active) if a])
-        for row in (~self.active).nonzero().flatten().tolist():
-            self.results[int(self.ids[row])] = self.fold_result(row)
-        for name in self.PER_ROW:
-            setattr(self, name, getattr(self, name)[keep])
-        self.weights = [nn.Parameter(w.detach()[keep]) for w in self.weights]
-        self.biases = [nn.Parameter(b.detach()[keep]) for b in self.biases]
-        self.gammas = [nn.Parameter(g.detach()[keep]) for g in self.gammas]
-        self.betas = [nn.Parameter(b.detach()[keep]) for b in self.betas]
-        self.params = [*self.weights, *self.biases, *self.gammas, *self.betas]
-        self.regularized = self.params if self.regularize_all else self.weights
-        self.state = [(m1[keep], m2[keep]) for m1, m2 in self.state]
-        self.best_params = [best[keep] for best in self.best_params]
-        self.running = [(mean[keep], var[keep]) for mean, var in self.running]
-        self.best_running = [(mean[keep], var[keep]) for mean, var in self.best_running]
-        self.M = len(keep)
-        self.bind_rows()
-
-    def fold_results(self) -> dict[int, FoldResult]:
-        """Every member's result by member index (call after training ends)."""
-        for row in range(self.M):
-            self.results[int(self.ids[row])] = self.fold_result(row)
-        return self.results
-
-    @torch.no_grad()
-    def restore_best(self) -> None:
-        for p, best in zip(self.params, self.best_params, strict=True):
-            p.copy_(best)
-        for (mean, var), (best_mean, best_var) in zip(self.running, self.best_running, strict=True):
-            mean.copy_(best_mean)
-            var.copy_(best_var)
-
-    def sparsity(self, m: int) -> float:
-        """Fraction of model m's regularized weights with |θ| < 1e-3 (as ``Regularizer``)."""
+    def result(self, slot: int) -> CVResult:
+        """The cross-validation result of ``slot``'s trial, from its folds' best epochs."""
+        config = self.occupant[slot]
+        assert config is not None
+        rows = self.rows_of(slot)
         chosen = [
-            best[m] for best, decayed in zip(self.best_params, self.decayed, strict=True) if decayed
+            best[rows]
+            for best, decayed in zip(self.best_params, self.decayed, strict=True)
+            if decayed
         ]
-        small = sum(int((p.abs() < SPARSITY_THRESHOLD).sum()) for p in chosen)
-        return small / sum(p.numel() for p in chosen)
-
-    def fold_result(self, m: int) -> FoldResult:
-        """The result of the model in row m of the stack."""
-        member_id = int(self.ids[m])
-        member = self.members[member_id]
-        config = member.config
-        return FoldResult(
-            index=member.fold,
-            score=float(self.best_score[m]),
-            best_epoch=int(self.best_epoch[m]),
-            epochs=int(self.epochs[m]),
-            stopped_early=int(self.bad_epochs[m]) >= config.patience,
-            train_loss=self.train_curves[member_id],
-            val_loss=self.val_curves[member_id],
-            sparsity=self.sparsity(m),
-            diagnosis=diagnose_fold(
-                self.train_curves[member_id],
-                self.val_curves[member_id],
-                max_epochs=config.training.max_epochs,
-                baseline_loss=self.baseline[member_id],
-            ),
-            scored=member.split.score,
-            x_scaler=self.x_scalers[member_id],
+        small = sum((p.abs() < SPARSITY_THRESHOLD).flatten(1).sum(1) for p in chosen)
+        total = sum(p[0].numel() for p in chosen)
+        table = torch.stack(
+            [
+                self.best_score[rows].double(),
+                self.best_epoch[rows].double(),
+                self.epochs[rows].double(),
+                (self.bad_epochs[rows] >= self.patience[rows]).double(),
+                small.double() / total,
+            ]
+        ).tolist()
+        scores, best_epochs, epochs, stopped, sparsity = table
+        folds = []
+        for k, r in enumerate(range(rows.start, rows.stop)):
+            folds.append(
+                FoldResult(
+                    index=k,
+                    score=scores[k],
+                    best_epoch=int(best_epochs[k]),
+                    epochs=int(epochs[k]),
+                    stopped_early=bool(stopped[k]),
+                    train_loss=self.train_curves[r],
+                    val_loss=self.val_curves[r],
+                    sparsity=sparsity[k],
+                    diagnosis=diagnose_fold(
+                        self.train_curves[r],
+                        self.val_curves[r],
+                        max_epochs=self.training.max_epochs,
+                        baseline_loss=self.baseline[k],
+                    ),
+                    scored=self.splits[k].score,
+                    x_scaler=self.x_scalers[k],
+                )
+            )
+        return CVResult(
+            metric=self.metric,
+            folds=folds,
+            n_params=self.n_params,
+            wall_time_s=time.perf_counter() - self.started[slot],
         )
+
+
+def stacked_update(
+    params: list[torch.Tensor],
+    grads: list[torch.Tensor],
+    moments: list[tuple[torch.Tensor, torch.Tensor]],
+    steps: torch.Tensor,
+    stepping: torch.Tensor,
+    *,
+    lr: torch.Tensor,
+    weight_decay: torch.Tensor,
+    l1: torch.Tensor | None,
+    decayed: list[bool],
+    adam: bool,
+    decoupled: bool,
+    momentum: float,
+    grad_clip: float | None,
+) -> None:
+    """One Adam or SGD step of every stepping model m of the stack, in place.
+
+    Per model: g ← ∇ + λ₁·sign θ (L1) [+ λθ (coupled L2)], clipped to ‖g‖ ≤ c over the
+    model's parameters; decoupled L2 θ ← (1 − ηλ)θ. Adam (t the model's own step count):
+    m₁ ← β₁m₁ + (1 − β₁)g, m₂ ← β₂m₂ + (1 − β₂)g², θ ← θ − η/(1 − β₁ᵗ) · m₁/(√m₂/√(1 − β₂ᵗ)
+    + ε), written as torch.optim.Adam writes it. SGD: b ← μb + g, θ ← θ − ηb. A model whose
+    ``stepping`` is false keeps θ, its moments and t bit for bit.
+    """
+    go = stepping
+    if l1 is not None:
+        grads = [
+            g + torch.sgn(p) * per_model(l1, p) if d else g
+            for p, g, d in zip(params, grads, decayed, strict=True)
+        ]
+    if grad_clip is not None:  # clipped before coupled L2, as the optimizer adds λθ itself
+        norm = torch.sqrt(sum(g.pow(2).flatten(1).sum(1) for g in grads))
+        coef = (grad_clip / (norm + 1e-6)).clamp(max=1.0)
+        grads = [g * per_model(coef, g) for g in grads]
+    if not decoupled:
+        grads = [
+            g + p * per_model(weight_decay, p) if d else g
+            for p, g, d in zip(params, grads, decayed, strict=True)
+        ]
+    steps.add_(go.to(steps.dtype))
+    if decoupled:
+        shrink = 1 - lr * weight_decay
+        for p, d in zip(params, decayed, strict=True):
+            if d:
+                p.copy_(torch.where(per_model(go, p), p * per_model(shrink, p), p))
+    if adam:
+        b1, b2 = ADAM_BETAS
+        # Bias corrections in float64, as torch computes them from a Python float step.
+        correction1 = (1 - b1**steps).clamp(min=1e-300)
+        step_size = (lr.view(-1).double() / correction1).float()
+        root2 = (1 - b2**steps).clamp(min=1e-300).sqrt().float()
+        for p, g, (m1, m2) in zip(params, grads, moments, strict=True):
+            gate = per_model(go, p)
+            new_m1 = m1.lerp(g, 1 - b1)
+            new_m2 = torch.addcmul(m2 * b2, g, g, value=1 - b2)
+            denom = new_m2.sqrt() / per_model(root2, p) + ADAM_EPS
+            m1.copy_(torch.where(gate, new_m1, m1))
+            m2.copy_(torch.where(gate, new_m2, m2))
+            p.copy_(torch.where(gate, p - per_model(step_size, p) * (new_m1 / denom), p))
+        return
+    for p, g, (b, _) in zip(params, grads, moments, strict=True):
+        gate = per_model(go, p)
+        if momentum:
+            b.copy_(torch.where(gate, momentum * b + g, b))
+            g = b
+        p.copy_(torch.where(gate, p - per_model(lr, p) * g, p))
 
 
 TrialOutcome = CVResult | DivergedError | None  # None: pruned
@@ -673,57 +723,32 @@ def train_population(
     metric: Metric,
     device: torch.device | str = "cpu",
     on_epoch: Callable[[int, int, float], bool] | None = None,
-    compact_below: float = 0.5,
 ) -> list[TrialOutcome]:
-    """Cross-validate every configuration at once; one outcome per configuration.
+    """Cross-validate every configuration at once in one population; one outcome each.
 
-    ``on_epoch(trial, epoch, fold_mean)`` is called per active trial after every epoch;
-    returning True prunes the trial (its models stop, its outcome is None). When the share of
-    the stack still training falls to ``compact_below`` or less, finished rows are dropped.
+    ``on_epoch(trial, epoch, fold_mean)`` is called per trial after every epoch in which it
+    trained; returning True prunes it (its outcome is None). The search itself refills slots
+    as trials end (:mod:`trainer.search`); this runs a fixed set, for tests and benchmarks.
     """
-    start = time.perf_counter()
-    members = [
-        Member(config, split, fold_seed(seed, k), trial, k)
-        for trial, (config, seed) in enumerate(zip(configs, seeds, strict=True))
-        for k, split in enumerate(splits)
-    ]
-    population = Population(dataset, members, metric=metric, device=device)
-    P, K = len(configs), len(splits)
-    pruned = [False] * P
-    while bool(population.member_active.any()):
-        # Like the per-trial engine: a trial reports after every epoch in which it trained.
-        reporting = population.member_active.view(P, K).any(1).tolist()
+    population = Population(
+        dataset, splits, configs[0], slots=len(configs), metric=metric, device=device
+    )
+    for slot, (config, seed) in enumerate(zip(configs, seeds, strict=True)):
+        population.assign(slot, config, seed)
+    outcomes: list[TrialOutcome] = [None] * len(configs)
+    running = set(range(len(configs)))
+    while running:
         population.train_epoch()
-        failed = population.member_diverged.view(P, K).any(1).tolist()
-        means = population.member_score.view(P, K).mean(1).tolist()
-        for trial in range(P):
-            if failed[trial]:  # a diverged fold fails the whole trial: stop its other folds
-                population.stop_trial(trial)
-            elif (
-                on_epoch is not None
-                and reporting[trial]
-                and on_epoch(trial, population.epoch - 1, means[trial])
-            ):
-                pruned[trial] = True
-                population.stop_trial(trial)
-        still = int(population.active.sum())
-        if 0 < still <= compact_below * population.M:
-            population.compact()
-    population.restore_best()
-    results = population.fold_results()
-    elapsed = time.perf_counter() - start
-    failed = population.member_diverged.view(P, K).any(1).tolist()
-    outcomes: list[TrialOutcome] = []
-    for trial in range(P):
-        if failed[trial]:
-            outcomes.append(DivergedError(f"trial slot {trial} diverged (NaN/inf loss)"))
-        elif pruned[trial]:
-            outcomes.append(None)
-        else:
-            folds = [results[m] for m in range(trial * K, (trial + 1) * K)]
-            outcomes.append(
-                CVResult(
-                    metric=metric, folds=folds, n_params=population.n_params, wall_time_s=elapsed
-                )
-            )
+        for report in population.end_epoch():
+            slot = report.slot
+            if report.diverged:
+                outcomes[slot] = DivergedError(f"trial slot {slot} diverged (NaN/inf loss)")
+            elif on_epoch is not None and on_epoch(slot, report.epoch, report.value):
+                outcomes[slot] = None
+            elif report.finished:
+                outcomes[slot] = population.result(slot)
+            else:
+                continue
+            population.stop(slot)
+            running.discard(slot)
     return outcomes

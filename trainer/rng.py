@@ -43,6 +43,13 @@ def keys(seeds: torch.Tensor, *counters: int) -> torch.Tensor:
     return key
 
 
+def keys_at(seeds: torch.Tensor, counter: torch.Tensor) -> torch.Tensor:
+    """:func:`keys` with one counter per seed, as a tensor: ``keys_at(s, c)[m] == keys(s[m:m+1],
+    int(c[m]))``. A population's models sit at different epochs once slots are refilled."""
+    key = splitmix64(seeds.to(torch.int64))
+    return splitmix64(key ^ (counter.to(torch.int64) * _STREAM))
+
+
 def key_table(key: torch.Tensor, rows: int, columns: int) -> torch.Tensor:
     """Keys ``[rows, columns, M]`` for a grid of draws under each key (e.g. step × layer).
 

@@ -297,6 +297,11 @@ class TrainingSpec(_Strict):
     regularize_bias_and_bn: bool = Field(
         False, description="apply L2/L1 to biases and BatchNorm affine parameters as well"
     )
+    precision: Literal["fp32", "bf16"] = Field(
+        "fp32",
+        description="bf16: forward passes under bfloat16 autocast (GPUs with bf16 tensor cores); "
+        "weights, optimizer state and losses stay float32",
+    )
 
 
 class CVSpec(_Strict):

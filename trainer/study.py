@@ -7,6 +7,7 @@ are reported side by side.
 
 from __future__ import annotations
 
+import time
 import warnings
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -18,19 +19,14 @@ import optuna
 import torch
 
 from trainer import artifact, layout
-from trainer.batched import Populations
 from trainer.config import TrialConfig
 from trainer.datasets import Dataset, check_for_cv
 from trainer.engine import DivergedError, FittedModel, fold_ensemble, refit
-from trainer.objective import Objective, TrialFailed, fold_schedule, grid, trial_seed
+from trainer.objective import fold_schedule, grid, trial_seed
+from trainer.population import Population
+from trainer.search import Engine, Search, remaining
 from trainer.spec import Metric, StudySpec, default_metric, metric_direction
 from trainer.splits import Split, cv_splits, holdout
-
-FINISHED = (
-    optuna.trial.TrialState.COMPLETE,
-    optuna.trial.TrialState.PRUNED,
-    optuna.trial.TrialState.FAIL,
-)
 
 
 class SpecError(ValueError):
@@ -186,37 +182,31 @@ def run_study(
     callbacks: Sequence[Callable[[optuna.Study, optuna.trial.FrozenTrial], None]] = (),
     refit_best: bool = True,
     population: int | None = None,
+    engine: Engine = Population,
 ) -> StudyOutcome:
     """Search until the study holds ``spec.n_trials`` finished trials (or ``timeout_s``).
 
     Diverging trials fail with their reason in ``fail_reason`` and the search goes on.
     ``population`` trials train at once as one stacked model (MLPs and CNNs; by default as
     many as suit the device: :func:`trainer.layout.population_size`); studies with Wilcoxon
-    pruning, which decides between folds, train one trial at a time.
+    pruning, which decides between folds, train one trial at a time. ``engine`` builds the
+    stacks (:class:`trainer.search.Search`; tests pass one that fails on purpose).
     """
     protocol = Protocol.of(spec, dataset)
     study = create_study(spec, protocol.metric, storage=storage, study_name=study_name)
-    done = len(study.get_trials(deepcopy=False, states=FINISHED))
-    size = layout.population_size(spec, dataset, torch.device(device), population)
-    if done < spec.n_trials and size:
-        Populations(
-            study,
-            spec,
-            dataset,
-            protocol.splits,
-            metric=protocol.metric,
-            size=size,
-            device=device,
-            callbacks=callbacks,
-        ).run(spec.n_trials - done, timeout_s=spec.timeout_s)
-    elif done < spec.n_trials:
-        study.optimize(
-            Objective(spec, dataset, protocol.splits, metric=protocol.metric, device=device),
-            n_trials=spec.n_trials - done,
-            timeout=spec.timeout_s,
-            catch=(DivergedError, TrialFailed),
-            callbacks=list(callbacks),
-        )
+    Search(
+        study,
+        spec,
+        dataset,
+        protocol.splits,
+        metric=protocol.metric,
+        size=layout.population_size(spec, dataset, torch.device(device), population),
+        budget=lambda: remaining(study, spec.n_trials),
+        device=device,
+        deadline=None if spec.timeout_s is None else time.time() + spec.timeout_s,
+        callbacks=callbacks,
+        engine=engine,
+    ).run()
     completed = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     if not completed:
         return StudyOutcome(study, protocol.metric, None, None)

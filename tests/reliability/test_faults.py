@@ -192,7 +192,7 @@ def test_training_that_raises_fails_its_trial_and_the_study_completes(tmp_path: 
             worker.wait(60)
     assert final["status"] == "completed", final
     failed = [t for t in trials if t["state"] == "fail"]
-    assert len(failed) == 2 and len(trials) == 6  # calls 3 and 6 of 6; failures use budget
+    assert len(failed) == 2 and len(trials) == 6  # trials 3 and 6 of 6; failures use budget
     reasons = {t["fail_reason"] for t in failed}
     assert reasons == {"RuntimeError: injected training failure"}
 
@@ -213,4 +213,6 @@ def test_out_of_memory_in_the_population_engine_shrinks_the_population(tmp_path:
             worker.wait(60)
     assert final["status"] == "completed", final
     assert final["trials"]["complete"] == 6 and final["trials"]["fail"] == 0
-    assert "out of memory with 4 trials; retrying as 2 + 2" in log.read_text()
+    # Every stack of more than one slot runs out of memory: 4 → 2 → 1 slots.
+    text = log.read_text()
+    assert "retrying them with P ≤ 2" in text and "retrying them with P ≤ 1" in text

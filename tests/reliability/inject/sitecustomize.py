@@ -1,9 +1,9 @@
 """Fault injection into real worker processes: on PYTHONPATH, Python imports this at start-up.
 
-``REGTUNE_INJECT=oom`` makes any population of more than one trial raise CUDA's out-of-memory
-error (as a GPU too small for it would); ``REGTUNE_INJECT=raise`` makes every third population
-raise a RuntimeError. The worker's own code is untouched: the fault comes from inside the
-training call, where a real one would.
+``REGTUNE_INJECT=oom`` makes any population of more than one slot raise CUDA's out-of-memory
+error in training (as a GPU too small for it would); ``REGTUNE_INJECT=raise`` makes the
+training of every third trial given a slot raise a RuntimeError. The worker's own code is
+untouched: the fault comes from inside the training call, where a real one would.
 """
 
 from __future__ import annotations
@@ -15,18 +15,23 @@ FAULT = os.environ.get("REGTUNE_INJECT")
 if FAULT:
     import torch
 
-    from trainer import batched
+    from trainer.population import Population
 
-    real = batched.train_population
-    calls = 0
+    real_assign, real_train = Population.assign, Population.train_epoch
+    assigned = 0
 
-    def faulty(dataset, configs, *args, **kwargs):  # type: ignore[no-untyped-def]
-        global calls
-        calls += 1
-        if FAULT == "oom" and len(configs) > 1:
+    def assign(self, slot, config, seed):  # type: ignore[no-untyped-def]
+        global assigned
+        assigned += 1
+        if FAULT == "raise" and assigned % 3 == 0:
+            self.doomed = True
+        return real_assign(self, slot, config, seed)
+
+    def train_epoch(self):  # type: ignore[no-untyped-def]
+        if FAULT == "oom" and self.P > 1:
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 4 GiB (injected)")
-        if FAULT == "raise" and calls % 3 == 0:
+        if getattr(self, "doomed", False):
             raise RuntimeError("injected training failure")
-        return real(dataset, configs, *args, **kwargs)
+        return real_train(self)
 
-    batched.train_population = faulty
+    Population.assign, Population.train_epoch = assign, train_epoch

@@ -1,0 +1,334 @@
+"""The search driver: one loop that asks Optuna for trials, trains them and tells the results.
+
+``regtune tune`` (:func:`trainer.study.run_study`) and the service's workers both run a
+study through :class:`Search`; they differ only in what they pass: how many trials may
+start (a budget counted in the storage), when to stop, and a guard that beats for running
+trials.
+
+With the population engine a worker keeps P slots of K folds training as one stack
+(:class:`trainer.population.Population`, one per shape when widths, batch size or optimizer
+are searched). After every epoch each trial that trained is told its fold-mean value
+(``trial.report``); a trial that completes, is pruned or fails is told to Optuna at once and
+its slot takes the next asked trial at the next epoch boundary. The pruner therefore sees
+results as soon as they exist, and a pruned trial costs only its own epochs.
+
+A pruner can only prune against completed trials, so while fewer than P trials have
+completed the number training at once is the number completed (at least 1): 1, 1, 2, 3, …
+until P. Studies with Wilcoxon pruning, which decides between folds, train one trial at a time
+in the per-trial engine (``size == 0``), through ``study.optimize``.
+
+Errors of training never end the search: out of device memory, the stack is rebuilt with
+half the slots (its trials start again from scratch, which gives the same results since a
+trial does not depend on its slot); a single trial that does not fit fails. Any other error
+fails the trials of its stack with the reason. Exceptions of the ``passthrough`` types (a
+caller's database errors) propagate unchanged.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import warnings
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field
+from typing import Any
+
+import optuna
+import torch
+from optuna.trial import FrozenTrial, TrialState
+
+from trainer.config import TrialConfig
+from trainer.datasets import Dataset
+from trainer.engine import DivergedError
+from trainer.objective import (
+    Objective,
+    TrialFailed,
+    TrialInterrupted,
+    failure_reason,
+    result_attrs,
+    suggest,
+    trial_seed,
+)
+from trainer.population import Population, ShapeKey, shape_key
+from trainer.spec import Metric, StudySpec
+from trainer.splits import Split
+
+log = logging.getLogger("regtune.trainer")
+
+Callback = Callable[[optuna.Study, FrozenTrial], None]
+# Wraps the whole search; gets the live list of running trials (a worker beats for them).
+Guard = Callable[[Sequence[optuna.Trial]], AbstractContextManager[object]]
+# Builds a stack: the seam where tests put a population that fails on purpose.
+Engine = Callable[..., Population]
+
+
+def ramped(study: optuna.Study, spec: StudySpec, size: int) -> int:
+    """The population size now: ``size``, or the number of completed trials while that is less."""
+    if spec.pruner.kind == "none" or size == 1:
+        return size
+    # Optuna's percentile/median pruners compare against COMPLETE trials only.
+    completed = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    return max(1, min(size, len(completed)))
+
+
+def remaining(study: optuna.Study, n_trials: int) -> int:
+    """Trials that may still start for a budget of ``n_trials``: those not yet finished or
+    running (in this process or any other on the same storage)."""
+    states = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING)
+    return max(0, n_trials - len(study.get_trials(deepcopy=False, states=states)))
+
+
+@dataclass
+class Running:
+    """A trial asked from Optuna and what it trains."""
+
+    trial: optuna.Trial
+    config: TrialConfig
+
+
+@dataclass
+class Search:
+    """Run ``study``'s trials until ``budget()`` says none may start and none is running.
+
+    ``budget()`` is how many more trials may start now (asked only when a slot is free);
+    ``deadline`` (epoch seconds) stops new trials, not running ones; ``should_stop`` is polled
+    every epoch and interrupts every running trial (:class:`TrialInterrupted`, with their ids,
+    after they are recorded as failed).
+    """
+
+    study: optuna.Study
+    spec: StudySpec
+    dataset: Dataset
+    splits: Sequence[Split]
+    metric: Metric
+    size: int  # trials per stack; 0: the per-trial engine
+    budget: Callable[[], int]
+    device: torch.device | str = "cpu"
+    deadline: float | None = None
+    callbacks: Sequence[Callback] = ()
+    guard: Guard | None = None
+    should_stop: Callable[[], bool] | None = None
+    passthrough: tuple[type[BaseException], ...] = ()
+    engine: Engine = Population
+    stacks: dict[ShapeKey, Population] = field(default_factory=dict, init=False)
+    running: dict[tuple[ShapeKey, int], Running] = field(default_factory=dict, init=False)
+    pending: deque[Running] = field(default_factory=deque, init=False)
+    live: list[optuna.Trial] = field(default_factory=list, init=False)
+    ramp_done: bool = field(default=False, init=False)
+
+    def run(self) -> None:
+        if self.size == 0:
+            self.run_per_trial()
+            return
+        with self.guard(self.live) if self.guard is not None else nullcontext():
+            try:
+                while self.fill() or self.running or self.pending:
+                    self.epoch()
+            except TrialInterrupted as exc:
+                ids = [self.fail(r.trial, "interrupted")._trial_id for r in self.untold()]
+                raise TrialInterrupted(str(exc), trial_ids=ids) from exc
+
+    def expired(self) -> bool:
+        return self.deadline is not None and time.time() > self.deadline
+
+    # --- the per-trial engine ------------------------------------------------------------
+
+    def run_per_trial(self) -> None:
+        objective = Objective(
+            self.spec,
+            self.dataset,
+            self.splits,
+            metric=self.metric,
+            device=self.device,
+            should_stop=self.should_stop,
+            passthrough=self.passthrough,
+        )
+        while not self.expired() and self.budget() > 0:
+            try:
+                self.study.optimize(
+                    objective,
+                    n_trials=1,
+                    catch=(DivergedError, TrialFailed),
+                    callbacks=list(self.callbacks),
+                )
+            except optuna.exceptions.UpdateFinishedTrialError as exc:
+                # Declared dead while it trained (a long outage); its parameters are queued
+                # again, so dropping this result loses nothing.
+                log.warning("result dropped: %s", exc)
+
+    # --- the population engine -----------------------------------------------------------
+
+    def capacity(self) -> int:
+        """How many trials may train at once now (the pruner's warm-up, then ``size``)."""
+        if self.ramp_done:
+            return self.size
+        now = ramped(self.study, self.spec, self.size)
+        self.ramp_done = now >= self.size
+        return now
+
+    def fill(self) -> bool:
+        """Give free slots to waiting trials, then to newly asked ones; True if any started."""
+        started = False
+        while self.pending and len(self.running) < self.capacity():
+            started |= self.place(self.pending.popleft())
+        free = self.capacity() - len(self.running) - len(self.pending)
+        if free <= 0 or self.expired():
+            return started
+        for _ in range(min(free, self.budget())):
+            trial = self.study.ask()
+            self.live.append(trial)
+            try:
+                config = TrialConfig.from_values(self.spec, suggest(trial, self.spec.search_space))
+                trial.set_user_attr("config", config.hyperparameters())
+            except self.passthrough:
+                raise
+            except Exception as exc:  # e.g. a sampler that cannot draw: the trial fails
+                self.tell_failed(trial, failure_reason(exc))
+                continue
+            started |= self.place(Running(trial, config))
+        return started
+
+    def place(self, entry: Running) -> bool:
+        """Put ``entry`` in a free slot of its shape's stack (built on first use)."""
+        key = shape_key(entry.config)
+        try:
+            stack = self.stacks.get(key)
+            if stack is None:
+                stack = self.stacks[key] = self.engine(
+                    self.dataset,
+                    self.splits,
+                    entry.config,
+                    slots=self.size,
+                    metric=self.metric,
+                    device=self.device,
+                    precision=self.spec.training.precision,
+                )
+            slot = stack.free_slots()[0]
+            stack.assign(slot, entry.config, trial_seed(self.spec.seed, entry.trial.number))
+        except torch.OutOfMemoryError as exc:
+            self.stacks.pop(key, None)
+            self.out_of_memory(exc, [entry])
+            return False
+        except self.passthrough:
+            raise
+        except Exception as exc:
+            log.exception("trial %d could not start", entry.trial.number)
+            self.tell_failed(entry.trial, failure_reason(exc))
+            return False
+        self.running[(key, slot)] = entry
+        return True
+
+    def epoch(self) -> None:
+        """One epoch of every stack, then each trial that trained is told how it stands."""
+        for key, stack in list(self.stacks.items()):
+            if stack.occupied() == 0:
+                del self.stacks[key]
+                continue
+            try:
+                stack.train_epoch()
+                reports = stack.end_epoch()
+            except torch.OutOfMemoryError as exc:
+                del self.stacks[key]
+                self.out_of_memory(exc, self.evict(key))
+                continue
+            except (TrialInterrupted, *self.passthrough):
+                raise
+            except Exception as exc:
+                numbers = [r.trial.number for (k, _), r in self.running.items() if k == key]
+                log.exception("training failed for trials %s", numbers)
+                del self.stacks[key]
+                for entry in self.evict(key):
+                    self.tell_failed(entry.trial, failure_reason(exc))
+                continue
+            if self.should_stop is not None and self.should_stop():
+                raise TrialInterrupted(f"interrupted at epoch {reports[0].epoch if reports else 0}")
+            for report in reports:
+                self.judge(key, stack, report)
+
+    def judge(self, key: ShapeKey, stack: Population, report: Any) -> None:
+        """Tell Optuna the slot's epoch; complete, prune or fail its trial when it is over."""
+        entry = self.running[(key, report.slot)]
+        trial = entry.trial
+        if report.diverged:
+            reason = (
+                f"diverged at epoch {report.epoch}: a fold's loss is NaN or infinite "
+                "(try a smaller lr or a gradient clip)"
+            )
+            frozen = self.fail(trial, reason)
+        else:
+            with warnings.catch_warnings():  # a trial restarted after OOM reports again
+                warnings.simplefilter("ignore", UserWarning)
+                trial.report(report.value, report.epoch)
+            if trial.should_prune():
+                frozen = self.finish(trial, {}, state=TrialState.PRUNED)
+            elif report.finished:
+                result = stack.result(report.slot)
+                attrs = result_attrs(result, entry.config)
+                frozen = self.finish(trial, attrs, values=result.mean)
+            else:
+                return
+        stack.release(report.slot)
+        del self.running[(key, report.slot)]
+        self.told(frozen)
+
+    def evict(self, key: ShapeKey) -> list[Running]:
+        """Take every trial of ``key``'s stack out of its slot."""
+        slots = [k for k in self.running if k[0] == key]
+        return [self.running.pop(k) for k in slots]
+
+    def out_of_memory(self, exc: torch.OutOfMemoryError, entries: list[Running]) -> None:
+        """Halve the stack size and start ``entries`` again; at one slot, they fail."""
+        if torch.device(self.device).type == "cuda":
+            torch.cuda.empty_cache()
+        if self.size == 1:
+            for entry in entries:
+                self.tell_failed(entry.trial, failure_reason(exc))
+            return
+        self.size = max(1, self.size // 2)
+        self.ramp_done = False
+        # Another stack of the old size is still in memory: rebuild it at the new size too.
+        for key in [k for k, s in self.stacks.items() if self.size < s.P]:
+            del self.stacks[key]
+            entries.extend(self.evict(key))
+        log.warning(
+            "out of memory with %d trials in training; retrying them with P ≤ %d",
+            len(entries) + len(self.running),
+            self.size,
+        )
+        self.pending.extendleft(reversed(entries))
+
+    def untold(self) -> Iterator[Running]:
+        yield from list(self.running.values())
+        yield from list(self.pending)
+        self.running.clear()
+        self.pending.clear()
+
+    # --- telling -------------------------------------------------------------------------
+
+    def fail(self, trial: optuna.Trial, reason: str) -> FrozenTrial:
+        return self.finish(trial, {"fail_reason": reason}, state=TrialState.FAIL)
+
+    def finish(self, trial: optuna.Trial, attrs: dict[str, Any], **outcome: Any) -> FrozenTrial:
+        """Record ``attrs`` and tell the outcome, unless a crash recovery failed the trial first.
+
+        A long database outage can make a live trial look dead; its parameters were then
+        queued again, so its result is dropped (with a warning) rather than raised.
+        """
+        if trial in self.live:
+            self.live.remove(trial)
+        try:
+            for key, value in attrs.items():
+                trial.set_user_attr(key, value)
+            return self.study.tell(trial, **outcome)
+        except optuna.exceptions.UpdateFinishedTrialError as exc:
+            log.warning("result of trial %d dropped: %s", trial.number, exc)
+            return self.study._storage.get_trial(trial._trial_id)
+
+    def tell_failed(self, trial: optuna.Trial, reason: str) -> None:
+        self.told(self.fail(trial, reason))
+
+    def told(self, frozen: FrozenTrial) -> None:
+        for callback in self.callbacks:
+            callback(self.study, frozen)
