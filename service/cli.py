@@ -19,7 +19,8 @@ from rich.table import Table
 
 from service.settings import Settings
 from trainer.datasets import DatasetError, load_dataset
-from trainer.device import resolve_device
+from trainer.device import configure, resolve_device, usable_cores
+from trainer.parallel import run_parallel_study
 from trainer.spec import StudySpec
 from trainer.study import SpecError, StudyOutcome, run_study
 
@@ -119,9 +120,17 @@ def tune(
             "default: 1 on a CPU, what fits in memory on a GPU",
         ),
     ] = None,
+    processes: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="searcher processes over one storage; default: one per CPU core (each with "
+            "--threads threads), one on a GPU",
+        ),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the result as JSON")] = False,
 ) -> None:
-    """Run one study in this process, without a server."""
+    """Run one study on this machine, without a server."""
     study_spec = load_spec(
         spec,
         {
@@ -139,6 +148,7 @@ def tune(
     try:
         data = load_dataset(study_spec.dataset, target=target, task=study_spec.task)
         where = resolve_device(device)
+        configure(where)
     except (DatasetError, ValueError) as exc:
         raise fail(str(exc)) from None
 
@@ -151,26 +161,45 @@ def tune(
         console=console,
         disable=as_json,
     )
+    if processes is None:
+        processes = max(1, usable_cores() // threads) if where.type == "cpu" else 1
     with progress:
         bar = progress.add_task("trials", total=study_spec.n_trials, best="")
 
+        def show(finished: int, best: float | None) -> None:
+            progress.update(
+                bar, completed=finished, best="" if best is None else f"best {best:.4f}"
+            )
+
         def advance(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
             try:
-                best = f"best {study.best_value:.4f}"
+                best: float | None = study.best_value
             except ValueError:  # no completed trial yet
-                best = ""
-            progress.update(bar, advance=1, best=best)
+                best = None
+            show(len([t for t in study.get_trials(deepcopy=False) if t.state.is_finished()]), best)
 
         try:
-            outcome: StudyOutcome = run_study(
-                study_spec,
-                data,
-                storage=storage,
-                study_name=study_name,
-                device=where,
-                callbacks=[advance],
-                population=population,
-            )
+            if processes > 1:
+                outcome: StudyOutcome = run_parallel_study(
+                    study_spec,
+                    data,
+                    processes=processes,
+                    storage=storage,
+                    study_name=study_name,
+                    device=str(where),
+                    population=population,
+                    progress=show,
+                )
+            else:
+                outcome = run_study(
+                    study_spec,
+                    data,
+                    storage=storage,
+                    study_name=study_name,
+                    device=where,
+                    callbacks=[advance],
+                    population=population,
+                )
         except (DatasetError, SpecError) as exc:
             raise fail(str(exc)) from None
     summary = outcome.summary()

@@ -22,6 +22,7 @@ from service.app import create_app
 from service.auth import any_tokens, is_loopback
 from service.db import Database
 from service.settings import Settings
+from trainer.device import usable_cores
 
 log = logging.getLogger("regtune")
 WORKER_STOP_TIMEOUT_S = 60
@@ -113,11 +114,6 @@ def worker_devices(settings: Settings) -> list[str]:
     else:
         count = len(devices)
     return [devices[i % len(devices)] for i in range(count)]
-
-
-def usable_cores() -> int:
-    """Cores this process may run on (a container's CPU set, not the host's count)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def settings_env(settings: Settings) -> dict[str, str]:

@@ -38,7 +38,7 @@ from service.models import StudyRecord, WorkerRecord, utcnow
 from service.settings import Settings
 from trainer import artifact, layout
 from trainer.datasets import DatasetError
-from trainer.device import resolve_device
+from trainer.device import configure, resolve_device
 from trainer.objective import TrialInterrupted, failure_reason
 from trainer.search import Search
 from trainer.spec import StudySpec
@@ -54,6 +54,7 @@ class Worker:
     def __init__(self, settings: Settings, device: str = "cpu") -> None:
         self.settings = settings
         self.device = resolve_device(device)
+        configure(self.device)
         self.db = Database(settings)
         self.storage: RDBStorage | None = None
         self.id = uuid.uuid4().hex

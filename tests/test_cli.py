@@ -99,3 +99,73 @@ def test_tune_reports_dataset_problems(tmp_path: Path) -> None:
     done = regtune("tune", "--dataset", "tiny.csv", "--target", "y", cwd=tmp_path)
     assert done.returncode == 2
     assert "class '0' has 2 samples; 5-fold stratified CV needs at least 5" in done.stderr
+
+
+def test_tune_searches_with_a_process_per_core_over_one_storage(tmp_path: Path) -> None:
+    storage = f"sqlite:///{tmp_path / 'tune.db'}"
+    done = regtune(
+        "tune",
+        "--dataset",
+        "builtin:wine",
+        "--trials",
+        "6",
+        "--folds",
+        "2",
+        "--max-epochs",
+        "15",
+        "--processes",
+        "2",
+        "--storage",
+        storage,
+        "--study-name",
+        "two",
+        "--json",
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["trials"] == {"complete": 6}
+    trials = optuna.load_study(study_name="two", storage=storage).trials
+    assert len(trials) == 6 and len({t.params["weight_decay"] for t in trials}) == 6
+    # One trial at a time per process (P = 1 on a CPU): overlapping trials mean two processes.
+    spans = sorted((t.datetime_start, t.datetime_complete) for t in trials)
+    assert any(b[0] < a[1] for a, b in zip(spans, spans[1:], strict=False))
+
+
+def children_of(pid: int) -> set[int]:
+    found: set[int] = set()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found |= {int(c) for c in (task / "children").read_text().split()}
+    return found
+
+
+def test_a_killed_tune_leaves_no_searcher_behind(tmp_path: Path) -> None:
+    import signal
+    import time
+
+    parent = subprocess.Popen(
+        [*REGTUNE, "tune", "--dataset", "builtin:digits", "--trials", "50", "--processes", "2"],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while len(children := children_of(parent.pid)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert len(children) >= 2
+        time.sleep(3)  # the searchers are training
+    finally:
+        parent.send_signal(signal.SIGKILL)
+        parent.wait()
+
+    def alive(pid: int) -> bool:
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except FileNotFoundError:
+            return False
+        return stat.split(") ", 1)[1][0] != "Z"  # a zombie has exited
+
+    deadline = time.monotonic() + 10
+    while any(alive(c) for c in children) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not any(alive(c) for c in children)

@@ -436,3 +436,40 @@ def test_the_per_trial_engine_fails_a_raising_trial_with_its_reason(wine, monkey
     assert first.state == optuna.trial.TrialState.FAIL
     assert first.user_attrs["fail_reason"].startswith("ValueError: Expected more than 1 value")
     assert second.state == optuna.trial.TrialState.COMPLETE
+
+
+@pytest.mark.parametrize("l2_mode", ["coupled", "decoupled"])
+def test_the_fused_cpu_adam_takes_the_stacked_update_step(wine, l2_mode: str) -> None:
+    """torch's fused kernel over row views (eager CPU) and the one-call stacked update (what
+    is compiled, and what a GPU runs) are the same optimizer, refilled rows included."""
+    from trainer.population import Population
+
+    spec = StudySpec(
+        dataset="builtin:wine",
+        model={"hidden": [16]},
+        training={"max_epochs": 5, "l2_mode": l2_mode, "grad_clip": 2.0},
+        cv={"folds": 3},
+    )
+    splits = Protocol.of(spec, wine).splits
+    configs = [config(spec, dropout=0.2, lr=3e-3), config(spec, weight_decay=0.05, lr=1e-3)]
+    results = []
+    for fused in (True, False):
+        population = Population(wine, splits, configs[0], slots=2, metric="accuracy")
+        population.fused = fused
+        population.assign(0, configs[0], 1)
+        population.assign(1, configs[1], 2)
+        done = {}
+        while population.occupied():
+            population.train_epoch()
+            for report in population.end_epoch():
+                if report.epoch == 1 and report.slot == 1 and len(done) == 0:
+                    population.stop(1)  # a refill mid-way: fresh moments and step count
+                    population.release(1)
+                    population.assign(1, configs[1], 3)
+                    done[-1] = None
+                elif report.finished:
+                    done[report.slot] = population.result(report.slot)
+                    population.release(report.slot)
+        results.append(done)
+    for slot in (0, 1):
+        assert_same(results[0][slot], results[1][slot], rel=1e-4)

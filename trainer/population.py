@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections import defaultdict
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -194,7 +195,11 @@ class Population:
         ids = {id(p) for p in regularized}
         self.decayed = [id(p) in ids for p in self.params]
         self.moments = [(torch.zeros_like(p), torch.zeros_like(p)) for p in self.params]
-        self.steps = torch.zeros(M, dtype=torch.float64, device=dev)
+        self.steps = torch.zeros(M, device=dev)  # float32, as the fused kernel takes them
+        # torch's fused Adam over row views (one call per learning rate) is the fastest eager
+        # CPU update; elsewhere the one-call stacked update (compiled, fused by inductor).
+        self.fused = self.adam and dev.type == "cpu"
+        self.host_lr = [0.0] * M
 
         # Per-model progress; every row starts empty (inactive).
         self.active = torch.zeros(M, dtype=torch.bool, device=dev)
@@ -248,7 +253,8 @@ class Population:
         ).reshape(n_steps, len(fit_len))
         self.step_list = [s for s in range(n_steps) if (counts[s] >= minimum).any()]
         self.full = [bool((counts[s] == B).all()) for s in range(n_steps)]
-        self.has_batch = torch.as_tensor(counts >= minimum, device=self.device)  # [S, M]
+        self.has_batch_host = counts >= minimum  # [S, M]
+        self.has_batch = torch.as_tensor(self.has_batch_host, device=self.device)
         self.n_steps = n_steps
 
     def rows_of(self, slot: int) -> slice:
@@ -291,6 +297,7 @@ class Population:
         for (mean, var), (best_mean, best_var) in zip(self.running, self.best_running, strict=True):
             mean[rows], var[rows], best_mean[rows], best_var[rows] = 0.0, 1.0, 0.0, 1.0
         self.lr[rows] = config.lr
+        self.host_lr[rows] = [config.lr] * self.K
         self.weight_decay[rows] = config.weight_decay
         self.l1[rows] = config.l1
         self.keep[rows] = 1.0 - config.dropout
@@ -451,6 +458,8 @@ class Population:
         # Padded to whole batches: positions past n_max are nobody's rows (masked as invalid).
         order = F.pad(order, (0, self.n_steps * B - self.n_max), value=self.n_max)
         stepping = self.has_batch & self.active[None, :]  # [S, M]
+        # The same masks on the host (the folds' sizes and who is active are known there).
+        stepping_host = self.has_batch_host & np.array(self.host_active)[None, :]
         keys = None
         if self.uses_dropout:  # a key per (step, layer, model), all drawn at once
             keys = rng.key_table(epoch_key, self.n_steps, len(self.weights) - 1)
@@ -463,6 +472,7 @@ class Population:
                 stepping[step],
                 None if keys is None else keys[step],
                 full=self.full[step],
+                rows=np.flatnonzero(stepping_host[step]),
             )
 
     def step(
@@ -472,9 +482,10 @@ class Population:
         dropout_keys: torch.Tensor | None,
         *,
         full: bool,
+        rows: np.ndarray,
     ) -> None:
-        """One optimizer step of every model whose ``stepping`` is set, on its ``position``
-        rows ``[M, B]`` of its shuffled fit rows."""
+        """One optimizer step of every model whose ``stepping`` is set (``rows`` on the host),
+        on its ``position`` rows ``[M, B]`` of its shuffled fit rows."""
         valid = position < self.fit_len[:, None]
         index = self.fit_index.gather(1, position.clamp(max=self.n_max - 1))
         with self.autocast:
@@ -485,31 +496,54 @@ class Population:
         for p in self.params:
             p.grad = None
         (loss * stepping).sum().backward()
-        self.update(stepping)
-        rows = valid.sum(1)
-        self.total += torch.where(stepping, loss.detach() * rows, 0.0)
-        self.seen += torch.where(stepping, rows, 0).to(self.seen.dtype)
+        self.update(stepping, rows)
+        counts = valid.sum(1)
+        self.total += torch.where(stepping, loss.detach() * counts, 0.0)
+        self.seen += torch.where(stepping, counts, 0).to(self.seen.dtype)
 
     @torch.no_grad()
-    def update(self, stepping: torch.Tensor) -> None:
-        """One optimizer step of the whole stack, exactly as torch's Adam/SGD would take it
-        for each stepping model (:func:`stacked_update`)."""
+    def update(self, stepping: torch.Tensor, rows: np.ndarray) -> None:
+        """One optimizer step of the whole stack (:func:`stacked_update`); ``rows`` are the
+        stepping models' rows as the host knows them (for the fused CPU kernel)."""
+        params = [p.detach() for p in self.params]
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
-        stacked_update(
-            [p.detach() for p in self.params],
+        l1 = self.l1 if self.uses_l1 else None
+        decoupled = self.training.l2_mode == "decoupled"
+        if not self.fused:
+            stacked_update(
+                params,
+                grads,
+                self.moments,
+                self.steps,
+                stepping,
+                lr=self.lr,
+                weight_decay=self.weight_decay,
+                l1=l1,
+                decayed=self.decayed,
+                adam=self.adam,
+                decoupled=decoupled,
+                momentum=self.training.momentum,
+                grad_clip=self.training.grad_clip,
+            )
+            return
+        grads = regularized_gradients(
+            params,
             grads,
-            self.moments,
-            self.steps,
-            stepping,
-            lr=self.lr,
             weight_decay=self.weight_decay,
-            l1=self.l1 if self.uses_l1 else None,
+            l1=l1,
             decayed=self.decayed,
-            adam=self.adam,
-            decoupled=self.training.l2_mode == "decoupled",
-            momentum=self.training.momentum,
+            decoupled=decoupled,
             grad_clip=self.training.grad_clip,
         )
+        self.steps.add_(stepping.to(self.steps.dtype))
+        if decoupled:
+            decay_decoupled(
+                params, stepping, lr=self.lr, weight_decay=self.weight_decay, decayed=self.decayed
+            )
+        by_lr: dict[float, list[int]] = defaultdict(list)
+        for row in rows.tolist():
+            by_lr[self.host_lr[row]].append(row)
+        fused_adam_rows(by_lr, params, grads, self.moments, self.steps)
 
     @torch.no_grad()
     def evaluate(
@@ -643,6 +677,34 @@ class Population:
         )
 
 
+def regularized_gradients(
+    params: list[torch.Tensor],
+    grads: list[torch.Tensor],
+    *,
+    weight_decay: torch.Tensor,
+    l1: torch.Tensor | None,
+    decayed: list[bool],
+    decoupled: bool,
+    grad_clip: float | None,
+) -> list[torch.Tensor]:
+    """Per model: g ← ∇ + λ₁·sign θ (L1), clipped to ‖g‖ ≤ c over the model's parameters,
+    then + λθ (coupled L2), in the order torch's optimizers and ``clip_grad_norm_`` take them.
+    ``grads`` are updated in place where that is possible."""
+    if l1 is not None:
+        for p, g, d in zip(params, grads, decayed, strict=True):
+            if d:
+                g.addcmul_(torch.sgn(p), per_model(l1, p))
+    if grad_clip is not None:
+        norm = torch.sqrt(sum(g.pow(2).flatten(1).sum(1) for g in grads))
+        coef = (grad_clip / (norm + 1e-6)).clamp(max=1.0)
+        grads = [g * per_model(coef, g) for g in grads]
+    if not decoupled:
+        for p, g, d in zip(params, grads, decayed, strict=True):
+            if d:
+                g.addcmul_(p, per_model(weight_decay, p))
+    return grads
+
+
 def stacked_update(
     params: list[torch.Tensor],
     grads: list[torch.Tensor],
@@ -659,41 +721,33 @@ def stacked_update(
     momentum: float,
     grad_clip: float | None,
 ) -> None:
-    """One Adam or SGD step of every stepping model m of the stack, in place.
+    """One Adam or SGD step of every stepping model m of the stack, in place, in one call.
 
-    Per model: g ← ∇ + λ₁·sign θ (L1) [+ λθ (coupled L2)], clipped to ‖g‖ ≤ c over the
-    model's parameters; decoupled L2 θ ← (1 − ηλ)θ. Adam (t the model's own step count):
-    m₁ ← β₁m₁ + (1 − β₁)g, m₂ ← β₂m₂ + (1 − β₂)g², θ ← θ − η/(1 − β₁ᵗ) · m₁/(√m₂/√(1 − β₂ᵗ)
-    + ε), written as torch.optim.Adam writes it. SGD: b ← μb + g, θ ← θ − ηb. A model whose
-    ``stepping`` is false keeps θ, its moments and t bit for bit.
+    Gradients as :func:`regularized_gradients`; decoupled L2 θ ← (1 − ηλ)θ. Adam (t the
+    model's own step count): m₁ ← β₁m₁ + (1 − β₁)g, m₂ ← β₂m₂ + (1 − β₂)g², θ ← θ −
+    η/(1 − β₁ᵗ) · m₁/(√m₂/√(1 − β₂ᵗ) + ε), written as torch.optim.Adam writes it. SGD:
+    b ← μb + g, θ ← θ − ηb. A model whose ``stepping`` is false keeps θ, its moments and t
+    bit for bit. Compiled, each parameter's update is one fused loop.
     """
     go = stepping
-    if l1 is not None:
-        grads = [
-            g + torch.sgn(p) * per_model(l1, p) if d else g
-            for p, g, d in zip(params, grads, decayed, strict=True)
-        ]
-    if grad_clip is not None:  # clipped before coupled L2, as the optimizer adds λθ itself
-        norm = torch.sqrt(sum(g.pow(2).flatten(1).sum(1) for g in grads))
-        coef = (grad_clip / (norm + 1e-6)).clamp(max=1.0)
-        grads = [g * per_model(coef, g) for g in grads]
-    if not decoupled:
-        grads = [
-            g + p * per_model(weight_decay, p) if d else g
-            for p, g, d in zip(params, grads, decayed, strict=True)
-        ]
+    grads = regularized_gradients(
+        params,
+        grads,
+        weight_decay=weight_decay,
+        l1=l1,
+        decayed=decayed,
+        decoupled=decoupled,
+        grad_clip=grad_clip,
+    )
     steps.add_(go.to(steps.dtype))
     if decoupled:
-        shrink = 1 - lr * weight_decay
-        for p, d in zip(params, decayed, strict=True):
-            if d:
-                p.copy_(torch.where(per_model(go, p), p * per_model(shrink, p), p))
+        decay_decoupled(params, go, lr=lr, weight_decay=weight_decay, decayed=decayed)
     if adam:
         b1, b2 = ADAM_BETAS
         # Bias corrections in float64, as torch computes them from a Python float step.
-        correction1 = (1 - b1**steps).clamp(min=1e-300)
-        step_size = (lr.view(-1).double() / correction1).float()
-        root2 = (1 - b2**steps).clamp(min=1e-300).sqrt().float()
+        t = steps.double()
+        step_size = (lr.view(-1).double() / (1 - b1**t).clamp(min=1e-300)).float()
+        root2 = (1 - b2**t).clamp(min=1e-300).sqrt().float()
         for p, g, (m1, m2) in zip(params, grads, moments, strict=True):
             gate = per_model(go, p)
             new_m1 = m1.lerp(g, 1 - b1)
@@ -709,6 +763,66 @@ def stacked_update(
             b.copy_(torch.where(gate, momentum * b + g, b))
             g = b
         p.copy_(torch.where(gate, p - per_model(lr, p) * g, p))
+
+
+def decay_decoupled(
+    params: list[torch.Tensor],
+    go: torch.Tensor,
+    *,
+    lr: torch.Tensor,
+    weight_decay: torch.Tensor,
+    decayed: list[bool],
+) -> None:
+    """AdamW's decoupled L2, θ ← (1 − ηλ)θ, for the stepping models."""
+    shrink = 1 - lr * weight_decay
+    for p, d in zip(params, decayed, strict=True):
+        if d:
+            p.copy_(torch.where(per_model(go, p), p * per_model(shrink, p), p))
+
+
+def fused_adam_rows(
+    rows: dict[float, list[int]],
+    params: list[torch.Tensor],
+    grads: list[torch.Tensor],
+    moments: list[tuple[torch.Tensor, torch.Tensor]],
+    steps: torch.Tensor,
+) -> None:
+    """The Adam step of :func:`stacked_update` by torch's fused CPU kernel, over the rows of the
+    stepping models grouped by learning rate (``rows``: lr → rows, known on the host).
+
+    Each model's rows are views into the stacked tensors with their own step count, so a
+    model left out keeps its weights and moments. Unfused, the stacked update streams every
+    tensor through memory about ten times; on a CPU that is slower than the matmuls of a
+    small model (BENCHMARKS.md, "Profile of one CPU epoch"), and the kernel does it once.
+    """
+    b1, b2 = ADAM_BETAS
+    param_rows = [p.unbind(0) for p in params]
+    grad_rows = [g.unbind(0) for g in grads]
+    moment_rows = [(m1.unbind(0), m2.unbind(0)) for m1, m2 in moments]
+    step_rows = steps.unbind(0)
+    for lr, chosen in rows.items():
+        lists: tuple[list[torch.Tensor], ...] = ([], [], [], [], [])
+        for p_rows, g_rows, (m1_rows, m2_rows) in zip(
+            param_rows, grad_rows, moment_rows, strict=True
+        ):
+            for row in chosen:
+                lists[0].append(p_rows[row])
+                lists[1].append(g_rows[row])
+                lists[2].append(m1_rows[row])
+                lists[3].append(m2_rows[row])
+                lists[4].append(step_rows[row])
+        torch._fused_adam_(
+            *lists[:4],
+            [],
+            lists[4],
+            lr=lr,
+            beta1=b1,
+            beta2=b2,
+            weight_decay=0.0,
+            eps=ADAM_EPS,
+            amsgrad=False,
+            maximize=False,
+        )
 
 
 TrialOutcome = CVResult | DivergedError | None  # None: pruned

@@ -120,13 +120,22 @@ class Protocol:
 
 
 def create_study(
-    spec: StudySpec, metric: Metric, *, storage: str | None = None, study_name: str | None = None
+    spec: StudySpec,
+    metric: Metric,
+    *,
+    storage: str | optuna.storages.BaseStorage | None = None,
+    study_name: str | None = None,
+    sampler_seed: int | None = None,
 ) -> optuna.Study:
-    """A new Optuna study for ``spec``, or the existing one of that name (to resume)."""
+    """A new Optuna study for ``spec``, or the existing one of that name (to resume).
+
+    ``sampler_seed`` replaces the spec's seed in the sampler only: processes searching one
+    study each need their own random stream, or they would propose alike."""
+    sampling = spec if sampler_seed is None else spec.model_copy(update={"seed": sampler_seed})
     return optuna.create_study(
         storage=storage,
         study_name=study_name or spec.name,
-        sampler=make_sampler(spec),
+        sampler=make_sampler(sampling),
         pruner=make_pruner(spec),
         direction=metric_direction(metric),
         load_if_exists=True,
@@ -176,13 +185,14 @@ def run_study(
     spec: StudySpec,
     dataset: Dataset,
     *,
-    storage: str | None = None,
+    storage: str | optuna.storages.BaseStorage | None = None,
     study_name: str | None = None,
     device: torch.device | str = "cpu",
     callbacks: Sequence[Callable[[optuna.Study, optuna.trial.FrozenTrial], None]] = (),
     refit_best: bool = True,
     population: int | None = None,
     engine: Engine = Population,
+    sampler_seed: int | None = None,
 ) -> StudyOutcome:
     """Search until the study holds ``spec.n_trials`` finished trials (or ``timeout_s``).
 
@@ -193,7 +203,9 @@ def run_study(
     stacks (:class:`trainer.search.Search`; tests pass one that fails on purpose).
     """
     protocol = Protocol.of(spec, dataset)
-    study = create_study(spec, protocol.metric, storage=storage, study_name=study_name)
+    study = create_study(
+        spec, protocol.metric, storage=storage, study_name=study_name, sampler_seed=sampler_seed
+    )
     Search(
         study,
         spec,
@@ -207,6 +219,19 @@ def run_study(
         callbacks=callbacks,
         engine=engine,
     ).run()
+    return conclude(study, spec, dataset, protocol, refit_best=refit_best, device=device)
+
+
+def conclude(
+    study: optuna.Study,
+    spec: StudySpec,
+    dataset: Dataset,
+    protocol: Protocol,
+    *,
+    refit_best: bool = True,
+    device: torch.device | str = "cpu",
+) -> StudyOutcome:
+    """The searched study's outcome: its best trial, retrained and tested if ``refit_best``."""
     completed = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     if not completed:
         return StudyOutcome(study, protocol.metric, None, None)

@@ -1,0 +1,177 @@
+"""One study searched by several processes over one storage: every core for ``regtune tune``.
+
+Small models train fastest on a CPU as one 1-thread process per core (BENCHMARKS.md,
+"Engines"): the stacked elementwise work is bound by memory traffic, which threads of one
+process share badly. So, as the service's workers do, ``tune`` starts N searcher processes
+over one Optuna storage; without a ``--storage`` that is a journal file in a temporary
+directory (Optuna's file-locked append-only log, made for several processes). Each process
+runs the same search (:class:`trainer.search.Search`) with its own sampler stream, and the
+budget is counted in the storage, so together they start ``n_trials`` trials. The parent
+shows the progress, then retrains the best trial (:func:`trainer.study.conclude`).
+
+No searcher outlives the parent: they are stopped when it stops (Ctrl-C included), and a
+searcher whose parent died (SIGKILL) exits by itself within a second.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from multiprocessing.process import BaseProcess
+from pathlib import Path
+
+import optuna
+import torch
+from optuna.storages import BaseStorage, JournalStorage
+from optuna.storages.journal import JournalFileBackend
+from optuna.trial import TrialState
+
+from trainer.datasets import Dataset
+from trainer.spec import StudySpec
+from trainer.study import Protocol, StudyOutcome, conclude, create_study, run_study
+
+POLL_S = 0.25
+Progress = Callable[[int, float | None], None]  # (finished trials, best value so far)
+StorageRef = str | Path  # a database URL, or a journal file
+
+
+def open_storage(ref: StorageRef) -> str | BaseStorage:
+    if isinstance(ref, Path):
+        return JournalStorage(JournalFileBackend(str(ref)))
+    return ref
+
+
+@contextmanager
+def storage_for(storage: str | None) -> Iterator[StorageRef]:
+    """``storage`` as given, or a journal file that lives as long as the search."""
+    if storage is not None:
+        yield storage
+        return
+    with tempfile.TemporaryDirectory(prefix="regtune-tune-") as directory:
+        yield Path(directory) / "study.journal"
+
+
+def exit_with_parent(parent: int) -> None:
+    """Exit when the process that started this one is gone (it was killed, or it crashed)."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="regtune-parent-watch", daemon=True).start()
+
+
+def searcher(
+    spec: StudySpec,
+    dataset: Dataset,
+    ref: StorageRef,
+    study_name: str,
+    *,
+    device: str,
+    population: int | None,
+    sampler_seed: int,
+    parent: int,
+) -> None:
+    """A searcher process: one torch thread, the study's search, no refit."""
+    exit_with_parent(parent)
+    torch.set_num_threads(1)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    run_study(
+        spec,
+        dataset,
+        storage=open_storage(ref),
+        study_name=study_name,
+        device=device,
+        refit_best=False,
+        population=population,
+        sampler_seed=sampler_seed,
+    )
+
+
+def fail_leftovers(study: optuna.Study, reason: str) -> None:
+    """Trials still RUNNING when no searcher is (a tune that was killed) are failed: nothing
+    will ever finish them, and they would hold the budget."""
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        study._storage.set_trial_user_attr(trial._trial_id, "fail_reason", reason)
+        study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+
+
+def report(study: optuna.Study, progress: Progress) -> None:
+    trials = study.get_trials(deepcopy=False)
+    finished = sum(t.state.is_finished() for t in trials)
+    try:
+        best: float | None = study.best_value
+    except ValueError:  # no completed trial yet
+        best = None
+    progress(finished, best)
+
+
+def run_parallel_study(
+    spec: StudySpec,
+    dataset: Dataset,
+    *,
+    processes: int,
+    storage: str | None = None,
+    study_name: str | None = None,
+    device: str = "cpu",
+    population: int | None = None,
+    progress: Progress | None = None,
+    refit_best: bool = True,
+) -> StudyOutcome:
+    """:func:`trainer.study.run_study` with ``processes`` searcher processes."""
+    protocol = Protocol.of(spec, dataset)
+    name = study_name or spec.name
+    with storage_for(storage) as ref:
+        study = create_study(spec, protocol.metric, storage=open_storage(ref), study_name=name)
+        fail_leftovers(study, "interrupted: the tune run that started it ended")
+        context = multiprocessing.get_context("spawn")  # no fork of a process holding threads
+        children: list[BaseProcess] = [
+            context.Process(
+                target=searcher,
+                args=(spec, dataset, ref, name),
+                kwargs={
+                    "device": device,
+                    "population": population,
+                    "sampler_seed": spec.seed * 1_000_003 + i + 1,
+                    "parent": os.getpid(),
+                },
+                name=f"regtune-searcher-{i}",
+                daemon=True,
+            )
+            for i in range(processes)
+        ]
+        try:
+            for child in children:
+                child.start()
+            while any(child.is_alive() for child in children):
+                if progress is not None:
+                    report(study, progress)
+                time.sleep(POLL_S)
+        finally:
+            for child in children:
+                if child.is_alive():
+                    child.terminate()
+            for child in children:
+                child.join()
+            fail_leftovers(study, "interrupted: its searcher process stopped")
+        failed = [c.name for c in children if c.exitcode != 0]
+        if failed:
+            raise RuntimeError(f"searcher processes {failed} exited with an error (see above)")
+        if progress is not None:
+            report(study, progress)
+        # The journal file is about to go: the outcome is read from an in-memory copy.
+        if storage is None:
+            copy = optuna.create_study(
+                study_name=name, direction=study.direction, sampler=study.sampler
+            )
+            copy.add_trials(study.get_trials())
+            for key, value in study.user_attrs.items():
+                copy.set_user_attr(key, value)
+            study = copy
+        return conclude(study, spec, dataset, protocol, refit_best=refit_best, device=device)
