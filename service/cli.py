@@ -120,6 +120,13 @@ def tune(
             "default: 1 on a CPU, what fits in memory on a GPU",
         ),
     ] = None,
+    compile_step: Annotated[
+        bool | None,
+        typer.Option(
+            "--compile/--no-compile",
+            help="the population's step under torch.compile; default: on a GPU only",
+        ),
+    ] = None,
     processes: Annotated[
         int | None,
         typer.Option(
@@ -188,6 +195,7 @@ def tune(
                     study_name=study_name,
                     device=str(where),
                     population=population,
+                    compile=compile_step,
                     progress=show,
                 )
             else:
@@ -199,6 +207,7 @@ def tune(
                     device=where,
                     callbacks=[advance],
                     population=population,
+                    compile=compile_step,
                 )
         except (DatasetError, SpecError) as exc:
             raise fail(str(exc)) from None

@@ -29,6 +29,11 @@ class Settings(BaseSettings):
         description="trials a worker trains at once as one stacked model (MLPs and CNNs); "
         "default: 1 on a CPU, as many as fit in memory on a GPU",
     )
+    compile: bool | None = Field(
+        None,
+        description="compile the population's step with torch.compile (CUDA graphs on a GPU); "
+        "default: on a GPU only",
+    )
 
     # Uploads are validated completely before anything is stored.
     max_upload_bytes: int = 50 * 1024 * 1024

@@ -211,6 +211,7 @@ class Worker:
             guard=self.heartbeats,
             should_stop=self.stop_check(record.id),
             passthrough=DATABASE_ERRORS,
+            compile=self.settings.compile,
         )
         try:
             search.run()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import subprocess
@@ -128,7 +129,7 @@ def test_tune_searches_with_a_process_per_core_over_one_storage(tmp_path: Path) 
     assert len(trials) == 6 and len({t.params["weight_decay"] for t in trials}) == 6
     # One trial at a time per process (P = 1 on a CPU): overlapping trials mean two processes.
     spans = sorted((t.datetime_start, t.datetime_complete) for t in trials)
-    assert any(b[0] < a[1] for a, b in zip(spans, spans[1:], strict=False))
+    assert any(b[0] < a[1] for a, b in itertools.pairwise(spans))
 
 
 def children_of(pid: int) -> set[int]:

@@ -20,6 +20,7 @@ import os
 import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from multiprocessing.process import BaseProcess
@@ -75,6 +76,7 @@ def searcher(
     *,
     device: str,
     population: int | None,
+    compile: bool | None,
     sampler_seed: int,
     parent: int,
 ) -> None:
@@ -91,6 +93,7 @@ def searcher(
         refit_best=False,
         population=population,
         sampler_seed=sampler_seed,
+        compile=compile,
     )
 
 
@@ -121,12 +124,14 @@ def run_parallel_study(
     study_name: str | None = None,
     device: str = "cpu",
     population: int | None = None,
+    compile: bool | None = None,
     progress: Progress | None = None,
     refit_best: bool = True,
 ) -> StudyOutcome:
     """:func:`trainer.study.run_study` with ``processes`` searcher processes."""
     protocol = Protocol.of(spec, dataset)
-    name = study_name or spec.name
+    # The searchers must open one study by name; Optuna names an unnamed one the same way.
+    name = study_name or spec.name or f"no-name-{uuid.uuid4()}"
     with storage_for(storage) as ref:
         study = create_study(spec, protocol.metric, storage=open_storage(ref), study_name=name)
         fail_leftovers(study, "interrupted: the tune run that started it ended")
@@ -138,6 +143,7 @@ def run_parallel_study(
                 kwargs={
                     "device": device,
                     "population": population,
+                    "compile": compile,
                     "sampler_seed": spec.seed * 1_000_003 + i + 1,
                     "parent": os.getpid(),
                 },

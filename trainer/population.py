@@ -48,7 +48,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from trainer import rng
+from trainer import compiled, rng
 from trainer.config import TrialConfig
 from trainer.datasets import Dataset
 from trainer.diagnosis import diagnose_fold
@@ -113,8 +113,10 @@ class Population:
         metric: Metric,
         device: torch.device | str = "cpu",
         precision: str = "fp32",
+        compile: bool = False,
     ) -> None:
         self.template, self.metric, self.task = template, metric, dataset.task
+        self.compiled = compile and compiled.available(torch.device(device))
         self.device = dev = torch.device(device)
         self.training = template.training
         self.batch_size = template.batch_size
@@ -198,7 +200,7 @@ class Population:
         self.steps = torch.zeros(M, device=dev)  # float32, as the fused kernel takes them
         # torch's fused Adam over row views (one call per learning rate) is the fastest eager
         # CPU update; elsewhere the one-call stacked update (compiled, fused by inductor).
-        self.fused = self.adam and dev.type == "cpu"
+        self.fused = self.adam and dev.type == "cpu" and not self.compiled
         self.host_lr = [0.0] * M
 
         # Per-model progress; every row starts empty (inactive).
@@ -219,7 +221,7 @@ class Population:
         self.host_active = [False] * M
         self.train_curves: list[list[float]] = [[] for _ in range(M)]
         self.val_curves: list[list[float]] = [[] for _ in range(M)]
-        self.uses_l1 = self.uses_dropout = False
+        self.refresh_flags()
 
     # --- layout --------------------------------------------------------------------------
 
@@ -326,7 +328,11 @@ class Population:
         self.refresh_flags()
 
     def refresh_flags(self) -> None:
-        """Skip the L1 and dropout work while no occupant needs it (eager mode only)."""
+        """Skip the L1 and dropout work while no occupant needs it (eager only: a compiled
+        step keeps one graph whoever is in the slots, a zero λ₁ and p = 0 change nothing)."""
+        if self.compiled:
+            self.uses_l1 = self.uses_dropout = True
+            return
         configs = [c for c in self.occupant if c is not None]
         self.uses_l1 = any(c.l1 > 0 for c in configs)
         self.uses_dropout = any(c.dropout > 0 for c in configs)
@@ -486,18 +492,12 @@ class Population:
     ) -> None:
         """One optimizer step of every model whose ``stepping`` is set (``rows`` on the host),
         on its ``position`` rows ``[M, B]`` of its shuffled fit rows."""
-        valid = position < self.fit_len[:, None]
-        index = self.fit_index.gather(1, position.clamp(max=self.n_max - 1))
-        with self.autocast:
-            outputs = self.forward(
-                self.features(index), valid, stepping=stepping, dropout_keys=dropout_keys, full=full
-            )
-        loss = self.losses(outputs, self.targets(index), valid)
+        batch_loss = compiled.step_loss(self.device) if self.compiled else step_loss
+        loss, counts = batch_loss(self, position, stepping, dropout_keys, full)
         for p in self.params:
             p.grad = None
         (loss * stepping).sum().backward()
         self.update(stepping, rows)
-        counts = valid.sum(1)
         self.total += torch.where(stepping, loss.detach() * counts, 0.0)
         self.seen += torch.where(stepping, counts, 0).to(self.seen.dtype)
 
@@ -510,7 +510,8 @@ class Population:
         l1 = self.l1 if self.uses_l1 else None
         decoupled = self.training.l2_mode == "decoupled"
         if not self.fused:
-            stacked_update(
+            update = compiled.stacked_update(self.device) if self.compiled else stacked_update
+            update(
                 params,
                 grads,
                 self.moments,
@@ -675,6 +676,25 @@ class Population:
             n_params=self.n_params,
             wall_time_s=time.perf_counter() - self.started[slot],
         )
+
+
+def step_loss(
+    population: Population,
+    position: torch.Tensor,
+    stepping: torch.Tensor,
+    dropout_keys: torch.Tensor | None,
+    full: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-model training loss ``[M]`` on the batch at ``position`` and its row counts: the
+    fixed-shape part of a step that :mod:`trainer.compiled` compiles (backward included)."""
+    p = population
+    valid = position < p.fit_len[:, None]
+    index = p.fit_index.gather(1, position.clamp(max=p.n_max - 1))
+    with p.autocast:
+        outputs = p.forward(
+            p.features(index), valid, stepping=stepping, dropout_keys=dropout_keys, full=full
+        )
+    return p.losses(outputs, p.targets(index), valid), valid.sum(1)
 
 
 def regularized_gradients(

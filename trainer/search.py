@@ -39,6 +39,7 @@ import optuna
 import torch
 from optuna.trial import FrozenTrial, TrialState
 
+from trainer import compiled
 from trainer.config import TrialConfig
 from trainer.datasets import Dataset
 from trainer.engine import DivergedError
@@ -112,6 +113,7 @@ class Search:
     should_stop: Callable[[], bool] | None = None
     passthrough: tuple[type[BaseException], ...] = ()
     engine: Engine = Population
+    compile: bool | None = None  # the step under torch.compile; None: on a GPU only
     stacks: dict[ShapeKey, Population] = field(default_factory=dict, init=False)
     running: dict[tuple[ShapeKey, int], Running] = field(default_factory=dict, init=False)
     pending: deque[Running] = field(default_factory=deque, init=False)
@@ -204,6 +206,7 @@ class Search:
                     metric=self.metric,
                     device=self.device,
                     precision=self.spec.training.precision,
+                    compile=compiled.wanted(torch.device(self.device), self.compile),
                 )
             slot = stack.free_slots()[0]
             stack.assign(slot, entry.config, trial_seed(self.spec.seed, entry.trial.number))

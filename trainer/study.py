@@ -193,6 +193,7 @@ def run_study(
     population: int | None = None,
     engine: Engine = Population,
     sampler_seed: int | None = None,
+    compile: bool | None = None,
 ) -> StudyOutcome:
     """Search until the study holds ``spec.n_trials`` finished trials (or ``timeout_s``).
 
@@ -200,7 +201,8 @@ def run_study(
     ``population`` trials train at once as one stacked model (MLPs and CNNs; by default as
     many as suit the device: :func:`trainer.layout.population_size`); studies with Wilcoxon
     pruning, which decides between folds, train one trial at a time. ``engine`` builds the
-    stacks (:class:`trainer.search.Search`; tests pass one that fails on purpose).
+    stacks (:class:`trainer.search.Search`; tests pass one that fails on purpose);
+    ``compile`` puts their step under ``torch.compile`` (default: on a GPU only).
     """
     protocol = Protocol.of(spec, dataset)
     study = create_study(
@@ -218,6 +220,7 @@ def run_study(
         deadline=None if spec.timeout_s is None else time.time() + spec.timeout_s,
         callbacks=callbacks,
         engine=engine,
+        compile=compile,
     ).run()
     return conclude(study, spec, dataset, protocol, refit_best=refit_best, device=device)
 

@@ -1,0 +1,73 @@
+"""The compiled population step: built once per network shape, reused across refills and
+populations, and the same function as the eager engine. One shape is compiled for the whole
+test session (a compilation costs tens of seconds on 2 cores)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch._dynamo.utils import counters
+
+from trainer import compiled
+from trainer.config import TrialConfig
+from trainer.population import Population
+from trainer.spec import StudySpec
+from trainer.study import Protocol
+
+pytestmark = pytest.mark.skipif(
+    not compiled.available(torch.device("cpu")), reason="torch.compile has no C++ compiler here"
+)
+
+SPEC = StudySpec(
+    dataset="builtin:wine",
+    model={"hidden": [16]},
+    training={"max_epochs": 4, "grad_clip": 1.0},
+    cv={"folds": 2},
+)
+
+
+def cfg(**values: float) -> TrialConfig:
+    base = {"weight_decay": 1e-3, "l1": 1e-5, "dropout": 0.2, "bn_momentum": 0.3, "patience": 9}
+    return TrialConfig.from_values(SPEC, base | values)
+
+
+def run(wine, *, compile: bool) -> dict[int, object]:
+    """Slot 1's first trial is pruned after two epochs; the slot takes a third trial."""
+    splits = Protocol.of(SPEC, wine).splits
+    population = Population(wine, splits, cfg(), slots=2, metric="accuracy", compile=compile)
+    population.assign(0, cfg(), 1)
+    population.assign(1, cfg(dropout=0.0, lr=3e-3), 2)
+    results: dict[int, object] = {}
+    seeds, refilled = {0: 1, 1: 2}, False
+    while population.occupied():
+        population.train_epoch()
+        for report in population.end_epoch():
+            if not refilled and report.slot == 1 and report.epoch == 1:
+                population.stop(1)
+                population.release(1)
+                population.assign(1, cfg(weight_decay=0.05, l1=0.0), 3)
+                seeds[1], refilled = 3, True
+            elif report.finished:
+                results[seeds[report.slot]] = population.result(report.slot)
+                population.release(report.slot)
+    return results
+
+
+def graphs() -> tuple[int, int]:
+    return counters["stats"]["unique_graphs"], sum(counters["recompiles"].values())
+
+
+def test_the_compiled_step_is_built_once_and_computes_the_eager_engine(wine) -> None:
+    eager = run(wine, compile=False)
+    together = run(wine, compile=True)
+    built = graphs()
+    assert built[0] > 0  # it did compile
+    # A second population of the same shape, with refills: nothing is compiled again.
+    again = run(wine, compile=True)
+    assert graphs() == built
+    for seed in (1, 3):
+        for a, b, c in zip(eager[seed].folds, together[seed].folds, again[seed].folds, strict=True):
+            assert a.best_epoch == b.best_epoch == c.best_epoch
+            assert b.train_loss == c.train_loss  # the same graphs: bit for bit
+            torch.testing.assert_close(a.train_loss, b.train_loss, rtol=1e-4, atol=1e-6)
+            assert a.score == pytest.approx(b.score, abs=1e-6)
