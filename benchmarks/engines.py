@@ -46,6 +46,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from trainer import layout
 from trainer.config import TrialConfig
 from trainer.datasets import Dataset, load_builtin
+from trainer.device import configure
 from trainer.engine import cross_validate
 from trainer.models import build_model
 from trainer.objective import suggest
@@ -86,9 +87,14 @@ WEIGHTED = (nn.Linear, nn.Conv1d, nn.Conv2d)
 
 
 def textbook(
-    data: Dataset, configs: list[TrialConfig], protocol: Protocol, epochs: int
+    data: Dataset,
+    configs: list[TrialConfig],
+    protocol: Protocol,
+    epochs: int,
+    device: str = "cpu",
 ) -> list[float]:
-    """The loop from the tutorials, kept honest: same model, same regularizers, same folds."""
+    """The loop from the tutorials, kept honest: same model, same regularizers, same folds
+    (on a GPU, as the tutorials do it: the model on the device, each batch moved there)."""
     means = []
     for config in configs:
         scores = []
@@ -105,7 +111,7 @@ def textbook(
                 drop_last=len(train) % config.batch_size == 1,
             )
             # The same network as the engines; what differs is the loop around it.
-            model = config.network(data.input_shape, data.n_outputs)
+            model = config.network(data.input_shape, data.n_outputs).to(device)
             optimizer = torch.optim.Adam(
                 model.parameters(), lr=config.lr, weight_decay=config.weight_decay
             )
@@ -113,6 +119,7 @@ def textbook(
             for _ in range(epochs):
                 model.train()
                 for xb, yb in loader:
+                    xb, yb = xb.to(device), yb.to(device)
                     optimizer.zero_grad()
                     loss = loss_fn(model(xb), yb)
                     loss = loss + config.l1 * sum(
@@ -122,40 +129,69 @@ def textbook(
                     optimizer.step()
             model.eval()
             with torch.no_grad():
-                scores.append(float((model(X_test).argmax(1) == y_test).float().mean()))
+                hits = model(X_test.to(device)).argmax(1).cpu() == y_test
+                scores.append(float(hits.float().mean()))
         means.append(float(np.mean(scores)))
     return means
 
 
 def per_trial(
-    data: Dataset, configs: list[TrialConfig], protocol: Protocol, epochs: int
+    data: Dataset,
+    configs: list[TrialConfig],
+    protocol: Protocol,
+    epochs: int,
+    device: str = "cpu",
 ) -> list[float]:
     return [
-        cross_validate(data, c, protocol.splits, metric="accuracy", seed=i).mean
+        cross_validate(data, c, protocol.splits, metric="accuracy", seed=i, device=device).mean
         for i, c in enumerate(configs)
     ]
 
 
-def population_of(size: int) -> Callable[..., list[float]]:
-    """Populations of ``size`` trials, one after another, in this process."""
+def population_of(
+    size: int | None, precision: str = "fp32", compile: bool = False
+) -> Callable[..., list[float]]:
+    """Populations of ``size`` trials (None: all at once), one after another, here."""
 
     def run(
-        data: Dataset, configs: list[TrialConfig], protocol: Protocol, epochs: int
+        data: Dataset,
+        configs: list[TrialConfig],
+        protocol: Protocol,
+        epochs: int,
+        device: str = "cpu",
     ) -> list[float]:
         means: list[float] = []
-        for first in range(0, len(configs), size):
-            chunk = configs[first : first + size]
+        step = size or len(configs)
+        for first in range(0, len(configs), step):
+            chunk = configs[first : first + step]
             seeds = list(range(first, first + len(chunk)))
-            means += population_means(data, chunk, protocol.splits, seeds)
+            means += population_means(
+                data, chunk, protocol.splits, seeds, device, precision, compile
+            )
         return means
 
     return run
 
 
 def population_means(
-    data: Dataset, configs: list[TrialConfig], splits: list[Split], seeds: list[int]
+    data: Dataset,
+    configs: list[TrialConfig],
+    splits: list[Split],
+    seeds: list[int],
+    device: str = "cpu",
+    precision: str = "fp32",
+    compile: bool = False,
 ) -> list[float]:
-    outcomes = train_population(data, configs, splits, seeds=seeds, metric="accuracy")
+    outcomes = train_population(
+        data,
+        configs,
+        splits,
+        seeds=seeds,
+        metric="accuracy",
+        device=device,
+        precision=precision,
+        compile=compile,
+    )
     return [o.mean for o in outcomes]  # type: ignore[union-attr]
 
 
@@ -183,7 +219,11 @@ def population_in(pool: ProcessPoolExecutor, size: int) -> Callable[..., list[fl
     """Populations of ``size`` trials spread over the pool's 1-thread processes."""
 
     def run(
-        data: Dataset, configs: list[TrialConfig], protocol: Protocol, epochs: int
+        data: Dataset,
+        configs: list[TrialConfig],
+        protocol: Protocol,
+        epochs: int,
+        device: str = "cpu",
     ) -> list[float]:
         jobs = [
             pool.submit(
@@ -210,57 +250,109 @@ def training_flops(spec: StudySpec, data: Dataset, batch: int = 64) -> float:
     return counter.get_total_flops() / batch
 
 
-def matmul_rate(threads: int, size: int = 1024, repeats: int = 20) -> float:
+def matmul_rate(device: str, precision: str, threads: int = 1) -> float:
+    """Dense matmul FLOP/s measured here: 1024² fp32 on a CPU; 8192² on a GPU, in TF32 for
+    fp32 (what the engines use there) or bf16."""
     torch.set_num_threads(threads)
-    a, b = torch.randn(size, size), torch.randn(size, size)
-    a @ b
+    cuda = device.startswith("cuda")
+    # A CPU has no fast bf16 matmul: a small product keeps the measurement short there.
+    size, repeats = (8192, 10) if cuda else (256 if precision == "bf16" else 1024, 20)
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    sync(device)
     start = time.perf_counter()
     for _ in range(repeats):
         a @ b
+    sync(device)
     return 2 * size**3 * repeats / (time.perf_counter() - start)
+
+
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=8)
+    parser.add_argument(
+        "--population-trials",
+        type=int,
+        help="trials of the one-stack population engines (default: --trials); a GPU is "
+        "filled by hundreds, which the textbook loop would take hours for",
+    )
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--model", choices=sorted(MODELS), default="mlp")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--precision", default="fp32", help="comma-separated: fp32,bf16")
     parser.add_argument("--engines", help="comma-separated engine names as printed (default: all)")
+    parser.add_argument(
+        "--threads", help="comma-separated torch thread counts to try on a CPU (default: 1,all)"
+    )
     parser.add_argument("--append", type=Path)
     args = parser.parse_args()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     commit = git_commit()
     started = datetime.now(UTC)
+    device = args.device
+    configure(torch.device(device))
+    cuda = device.startswith("cuda")
 
     data = load_builtin("builtin:digits")
     spec = reference(args.epochs, args.model)
     protocol = Protocol.of(spec, data)
-    configs = draw_configs(spec, args.trials, seed=0)
+    big = args.population_trials or args.trials
+    configs = draw_configs(spec, max(args.trials, big), seed=0)
     fit_rows = sum(len(s.fit) for s in protocol.splits) / len(protocol.splits)
-    fold_epochs = args.trials * len(protocol.splits) * args.epochs
-    flops = training_flops(spec, data) * fit_rows * fold_epochs
+    per_fold_epoch = training_flops(spec, data) * fit_rows
     cores = os.cpu_count() or 1
-    cpu_size = layout.population_size(spec, data, torch.device("cpu"))
-    pool = ProcessPoolExecutor(cores, mp_context=get_context("spawn"), initializer=_one_thread)
-    list(pool.map(_one_thread_ready, range(cores)))  # start the processes before any clock
-    engines: dict[str, Callable[..., list[float]]] = {
-        "textbook": textbook,
-        "per-trial": per_trial,
-        "population": population_of(len(configs)),
-        f"population P={cpu_size}": population_of(cpu_size),
-        f"population P={cpu_size} ×{cores} processes": population_in(pool, cpu_size),
+    precisions = args.precision.split(",")
+    engines: dict[str, tuple[Callable[..., list[float]], int, str]] = {
+        "textbook": (textbook, args.trials, "fp32"),
+        "per-trial": (per_trial, args.trials, "fp32"),
     }
-    thread_options = sorted({1, cores})
-    peak = max(matmul_rate(t) for t in thread_options)
+    for precision in precisions:
+        tag = "" if precision == "fp32" else f" {precision}"
+        engines[f"population P={big}{tag}"] = (population_of(None, precision), big, precision)
+        engines[f"population P={big} compiled{tag}"] = (
+            population_of(None, precision, compile=True),
+            big,
+            precision,
+        )
+    pool = None
+    if not cuda:
+        cpu_size = layout.population_size(spec, data, torch.device("cpu"))
+        pool = ProcessPoolExecutor(cores, mp_context=get_context("spawn"), initializer=_one_thread)
+        list(pool.map(_one_thread_ready, range(cores)))  # start the processes before any clock
+        engines[f"population P={cpu_size}"] = (population_of(cpu_size), args.trials, "fp32")
+        engines[f"population P={cpu_size} ×{cores} processes"] = (
+            population_in(pool, cpu_size),
+            args.trials,
+            "fp32",
+        )
+    # A GPU engine runs one thread; a CPU one at 1 and at all threads, the faster counting.
+    thread_options = [1] if cuda else sorted({1, cores})
+    if args.threads and not cuda:
+        thread_options = [int(t) for t in args.threads.split(",")]
+    peaks = {p: max(matmul_rate(device, p, t) for t in thread_options) for p in precisions}
+    peaks.setdefault("fp32", max(matmul_rate(device, "fp32", t) for t in thread_options))
 
     rows = []
     for name in args.engines.split(",") if args.engines else engines:
+        run, n_trials, precision = engines[name]
         in_processes = name.endswith("processes")
         best: tuple[float, int, list[float]] | None = None
         for threads in [1] if in_processes else thread_options:
             torch.set_num_threads(threads)
+            if "compiled" in name:  # compiled once per shape; the timed run reuses it
+                run(data, configs[:n_trials], protocol, 1, device)
+            sync(device)
             start = time.perf_counter()
-            scores = engines[name](data, configs, protocol, args.epochs)
+            scores = run(data, configs[:n_trials], protocol, args.epochs, device)
+            sync(device)
             wall = time.perf_counter() - start
             print(
                 f"{name:>10} threads={threads}: {wall:6.1f} s, best CV {max(scores):.4f}",
@@ -269,30 +361,36 @@ def main() -> None:
             if best is None or wall < best[0]:
                 best = (wall, threads, scores)
         assert best is not None
-        rows.append((name, *best))
-    pool.shutdown()
+        rows.append((name, n_trials, precision, *best))
+    if pool is not None:
+        pool.shutdown()
 
-    base = rows[0][1] if rows[0][0] == "textbook" else None
+    def fold_epochs(n_trials: int) -> int:
+        return n_trials * len(protocol.splits) * args.epochs
+
+    base = fold_epochs(rows[0][1]) / rows[0][3] if rows[0][0] == "textbook" else None
+    where = torch.cuda.get_device_name(device) if cuda else f"CPU: {machine()}"
     lines = [
-        f"\n## Engines: textbook vs per-trial vs population, {args.model.upper()} "
-        f"({started:%Y-%m-%d %H:%M} UTC)\n",
+        f"\n## Engines: textbook vs per-trial vs population, {args.model.upper()} on "
+        f"{'GPU' if cuda else 'CPU'} ({started:%Y-%m-%d %H:%M} UTC)\n",
         f"- command: `{command_line()}`",
-        f"- device: CPU: {machine()}; commit `{commit}`",
+        f"- device: {where}; torch {torch.__version__}; commit `{commit}`",
         f"- workload: digits, {WORKLOADS[args.model]} (BN, dropout), Adam, batch 64, 5 folds, "
-        f"{args.epochs} epochs, {args.trials} trials = {fold_epochs} fold-epochs; "
-        f"{flops / 1e9:.0f} GFLOP of training (torch's FlopCounterMode × rows)",
-        f"- dense fp32 matmul (1024², best of {thread_options} threads): {peak / 1e9:.1f} GFLOP/s",
+        f"{args.epochs} epochs; {per_fold_epoch / 1e9:.2f} GFLOP per fold-epoch of training "
+        "(torch's FlopCounterMode × rows); a compiled engine is timed after one warm-up epoch",
+        "- dense matmul: " + ", ".join(f"{p} {peaks[p] / 1e12:.3f} TFLOP/s" for p in sorted(peaks)),
         "",
-        "| engine | threads | wall s | fold-epochs/s | × textbook | best CV acc | GFLOP/s "
-        "| % of matmul |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| engine | trials | threads | wall s | fold-epochs/s | × textbook | best CV acc "
+        "| GFLOP/s | % of matmul |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for name, wall, threads, scores in rows:
-        ratio = f"{base / wall:.2f}" if base else "–"
-        rate = flops / wall
+    for name, n_trials, precision, wall, threads, scores in rows:
+        speed = fold_epochs(n_trials) / wall
+        ratio = f"{speed / base:.2f}" if base else "–"
+        rate = per_fold_epoch * fold_epochs(n_trials) / wall
         lines.append(
-            f"| {name} | {threads} | {wall:.1f} | {fold_epochs / wall:.1f} | {ratio} | "
-            f"{max(scores):.4f} | {rate / 1e9:.2f} | {100 * rate / peak:.1f} |"
+            f"| {name} | {n_trials} | {threads} | {wall:.1f} | {speed:.1f} | {ratio} | "
+            f"{max(scores):.4f} | {rate / 1e9:.2f} | {100 * rate / peaks[precision]:.2f} |"
         )
     lines.append("")
     print("\n".join(lines))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
 import optuna
@@ -15,6 +16,9 @@ from trainer.engine import cross_validate, fold_seed
 from trainer.population import train_population
 from trainer.spec import StudySpec
 from trainer.study import Protocol
+
+# benchmarks/gpu_check.sh runs these equivalence tests on the GPU.
+DEVICE = os.environ.get("REGTUNE_TEST_DEVICE", "cpu")
 
 
 def config(spec: StudySpec, **values: float) -> TrialConfig:
@@ -78,9 +82,11 @@ def test_population_matches_the_per_trial_engine_without_dropout(
         config(spec, weight_decay=0.0, l1=0.0, bn_momentum=0.05, lr=3e-3),
     ]
     seeds = [11, 22, 33]
-    together = train_population(data, configs, protocol.splits, seeds=seeds, metric=metric)
+    together = train_population(
+        data, configs, protocol.splits, seeds=seeds, metric=metric, device=DEVICE
+    )
     for cfg, seed, result in zip(configs, seeds, together, strict=True):
-        alone = cross_validate(data, cfg, protocol.splits, metric=metric, seed=seed)
+        alone = cross_validate(data, cfg, protocol.splits, metric=metric, seed=seed, device=DEVICE)
         assert_same(result, alone, rel=rel)
 
 
@@ -109,9 +115,11 @@ def test_stacked_cnns_match_the_per_trial_engine(
         config(spec, weight_decay=5e-2, l1=1e-4, bn_momentum=0.9),
     ]
     seeds = [11, 22]
-    together = train_population(data, configs, splits, seeds=seeds, metric="accuracy")
+    together = train_population(
+        data, configs, splits, seeds=seeds, metric="accuracy", device=DEVICE
+    )
     for cfg, seed, result in zip(configs, seeds, together, strict=True):
-        alone = cross_validate(data, cfg, splits, metric="accuracy", seed=seed)
+        alone = cross_validate(data, cfg, splits, metric="accuracy", seed=seed, device=DEVICE)
         assert_same(result, alone, rel=rel)
 
 
@@ -125,8 +133,12 @@ def test_a_stacked_cnn_does_not_depend_on_its_neighbours_with_dropout(digits) ->
     splits = Protocol.of(spec, digits).splits
     target = config(spec, dropout=0.3)
     neighbour = config(spec, dropout=0.6, weight_decay=0.1, bn_momentum=0.9)
-    alone = train_population(digits, [target], splits, seeds=[5], metric="accuracy")[0]
-    pair = train_population(digits, [neighbour, target], splits, seeds=[6, 5], metric="accuracy")
+    alone = train_population(digits, [target], splits, seeds=[5], metric="accuracy", device=DEVICE)[
+        0
+    ]
+    pair = train_population(
+        digits, [neighbour, target], splits, seeds=[6, 5], metric="accuracy", device=DEVICE
+    )
     crowd = pair[1]
     assert_same(alone, crowd, rel=1e-5)
 
@@ -141,9 +153,14 @@ def test_a_model_does_not_depend_on_its_neighbours_even_with_dropout(wine) -> No
         config(spec, dropout=0.6, weight_decay=0.1),
         config(spec, dropout=0.0, bn_momentum=0.99, patience=1),
     ]
-    alone = train_population(wine, [target], splits, seeds=[5], metric="accuracy")[0]
+    alone = train_population(wine, [target], splits, seeds=[5], metric="accuracy", device=DEVICE)[0]
     crowd = train_population(
-        wine, [neighbours[0], target, neighbours[1]], splits, seeds=[6, 5, 7], metric="accuracy"
+        wine,
+        [neighbours[0], target, neighbours[1]],
+        splits,
+        seeds=[6, 5, 7],
+        metric="accuracy",
+        device=DEVICE,
     )[1]
     assert_same(alone, crowd, rel=1e-5)
 
@@ -263,7 +280,7 @@ def test_a_refilled_slot_trains_its_trial_exactly_as_alone(wine) -> None:
         config(spec, dropout=0.5, lr=0.05),
         config(spec, dropout=0.3, weight_decay=0.05, patience=50),
     )
-    population = Population(wine, splits, long, slots=2, metric="accuracy")
+    population = Population(wine, splits, long, slots=2, metric="accuracy", device=DEVICE)
     population.assign(0, long, 1)
     population.assign(1, short, 2)
     results: dict[int, object] = {}  # by the trial's seed
@@ -283,7 +300,9 @@ def test_a_refilled_slot_trains_its_trial_exactly_as_alone(wine) -> None:
                 population.release(report.slot)
     assert refilled_at == 1
     for seed, cfg in ((1, long), (3, late)):
-        alone = train_population(wine, [cfg], splits, seeds=[seed], metric="accuracy")[0]
+        alone = train_population(
+            wine, [cfg], splits, seeds=[seed], metric="accuracy", device=DEVICE
+        )[0]
         assert_same(results[seed], alone, rel=1e-5)
 
 

@@ -857,6 +857,8 @@ def train_population(
     metric: Metric,
     device: torch.device | str = "cpu",
     on_epoch: Callable[[int, int, float], bool] | None = None,
+    precision: str = "fp32",
+    compile: bool = False,
 ) -> list[TrialOutcome]:
     """Cross-validate every configuration at once in one population; one outcome each.
 
@@ -865,7 +867,14 @@ def train_population(
     as trials end (:mod:`trainer.search`); this runs a fixed set, for tests and benchmarks.
     """
     population = Population(
-        dataset, splits, configs[0], slots=len(configs), metric=metric, device=device
+        dataset,
+        splits,
+        configs[0],
+        slots=len(configs),
+        metric=metric,
+        device=device,
+        precision=precision,
+        compile=compile,
     )
     for slot, (config, seed) in enumerate(zip(configs, seeds, strict=True)):
         population.assign(slot, config, seed)

@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# The whole GPU verification as one command, for the device machine (Python 3.12 with a
+# CUDA torch, no network; what it lacks travels as wheels in .whl/, made here by
+# benchmarks/gpu_wheels.sh):
+#
+#   benchmarks/gpu_check.sh            # on cuda; results under $OUT (default ./gpu-check-out)
+#   benchmarks/gpu_check.sh --dry-run  # the same steps on the CPU with tiny sizes
+#
+# 1. the equivalence tests of the population engine, on the device;
+# 2. benchmarks/engines.py side by side on the device: the textbook loop, the per-trial
+#    engine, the population engine eager and compiled (CUDA graphs), fp32 (TF32) and bf16,
+#    with FLOP/s against the measured matmul rate in each precision;
+# 3. torch.profiler over one epoch of the largest population (compiled);
+# 4. a short end-to-end study: regtune tune --device cuda.
+# Each step writes its own file under $OUT; a failed step is recorded and the rest still run.
+# Sized for about 8 minutes on an H200 (POP trials × 5 folds in one stack).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+dry=0
+[[ "${1:-}" == "--dry-run" ]] && dry=1
+OUT=${OUT:-$PWD/gpu-check-out}
+mkdir -p "$OUT"
+PY=${PYTHON:-python3}
+export PYTHONUNBUFFERED=1
+if [[ -d .whl ]] && ! "$PY" -c "import optuna, pydantic_settings" 2>/dev/null; then
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/site .whl/*.whl || exit 1
+  export PYTHONPATH=/tmp/site
+fi
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+if ((dry)); then
+  device=cpu trials=2 pop=3 epochs=2 tune_trials=2 tests="-k refilled" threads="--threads 1"
+else
+  device=cuda trials=8 pop=${POP:-512} epochs=10 tune_trials=16 tests="" threads=""
+fi
+status=0
+step() {  # step NAME COMMAND...: run it, log it under $OUT/NAME.log, remember a failure
+  local name=$1
+  shift
+  echo "== $name: $*"
+  local started=$SECONDS
+  if "$@" > >(tee "$OUT/$name.log") 2>&1; then
+    echo "== $name passed in $((SECONDS - started)) s"
+  else
+    echo "== $name FAILED in $((SECONDS - started)) s"
+    status=1
+  fi
+}
+{
+  echo "commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown), $(date -u)"
+  "$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"
+  command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total --format=csv
+} >"$OUT/device.txt" 2>&1
+# shellcheck disable=SC2086
+step equivalence env REGTUNE_TEST_DEVICE=$device "$PY" -m pytest -q -p no:cacheprovider \
+  tests/test_population.py tests/test_compiled.py $tests
+# shellcheck disable=SC2086
+step engines "$PY" benchmarks/engines.py --device $device --trials $trials \
+  --population-trials $pop --epochs $epochs --precision fp32,bf16 $threads \
+  --append "$OUT/engines.md"
+step profile "$PY" benchmarks/profile_epoch.py --device $device --trials $pop --compile \
+  --append "$OUT/profile.md"
+step tune "$PY" -m service tune --device $device --dataset builtin:digits --trials $tune_trials \
+  --max-epochs $epochs --json
+echo "results in $OUT"
+exit $status

@@ -1,0 +1,121 @@
+"""Where one epoch of the population engine spends its time: ``torch.profiler`` over one
+epoch (after a warm-up epoch, and after compilation with ``--compile``), grouped into matrix
+products, elementwise work, data movement and the rest.
+
+    .venv/bin/python benchmarks/profile_epoch.py --trials 1          # a CPU worker's stack
+    python3 benchmarks/profile_epoch.py --device cuda --trials 512 --compile
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections import defaultdict
+from datetime import UTC, datetime
+from pathlib import Path
+
+import torch
+from engines import MODELS, draw_configs, reference, sync
+from provenance import append_section, command_line, git_commit, machine
+from torch.profiler import ProfilerActivity, profile
+
+from trainer.datasets import load_builtin
+from trainer.device import configure
+from trainer.population import Population
+from trainer.study import Protocol
+
+MATMUL = ("bmm", "baddbmm", "addmm", "mm", "matmul", "convolution", "conv")
+MOVEMENT = ("copy_", "index", "gather", "cat", "stack", "pad", "to", "_to_copy", "clone")
+
+
+def kind(name: str) -> str:
+    op = name.removeprefix("aten::")
+    if any(op == m or op.startswith(m + "_") for m in MATMUL):
+        return "matrix products"
+    if op in MOVEMENT or op.startswith("index"):
+        return "data movement"
+    if name.startswith("aten::"):
+        return "elementwise and reductions"
+    return "other (Python, compiled regions, optimizer kernels)"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--trials", type=int, default=1)
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--model", choices=sorted(MODELS), default="mlp")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--precision", default="fp32")
+    parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--rows", type=int, default=20, help="operators listed")
+    parser.add_argument("--append", type=Path)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    configure(device)
+    started = datetime.now(UTC)
+    data = load_builtin("builtin:digits")
+    spec = reference(args.epochs, args.model)
+    protocol = Protocol.of(spec, data)
+    configs = draw_configs(spec, args.trials, seed=0)
+    population = Population(
+        data,
+        protocol.splits,
+        configs[0],
+        slots=args.trials,
+        metric="accuracy",
+        device=device,
+        precision=args.precision,
+        compile=args.compile,
+    )
+    for slot, config in enumerate(configs):
+        population.assign(slot, config, slot)
+    population.train_epoch()  # warm-up (and compilation)
+    population.end_epoch()
+    sync(args.device)
+    activities = [ProfilerActivity.CPU]
+    if device.type == "cuda":
+        activities.append(ProfilerActivity.CUDA)
+    start = time.perf_counter()
+    with profile(activities=activities) as prof:
+        population.train_epoch()
+        population.end_epoch()
+        sync(args.device)
+    wall = time.perf_counter() - start
+    events = prof.key_averages()
+    cuda = device.type == "cuda"
+
+    def self_time(event: object) -> float:
+        field = "self_device_time_total" if cuda else "self_cpu_time_total"
+        return float(getattr(event, field, 0.0))
+
+    groups: dict[str, float] = defaultdict(float)
+    for event in events:
+        groups[kind(event.key)] += self_time(event)
+    total = sum(groups.values()) or 1.0
+    sort = "self_cuda_time_total" if cuda else "self_cpu_time_total"
+    table = events.table(sort_by=sort, row_limit=args.rows)
+    lines = [
+        f"\n## Profile of one {'GPU' if cuda else 'CPU'} epoch: population of {args.trials} "
+        f"trial(s) × 5 folds ({started:%Y-%m-%d %H:%M} UTC)\n",
+        f"- command: `{command_line()}`",
+        f"- device: {torch.cuda.get_device_name(device) if cuda else machine()}; "
+        f"commit `{git_commit()}`; {args.threads} thread(s); precision {args.precision}; "
+        f"{'compiled' if args.compile else 'eager'}",
+        f"- workload: digits, {args.model.upper()}, batch 64, "
+        f"{len(population.step_list)} steps; epoch wall time under the profiler {wall:.3f} s",
+        "",
+        f"| where the {'GPU' if cuda else 'CPU'} time goes (self time) | ms | share |",
+        "|---|---:|---:|",
+    ]
+    for group, micros in sorted(groups.items(), key=lambda kv: -kv[1]):
+        lines.append(f"| {group} | {micros / 1000:.1f} | {100 * micros / total:.0f} % |")
+    lines += ["", "```", table, "```", ""]
+    print("\n".join(lines))
+    if args.append:
+        append_section(args.append, "\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
