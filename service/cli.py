@@ -170,35 +170,34 @@ def tune(
     )
     if processes is None:
         processes = max(1, usable_cores() // threads) if where.type == "cpu" else 1
-    with progress:
-        bar = progress.add_task("trials", total=study_spec.n_trials, best="")
+    bar = progress.add_task("trials", total=study_spec.n_trials, best="")
 
-        def show(finished: int, best: float | None) -> None:
-            progress.update(
-                bar, completed=finished, best="" if best is None else f"best {best:.4f}"
-            )
+    def show(finished: int, best: float | None) -> None:
+        progress.update(bar, completed=finished, best="" if best is None else f"best {best:.4f}")
 
-        def advance(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-            try:
-                best: float | None = study.best_value
-            except ValueError:  # no completed trial yet
-                best = None
-            show(len([t for t in study.get_trials(deepcopy=False) if t.state.is_finished()]), best)
-
+    def advance(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         try:
-            if processes > 1:
-                outcome: StudyOutcome = run_parallel_study(
-                    study_spec,
-                    data,
-                    processes=processes,
-                    storage=storage,
-                    study_name=study_name,
-                    device=str(where),
-                    population=population,
-                    compile=compile_step,
-                    progress=show,
-                )
-            else:
+            best: float | None = study.best_value
+        except ValueError:  # no completed trial yet
+            best = None
+        show(len([t for t in study.get_trials(deepcopy=False) if t.state.is_finished()]), best)
+
+    try:
+        if processes > 1:
+            outcome: StudyOutcome = run_parallel_study(
+                study_spec,
+                data,
+                processes=processes,
+                storage=storage,
+                study_name=study_name,
+                device=str(where),
+                population=population,
+                compile=compile_step,
+                progress=show,
+                display=progress,
+            )
+        else:
+            with progress:
                 outcome = run_study(
                     study_spec,
                     data,
@@ -209,8 +208,8 @@ def tune(
                     population=population,
                     compile=compile_step,
                 )
-        except (DatasetError, SpecError) as exc:
-            raise fail(str(exc)) from None
+    except (DatasetError, SpecError) as exc:
+        raise fail(str(exc)) from None
     summary = outcome.summary()
     if as_json:
         json.dump(summary, sys.stdout, indent=2)

@@ -22,7 +22,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from multiprocessing.process import BaseProcess
 from pathlib import Path
 
@@ -33,6 +33,7 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
 from trainer.datasets import Dataset
+from trainer.device import usable_cores
 from trainer.spec import StudySpec
 from trainer.study import Protocol, StudyOutcome, conclude, create_study, run_study
 
@@ -126,16 +127,25 @@ def run_parallel_study(
     population: int | None = None,
     compile: bool | None = None,
     progress: Progress | None = None,
+    display: AbstractContextManager[object] | None = None,
     refit_best: bool = True,
 ) -> StudyOutcome:
-    """:func:`trainer.study.run_study` with ``processes`` searcher processes."""
+    """:func:`trainer.study.run_study` with ``processes`` searcher processes.
+
+    ``progress(finished, best)`` is called as trials finish, inside ``display`` (a progress
+    bar, entered once the searchers have started: a forked process must not inherit its
+    drawing thread)."""
     protocol = Protocol.of(spec, dataset)
     # The searchers must open one study by name; Optuna names an unnamed one the same way.
     name = study_name or spec.name or f"no-name-{uuid.uuid4()}"
     with storage_for(storage) as ref:
         study = create_study(spec, protocol.metric, storage=open_storage(ref), study_name=name)
         fail_leftovers(study, "interrupted: the tune run that started it ended")
-        context = multiprocessing.get_context("spawn")  # no fork of a process holding threads
+        # On a CPU the searchers are forked: they start at once, with torch and the data
+        # already imported (as DataLoader workers are), before this process starts threads of
+        # its own. CUDA cannot be forked into use: a GPU's searcher is spawned.
+        method = "fork" if torch.device(device).type == "cpu" else "spawn"
+        context = multiprocessing.get_context(method)
         children: list[BaseProcess] = [
             context.Process(
                 target=searcher,
@@ -155,10 +165,13 @@ def run_parallel_study(
         try:
             for child in children:
                 child.start()
-            while any(child.is_alive() for child in children):
+            with display if display is not None else nullcontext():
+                while any(child.is_alive() for child in children):
+                    if progress is not None:
+                        report(study, progress)
+                    time.sleep(POLL_S)
                 if progress is not None:
                     report(study, progress)
-                time.sleep(POLL_S)
         finally:
             for child in children:
                 if child.is_alive():
@@ -169,8 +182,6 @@ def run_parallel_study(
         failed = [c.name for c in children if c.exitcode != 0]
         if failed:
             raise RuntimeError(f"searcher processes {failed} exited with an error (see above)")
-        if progress is not None:
-            report(study, progress)
         # The journal file is about to go: the outcome is read from an in-memory copy.
         if storage is None:
             copy = optuna.create_study(
@@ -180,4 +191,9 @@ def run_parallel_study(
             for key, value in study.user_attrs.items():
                 copy.set_user_attr(key, value)
             study = copy
-        return conclude(study, spec, dataset, protocol, refit_best=refit_best, device=device)
+        threads = torch.get_num_threads()
+        torch.set_num_threads(max(threads, usable_cores()))  # the searchers are done: all cores
+        try:
+            return conclude(study, spec, dataset, protocol, refit_best=refit_best, device=device)
+        finally:
+            torch.set_num_threads(threads)

@@ -83,7 +83,7 @@ def make_optimizer(
     if optimizer == "sgd":
         opt = torch.optim.SGD(groups, lr=lr, momentum=momentum)
     elif optimizer == "adam":
-        opt = torch.optim.Adam(groups, lr=lr)
+        opt = torch.optim.Adam(groups, lr=lr, fused=True)
     else:
         raise ValueError(f"unknown optimizer {optimizer!r}")
     return opt, Regularizer(regularized, weight_decay, l1, decoupled)
