@@ -45,8 +45,10 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check $(LINTED)
 	$(VENV)/bin/ruff format --check $(LINTED)
 
-# Engine throughput side by side (textbook loop, per-trial engine, population engine).
+# The reference workload as users run it (textbook loop, `regtune tune`, `regtune serve`),
+# then engine throughput side by side (textbook loop, per-trial engine, population engine).
 bench: $(STAMP)
+	$(PY) benchmarks/workflows.py --append BENCHMARKS.md
 	$(PY) benchmarks/engines.py --append BENCHMARKS.md
 
 # Search quality on the built-in datasets (long: tens of minutes on 2 cores).

@@ -10,15 +10,18 @@ seed. The engines:
       StandardScaler, a DataLoader over a TensorDataset, nn.Sequential, torch.optim.Adam,
       one fold after another;
   (b) per-trial: regtune's engine (data on the device, index-gather batches, folds in lockstep);
-  (c) population: regtune's stacked engine, all P × 5 models as one;
+  (c) population: regtune's stacked engine, all P × 5 models as one (``--population-trials``
+      sets P; default ``--trials``), eager and compiled (``torch.compile``; CUDA graphs on a
+      GPU), in each ``--precision`` (fp32: TF32 matmuls on a GPU; bf16: autocast);
   (d) population, one trial per stack: the layout ``trainer.layout`` picks on a CPU;
   (e) (d) in one 1-thread process per core, as ``regtune serve``/``regtune worker`` run it on
       a CPU machine (the processes are started before the clock, as long-lived workers are).
 
-(a)–(d) run at 1 and at all threads; the best of the two counts. It prints fold-epochs per second,
-wall time, best CV accuracy, the speed-up over (a), and achieved model FLOP/s against the
-device's measured dense matmul rate (a training step's FLOPs per sample, forward and backward,
-as torch's ``FlopCounterMode`` counts them on the model).
+On a CPU, (a)–(d) run at 1 and at all threads (``--threads``); the faster counts. It prints
+fold-epochs per second, wall time, best CV accuracy, the speed-up over (a) in fold-epochs per
+second, and achieved model FLOP/s against the device's measured dense matmul rate in the same
+precision (a training step's FLOPs per sample, forward and backward, as torch's
+``FlopCounterMode`` counts them on the model). ``--device cuda`` runs it on a GPU.
 
     .venv/bin/python benchmarks/engines.py --append BENCHMARKS.md
 """
@@ -328,11 +331,12 @@ def main() -> None:
         pool = ProcessPoolExecutor(cores, mp_context=get_context("spawn"), initializer=_one_thread)
         list(pool.map(_one_thread_ready, range(cores)))  # start the processes before any clock
         engines[f"population P={cpu_size}"] = (population_of(cpu_size), args.trials, "fp32")
-        engines[f"population P={cpu_size} ×{cores} processes"] = (
-            population_in(pool, cpu_size),
-            args.trials,
-            "fp32",
-        )
+        for size in sorted({cpu_size, 2 * cpu_size}):  # the layout's choice, and twice it
+            engines[f"population P={size} ×{cores} processes"] = (
+                population_in(pool, size),
+                args.trials,
+                "fp32",
+            )
     # A GPU engine runs one thread; a CPU one at 1 and at all threads, the faster counting.
     thread_options = [1] if cuda else sorted({1, cores})
     if args.threads and not cuda:
