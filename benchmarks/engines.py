@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 import optuna
 import torch
-from provenance import append_section, command_line, git_commit, machine
+from provenance import command_line, git_commit, machine, publish
 from sklearn.preprocessing import StandardScaler
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
@@ -396,10 +396,7 @@ def main() -> None:
             f"| {name} | {n_trials} | {threads} | {wall:.1f} | {speed:.1f} | {ratio} | "
             f"{max(scores):.4f} | {rate / 1e9:.2f} | {100 * rate / peaks[precision]:.2f} |"
         )
-    lines.append("")
-    print("\n".join(lines))
-    if args.append:
-        append_section(args.append, "\n".join(lines))
+    publish(lines, args.append)
 
 
 if __name__ == "__main__":

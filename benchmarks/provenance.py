@@ -61,3 +61,11 @@ def append_section(path: Path, text: str) -> None:
         )
     with path.open("a") as handle:
         handle.write("\n" + text)
+
+
+def publish(lines: list[str], append: Path | None) -> None:
+    """Print a benchmark's markdown section and, with ``--append FILE``, add it to FILE."""
+    text = "\n".join([*lines, ""])
+    print(text)
+    if append:
+        append_section(append, text)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import optuna
 import torch
-from provenance import append_section, command_line, git_commit, machine
+from provenance import command_line, git_commit, machine, publish
 
 from trainer.datasets import load_builtin
 from trainer.spec import StudySpec
@@ -97,10 +97,7 @@ def main() -> None:
     if completed and pruned:
         ratio = statistics.median(pruned) / statistics.median(completed)
         lines += ["", f"Pruned / completed, medians: **{ratio:.2f}×** (target ≤ 1.5×)."]
-    lines.append("")
-    print("\n".join(lines))
-    if args.append:
-        append_section(args.append, "\n".join(lines))
+    publish(lines, args.append)
 
 
 if __name__ == "__main__":

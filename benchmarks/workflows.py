@@ -37,7 +37,7 @@ import httpx
 import optuna
 import torch
 from engines import textbook
-from provenance import ROOT, append_section, command_line, git_commit, machine
+from provenance import ROOT, command_line, git_commit, machine, publish
 
 from trainer.config import TrialConfig
 from trainer.datasets import load_builtin
@@ -189,10 +189,7 @@ def main() -> None:
             f"| {name} | {wall:.1f} | {fold_epochs / wall:.1f} | {text_wall / wall:.2f} | "
             f"{best:.4f} |"
         )
-    lines.append("")
-    print("\n".join(lines))
-    if args.append:
-        append_section(args.append, "\n".join(lines))
+    publish(lines, args.append)
 
 
 if __name__ == "__main__":

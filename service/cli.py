@@ -117,7 +117,7 @@ def tune(
         typer.Option(
             min=1,
             help="trials trained at once as one stacked model (not with Wilcoxon pruning); "
-            "default: 1 on a CPU, what fits in memory on a GPU",
+            "default: 2 on a CPU, what fits in memory on a GPU",
         ),
     ] = None,
     compile_step: Annotated[

@@ -27,7 +27,7 @@ class Settings(BaseSettings):
         None,
         ge=1,
         description="trials a worker trains at once as one stacked model (MLPs and CNNs); "
-        "default: 1 on a CPU, as many as fit in memory on a GPU",
+        "default: 2 on a CPU, as many as fit in memory on a GPU",
     )
     compile: bool | None = Field(
         None,

@@ -60,7 +60,8 @@ def test_a_cnn_counts_its_feature_maps() -> None:
 
 def test_sizes_by_device_and_study(digits) -> None:
     cpu = torch.device("cpu")
-    assert layout.population_size(spec(), digits, cpu) == 1
+    assert layout.population_size(spec(), digits, cpu) == layout.CPU_POPULATION == 2
+    assert layout.population_size(spec(n_trials=1), digits, cpu) == 1
     assert layout.population_size(spec(), digits, cpu, requested=6) == 6
     assert layout.population_size(spec(model={"kind": "cnn"}), digits, cpu, requested=6) == 6
     assert layout.population_size(spec(pruner={"kind": "wilcoxon"}), digits, cpu) == 0

@@ -1,12 +1,14 @@
 """How many trials train at once on a device: the population size P.
 
 The population engine stacks P trials × K folds of a network. On a GPU a larger stack fills more
-of the device, so P is as large as memory allows. On a CPU the opposite holds: the stacked
-elementwise work (Adam, BatchNorm, dropout) streams every model's tensors through the caches
-once per step, and past a few models per core the step is bound by memory traffic, not by the
-matmuls. Measured on 2 cores (BENCHMARKS.md, "Engines"), one trial's K folds per stack (P = 1)
-is the fastest CPU layout per core, and one 1-thread worker process per core uses the cores
-(see ``service.serve.worker_devices``).
+of the device, so P is as large as memory allows. On a CPU a stack pays a fixed cost per step
+(a few hundred small kernels) that more models amortize, but the stacked elementwise work
+(Adam, BatchNorm, dropout) streams every model's tensors through the caches once per step, and
+past a few models per core the step is bound by memory traffic, not by the matmuls. Measured on
+2 cores (BENCHMARKS.md, "Engines", digits MLP 256-256, 5 folds), two trials per stack
+(``CPU_POPULATION``) in one 1-thread worker process per core is the fastest CPU layout: 4.5× the
+textbook loop, against 3.7× with one trial per stack and 2.8× with eight in one process (see
+``service.serve.worker_devices`` for the processes).
 
 A GPU model's memory, in float32 words, per stacked model:
 
@@ -31,6 +33,7 @@ from trainer.spec import StudySpec
 
 MEMORY_SHARE = 0.5  # of the free device memory; the rest is for the allocator's slack
 MAX_POPULATION = 256  # beyond this a step is long enough that the GPU is busy anyway
+CPU_POPULATION = 2  # trials per stack on a CPU: the fastest measured (module docstring)
 WORDS_PER_ACTIVATION = 4
 BYTES_PER_WORD = 4
 
@@ -80,7 +83,8 @@ def model_bytes(
 def population_size(
     spec: StudySpec, dataset: Dataset, device: torch.device, requested: int | None = None
 ) -> int:
-    """Trials per population: ``requested`` if given, else 1 on a CPU, else what memory allows.
+    """Trials per population: ``requested`` if given, else ``CPU_POPULATION`` on a CPU, else
+    what memory allows.
 
     Returns 0 when the population engine does not apply (Wilcoxon pruning): those studies
     train one trial at a time in the per-trial engine.
@@ -90,7 +94,7 @@ def population_size(
     if requested is not None:
         return max(1, requested)
     if device.type != "cuda":
-        return 1
+        return min(CPU_POPULATION, spec.n_trials)
     free, _ = torch.cuda.mem_get_info(device)
     per_trial = spec.cv.folds * model_bytes(
         spec, dataset.input_shape, dataset.n_outputs, dataset.n_samples
