@@ -3,14 +3,16 @@
 A study is runnable while it is queued, or running with trials left to start. Claiming
 takes no lock that a trial would hold: the move from ``queued`` to ``running`` is one
 conditional ``UPDATE … WHERE status = 'queued'`` (atomic on SQLite and PostgreSQL alike),
-and several workers (on any number of hosts) may then run the same study. Before each trial
-a worker checks the budget counted across all of them (finished + running + queued trials),
-so together they overshoot ``n_trials`` by at most the trials already running.
+and several workers (on any number of hosts) may then run the same study. Before it starts a
+trial a worker checks the budget counted across all of them (finished + running + queued
+trials), so together they overshoot ``n_trials`` by at most the trials already running.
 
-Trials run through ``study.optimize`` one at a time, so Optuna's heartbeat thread beats for
-each. A trial whose worker died goes silent; the next worker that looks for work fails it
-after the grace period and queues its parameters again (``trials.recover_stale``), so the
-study still gets its full budget.
+The trials run through the search driver that ``regtune tune`` uses too
+(:class:`trainer.search.Search`): a stack of trial slots refilled as trials end, with this
+worker's heartbeats for every trial in a slot (the per-trial engine's trials beat through
+``study.optimize``). A trial whose worker died goes silent; the next worker that looks for
+work fails it after the grace period and queues its parameters again
+(``trials.recover_stale``), so the study still gets its full budget.
 """
 
 from __future__ import annotations

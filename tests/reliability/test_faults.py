@@ -181,8 +181,14 @@ def test_training_that_raises_fails_its_trial_and_the_study_completes(tmp_path: 
     with serving(url, tmp_path / "serve.log", workers=0) as server, server.client() as http:
         spec = SLOW | {"n_trials": 6, "training": {"max_epochs": 3}}
         study = http.post("/v1/studies", json=spec).json()
+        # One trial per stack, so that each injected failure fails exactly one trial (an error
+        # in a stack of several fails all of its trials).
         worker = start_worker(
-            url, tmp_path / "worker.log", PYTHONPATH=INJECT, REGTUNE_INJECT="raise"
+            url,
+            tmp_path / "worker.log",
+            PYTHONPATH=INJECT,
+            REGTUNE_INJECT="raise",
+            REGTUNE_POPULATION="1",
         )
         try:
             final = wait_status(http, study["id"], ("completed", "failed"))
