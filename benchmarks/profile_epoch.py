@@ -36,7 +36,7 @@ def kind(name: str) -> str:
         return "data movement"
     if name.startswith("aten::"):
         return "elementwise and reductions"
-    return "other (Python, compiled regions, optimizer kernels)"
+    return "other (outside ATen: Python, compiled regions)"
 
 
 def main() -> None:

@@ -320,10 +320,7 @@ class Population:
 
     def release(self, slot: int) -> None:
         """Empty ``slot``: its models stop stepping (their compute stays, masked)."""
-        rows = self.rows_of(slot)
-        self.active[rows] = False
-        for r in range(rows.start, rows.stop):
-            self.host_active[r] = False
+        self.stop(slot)
         self.occupant[slot] = None
         self.refresh_flags()
 

@@ -52,7 +52,7 @@ from trainer.objective import (
     suggest,
     trial_seed,
 )
-from trainer.population import Population, ShapeKey, shape_key
+from trainer.population import Population, ShapeKey, SlotEpoch, shape_key
 from trainer.spec import Metric, StudySpec
 from trainer.splits import Split
 
@@ -250,7 +250,7 @@ class Search:
             for report in reports:
                 self.judge(key, stack, report)
 
-    def judge(self, key: ShapeKey, stack: Population, report: Any) -> None:
+    def judge(self, key: ShapeKey, stack: Population, report: SlotEpoch) -> None:
         """Tell Optuna the slot's epoch; complete, prune or fail its trial when it is over."""
         entry = self.running[(key, report.slot)]
         trial = entry.trial
