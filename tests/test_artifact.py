@@ -17,7 +17,8 @@ from trainer import study as study_module
 from trainer.artifact import ArtifactError, load_model
 from trainer.config import TrialConfig
 from trainer.datasets import Dataset, make_dataset
-from trainer.engine import DivergedError, FittedModel, predict, refit
+from trainer.engine import DivergedError, FittedModel, predict
+from trainer.refit import refit
 from trainer.spec import StudySpec
 from trainer.study import Protocol, final_model, refit_epochs, run_study
 

@@ -8,7 +8,8 @@ import torch
 
 from trainer.config import TrialConfig
 from trainer.datasets import make_dataset
-from trainer.engine import cross_validate, refit
+from trainer.engine import cross_validate
+from trainer.refit import refit
 from trainer.spec import StudySpec
 from trainer.splits import cv_splits, holdout
 from trainer.study import Protocol

@@ -123,6 +123,47 @@ def test_stacked_cnns_match_the_per_trial_engine(
         assert_same(result, alone, rel=rel)
 
 
+@pytest.mark.parametrize(
+    ("dataset", "model"),
+    [
+        ("builtin:wine", {"hidden": [16, 8], "batch_norm": True}),
+        ("builtin:digits", {"kind": "cnn", "channels": [4], "hidden": [8], "batch_norm": True}),
+        ("builtin:diabetes", {"hidden": [16], "batch_norm": True}),
+    ],
+)
+def test_an_exported_fold_module_scores_as_its_stack_row(dataset: str, model: dict) -> None:
+    """``Population.module`` undoes the stacked layout (transposed Linear weights, grouped
+    convolutions, BatchNorm's running statistics): the module, fed its fold's standardized
+    rows, scores what the population scored at the fold's best epoch."""
+    from trainer.population import Population
+
+    data = load_builtin(dataset)
+    metric = "accuracy" if data.task == "classification" else "mse"
+    spec = StudySpec(dataset=data.name, model=model, training={"max_epochs": 4}, cv={"folds": 3})
+    splits = Protocol.of(spec, data).splits
+    population = Population(data, splits, config(spec), slots=2, metric=metric, device=DEVICE)
+    population.assign(0, config(spec, dropout=0.2), 1)
+    population.assign(1, config(spec, dropout=0.1, bn_momentum=0.7), 2)
+    for _ in range(4):  # max_epochs: every fold is done
+        population.train_epoch()
+        population.end_epoch()
+    result = population.result(1)
+    for k, split in enumerate(splits):
+        net = population.module(1, k)
+        assert not net.training
+        x = torch.as_tensor(result.folds[k].x_scaler.transform(data.X[split.score]), device=DEVICE)
+        with torch.no_grad():
+            out = net(x).cpu().numpy()
+        y = data.y[split.score]
+        if metric == "accuracy":
+            score = float((out.argmax(1) == y).mean())
+        else:  # the population standardizes the target per fold, on its fit rows
+            y_fit = data.y[split.fit]
+            predicted = out[:, 0] * y_fit.std() + y_fit.mean()
+            score = float(np.mean((predicted - y) ** 2))
+        assert score == pytest.approx(result.folds[k].score, rel=1e-4)
+
+
 def test_a_stacked_cnn_does_not_depend_on_its_neighbours_with_dropout(digits) -> None:
     spec = StudySpec(
         dataset=digits.name,

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
@@ -34,7 +34,6 @@ from trainer.spec import Metric, Task
 from trainer.splits import Split
 
 EVAL_CHUNK = 8192
-REFIT_STREAM = 2**31 - 1  # the refit draws its own seed, apart from every fold's
 Schedule = Literal["lockstep", "sequential"]
 
 
@@ -177,7 +176,6 @@ class FoldRun:
             include_bias_and_bn=config.training.regularize_bias_and_bn,
         )
         self.stopper = EarlyStopping(config.patience, config.training.min_delta)
-        self.validating = len(split.val) > 0
         self.batch_norm = any(
             isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.model.modules()
         )
@@ -217,14 +215,6 @@ class FoldRun:
         train_loss = float(total) / max(seen, 1)
         epoch = self.epoch
         self.train_loss.append(train_loss)
-        if not self.validating:  # a refit: fixed epochs, the last weights are the model
-            if not math.isfinite(train_loss):
-                raise DivergedError(f"refit diverged at epoch {epoch}: training loss {train_loss}")
-            if len(self.train_loss) >= training.max_epochs:
-                self.stopper.best_epoch = epoch
-                self.best_score = self.evaluate()
-                self.done = True
-            return
         val_loss = float(data_loss(self.task, predict(self.model, d.X_val), d.y_val))
         self.val_loss.append(val_loss)
         if not (math.isfinite(train_loss) and math.isfinite(val_loss)):
@@ -428,37 +418,3 @@ def ensemble_score(runs: Sequence[FoldRun], metric: Metric) -> float:
     )
     z = torch.as_tensor(first.y_scaler.transform(units), device=first.y_score.device)
     return score(metric, runs[0].task, z, first.y_score, first.y_scaler)
-
-
-def refit(
-    dataset: Dataset,
-    config: TrialConfig,
-    pool: np.ndarray,
-    test: np.ndarray,
-    *,
-    metric: Metric,
-    epochs: int,
-    device: torch.device | str = "cpu",
-    seed: int = 0,
-) -> FittedModel:
-    """Retrain on every row of ``pool`` for ``epochs`` epochs, then score it on ``test``.
-
-    No row is held back for early stopping: the epoch count comes from cross-validation
-    (the folds' median best epoch), as is usual when a model is refitted on all its data.
-    """
-    training = config.training.model_copy(update={"max_epochs": epochs})
-    run = FoldRun(
-        0,
-        dataset,
-        replace(config, training=training),
-        Split(pool, pool[:0], test),
-        metric=metric,
-        device=device,
-        seed=fold_seed(seed, REFIT_STREAM),
-    )
-    while not run.done:
-        run.train_epoch()
-    test_score = run.best_score if len(test) else None
-    return FittedModel(
-        run.model, config, run.data.x_scaler, run.data.y_scaler, epochs, run.train_loss, test_score
-    )

@@ -147,8 +147,9 @@ class Population:
 
         self.x_mean = by_row([s.mean for s in self.x_scalers])[:, None, :]
         self.x_std = by_row([s.std for s in self.x_scalers])[:, None, :]
+        self.y_scalers: list[Standardizer] | None = None
         if dataset.task == "regression":
-            y_scalers = [Standardizer.fit(dataset.y[s.fit, None]) for s in splits]
+            self.y_scalers = y_scalers = [Standardizer.fit(dataset.y[s.fit, None]) for s in splits]
             self.y_mean = by_row([float(s.mean[0]) for s in y_scalers])
             self.y_std = by_row([float(s.std[0]) for s in y_scalers])
             self.baseline = [1.0] * self.K
@@ -167,6 +168,9 @@ class Population:
         self.fit_len = torch.tensor(fit_len, device=dev)
         self.val_len = torch.tensor(val_len, device=dev)
         self.score_len = torch.tensor(score_len, device=dev)
+        # A row with no validation rows (a refit) trains its fixed epochs: each epoch's weights
+        # replace the best, and patience never runs out.
+        self.unvalidated = self.val_len == 0
         self.schedule(fit_len)
 
         # Per-model hyperparameters as tensors, written in place by assign().
@@ -271,15 +275,25 @@ class Population:
         return sum(c is not None for c in self.occupant)
 
     @torch.no_grad()
-    def assign(self, slot: int, config: TrialConfig, seed: int) -> None:
+    def assign(
+        self,
+        slot: int,
+        config: TrialConfig,
+        seed: int,
+        *,
+        fold_seeds: Sequence[int] | None = None,
+    ) -> None:
         """Put a trial in ``slot``: its K fold models initialised exactly as ``build_model``
-        under ``fold_seed(seed, k)``, fresh optimizer state, nothing trained yet."""
+        under ``fold_seed(seed, k)`` (or ``fold_seeds[k]``), fresh optimizer state, nothing
+        trained yet."""
         if shape_key(config) != shape_key(self.template) or config.training != self.training:
             raise ValueError("a population shares widths, batch size, optimizer and training")
         if self.occupant[slot] is not None:
             raise ValueError(f"slot {slot} is taken")
         rows, dev = self.rows_of(slot), self.device
-        seeds = [fold_seed(seed, k) for k in range(self.K)]
+        seeds = list(fold_seeds or [fold_seed(seed, k) for k in range(self.K)])
+        if len(seeds) != self.K:
+            raise ValueError(f"{len(seeds)} fold seeds for {self.K} folds")
         nets = []
         for s in seeds:
             torch.manual_seed(s)
@@ -455,8 +469,9 @@ class Population:
                 h = self.normalize(h, layer, weight, stepping, full=full)
             h = F.relu(h)
             if dropout_keys is not None:
-                keep = rng.keep_mask(dropout_keys[layer], tuple(h.shape[1:]), self.keep)
-                h = h * (keep * per_model(1.0 / self.keep, h))
+                shape = tuple(h.shape[1:])
+                keep = rng.keep_mask(dropout_keys[layer], shape, self.keep, dtype=h.dtype)
+                h = h * keep.mul_(per_model(1.0 / self.keep, h))
         return h.float()
 
     def losses(
@@ -593,7 +608,8 @@ class Population:
         was_active = self.active.clone()
         diverged = was_active & ~(torch.isfinite(train_loss) & torch.isfinite(val_loss))
         self.diverged |= diverged
-        improved = was_active & ~diverged & (val_loss < self.best_loss - self.training.min_delta)
+        better = (val_loss < self.best_loss - self.training.min_delta) | self.unvalidated
+        improved = was_active & ~diverged & better
         self.best_loss = torch.where(improved, val_loss, self.best_loss)
         self.best_epoch = torch.where(improved, self.epochs, self.best_epoch)
         self.best_score = torch.where(improved, score, self.best_score)
@@ -642,6 +658,30 @@ class Population:
             self.host_active[r] = False
 
     # --- results -------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def module(self, slot: int, fold: int) -> nn.Module:
+        """Fold ``fold`` of ``slot``'s trial as its own ``nn.Module`` (evaluation mode), with
+        its best weights and running statistics: the inverse of :meth:`assign`'s layout."""
+        config = self.occupant[slot]
+        assert config is not None
+        row = slot * self.K + fold
+        net = config.network(self.input_shape, self.n_outputs).to(self.device)
+        layers = [m for m in net.modules() if isinstance(m, nn.Conv1d | nn.Conv2d | nn.Linear)]
+        norms = [m for m in net.modules() if isinstance(m, nn.BatchNorm1d | nn.BatchNorm2d)]
+        best = dict(zip(map(id, self.params), self.best_params, strict=True))
+        for i, (layer, w, b) in enumerate(zip(layers, self.weights, self.biases, strict=True)):
+            weight = best[id(w)][row]
+            layer.weight.copy_(weight if i < self.n_conv else weight.t())
+            layer.bias.copy_(best[id(b)][row, 0])
+        for norm, g, b, (mean, var) in zip(
+            norms, self.gammas, self.betas, self.best_running, strict=True
+        ):
+            norm.weight.copy_(best[id(g)][row, 0])
+            norm.bias.copy_(best[id(b)][row, 0])
+            norm.running_mean.copy_(mean[row])
+            norm.running_var.copy_(var[row])
+        return net.eval()
 
     @torch.no_grad()
     def result(self, slot: int) -> CVResult:

@@ -21,9 +21,10 @@ import torch
 from trainer import artifact, layout
 from trainer.config import TrialConfig
 from trainer.datasets import Dataset, check_for_cv
-from trainer.engine import DivergedError, FittedModel, fold_ensemble, refit
+from trainer.engine import DivergedError, FittedModel, fold_ensemble
 from trainer.objective import fold_schedule, grid, trial_seed
 from trainer.population import Population
+from trainer.refit import refit
 from trainer.search import Engine, Search, remaining
 from trainer.spec import Metric, StudySpec, default_metric, metric_direction
 from trainer.splits import Split, cv_splits, holdout
