@@ -2,7 +2,8 @@
 
 ``REGTUNE_INJECT=oom`` makes any population of more than one slot raise CUDA's out-of-memory
 error in training (as a GPU too small for it would); ``REGTUNE_INJECT=raise`` makes the
-training of every third trial given a slot raise a RuntimeError. The worker's own code is
+training of every third trial given a slot raise a RuntimeError (the final model's refit
+is no trial: it is left alone). The worker's own code is
 untouched: the fault comes from inside the training call, where a real one would.
 """
 
@@ -20,12 +21,13 @@ if FAULT:
     real_assign, real_train = Population.assign, Population.train_epoch
     assigned = 0
 
-    def assign(self, slot, config, seed):  # type: ignore[no-untyped-def]
+    def assign(self, slot, config, seed, **kwargs):  # type: ignore[no-untyped-def]
         global assigned
-        assigned += 1
-        if FAULT == "raise" and assigned % 3 == 0:
+        trial = kwargs.get("fold_seeds") is None  # the refit names its seeds; it is no trial
+        assigned += trial
+        if FAULT == "raise" and trial and assigned % 3 == 0:
             self.doomed = True
-        return real_assign(self, slot, config, seed)
+        return real_assign(self, slot, config, seed, **kwargs)
 
     def train_epoch(self):  # type: ignore[no-untyped-def]
         if FAULT == "oom" and self.P > 1:
