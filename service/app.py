@@ -24,8 +24,8 @@ from service.auth import any_tokens
 from service.cache import TTLCache
 from service.dashboard import dashboard_app
 from service.db import DATABASE_ERRORS, Database
+from service.errors import Conflict, NotFound
 from service.settings import Settings
-from service.studies import Conflict, NotFound
 from service.trials import make_storage
 
 log = logging.getLogger("regtune")

@@ -6,6 +6,7 @@ import json
 import logging
 import signal
 import sys
+from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -681,6 +682,13 @@ def model_download(
 
 
 datasets_app = typer.Typer(help="Datasets on the server.", no_args_is_help=True)
+
+
+class MissingTargetChoice(StrEnum):
+    refuse = "refuse"
+    drop = "drop"
+
+
 app.add_typer(datasets_app, name="datasets")
 
 
@@ -689,14 +697,91 @@ def datasets_upload(
     file: Annotated[Path, typer.Argument(help=".csv or .npz")],
     target: Annotated[str | None, typer.Option(help="the CSV's label column")] = None,
     name: Annotated[str | None, typer.Option(help="a name for the dataset")] = None,
+    missing_target: Annotated[
+        MissingTargetChoice | None,
+        typer.Option(help="rows with a blank target: refused (the default), or dropped"),
+    ] = None,
 ) -> None:
     """Upload a dataset; prints its id (use it as the spec's 'dataset')."""
     from service.client import Client
 
+    choice = None if missing_target is None else missing_target.value
     with Client() as client:
-        record = api_call(client.upload, file, target, name)
+        record = api_call(client.upload, file, target, name, choice)
     print(record.id)
     console.print(f"{record.n_samples} samples × {record.n_features} features, {record.task}")
+    for column in record.columns:
+        if column.treatment == "dropped":
+            console.print(f"[yellow]dropped[/] column {column.name!r}: {column.reason}")
+    if record.dropped_rows:
+        console.print(f"[yellow]dropped[/] {record.dropped_rows} rows with a blank target")
+
+
+@datasets_app.command("list")
+def datasets_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """The tenant's uploads, newest first."""
+    from service.client import Client
+
+    with Client() as client:
+        records = api_call(client.datasets)
+    if as_json:
+        print(json.dumps([r.model_dump(mode="json") for r in records]))
+        return
+    table = Table("id", "name", "task", "samples", "features", "uploaded")
+    for r in records:
+        table.add_row(
+            r.id,
+            r.name,
+            r.task,
+            str(r.n_samples),
+            str(r.n_features),
+            f"{r.created_at:%Y-%m-%d %H:%M}",
+        )
+    print_table(table)
+
+
+@datasets_app.command("show")
+def datasets_show(
+    dataset_id: str, as_json: Annotated[bool, typer.Option("--json")] = False
+) -> None:
+    """One upload: its size, classes and how each column is used."""
+    from service.client import Client
+
+    with Client() as client:
+        record = api_call(client.dataset, dataset_id)
+    if as_json:
+        print(record.model_dump_json())
+        return
+    table = Table(title=f"dataset {record.id}", show_header=False)
+    table.add_column(style="bold")
+    table.add_column()
+    table.add_row("name", record.name)
+    table.add_row("target", record.target or "-")
+    table.add_row("task", record.task)
+    table.add_row("samples", f"{record.n_samples} ({record.dropped_rows} dropped: blank target)")
+    table.add_row("features", f"{record.n_features} network inputs")
+    if record.classes:
+        table.add_row("classes", ", ".join(str(c) for c in record.classes[:20]))
+    for column in record.columns:
+        if column.treatment == "numeric":
+            how = f"numeric, {column.imputed} blank cells imputed" if column.imputed else "numeric"
+        elif column.treatment == "categorical":
+            levels = [level or "(blank)" for level in column.levels or []]
+            how = f"categorical: {', '.join(levels[:10])}{', …' if len(levels) > 10 else ''}"
+        else:
+            how = f"dropped: {column.reason}"
+        table.add_row(f"column {column.name}", how)
+    print_table(table)
+
+
+@datasets_app.command("delete")
+def datasets_delete(dataset_id: str) -> None:
+    """Delete an upload (refused while a queued or running study uses it)."""
+    from service.client import Client
+
+    with Client() as client:
+        api_call(client.delete_dataset, dataset_id)
+    console.print(f"deleted dataset {dataset_id}")
 
 
 @app.callback()

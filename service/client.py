@@ -179,8 +179,15 @@ class Client:
 
     # --- datasets -----------------------------------------------------------------------------
 
-    def upload(self, path: Path, target: str | None, name: str | None = None) -> DatasetOut:
-        data = {k: v for k, v in {"target": target, "name": name}.items() if v}
+    def upload(
+        self,
+        path: Path,
+        target: str | None,
+        name: str | None = None,
+        missing_target: str | None = None,
+    ) -> DatasetOut:
+        fields = {"target": target, "name": name, "missing_target": missing_target}
+        data = {k: v for k, v in fields.items() if v}
         with path.open("rb") as handle:
             return self.typed(
                 DatasetOut,
@@ -195,6 +202,9 @@ class Client:
 
     def dataset(self, dataset_id: str) -> DatasetOut:
         return self.typed(DatasetOut, "GET", f"/v1/datasets/{dataset_id}")
+
+    def delete_dataset(self, dataset_id: str) -> None:
+        self.request("DELETE", f"/v1/datasets/{dataset_id}")
 
 
 def format_detail(detail: Any) -> str:

@@ -4,25 +4,30 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import uuid
 from functools import lru_cache
+from typing import Any
 
 import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from service.models import DatasetRecord
+from service.errors import Conflict, NotFound
+from service.models import ACTIVE, DatasetRecord, StudyRecord
 from service.settings import Settings
 from trainer.datasets import (
     ArrayLimits,
     Dataset,
     DatasetError,
     DatasetTooLarge,
+    MissingTarget,
     load_builtin,
     load_csv,
     load_npz,
 )
 from trainer.spec import Task
+from trainer.tabular import Table, TableLayout
 
 
 class UploadTooLarge(DatasetTooLarge):
@@ -30,7 +35,13 @@ class UploadTooLarge(DatasetTooLarge):
 
 
 def parse_upload(
-    content: bytes, filename: str, *, target: str | None, task: Task | None, settings: Settings
+    content: bytes,
+    filename: str,
+    *,
+    target: str | None,
+    task: Task | None,
+    settings: Settings,
+    missing_target: MissingTarget = "refuse",
 ) -> Dataset:
     """Parse and validate an upload; raise :class:`DatasetError` naming what is wrong."""
     if len(content) > settings.max_upload_bytes:
@@ -46,7 +57,14 @@ def parse_upload(
     if suffix == "csv":
         if not target:
             raise DatasetError("a CSV upload needs the form field 'target' naming its label column")
-        dataset = load_csv(content, target, name=filename, task=task, limits=limits)
+        dataset = load_csv(
+            content,
+            target,
+            name=filename,
+            task=task,
+            limits=limits,
+            missing_target=missing_target,
+        )
     elif suffix == "npz":
         dataset = load_npz(content, name=filename, task=task, limits=limits)
     else:
@@ -55,7 +73,7 @@ def parse_upload(
         for label, count in dataset.class_counts().items():
             if count < 2:
                 raise DatasetError(
-                    f"class {label[:100]!r} has only {count} sample; cross-validation needs "
+                    f"class {str(label)[:100]!r} has only {count} sample; cross-validation needs "
                     "at least 2 samples of every class"
                 )
     if dataset.n_samples > settings.max_upload_rows:
@@ -68,12 +86,26 @@ def parse_upload(
 
 
 def to_npz(dataset: Dataset) -> bytes:
-    """The validated arrays in the one format workers read back (no pickles)."""
+    """The validated arrays in the one format workers read back (no pickles): ``X``, ``y``,
+    ``input_shape``, ``feature_names``; for a table also its raw cells and its layout (JSON)."""
+    arrays: dict[str, np.ndarray] = {
+        "X": dataset.X,
+        "y": dataset.y,
+        "input_shape": np.array(dataset.input_shape, dtype=np.int64),
+        "feature_names": np.array(dataset.feature_names, dtype=np.str_),
+    }
+    if dataset.table is not None:
+        arrays["raw"] = dataset.table.raw
+        arrays["layout"] = np.array(json.dumps(dataset.table.layout.as_plain()))
     buffer = io.BytesIO()
-    np.savez_compressed(
-        buffer, X=dataset.X, y=dataset.y, input_shape=np.array(dataset.input_shape, dtype=np.int64)
-    )
+    np.savez_compressed(buffer, **arrays)
     return buffer.getvalue()
+
+
+def summary(dataset: Dataset) -> dict[str, Any]:
+    """How each column is treated (an upload's ``columns``), and the rows dropped."""
+    columns = [] if dataset.table is None else dataset.table.layout.columns
+    return {"columns": [c.summary() for c in columns], "dropped_rows": dataset.dropped_rows}
 
 
 def store(
@@ -91,6 +123,7 @@ def store(
         n_features=dataset.n_features,
         classes=list(dataset.classes),
         input_shape=list(dataset.input_shape),
+        **summary(dataset),
         sha256=hashlib.sha256(data).hexdigest(),
         size_bytes=len(data),
         data=data,
@@ -103,6 +136,25 @@ def get_record(session: Session, tenant: str, dataset_id: str) -> DatasetRecord 
     return session.scalar(
         select(DatasetRecord).where(DatasetRecord.id == dataset_id, DatasetRecord.tenant == tenant)
     )
+
+
+def delete(session: Session, tenant: str, dataset_id: str) -> None:
+    """Delete an upload, unless a queued or running study of the tenant trains on it."""
+    record = get_record(session, tenant, dataset_id)
+    if record is None:
+        raise NotFound(f"dataset {dataset_id!r} not found")
+    active = session.scalars(
+        select(StudyRecord).where(StudyRecord.tenant == tenant, StudyRecord.status.in_(ACTIVE))
+    )
+    users = [study.id for study in active if study.spec.get("dataset") == dataset_id]
+    if users:
+        raise Conflict(
+            f"dataset {dataset_id!r} is used by {len(users)} queued or running "
+            f"stud{'y' if len(users) == 1 else 'ies'} ({', '.join(users[:5])}): cancel "
+            f"{'it' if len(users) == 1 else 'them'} or wait until "
+            f"{'it ends' if len(users) == 1 else 'they end'}"
+        )
+    session.delete(record)
 
 
 @lru_cache(maxsize=16)
@@ -118,6 +170,11 @@ def resolve(session: Session, tenant: str, ref: str) -> Dataset:
     if record is None:
         raise DatasetError(f"unknown dataset {ref!r}: use 'builtin:NAME' or an uploaded dataset id")
     with np.load(io.BytesIO(record.data), allow_pickle=False) as arrays:
+        table = None
+        if "layout" in arrays:
+            layout = TableLayout.from_plain(json.loads(str(arrays["layout"])))
+            table = Table(layout, arrays["raw"])
+        names = arrays.get("feature_names", ())
         return Dataset(
             name=record.name,
             X=arrays["X"],
@@ -125,4 +182,7 @@ def resolve(session: Session, tenant: str, ref: str) -> Dataset:
             task=record.task,  # type: ignore[arg-type]
             input_shape=tuple(int(s) for s in arrays["input_shape"]),
             classes=tuple(record.classes),
+            feature_names=tuple(str(n) for n in names),
+            table=table,
+            dropped_rows=record.dropped_rows,
         )

@@ -58,7 +58,8 @@ class ApiToken(Base):
 
 
 class DatasetRecord(Base):
-    """An uploaded dataset, validated and stored as a normalized NPZ (X, y, input_shape)."""
+    """An uploaded dataset, validated and stored as a normalized NPZ (see
+    :func:`service.datasets.to_npz`)."""
 
     __tablename__ = "regtune_datasets"
 
@@ -72,6 +73,10 @@ class DatasetRecord(Base):
     n_features: Mapped[int] = mapped_column(Integer)
     classes: Mapped[list[Any]] = mapped_column(JSON)
     input_shape: Mapped[list[Any]] = mapped_column(JSON)
+    # A CSV's columns and their treatment (numeric, categorical and its levels, dropped and
+    # why, cells imputed); rows left out for a blank target.
+    columns: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    dropped_rows: Mapped[int] = mapped_column(Integer, default=0)
     sha256: Mapped[str] = mapped_column(String(64))
     size_bytes: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

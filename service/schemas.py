@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Literal, TypeVar
 
 from optuna.trial import FrozenTrial
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 T = TypeVar("T")
 
@@ -15,6 +15,18 @@ class ErrorOut(BaseModel):
     """An error other than a validation error: ``{"detail": "what is wrong"}``."""
 
     detail: str
+
+
+class ColumnOut(BaseModel):
+    """How an uploaded CSV's feature column is used."""
+
+    name: str
+    treatment: Literal["numeric", "categorical", "dropped"]
+    imputed: int | None = Field(
+        None, description="numeric: blank cells, imputed per fold (with a missing indicator)"
+    )
+    levels: list[str] | None = Field(None, description="categorical: its levels ('' = blank)")
+    reason: str | None = Field(None, description="dropped: why")
 
 
 class DatasetOut(BaseModel):
@@ -26,9 +38,11 @@ class DatasetOut(BaseModel):
     target: str | None
     task: str
     n_samples: int
-    n_features: int
-    classes: list[str]
+    n_features: int = Field(description="the network's inputs, after one-hot encoding")
+    classes: list[int | float | str] = Field(description="class labels, of the target's type")
     input_shape: list[int]
+    columns: list[ColumnOut] = Field(description="a CSV's feature columns; [] for an NPZ")
+    dropped_rows: int = Field(description="rows left out for a blank target")
     sha256: str
     size_bytes: int
     created_at: datetime

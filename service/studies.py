@@ -21,19 +21,12 @@ from sqlalchemy.orm import Session
 
 from service import datasets, trials, warmstart
 from service.db import Database
+from service.errors import Conflict, NotFound
 from service.models import ACTIVE, ArtifactRecord, StudyRecord, utcnow
 from trainer.datasets import Dataset
 from trainer.models import parameter_count
 from trainer.spec import Limits, StudySpec, metric_direction
 from trainer.study import Protocol, SpecError
-
-
-class NotFound(LookupError):
-    """No such study for this tenant (another tenant's study is not found either)."""
-
-
-class Conflict(RuntimeError):
-    """The study's state does not allow the request (e.g. cancelling a finished study)."""
 
 
 class ModelTooLarge(SpecError):

@@ -137,7 +137,8 @@ def test_upload_then_use_the_dataset(server: Server) -> None:
     ("filename", "content", "data", "fragment"),
     [
         ("x.csv", b"a,label\n1,0\n2,oops\n", {}, "needs the form field 'target'"),
-        ("x.csv", b"a,label\n1,0\nnan,1\n", {"target": "label"}, "features must be finite"),
+        ("x.csv", b"a,label\n1,0\ninf,1\n", {"target": "label"}, "'inf' is not finite"),
+        ("x.csv", b"a,label\n1,0\n2,\n", {"target": "label"}, "target column 'label' is blank"),
         (
             "x.csv",
             b"a,label\n1,0\n2,1\n",

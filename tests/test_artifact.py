@@ -79,7 +79,7 @@ def test_a_classifier_round_trips_through_a_weights_only_file(wine, tmp_path) ->
     raw = torch.load(path, weights_only=True)  # no class is unpickled
     plain_values_only(raw)
     assert raw["format"] == "regtune-model" and raw["version"] == 1
-    assert raw["task"] == "classification" and raw["classes"] == ["0", "1", "2"]
+    assert raw["task"] == "classification" and raw["classes"] == [0, 1, 2]  # ints stay ints
     assert raw["feature_names"] == list(wine.feature_names)
     assert raw["architecture"]["hidden"] == [16, 8] and raw["architecture"]["n_outputs"] == 3
     assert raw["hyperparameters"]["dropout"] == 0.1 and raw["epochs"] == 5

@@ -84,13 +84,11 @@ def test_csv_numeric_targets_infer_the_task() -> None:
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        (b"a,b,y\n1,2,0\n3,oops,1\n", "line 3, column 'b': 'oops' is not a number"),
+        (b"a,b,y\n1,2,0\n3,inf,1\n", "line 3, column 'b': 'inf' is not finite"),
         (b"a,b,y\n1,2,0\n3,4\n", "line 3 has 2 fields, the header has 3"),
         (b"a,b\n1,2\n", "target column 'y' not in the CSV header"),
-        (
-            b"a,y\n1,0\nnan,1\n",
-            "features must be finite: 1 NaN/inf values, first at row 1, column a",
-        ),
+        (b"a,b,y\n1,,0\n2,NA,1\n", "column 'b' is blank in every row; remove it"),
+        (b"a,y\n1,0\n2,\n3,1\n", "target column 'y' is blank in 1 of 3 rows (CSV lines 3)"),
         (b"a,y\n1,0\n2,0\n", "at least 2 classes"),
         (b"a,y\n", "header row and at least one data row"),
         (b"a,y\n1,cat\n2,dog\n", None),
@@ -146,7 +144,7 @@ def test_cv_needs_enough_samples_per_class() -> None:
     data = make_dataset("small", np.zeros((14, 1)), y)
     check_for_cv(data, folds=4)
     with pytest.raises(
-        DatasetError, match="class '1' has 4 samples; 5-fold stratified CV needs at least 5"
+        DatasetError, match="class 1 has 4 samples; 5-fold stratified CV needs at least 5"
     ):
         check_for_cv(data, folds=5)
     with pytest.raises(DatasetError, match=r"with test_fraction 0\.5 needs at least 8"):

@@ -56,7 +56,7 @@ def readme_snippet() -> str:
     return blocks[0]
 
 
-def held_out_rows(spec: dict[str, Any]) -> tuple[np.ndarray, list[str], list[str]]:
+def held_out_rows(spec: dict[str, Any]) -> tuple[np.ndarray, list[str], list[Any]]:
     """The study's test rows as its protocol draws them: features, their names, true labels."""
     dataset = load_builtin(spec["dataset"])
     protocol = Protocol.of(StudySpec.model_validate(spec), dataset)
@@ -73,7 +73,7 @@ def run_snippet(workdir: Path, model_file: Path, spec: dict[str, Any]) -> dict[s
     np.savetxt(workdir / "new_rows.csv", X, delimiter=",", header=",".join(names), comments="")
     report = (
         "\nimport json\n"
-        "print(json.dumps({'labels': [str(v) for v in labels], 'proba': proba.tolist(),"
+        "print(json.dumps({'labels': labels.tolist(), 'proba': proba.tolist(),"
         " 'scores': model.scores, 'classes': model.classes, 'task': model.task}))\n"
     )
     done = subprocess.run(
@@ -169,6 +169,8 @@ def test_the_final_model_downloads_and_predicts_its_test_score(
         predicted = run_snippet(tmp_path / "fresh", via_http, SPEC)
         _, _, truth = held_out_rows(SPEC)
         assert len(predicted["labels"]) == len(truth) > 0
+        # Wine's labels are the integers 0, 1, 2: they come back as integers, not strings.
+        assert all(type(label) is int for label in predicted["labels"]), predicted["labels"][:5]
         accuracy = float(np.mean(np.array(predicted["labels"]) == np.array(truth)))
         assert accuracy == pytest.approx(study["test_score"], abs=1e-6)  # stored as float32
         proba = np.array(predicted["proba"])

@@ -8,11 +8,18 @@ unpickling any class::
     state_dict           the network's weights and BatchNorm buffers (CPU tensors)
     architecture         model (ModelSpec as JSON), hidden, dropout, bn_momentum,
                          input_shape, n_outputs: enough for trainer.models.build_model
-    preprocessing        x_mean, x_std (tensors: z = (x − mean) / std, fitted on the training
-                         rows), y_mean, y_std (regression: predictions are z·std + mean)
+    preprocessing        encoder (a CSV table's encoding: its columns' treatments, the
+                         imputation medians and the levels seen in training, as plain values;
+                         None for numeric arrays), x_mean, x_std (tensors: z = (x − mean) / std
+                         of the encoded features, fitted on the training rows), y_mean, y_std
+                         (regression: predictions are z·std + mean)
     task, metric         "classification" | "regression"; "accuracy" | "mse" | "loss"
-    classes              class labels in output order (classification), else []
-    feature_names        the training features' names in column order ([] if unknown)
+    classes              class labels in output order, of the target's own type (ints stay
+                         ints), else []
+    feature_names        the columns a row must have, in order: a table's raw columns (its
+                         dropped ones left out), else the features' names ([] if unknown)
+    encoded_feature_names  the network's inputs: a table's encoded columns ("colour=red",
+                         "age (missing)"), else feature_names
     hyperparameters      the best trial's resolved configuration (TrialConfig.hyperparameters)
     training             the TrainingSpec it was retrained with (as JSON)
     epochs, train_loss   the refit's epoch count and training-loss curve
@@ -31,7 +38,8 @@ Loading::
     from trainer.artifact import load_model
 
     model = load_model("model.pt")
-    labels = model.predict(X)  # X: [n, n_features] in the training columns' order
+    labels = model.predict(X)  # X: raw rows as uploaded: a DataFrame, a list of dicts, or
+                               # [n, n_features] numbers in the training columns' order
     folds = load_model("model.pt", ensemble=True)  # the K fold models, averaged
 """
 
@@ -48,11 +56,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from trainer.datasets import Dataset
+from trainer.datasets import Dataset, Label
 from trainer.engine import FittedModel, FoldEnsemble, predict
 from trainer.models import build_model
 from trainer.preprocessing import Standardizer
 from trainer.spec import Limits, ModelSpec
+from trainer.tabular import TableEncoder
 
 FORMAT = "regtune-model"
 VERSION = 1
@@ -89,9 +98,10 @@ def _weights(fitted: FittedModel) -> dict[str, torch.Tensor]:
     return {name: t.detach().cpu().clone() for name, t in fitted.model.state_dict().items()}
 
 
-def _preprocessing(fitted: FittedModel) -> dict[str, torch.Tensor | None]:
+def _preprocessing(fitted: FittedModel) -> dict[str, Any]:
     y = fitted.y_scaler
     return {
+        "encoder": None if fitted.encoder is None else _plain(fitted.encoder.as_plain()),
         "x_mean": _tensor(fitted.x_scaler.mean),
         "x_std": _tensor(fitted.x_scaler.std),
         "y_mean": None if y is None else _tensor(y.mean),
@@ -137,7 +147,10 @@ def pack(
         "task": dataset.task,
         "metric": metric,
         "classes": list(dataset.classes),
-        "feature_names": list(dataset.feature_names),
+        "feature_names": list(
+            dataset.table.layout.raw_names if dataset.table else dataset.feature_names
+        ),
+        "encoded_feature_names": list(dataset.feature_names),
         "hyperparameters": _plain(config.hyperparameters()),
         "training": config.training.model_dump(mode="json"),
         "epochs": int(fitted.epochs),
@@ -204,7 +217,7 @@ class TunedModel:
     model: nn.Module
     task: str
     metric: str
-    classes: list[str]
+    classes: list[Label]
     feature_names: list[str]
     input_shape: tuple[int, ...]
     hyperparameters: dict[str, Any]
@@ -212,6 +225,7 @@ class TunedModel:
     epochs: int
     x_scaler: Standardizer
     y_scaler: Standardizer | None
+    encoder: TableEncoder | None = None
     metadata: dict[str, Any] = field(repr=False, default_factory=dict)
 
     @property
@@ -223,7 +237,11 @@ class TunedModel:
         return self.scores.get("test_score")
 
     def features(self, X: Any) -> torch.Tensor:
-        """``X`` ([n, n_features] or [n, *input_shape]) standardized as in training."""
+        """``X`` encoded and standardized as in training: a table's raw rows (a DataFrame, a
+        list of dicts or of rows in :attr:`feature_names` order), or numbers ``[n,
+        n_features]`` / ``[n, *input_shape]``."""
+        if self.encoder is not None:
+            X = self.encoder.transform(self.encoder.layout.read(X))
         X = np.asarray(X, dtype=np.float32)  # the dtype the training rows had
         if X.ndim == 1:  # one feature per row, or one sample
             X = X[:, None] if self.n_features == 1 else X[None]
@@ -248,7 +266,7 @@ class TunedModel:
         """Class labels (classification) or values in the target's own units (regression)."""
         out = self.outputs(X)
         if self.task == "classification":
-            return np.asarray(self.classes, dtype=object)[out.argmax(1).numpy()]
+            return np.asarray(self.classes)[out.argmax(1).numpy()]
         assert self.y_scaler is not None
         return self.y_scaler.inverse(out.numpy())[:, 0]
 
@@ -276,7 +294,7 @@ class EnsembleModel:
         return self.members[0].task
 
     @property
-    def classes(self) -> list[str]:
+    def classes(self) -> list[Label]:
         return self.members[0].classes
 
     def predict_proba(self, X: Any) -> np.ndarray:
@@ -286,7 +304,7 @@ class EnsembleModel:
     def predict(self, X: Any) -> np.ndarray:
         """Class labels of the mean probabilities, or the mean value in the target's units."""
         if self.task == "classification":
-            return np.asarray(self.classes, dtype=object)[self.predict_proba(X).argmax(1)]
+            return np.asarray(self.classes)[self.predict_proba(X).argmax(1)]
         return np.mean([member.predict(X) for member in self.members], axis=0)
 
     def to(self, device: torch.device | str) -> EnsembleModel:
@@ -332,6 +350,7 @@ def _network(
         y_scaler = Standardizer(y_mean.numpy(), y_std.numpy())
     x_mean, x_std = preprocessing["x_mean"], preprocessing["x_std"]
     assert x_mean is not None and x_std is not None
+    encoder = preprocessing.get("encoder")  # absent in files from before tables
     return TunedModel(
         model=model,
         task=artifact["task"],
@@ -344,6 +363,7 @@ def _network(
         epochs=epochs,
         x_scaler=Standardizer(x_mean.numpy(), x_std.numpy()),
         y_scaler=y_scaler,
+        encoder=None if encoder is None else TableEncoder.from_plain(encoder),
         metadata=_metadata(artifact),
     )
 

@@ -16,12 +16,16 @@ import zlib
 from array import array
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 from sklearn import datasets as skdatasets
 
 from trainer.mnist1d import make_mnist1d
 from trainer.spec import Task
+from trainer.tabular import MAX_LEVELS, Table, TableColumn, TableEncoder, TableLayout, is_blank
+
+Label = int | float | str
 
 BUILTINS = ("digits", "breast_cancer", "wine", "diabetes", "mnist1d", "poly")
 MNIST1D_DEFAULT_SIZE = 5_000
@@ -67,7 +71,12 @@ class Dataset:
     """Features ``X`` (float32 ``[n, d]``) and targets ``y`` (int64 class ids or float32).
 
     ``input_shape`` is the per-sample shape a CNN sees (``(1, 8, 8)`` for digits,
-    ``(1, 40)`` for MNIST-1D, ``(d,)`` for tables); its product is ``d``.
+    ``(1, 40)`` for MNIST-1D, ``(d,)`` for tables); its product is ``d``. ``classes`` are the
+    labels in class-id order, of the target's own type (integer labels stay ints).
+
+    ``table`` holds a CSV's raw cells when its encoding must be fitted (categorical or blank
+    cells): ``X`` is then that encoding fitted on every row, for shapes and summaries only, and
+    training reads :meth:`fold_features`, fitted on each fold's training part.
     """
 
     name: str
@@ -75,8 +84,19 @@ class Dataset:
     y: np.ndarray
     task: Task
     input_shape: tuple[int, ...]
-    classes: tuple[str, ...] = ()
+    classes: tuple[Label, ...] = ()
     feature_names: tuple[str, ...] = ()
+    table: Table | None = None
+    dropped_rows: int = 0  # rows left out for a blank target (missing_target="drop")
+
+    def fold_features(self, fit: np.ndarray) -> tuple[np.ndarray, TableEncoder | None]:
+        """Every row's features, with the table's encoding (if any) fitted on ``fit`` only."""
+        if self.table is None:
+            return self.X, None
+        encoder = self.table.layout.fit(self.table.raw[fit])
+        if not self.table.layout.needs_fitting:  # numbers only, no blanks: X is the encoding
+            return self.X, encoder
+        return encoder.transform(self.table.raw), encoder
 
     @property
     def n_samples(self) -> int:
@@ -90,7 +110,7 @@ class Dataset:
     def n_outputs(self) -> int:
         return len(self.classes) if self.task == "classification" else 1
 
-    def class_counts(self) -> dict[str, int]:
+    def class_counts(self) -> dict[Label, int]:
         counts = np.bincount(self.y, minlength=len(self.classes))
         return dict(zip(self.classes, counts.tolist(), strict=True))
 
@@ -103,6 +123,8 @@ def make_dataset(
     task: Task | None = None,
     input_shape: tuple[int, ...] | None = None,
     feature_names: tuple[str, ...] = (),
+    table: Table | None = None,
+    dropped_rows: int = 0,
 ) -> Dataset:
     """Validate raw arrays and return a :class:`Dataset` (labels mapped to ids 0…C−1)."""
     X = np.asarray(X)
@@ -137,14 +159,21 @@ def make_dataset(
         classes, ids = np.unique(y, return_inverse=True)
         if len(classes) < 2:
             raise DatasetError(f"classification needs at least 2 classes, found {len(classes)}")
+        if len(classes) > MAX_CLASSES:
+            raise DatasetError(
+                f"the target has {len(classes)} classes; the limit is {MAX_CLASSES} (a numeric "
+                "target with many values is a regression: upload it with task=regression)"
+            )
         return Dataset(
             name,
             X.astype(np.float32),
             ids.astype(np.int64),
             task,
             shape,
-            tuple(_label_name(c) for c in classes),
+            tuple(_label(c) for c in classes),
             feature_names,
+            table,
+            dropped_rows,
         )
     try:
         targets = y.astype(np.float32)
@@ -152,7 +181,9 @@ def make_dataset(
         raise DatasetError(f"a regression target must be numeric: {exc}") from None
     if not np.isfinite(targets).all():
         raise DatasetError("the regression target must be finite (no NaN/inf)")
-    return Dataset(name, X.astype(np.float32), targets, task, shape, (), feature_names)
+    return Dataset(
+        name, X.astype(np.float32), targets, task, shape, (), feature_names, table, dropped_rows
+    )
 
 
 def _infer_task(y: np.ndarray) -> Task:
@@ -166,9 +197,14 @@ def _infer_task(y: np.ndarray) -> Task:
     return "regression"
 
 
-def _label_name(label: object) -> str:
-    if isinstance(label, float | np.floating) and float(label).is_integer():
-        return str(int(label))
+def _label(label: object) -> Label:
+    """A class label as a plain value of its own type: integral numbers as ``int``."""
+    if isinstance(label, np.integer | np.bool_) or (
+        isinstance(label, float | np.floating) and float(label).is_integer()
+    ):
+        return int(label)  # type: ignore[arg-type]
+    if isinstance(label, float | np.floating):
+        return float(label)
     return str(label)
 
 
@@ -254,6 +290,78 @@ def make_poly(
 # --- user files --------------------------------------------------------------------------
 
 
+MissingTarget = Literal["refuse", "drop"]
+MAX_CELL_CHARS = 4096  # a category's text or a number; longer is a pasted document
+MAX_CLASSES = 1000
+
+
+class _ColumnCells:
+    """One CSV column's cells as they are read: numbers (NaN for blanks and text), and level
+    codes while the column has at most MAX_LEVELS distinct values (beyond that it can only be
+    numeric or dropped, so no more texts are kept)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.values = array("d")
+        self.codes: array | None = array("i")
+        self.levels: dict[str, int] = {}
+        self.text: str | None = None  # the first cell that is not a number
+        self.blanks = 0
+
+    def add(self, cell: str, line: int) -> None:
+        cell = cell.strip()
+        if "\x00" in cell:  # no database stores it in text, and no table means it
+            raise DatasetError(f"CSV line {line}, column {self.name!r}: a NUL character in a cell")
+        if len(cell) > MAX_CELL_CHARS:
+            raise DatasetError(
+                f"CSV line {line}, column {self.name!r}: a cell of {len(cell)} characters; "
+                f"the limit is {MAX_CELL_CHARS}"
+            )
+        if is_blank(cell):
+            cell, value = "", math.nan
+            self.blanks += 1
+        else:
+            try:
+                value = float(cell)
+            except ValueError:
+                value = math.nan
+                self.text = self.text or cell
+            if not math.isnan(value) and not math.isfinite(value):
+                raise DatasetError(
+                    f"CSV line {line}, column {self.name!r}: {cell[:100]!r} is not finite"
+                )
+        self.values.append(value)
+        if self.codes is not None:
+            code = self.levels.setdefault(cell, len(self.levels))
+            if len(self.levels) > MAX_LEVELS:
+                self.codes, self.levels = None, {}
+            else:
+                self.codes.append(code)
+
+    def column(self, keep: np.ndarray) -> tuple[TableColumn, np.ndarray | None]:
+        """The column's treatment and its raw values over the ``keep`` rows (None: dropped)."""
+        values = np.frombuffer(self.values, dtype=np.float64)[keep]
+        if len(values) and self.blanks == len(self.values):
+            raise DatasetError(f"column {self.name!r} is blank in every row; remove it")
+        if self.text is None:
+            blanks = int(np.isnan(values).sum())
+            return TableColumn(self.name, "numeric", blanks=blanks), values
+        if self.codes is None:
+            reason = (
+                f"more than {MAX_LEVELS} distinct values, some not numbers (e.g. "
+                f"{self.text[:40]!r}): an identifier or free text, not a category"
+            )
+            return TableColumn(self.name, "dropped", reason=reason), None
+        codes = np.frombuffer(self.codes, dtype=np.int32)[keep]
+        # Levels in sorted order (stable across uploads of the same table), blanks first.
+        order = sorted(self.levels, key=lambda level: (level != "", level))
+        rank = np.empty(len(order), dtype=np.float64)
+        for new, level in enumerate(order):
+            rank[self.levels[level]] = new
+        blanks = int(np.sum(codes == self.levels.get("", -1)))
+        return TableColumn(self.name, "categorical", tuple(order), blanks), rank[codes]
+
+
 def load_csv(
     source: str | Path | bytes,
     target: str,
@@ -261,11 +369,14 @@ def load_csv(
     name: str = "upload",
     task: Task | None = None,
     limits: ArrayLimits | None = None,
+    missing_target: MissingTarget = "refuse",
 ) -> Dataset:
     """Read a CSV with a header row; ``target`` names the label column, all others are features.
 
-    Rows are parsed one at a time into a flat float64 buffer (8 bytes a cell, not a Python
-    object), and ``limits`` are checked as the rows come.
+    Feature columns are numeric, categorical or dropped (:mod:`trainer.tabular`). A blank target
+    cell is refused, naming its lines, unless ``missing_target="drop"`` drops those rows
+    (``Dataset.dropped_rows`` counts them). Cells are kept as numbers and small level codes
+    (12 bytes a cell, not a Python object), and ``limits`` are checked as the rows come.
     """
     limits = limits or ArrayLimits()
     reader = csv.reader(io.StringIO(_read_text(source)))
@@ -284,8 +395,9 @@ def load_csv(
         t = header.index(target)
         features = [h for i, h in enumerate(header) if i != t]
         limits.check(0, len(features), 0)
-        values = array("d")
+        cells = [_ColumnCells(f) for f in features]
         labels: list[str] = []
+        lines: list[int] = []
         for row in reader:
             if not any(cell.strip() for cell in row):
                 continue
@@ -295,21 +407,43 @@ def load_csv(
                     f"CSV line {line} has {len(row)} fields, the header has {len(header)}"
                 )
             labels.append(row[t].strip())
-            limits.check(len(labels), len(features), 8 * (len(values) + len(features)))
-            for c, cell in enumerate(cell for i, cell in enumerate(row) if i != t):
-                try:
-                    values.append(float(cell))
-                except ValueError:
-                    raise DatasetError(
-                        f"CSV line {line}, column {features[c]!r}: {cell[:100]!r} is not a number"
-                    ) from None
+            lines.append(line)
+            limits.check(len(labels), len(features), 12 * len(labels) * len(features))
+            for column, cell in zip(cells, (c for i, c in enumerate(row) if i != t), strict=True):
+                column.add(cell, line)
     except csv.Error as exc:
         raise DatasetError(f"CSV line {reader.line_num}: {exc}") from None
     if not labels:
         raise DatasetError("the CSV needs a header row and at least one data row")
-    X = np.frombuffer(values, dtype=np.float64).reshape(len(labels), len(features))
+    blank = np.array([is_blank(label) for label in labels])
+    if blank.any() and missing_target != "drop":
+        first = ", ".join(str(lines[i]) for i in np.flatnonzero(blank)[:5])
+        raise DatasetError(
+            f"target column {target!r} is blank in {int(blank.sum())} of {len(labels)} rows "
+            f"(CSV lines {first}{', …' if blank.sum() > 5 else ''}); fill them in, or upload "
+            "with missing_target=drop to leave those rows out"
+        )
+    keep = np.flatnonzero(~blank)
+    columns, raw = [], []
+    for column in cells:
+        treatment, values = column.column(keep)
+        columns.append(treatment)
+        if values is not None:
+            raw.append(values)
+    layout = TableLayout(tuple(columns))
+    if not raw:
+        dropped = "; ".join(f"{c.name!r}: {c.reason}" for c in columns)
+        raise DatasetError(f"no feature column is left: {dropped}")
+    limits.check(len(keep), layout.width, 0)
+    table = Table(layout, np.stack(raw, axis=1))
     return make_dataset(
-        name, X, _numeric_if_possible(labels), task=task, feature_names=tuple(features)
+        name,
+        table.encode(np.arange(len(keep)))[0],  # for shapes and summaries; folds re-fit it
+        _numeric_if_possible([labels[i] for i in keep]),
+        task=task,
+        feature_names=layout.feature_names,
+        table=table,
+        dropped_rows=len(labels) - len(keep),
     )
 
 

@@ -32,6 +32,7 @@ from trainer.preprocessing import Standardizer
 from trainer.regularizers import make_optimizer
 from trainer.spec import Metric, Task
 from trainer.splits import Split
+from trainer.tabular import TableEncoder
 
 EVAL_CHUNK = 8192
 Schedule = Literal["lockstep", "sequential"]
@@ -54,10 +55,12 @@ class FoldData:
     x_scaler: Standardizer
     y_scaler: Standardizer | None  # regression targets are standardized too
     baseline_loss: float  # the trivial predictor's loss on fit: prior entropy, or 1 for z-scored y
+    encoder: TableEncoder | None  # a table's encoding, fitted on fit (None: not a table)
 
     @classmethod
     def build(cls, dataset: Dataset, split: Split, device: torch.device | str) -> FoldData:
-        X, y = dataset.X, dataset.y
+        X, encoder = dataset.fold_features(split.fit)
+        y = dataset.y
         x_scaler = Standardizer.fit(X[split.fit])
         y_scaler = None
         if dataset.task == "regression":
@@ -74,7 +77,13 @@ class FoldData:
             return features.to(device), targets[index].to(device)
 
         return cls(
-            *rows(split.fit), *rows(split.val), *rows(split.score), x_scaler, y_scaler, baseline
+            *rows(split.fit),
+            *rows(split.val),
+            *rows(split.score),
+            x_scaler,
+            y_scaler,
+            baseline,
+            encoder,
         )
 
 
@@ -93,6 +102,7 @@ class FoldResult:
     diagnosis: Diagnosis
     scored: np.ndarray
     x_scaler: Standardizer
+    encoder: TableEncoder | None = None
 
 
 @dataclass
@@ -254,6 +264,7 @@ class FoldRun:
             ),
             scored=self.split.score,
             x_scaler=self.data.x_scaler,
+            encoder=self.data.encoder,
         )
 
 
@@ -350,6 +361,7 @@ class FittedModel:
     epochs: int
     train_loss: list[float]
     test_score: float | None
+    encoder: TableEncoder | None = None  # a table's encoding, fitted on the same rows
 
 
 @dataclass
@@ -394,6 +406,7 @@ def fold_ensemble(
             run.stopper.best_epoch + 1,
             run.train_loss,
             run.best_score if len(test) else None,
+            run.data.encoder,
         )
         for run in runs
     ]

@@ -133,10 +133,20 @@ class Population:
             torch.autocast(dev.type, dtype=torch.bfloat16) if precision == "bf16" else nullcontext()
         )
 
-        # Data: one device copy; fold k's standardization fitted on its fit rows only.
-        self.X = torch.as_tensor(dataset.X, device=dev)
-        self.x_scalers = [Standardizer.fit(dataset.X[s.fit]) for s in splits]
+        # Data: one device copy; fold k's standardization (and a table's encoding) fitted on
+        # its fit rows only. A table encoded per fold has a copy per fold, X[k].
+        features = [dataset.fold_features(s.fit) for s in splits]
+        self.encoders = [encoder for _, encoder in features]
+        self.x_scalers = [
+            Standardizer.fit(X[s.fit]) for (X, _), s in zip(features, splits, strict=True)
+        ]
         fold_of_row = [r % self.K for r in range(M)]
+        self.x_copy: torch.Tensor | None = None  # the copy of X each row reads
+        if all(X is dataset.X for X, _ in features):
+            self.X = torch.as_tensor(dataset.X, device=dev)
+        else:
+            self.X = torch.as_tensor(np.stack([X for X, _ in features]), device=dev)
+            self.x_copy = torch.as_tensor(fold_of_row, device=dev)[:, None]
 
         def by_row(values: Sequence[np.ndarray] | Sequence[float]) -> torch.Tensor:
             return torch.as_tensor(
@@ -352,7 +362,8 @@ class Population:
 
     def features(self, index: torch.Tensor) -> torch.Tensor:
         """Standardized features of ``index`` ``[M, B]`` → ``[M, B, d]``, each model its own."""
-        return (self.X[index] - self.x_mean) / self.x_std
+        x = self.X[index] if self.x_copy is None else self.X[self.x_copy, index]
+        return (x - self.x_mean) / self.x_std
 
     def convolve(self, h: torch.Tensor, layer: int) -> torch.Tensor:
         """Layer ``layer`` of every model at once: ``[M, B, C, …]`` → ``[M, B, out, …]``.
@@ -726,6 +737,7 @@ class Population:
                     ),
                     scored=self.splits[k].score,
                     x_scaler=self.x_scalers[k],
+                    encoder=self.encoders[k],
                 )
             )
         return CVResult(

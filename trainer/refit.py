@@ -61,4 +61,5 @@ def refit(
         epochs,
         population.train_curves[0],
         report.value if len(test) else None,
+        population.encoders[0],
     )

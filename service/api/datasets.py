@@ -1,11 +1,11 @@
-"""``/v1/datasets``: upload (validated completely before it is stored), list, read."""
+"""``/v1/datasets``: upload (validated completely before it is stored), list, read, delete."""
 
 from __future__ import annotations
 
 import unicodedata
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, File, Form, UploadFile, status
+from fastapi import APIRouter, File, Form, Response, UploadFile, status
 from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
@@ -49,6 +49,10 @@ async def upload_dataset(
     ] = None,
     task: Annotated[Literal["classification", "regression"] | None, Form()] = None,
     name: Annotated[str | None, Form(max_length=MAX_NAME)] = None,
+    missing_target: Annotated[
+        Literal["refuse", "drop"],
+        Form(description="a CSV's rows with a blank target: refused (422), or dropped"),
+    ] = "refuse",
 ) -> DatasetRecord:
     content = await file.read(settings.max_upload_bytes + 1)
     filename = file.filename or "upload"
@@ -58,7 +62,13 @@ async def upload_dataset(
     try:
         # Parsing takes seconds for a large file: off the event loop, so other requests go on.
         dataset = await run_in_threadpool(
-            datasets.parse_upload, content, filename, target=target, task=task, settings=settings
+            datasets.parse_upload,
+            content,
+            filename,
+            target=target,
+            task=task,
+            settings=settings,
+            missing_target=missing_target,
         )
     except DatasetTooLarge as exc:
         raise too_large(str(exc)) from None
@@ -94,3 +104,12 @@ def get_dataset(dataset_id: str, db: DB, tenant: Tenant) -> DatasetRecord:
     if record is None:
         raise not_found(f"dataset {dataset_id!r} not found")
     return record
+
+
+@router.delete(
+    "/{dataset_id}", status_code=status.HTTP_204_NO_CONTENT, responses=documented(401, 404, 409)
+)
+def delete_dataset(dataset_id: str, db: DB, tenant: Tenant) -> Response:
+    with db.write() as session:
+        datasets.delete(session, tenant, dataset_id)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)

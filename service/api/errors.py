@@ -12,7 +12,7 @@ DESCRIPTIONS = {
     400: "The body could not be parsed",
     401: "Missing or invalid token",
     404: "No such study, trial or dataset (for this tenant)",
-    409: "The study is not in a state that allows this",
+    409: "The study or dataset is not in a state that allows this",
     413: "The body or the dataset is over a size limit",
     429: "The tenant has as many queued or running studies as max_active_studies allows",
 }

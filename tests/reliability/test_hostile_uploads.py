@@ -122,22 +122,41 @@ CORPUS = [
     ),
     # CSV: values
     pytest.param(
-        "n.csv", b"a,label\n1,0\nnan,1\n3,0\n4,1\n", LABEL, 422,
-        "body.file: features must be finite: 1 NaN/inf values, first at row 1, column a",
-        id="csv-nan",
+        "n.csv", b"a,b,label\n1,,0\n2,NA,1\n3,nan,0\n4,,1\n", LABEL, 422,
+        "body.file: column 'b' is blank in every row; remove it", id="csv-all-blank-column",
     ),
     pytest.param(
         "i.csv", b"a,label\n1,0\n2,1\n-inf,0\n4,1\n", LABEL, 422,
-        "body.file: features must be finite: 1 NaN/inf values, first at row 2, column a",
-        id="csv-inf",
+        "body.file: CSV line 4, column 'a': '-inf' is not finite", id="csv-inf",
     ),
     pytest.param(
-        "w.csv", b"a,label\n1,0\n2,1\nthree,0\n4,1\n", LABEL, 422,
-        "body.file: CSV line 4, column 'a': 'three' is not a number", id="csv-word",
+        "w.csv", b"a,label\n1,0\n2,\n3,0\nNA,1\n5,\n", LABEL, 422,
+        "body.file: target column 'label' is blank in 2 of 5 rows (CSV lines 3, 6); fill them "
+        "in, or upload with missing_target=drop", id="csv-blank-target",
     ),
     pytest.param(
         "z.csv", b"a,label\n1\x00,0\n2,1\n", LABEL, 422,
-        "body.file: CSV line 2, column 'a': '1\\x00' is not a number", id="csv-nul-byte",
+        "body.file: CSV line 2, column 'a': a NUL character in a cell", id="csv-nul-byte",
+    ),
+    pytest.param(
+        "ids.csv", b"a,label\n" + b"".join(b"x%d,%d\n" % (i, i % 2) for i in range(100_000)),
+        LABEL, 422, "body.file: no feature column is left: 'a': more than 50 distinct values",
+        id="csv-categorical-with-100000-levels",
+    ),
+    pytest.param(
+        "cell.csv", b"a,label\n" + b"x" * 1_000_000 + b",0\n2,1\n", LABEL, 422,
+        "body.file: CSV line 2: field larger than field limit", id="csv-one-megabyte-cell",
+    ),
+    pytest.param(
+        "classes.csv", b"a,label\n" + b"".join(b"%d,c%d\n" % (i, i // 2) for i in range(20_000)),
+        LABEL, 422, "body.file: the target has 10000 classes; the limit is 1000",
+        id="csv-target-with-10000-classes",
+    ),
+    pytest.param(
+        "strings.csv",
+        (",".join(f"c{i}" for i in range(10_000)) + ",label\n").encode()
+        + (",".join("s" for _ in range(10_000)) + ",0\n").encode(), LABEL, 413,
+        "10000 feature columns; the limit is 1000", id="csv-header-of-10000-string-columns",
     ),
     pytest.param(
         "s.csv", b"a,label\n1,0\n2,0\n3,0\n", LABEL, 422,
@@ -154,7 +173,7 @@ CORPUS = [
     ),
     pytest.param(
         "g.csv", b"a,label\n1,0.5\n2,nan\n3,0.25\n", {**LABEL, "task": "regression"}, 422,
-        "body.file: the regression target must be finite", id="csv-regression-nan-target",
+        "body.file: target column 'label' is blank in 1 of 3 rows", id="csv-regression-nan-target",
     ),
     # CSV: form fields
     pytest.param(
