@@ -130,7 +130,7 @@ def seed(path: Path, trials: int) -> float:
     finally:
         server.stop()
     t0 = time.perf_counter()
-    fill(url, f"regtune-{big.json()['id']}", trials)
+    fill(url, f"{BIG}-{big.json()['id']}", trials)  # the spec's name and the id
     return time.perf_counter() - t0
 
 

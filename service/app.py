@@ -16,6 +16,7 @@ from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
+from starlette.routing import Match, Mount
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.api import datasets, studies
@@ -131,6 +132,34 @@ async def http_errors(request: Request, exc: HTTPException) -> Response:
     return await http_exception_handler(request, exc)
 
 
+ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+
+
+def v1_fallback(request: Request) -> JSONResponse:
+    """What no ``/v1`` route answers: JSON 405 (with ``Allow``) when the path exists with
+    other methods, else 404, never the dashboard's pages (it owns the rest of the root)."""
+    path = request.url.path
+    allowed = [
+        method
+        for method in ("DELETE", "GET", "PATCH", "POST", "PUT")
+        if any(
+            route.matches({**request.scope, "method": method})[0] == Match.FULL
+            for route in request.app.router.routes
+            if not isinstance(route, Mount) and getattr(route, "endpoint", None) is not v1_fallback
+        )
+    ]
+    if allowed:
+        return JSONResponse(
+            {"detail": f"{request.method} is not allowed on {path}; use {', '.join(allowed)}"},
+            status_code=405,
+            headers={"Allow": ", ".join(allowed)},
+        )
+    return JSONResponse(
+        {"detail": f"no such path {path} in the API (its paths are listed at /docs)"},
+        status_code=404,
+    )
+
+
 def create_app(settings: Settings) -> FastAPI:
     db = Database(settings)
     db.migrate()
@@ -192,6 +221,8 @@ def create_app(settings: Settings) -> FastAPI:
 
     app.include_router(datasets.router)
     app.include_router(studies.router)
+    app.add_api_route("/v1", v1_fallback, methods=ALL_METHODS, include_in_schema=False)
+    app.add_api_route("/v1/{rest:path}", v1_fallback, methods=ALL_METHODS, include_in_schema=False)
     # optuna-dashboard requests /api/* and /static/* from the root, so it takes the rest.
     app.mount("/", dashboard_app(db, storage))
     app.add_middleware(BodyLimit, limit=settings.max_upload_bytes + UPLOAD_OVERHEAD)

@@ -94,8 +94,14 @@ def lock_tenant(session: Session, tenant: str) -> None:
         session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key - 2**63})
 
 
-def optuna_name(study_id: str) -> str:
-    return f"regtune-{study_id}"
+OPTUNA_NAME_CHARS = 100 - 33  # the column's width less "-" and the 32-character id
+
+
+def optuna_name(study_id: str, name: str | None) -> str:
+    """The Optuna study's name, as the dashboard lists it: the spec's name made unique with
+    the study id (the column holds 100 characters), or ``regtune-<id>`` for an unnamed spec."""
+    return f"{name[:OPTUNA_NAME_CHARS]}-{study_id}" if name else f"regtune-{study_id}"
+
 
 
 def submit(
@@ -120,11 +126,12 @@ def submit(
     protocol = Protocol.of(spec, dataset)
     check_parameters(spec, dataset, limits or Limits())
     study_id = uuid.uuid4().hex
-    name = optuna_name(study_id)
+    name = optuna_name(study_id, spec.name)
     study = optuna.create_study(
         storage=storage, study_name=name, direction=metric_direction(protocol.metric)
     )
     study.set_user_attr("regtune_id", study_id)
+    study.set_metric_names([protocol.metric])  # the dashboard's axis: "accuracy", not "Objective 0"
     try:
         if warm is not None:  # the earlier study's best trials come first
             warmstart.enqueue(study, spec.search_space, warm)

@@ -149,7 +149,11 @@ SLOW = {
 
 
 def trials_of(database_url: str, study_id: str) -> list[optuna.trial.FrozenTrial]:
-    return optuna.load_study(study_name=f"regtune-{study_id}", storage=database_url).trials
+    """The trials of a served study, found by the id it carries (its name is the spec's)."""
+    for summary in optuna.get_all_study_summaries(database_url, include_best_trial=False):
+        if summary.user_attrs.get("regtune_id") == study_id:
+            return optuna.load_study(study_name=summary.study_name, storage=database_url).trials
+    raise AssertionError(f"no Optuna study carries regtune_id {study_id!r}")
 
 
 def tiny_study(**overrides: Any) -> dict[str, Any]:

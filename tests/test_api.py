@@ -86,6 +86,35 @@ def test_unknown_study_and_trial(server: Server) -> None:
         assert missing.status_code == 404 and "no trial 7" in missing.json()["detail"]
 
 
+def test_every_other_path_and_method_under_v1_answers_json(server: Server) -> None:
+    """The dashboard owns the root, but not /v1: no HTML page, no dashboard 403 there."""
+    with server.client() as http:
+        for method, path in [
+            ("GET", "/v1/nonexistent"),
+            ("POST", "/v1/nonexistent"),
+            ("GET", "/v1"),
+            ("GET", "/v1/studies/x/nothing/here"),
+        ]:
+            response = http.request(method, path)
+            assert response.status_code == 404, (method, path, response.text)
+            assert response.headers["content-type"] == "application/json"
+            assert response.json()["detail"] == (
+                f"no such path {path} in the API (its paths are listed at /docs)"
+            )
+        for method, path, allowed in [
+            ("PUT", "/v1/studies/x", "DELETE, GET"),
+            ("DELETE", "/v1/datasets", "GET, POST"),
+            ("PATCH", "/v1/datasets/x", "DELETE, GET"),
+            ("GET", "/v1/studies/x/cancel", "POST"),
+        ]:
+            response = http.request(method, path)
+            assert response.status_code == 405, (method, path, response.text)
+            assert response.headers["allow"] == allowed
+            assert response.json()["detail"] == f"{method} is not allowed on {path}; use {allowed}"
+        # The dashboard still has the rest of the root.
+        assert http.get("/dashboard").status_code == 200
+
+
 def test_cancel_then_cancel_again_conflicts(server: Server) -> None:
     with server.client() as http:
         study = http.post("/v1/studies", json=tiny_study()).json()

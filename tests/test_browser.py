@@ -103,7 +103,7 @@ def test_without_a_token_the_dashboard_shows_only_the_login_page(
 
 def test_the_dashboard_lists_only_the_callers_studies(page: Page, site: Site) -> None:
     assert "?token=" not in page.url  # the login redirect drops the token from the address
-    expect(page.get_by_text(f"regtune-{site.study['id']}")).to_be_visible(timeout=20_000)
+    expect(page.get_by_text(f"alice-study-{site.study['id']}")).to_be_visible(timeout=20_000)
     assert site.other_id not in page.content()
     screenshot(page, "study-list")
 
@@ -114,6 +114,9 @@ def test_a_study_shows_its_trials_intermediate_values(page: Page, site: Site) ->
     for number in range(site.study["trials"]["complete"]):
         expect(page.get_by_text(f"trial #{number}").first).to_be_visible()
     expect(page.get_by_text("Best Trial")).to_be_visible()
+    # The objective under its metric's name, not "Objective 0".
+    expect(page.get_by_text("accuracy").first).to_be_visible()
+    assert "Objective 0" not in page.content()
     screenshot(page, "study")
 
 
@@ -132,7 +135,7 @@ def test_the_dashboard_refuses_writes_and_hides_other_tenants(page: Page, site: 
     screenshot(page, "other-tenant-study")
     # Nothing changed: the study is still there, under its name.
     page.goto(f"{site.server.url}/dashboard")
-    expect(page.get_by_text(f"regtune-{site.study['id']}")).to_be_visible(timeout=20_000)
+    expect(page.get_by_text(f"alice-study-{site.study['id']}")).to_be_visible(timeout=20_000)
 
 
 def test_the_report_opens_in_the_browser_and_fetches_nothing_else(page: Page, site: Site) -> None:

@@ -148,7 +148,7 @@ def test_warm_start_enqueues_the_earlier_studys_best_trials_first(
         assert client.study(b).trials["complete"] + client.study(b).trials["pruned"] == 3
 
         # What happened is on record in the new Optuna study.
-        stored = optuna.load_study(study_name=f"regtune-{b}", storage=live.url)
+        stored = optuna.load_study(study_name=f"tiny-b-{b}", storage=live.url)
         assert stored.user_attrs["warm_start"]["study"] == a
         assert len(stored.user_attrs["warm_start"]["enqueued"]) == 2
         assert stored.user_attrs["warm_start"]["dropped"] == []

@@ -33,14 +33,15 @@ def test_submit_poll_and_read_back(database_url: str, tmp_path: Path) -> None:
         assert sorted(int(k) for k in detail["intermediate_values"]) == list(range(4))
 
         # The same study through Optuna itself, from the same database URL.
-        loaded = optuna.load_study(study_name=f"regtune-{body['id']}", storage=database_url)
+        loaded = optuna.load_study(study_name=f"e2e-{body['id']}", storage=database_url)
         assert len(loaded.trials) == 3
         assert loaded.best_value == pytest.approx(best["value"])
+        assert loaded.metric_names == ["accuracy"]  # the dashboard's name for the objective
 
         page = http.get("/dashboard")
         assert page.status_code == 200 and "<html" in page.text.lower()
         listed = http.get("/api/studies").json()["study_summaries"]
-        assert [s["study_name"] for s in listed] == [f"regtune-{body['id']}"]
+        assert [s["study_name"] for s in listed] == [f"e2e-{body['id']}"]  # the spec's name
         assert http.get("/docs").status_code == 200
         assert "/v1/studies" in http.get("/openapi.json").json()["paths"]
     assert "Traceback" not in (tmp_path / "serve.log").read_text()

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import pytest
 from servers import regtune, serving, tiny_study, wait_status
 
@@ -187,6 +188,9 @@ def test_a_model_of_a_table_predicts_its_raw_rows() -> None:
     assert float(np.mean(labels == truth)) == pytest.approx(fitted.test_score, abs=1e-6)
     as_lists = model.predict([[r["colour"], r["size"], r["age"]] for r in test_rows])
     assert (as_lists == labels).all()
+    # pandas reads blank cells as NaN and numbers as floats: the same rows, the same labels.
+    frame = pd.read_csv(io.BytesIO(mixed_csv())).iloc[protocol.test]
+    assert (model.predict(frame) == labels).all()
     # A level never seen in training and a blank age are encoded, not refused.
     assert model.predict([{"colour": "mauve", "size": "0.1", "age": ""}]).shape == (1,)
     with pytest.raises(ValueError, match=r"lack column\(s\) \['age'\]"):
