@@ -103,7 +103,6 @@ def optuna_name(study_id: str, name: str | None) -> str:
     return f"{name[:OPTUNA_NAME_CHARS]}-{study_id}" if name else f"regtune-{study_id}"
 
 
-
 def submit(
     db: Database,
     storage: RDBStorage,
@@ -246,7 +245,12 @@ def cancel(db: Database, tenant: str, study_id: str) -> StudyRecord:
 
 
 def delete(db: Database, storage: RDBStorage, tenant: str, study_id: str) -> None:
-    """Remove the record and its Optuna study (a running study is cancelled on the way)."""
+    """Remove the record and its Optuna study. A queued or running study is cancelled first
+    (committed on its own), so that its workers stop its trials as for a cancel."""
+    with db.write() as session:
+        record = get(session, tenant, study_id)
+        if record.status in ACTIVE:
+            record.status, record.finished_at = "cancelled", utcnow()
     with db.write() as session:
         record = get(session, tenant, study_id)
         name = record.optuna_name

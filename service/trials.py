@@ -8,6 +8,8 @@ Optuna's RDB schema, which Optuna migrates itself).
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import json
 import logging
 import math
@@ -18,6 +20,7 @@ from datetime import UTC, datetime
 
 import optuna
 from optuna.distributions import json_to_distribution
+from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy import (
@@ -42,6 +45,9 @@ log = logging.getLogger("regtune.trials")
 
 # A trial whose worker died is re-queued with the same parameters at most this often.
 MAX_RETRIES = 3
+# fail_reason of a trial stopped by its study's cancel, and of one whose worker went silent.
+CANCELLED = "cancelled with its study"
+STALE = "its worker stopped beating (killed, or cut off from the database)"
 
 _optuna = MetaData()
 trials = Table(
@@ -125,11 +131,24 @@ def make_storage(settings: Settings) -> RDBStorage:
         )
 
 
+class CleanRetry(RetryHeartbeatStaleTrialCallback):
+    """Optuna's retry, whose queued copy starts clean: it does not inherit the failure's
+    reason from the attempt it repeats (a completed re-run is not "interrupted")."""
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        clean = copy.deepcopy(trial)
+        clean.user_attrs = {k: v for k, v in trial.user_attrs.items() if k not in FAILURE_ATTRS}
+        super().__call__(study, clean)
+
+
+FAILURE_ATTRS = ("fail_reason",)
+
+
 def retry_callback() -> RetryHeartbeatStaleTrialCallback:
     """Re-queue a failed trial's parameters (at most ``MAX_RETRIES`` times per trial)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES)
+        return CleanRetry(max_retry=MAX_RETRIES)
 
 
 @dataclass(frozen=True)
@@ -138,15 +157,16 @@ class TrialCounts:
 
     complete: int = 0
     pruned: int = 0
-    fail: int = 0
+    fail: int = 0  # failed for a reason of their own: neither re-queued nor cancelled
     running: int = 0
     waiting: int = 0
-    retried: int = 0
+    retried: int = 0  # failed, then queued again (their re-run counts instead)
+    cancelled: int = 0  # stopped because their study was cancelled
 
     @property
     def finished(self) -> int:
-        """Trials that used up budget: completed, pruned, or failed for good."""
-        return self.complete + self.pruned + self.fail - self.retried
+        """Trials that used up budget: completed, pruned, failed for good or cancelled."""
+        return self.complete + self.pruned + self.fail + self.cancelled
 
     def remaining(self, n_trials: int) -> int:
         """Trials still to start: running and queued ones are already spoken for."""
@@ -157,13 +177,15 @@ class TrialCounts:
         return max(self.remaining(n_trials), 0) + self.waiting
 
     def as_dict(self) -> dict[str, int]:
-        return {
+        counts = {
             "complete": self.complete,
             "pruned": self.pruned,
             "fail": self.fail,
             "running": self.running,
             "waiting": self.waiting,
         }
+        extra = {"retried": self.retried, "cancelled": self.cancelled}
+        return counts | {k: v for k, v in extra.items() if v}
 
 
 def count_trials(session: Session, study_id: int) -> TrialCounts:
@@ -173,25 +195,26 @@ def count_trials(session: Session, study_id: int) -> TrialCounts:
         .group_by(trials.c.state)
     ).all()
     counts = {str(state).lower(): n for state, n in rows}
-    retried = (
-        session.scalar(
-            select(func.count())
-            .select_from(
-                trial_system_attributes.join(
-                    trials, trials.c.trial_id == trial_system_attributes.c.trial_id
-                )
-            )
-            .where(trials.c.study_id == study_id, trial_system_attributes.c.key == "failed_trial")
-        )
-        or 0
-    )
+
+    def tagged(table: Table, key: str, value: str | None = None) -> int:
+        """Trials of the study that carry the attribute ``key`` (of JSON ``value``)."""
+        joined = table.join(trials, trials.c.trial_id == table.c.trial_id)
+        query = select(func.count()).select_from(joined)
+        query = query.where(trials.c.study_id == study_id, table.c.key == key)
+        if value is not None:
+            query = query.where(table.c.value_json == value)
+        return session.scalar(query) or 0
+
+    retried = tagged(trial_system_attributes, "failed_trial")  # on the re-run: Optuna's mark
+    cancelled = tagged(trial_user_attributes, "fail_reason", json.dumps(CANCELLED))
     return TrialCounts(
         complete=counts.get("complete", 0),
         pruned=counts.get("pruned", 0),
-        fail=counts.get("fail", 0),
+        fail=counts.get("fail", 0) - retried - cancelled,
         running=counts.get("running", 0),
         waiting=counts.get("waiting", 0),
         retried=retried,
+        cancelled=cancelled,
     )
 
 
@@ -225,6 +248,8 @@ def recover_stale(
     """Fail stale trials and queue their parameters again; return how many."""
     recovered = 0
     for trial_id in stale_trial_ids(session, study._study_id, grace_s):
+        with contextlib.suppress(UpdateFinishedTrialError):  # another worker was first
+            storage.set_trial_user_attr(trial_id, "fail_reason", STALE)
         # Only the worker whose update wins re-queues it, however many race here.
         if storage.set_trial_state_values(trial_id, state=TrialState.FAIL):
             retry_callback()(study, storage.get_trial(trial_id))

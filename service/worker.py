@@ -17,6 +17,7 @@ work fails it after the grace period and queues its parameters again
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -24,6 +25,7 @@ import socket
 import threading
 import time
 import uuid
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from types import FrameType
@@ -50,6 +52,7 @@ log = logging.getLogger("regtune.worker")
 MAX_BACKOFF_S = 60.0
 FAILED_TRIALS_LIMIT = 5  # failed trials, none completed: the study fails
 CANCEL_CHECK_S = 2.0  # how often a training trial asks the database whether to stop
+HEARTBEAT_WARNING = "Heartbeat of storage is supposed to be used with Study.optimize"
 
 
 class Worker:
@@ -61,6 +64,9 @@ class Worker:
         self.storage: RDBStorage | None = None
         self.id = uuid.uuid4().hex
         self.stopping = threading.Event()
+        # The worker beats for its trials itself (Worker.heartbeats), so Optuna's warning at
+        # every ask that heartbeats belong to Study.optimize does not apply to it.
+        warnings.filterwarnings("ignore", HEARTBEAT_WARNING, UserWarning)
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -222,6 +228,9 @@ class Worker:
         except DATABASE_ERRORS:
             raise
         except Exception as exc:  # a bug or a broken dataset: fail loudly, keep the worker
+            if self.deleted(record):  # its Optuna study went while a trial reported to it
+                log.info("study %s was deleted while it ran: its trials stopped", record.id)
+                return
             log.exception("study %s failed", record.id)
             studies.mark(self.db, record.id, "failed", error=f"{exc.__class__.__name__}: {exc}")
             return
@@ -229,6 +238,10 @@ class Worker:
             self.set_current(None)
         if not failed:
             self.finish(record)
+
+    def deleted(self, record: StudyRecord) -> bool:
+        with self.db.read() as session:
+            return session.get(StudyRecord, record.id) is None
 
     def failing(self, record: StudyRecord) -> bool:
         """Fail the study when its first trials all fail for good (a bug, bad data, NaN).
@@ -239,7 +252,7 @@ class Worker:
         assert record.optuna_id is not None
         with self.db.read() as session:
             counts = trials.count_trials(session, record.optuna_id)
-        if counts.complete or counts.pruned or counts.fail - counts.retried < FAILED_TRIALS_LIMIT:
+        if counts.complete or counts.pruned or counts.fail < FAILED_TRIALS_LIMIT:
             return False
         study = optuna.load_study(study_name=record.optuna_name, storage=self.storage)
         failed = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.FAIL,))
@@ -265,34 +278,46 @@ class Worker:
             counts = trials.count_trials(session, record.optuna_id)
         return counts.startable(record.n_trials)
 
-    def stop_check(self, study_id: str) -> Callable[[], bool]:
-        """A throttled 'should this trial stop?': shutdown, cancellation or deletion."""
+    def stop_check(self, study_id: str) -> Callable[[], str | None]:
+        """A throttled 'why should this trial stop?': shutdown, cancellation or deletion
+        (None: it goes on). The reason becomes the stopped trials' ``fail_reason``."""
         last = 0.0
 
-        def should_stop() -> bool:
+        def should_stop() -> str | None:
             nonlocal last
             if self.stopping.is_set():
-                return True
+                return "interrupted: its worker stopped"
             now = time.monotonic()
             if now - last < CANCEL_CHECK_S:
-                return False
+                return None
             last = now
             with self.db.read() as session:
                 status = session.scalar(
                     select(StudyRecord.status).where(StudyRecord.id == study_id)
                 )
-            return status != "running"
+            if status == "running":
+                return None
+            return (
+                trials.CANCELLED if status == "cancelled" else f"the study is {status or 'deleted'}"
+            )
 
         return should_stop
 
     def requeue_interrupted(self, study: optuna.Study, trial_ids: Sequence[int]) -> None:
-        """Interrupted trials failed; queue their parameters again while the study runs."""
+        """Interrupted trials failed: queue their parameters again while the study runs (this
+        worker is shutting down); a cancelled or deleted study's trials end with it."""
         with self.db.read() as session:
             status = session.scalar(
                 select(StudyRecord.status).where(StudyRecord.optuna_name == study.study_name)
             )
         if status != "running":
-            return  # cancelled or deleted: nothing to resume
+            log.info(
+                "study %s %s: %d running trial(s) stopped",
+                study.study_name,
+                status or "deleted",
+                len(trial_ids),
+            )
+            return
         retry = trials.retry_callback()
         for trial_id in trial_ids:
             retry(study, study._storage.get_trial(trial_id))
@@ -307,7 +332,10 @@ class Worker:
         def beat() -> None:
             while True:
                 for trial in list(running):  # the search adds and removes trials meanwhile
-                    storage.record_heartbeat(trial._trial_id)
+                    # A study deleted meanwhile has no trial left to beat for: the search,
+                    # told so at its next epoch, stops.
+                    with contextlib.suppress(KeyError):
+                        storage.record_heartbeat(trial._trial_id)
                 if stop.wait(self.settings.heartbeat_s):
                     return
 

@@ -73,15 +73,48 @@ def test_cancel_stops_a_running_study(tmp_path: Path) -> None:
             what="a running trial",
         )
         assert http.post(f"/v1/studies/{study['id']}/cancel").json()["status"] == "cancelled"
-        # The worker notices between epochs: nothing keeps running.
-        wait_for(
-            lambda: not http.get(f"/v1/studies/{study['id']}").json()["trials"]["running"],
+        # The worker notices between epochs: nothing keeps running, and the trials it stopped
+        # are counted as cancelled with their study, not as failures.
+        final = wait_for(
+            lambda: (
+                (body := http.get(f"/v1/studies/{study['id']}").json())["trials"].get("cancelled")
+                and not body["trials"]["running"]
+                and body
+            ),
             timeout=30,
-            what="the running trial to stop",
+            what="the running trials to stop as cancelled",
         )
-        final = http.get(f"/v1/studies/{study['id']}").json()
     assert final["status"] == "cancelled"
     assert len(trials_of(url, study["id"])) < 50
+    assert final["trials"]["fail"] == 0, final
+    log = (tmp_path / "serve.log").read_text()
+    assert "running trial(s) stopped" in log and "Traceback" not in log
+    assert "Heartbeat of storage" not in log
+
+
+def test_deleting_a_running_study_stops_its_trials_quietly(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'delete.db'}"
+    with serving(url, tmp_path / "serve.log") as server, server.client() as http:
+        study = http.post("/v1/studies", json=SLOW | {"n_trials": 50}).json()
+        wait_for(
+            lambda: http.get(f"/v1/studies/{study['id']}").json()["trials"]["running"],
+            what="a running trial",
+        )
+        assert http.delete(f"/v1/studies/{study['id']}").status_code == 204
+        assert http.get(f"/v1/studies/{study['id']}").status_code == 404
+        log = tmp_path / "serve.log"
+        wait_for(
+            lambda: (
+                "its trials stopped" in log.read_text() or "trial(s) stopped" in log.read_text()
+            ),
+            timeout=30,
+            what="the worker to stop the deleted study's trials",
+        )
+        # The worker goes on: a new study still runs to completion.
+        after = http.post("/v1/studies", json=tiny_study(n_trials=2)).json()
+        assert wait_status(http, after["id"], ("completed", "failed"))["status"] == "completed"
+    text = log.read_text()
+    assert "Traceback" not in text and "KeyError" not in text and "study failed" not in text, text
 
 
 def test_a_worker_waits_for_the_database_instead_of_dying(tmp_path: Path) -> None:

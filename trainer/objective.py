@@ -105,8 +105,9 @@ def result_attrs(result: CVResult, config: TrialConfig) -> dict[str, Any]:
 class TrialInterrupted(Exception):
     """Raised inside a trial when its owner asked it to stop (cancel, shutdown).
 
-    ``trial_ids`` are the storage ids of the trials it interrupted: each is recorded as
-    failed ("interrupted"), and the owner may queue their parameters again.
+    Its message is the owner's reason; ``trial_ids`` are the storage ids of the trials it
+    interrupted: each is recorded as failed with that reason, and the owner may queue their
+    parameters again.
     """
 
     def __init__(self, message: str, *, trial_ids: Sequence[int] = ()) -> None:
@@ -129,9 +130,10 @@ class Objective:
     Lockstep folds report the fold-mean metric per epoch (for median/hyperband pruning and the
     dashboard's curves); with the Wilcoxon pruner folds run one after another and each fold's
     score is reported at step k, the paired instance that pruner compares against the best trial.
-    ``should_stop`` is polled after every epoch; when it answers true the trial raises
-    :class:`TrialInterrupted` (Optuna records it as failed). Any other error of training fails
-    the trial with ``fail_reason`` and raises :class:`TrialFailed` (catch it in
+    ``should_stop`` is polled after every epoch; when it answers a reason the trial raises
+    :class:`TrialInterrupted` (Optuna records it as failed, with that ``fail_reason``). Any
+    other error of training fails the trial with ``fail_reason`` and raises
+    :class:`TrialFailed` (catch it in
     ``study.optimize``), except the types in ``passthrough`` (a caller's database errors),
     which propagate unchanged.
     """
@@ -144,7 +146,7 @@ class Objective:
         *,
         metric: Metric,
         device: torch.device | str = "cpu",
-        should_stop: Callable[[], bool] | None = None,
+        should_stop: Callable[[], str | None] | None = None,
         passthrough: tuple[type[BaseException], ...] = (),
     ) -> None:
         self.spec, self.dataset, self.splits = spec, dataset, splits
@@ -164,12 +166,10 @@ class Objective:
                 raise optuna.TrialPruned(f"pruned at step {step} with value {value:.5g}")
 
         def on_epoch(epoch: int, value: float) -> None:
-            if self.should_stop is not None and self.should_stop():
-                trial.set_user_attr("fail_reason", f"interrupted at epoch {epoch}")
-                raise TrialInterrupted(
-                    f"trial {trial.number} interrupted at epoch {epoch}",
-                    trial_ids=[trial._trial_id],
-                )
+            reason = self.should_stop() if self.should_stop is not None else None
+            if reason is not None:
+                trial.set_user_attr("fail_reason", reason)
+                raise TrialInterrupted(reason, trial_ids=[trial._trial_id])
             if lockstep:
                 report(epoch, value)
 

@@ -95,8 +95,8 @@ class Search:
 
     ``budget()`` is how many more trials may start now (asked only when a slot is free);
     ``deadline`` (epoch seconds) stops new trials, not running ones; ``should_stop`` is polled
-    every epoch and interrupts every running trial (:class:`TrialInterrupted`, with their ids,
-    after they are recorded as failed).
+    every epoch; a reason it answers (None: go on) interrupts every running trial
+    (:class:`TrialInterrupted`, with their ids, after they are recorded as failed with it).
     """
 
     study: optuna.Study
@@ -110,7 +110,7 @@ class Search:
     deadline: float | None = None
     callbacks: Sequence[Callback] = ()
     guard: Guard | None = None
-    should_stop: Callable[[], bool] | None = None
+    should_stop: Callable[[], str | None] | None = None
     passthrough: tuple[type[BaseException], ...] = ()
     engine: Engine = Population
     compile: bool | None = None  # the step under torch.compile; None: on a GPU only
@@ -129,7 +129,7 @@ class Search:
                 while self.fill() or self.running or self.pending:
                     self.epoch()
             except TrialInterrupted as exc:
-                ids = [self.fail(r.trial, "interrupted")._trial_id for r in self.untold()]
+                ids = [self.fail(r.trial, str(exc))._trial_id for r in self.untold()]
                 raise TrialInterrupted(str(exc), trial_ids=ids) from exc
 
     def expired(self) -> bool:
@@ -245,8 +245,9 @@ class Search:
                 for entry in self.evict(key):
                     self.tell_failed(entry.trial, failure_reason(exc))
                 continue
-            if self.should_stop is not None and self.should_stop():
-                raise TrialInterrupted(f"interrupted at epoch {reports[0].epoch if reports else 0}")
+            reason = self.should_stop() if self.should_stop is not None else None
+            if reason is not None:
+                raise TrialInterrupted(reason)
             for report in reports:
                 self.judge(key, stack, report)
 

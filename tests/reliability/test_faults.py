@@ -38,6 +38,8 @@ def assert_full_budget_without_duplicates(trials: list[optuna.trial.FrozenTrial]
         retries = [t for t in trials if t.system_attrs.get("failed_trial") == dead.number]
         assert len(retries) == 1 and retries[0].params == dead.params
         assert retries[0].state == COMPLETE
+        # The re-run completed: it does not carry the failed attempt's reason.
+        assert "fail_reason" in dead.user_attrs and "fail_reason" not in retries[0].user_attrs
 
 
 @pytest.mark.parametrize("engine", ENGINES)
