@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Generic, Literal, TypeVar
 
 from optuna.trial import FrozenTrial
@@ -63,6 +63,11 @@ class StudyItem(StudyCreated):
     finished_at: datetime | None
 
 
+def utc(local: datetime | None) -> datetime | None:
+    """Optuna's naive local time as aware UTC: written with a "Z", as study times are."""
+    return None if local is None else local.astimezone(UTC)
+
+
 class TrialOut(BaseModel):
     number: int
     state: str
@@ -86,8 +91,8 @@ class TrialOut(BaseModel):
             cv_std=attrs.get("cv_std"),
             diagnosis=attrs.get("diagnosis"),
             fail_reason=attrs.get("fail_reason"),
-            datetime_start=trial.datetime_start,
-            datetime_complete=trial.datetime_complete,
+            datetime_start=utc(trial.datetime_start),
+            datetime_complete=utc(trial.datetime_complete),
             duration_s=trial.duration.total_seconds() if trial.duration else None,
         )
 

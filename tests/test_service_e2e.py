@@ -28,6 +28,9 @@ def test_submit_poll_and_read_back(database_url: str, tmp_path: Path) -> None:
 
         page = http.get(f"/v1/studies/{body['id']}/trials", params={"limit": 2}).json()
         assert page["total"] == 3 and [t["number"] for t in page["items"]] == [0, 1]
+        # Trial times are UTC and say so, as the study's own times do.
+        assert study["created_at"].endswith("Z")
+        assert all(t["datetime_start"].endswith("Z") for t in page["items"]), page["items"]
         detail = http.get(f"/v1/studies/{body['id']}/trials/{best['number']}").json()
         assert len(detail["val_loss"]) == 3 and detail["diagnosis"]
         assert sorted(int(k) for k in detail["intermediate_values"]) == list(range(4))
