@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import sys
 from enum import StrEnum
@@ -261,10 +262,13 @@ def worker(
     once: Annotated[bool, typer.Option(help="exit when no study is runnable")] = False,
 ) -> None:
     """A worker process: claims studies from the database and runs their trials."""
-    from service.serve import start_workers, stop_workers, worker_devices
+    from service.serve import PARENT_ENV, start_workers, stop_workers, worker_devices
     from service.worker import Worker
+    from trainer.lifetime import on_parent_death
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    if PARENT_ENV in os.environ:  # started by serve or a fanned-out worker: stop with it
+        on_parent_death(int(os.environ[PARENT_ENV]), signal.SIGTERM)
     settings = service_settings(database_url=database_url).model_copy(update={"device": device})
     if len(worker_devices(settings)) > 1:  # REGTUNE_WORKERS=1 keeps it to this process
         children = start_workers(settings)

@@ -131,9 +131,13 @@ def settings_env(settings: Settings) -> dict[str, str]:
     return env
 
 
+PARENT_ENV = "REGTUNE_PARENT_PID"  # a worker started by this process stops when it dies
+
+
 def start_workers(settings: Settings) -> list[subprocess.Popen[bytes]]:
     # Each child is one worker process: it must not fan out again.
     env = settings_env(settings.model_copy(update={"workers": 1}))
+    env[PARENT_ENV] = str(os.getpid())
     return [
         subprocess.Popen([sys.executable, "-m", "service", "worker", "--device", device], env=env)
         for device in worker_devices(settings)
@@ -164,6 +168,10 @@ def serve(settings: Settings) -> None:
             "use it. Create a token first ('regtune token create NAME') or bind to 127.0.0.1."
         )
     app = create_app(settings)
+    # uvicorn stops on SIGTERM, then raises the signal again once it has shut down; with the
+    # default action that would end this process before it stops its workers. As SystemExit
+    # it unwinds through the finally below.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     workers = start_workers(settings)
     log.info(
         "regtune on http://%s:%d (dashboard at /dashboard), %d worker(s)",

@@ -99,7 +99,7 @@ def test_tune_reports_dataset_problems(tmp_path: Path) -> None:
     (tmp_path / "tiny.csv").write_text("a,y\n1,0\n2,1\n3,0\n4,1\n")
     done = regtune("tune", "--dataset", "tiny.csv", "--target", "y", cwd=tmp_path)
     assert done.returncode == 2
-    assert "class '0' has 2 samples; 5-fold stratified CV needs at least 5" in done.stderr
+    assert "class 0 has 2 samples; 5-fold stratified CV needs at least 5" in done.stderr
 
 
 def test_tune_searches_with_a_process_per_core_over_one_storage(tmp_path: Path) -> None:

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
 import tempfile
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -34,6 +34,7 @@ from optuna.trial import TrialState
 
 from trainer.datasets import Dataset
 from trainer.device import usable_cores
+from trainer.lifetime import on_parent_death
 from trainer.spec import StudySpec
 from trainer.study import Protocol, StudyOutcome, conclude, create_study, run_study
 
@@ -58,17 +59,6 @@ def storage_for(storage: str | None) -> Iterator[StorageRef]:
         yield Path(directory) / "study.journal"
 
 
-def exit_with_parent(parent: int) -> None:
-    """Exit when the process that started this one is gone (it was killed, or it crashed)."""
-
-    def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(0.5)
-        os._exit(1)
-
-    threading.Thread(target=watch, name="regtune-parent-watch", daemon=True).start()
-
-
 def searcher(
     spec: StudySpec,
     dataset: Dataset,
@@ -82,7 +72,7 @@ def searcher(
     parent: int,
 ) -> None:
     """A searcher process: one torch thread, the study's search, no refit."""
-    exit_with_parent(parent)
+    on_parent_death(parent, signal.SIGKILL)
     torch.set_num_threads(1)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     run_study(
