@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 LINTED := $(wildcard service trainer tests benchmarks)
 PY := $(VENV)/bin/python
+RUNTIME := $(VENV)/.runtime
 STAMP := $(VENV)/.installed
 
 CHROMIUM := /usr/bin/chromium
@@ -14,18 +15,24 @@ APT_INSTALL = DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q $(1) 
 
 .PHONY: install serve test lint bench quality load clean
 
-$(STAMP): pyproject.toml
+# The runtime dependencies only: what `make serve` needs.
+$(RUNTIME): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	# Pinned so pip takes the CPU wheel on disk instead of a multi-GB CUDA build.
 	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e .
+	touch $(RUNTIME)
+
+# The dev extras on top: test, lint and benchmark tools.
+$(STAMP): $(RUNTIME)
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
 install: $(STAMP)
 
 # The service on http://127.0.0.1:8000 with the embedded SQLite database ./regtune.db.
-serve: $(STAMP)
+serve: $(RUNTIME)
 	$(VENV)/bin/regtune serve
 
 # The browser tests drive Debian's Chromium (Playwright's own browser download does not work
