@@ -19,6 +19,7 @@ import logging
 import math
 import re
 import threading
+import warnings
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
@@ -550,8 +551,40 @@ def importance_sample(done: Sequence[FrozenTrial]) -> list[FrozenTrial]:
     return [done[i] for i in sorted(picked)]
 
 
-def importances(record: StudyLike, done: Sequence[FrozenTrial]) -> dict[str, float] | str:
-    """fANOVA importances of the varying parameters, or a sentence saying why there are none."""
+EVALUATORS = ("fANOVA", "PED-ANOVA")
+# Below this many completed trials per varying hyperparameter a ranking is noise: the two
+# estimators commonly order the parameters differently (a rule of thumb; the report says so
+# where it applies).
+TRIALS_PER_PARAMETER = 10
+
+
+def evaluate(study: optuna.Study, names: list[str], evaluator: str) -> dict[str, float]:
+    """Normalized importances by ``evaluator``: fANOVA (a random forest's variance split by
+    parameter), or PED-ANOVA (how the top 10 % of trials' parameter densities differ from all
+    trials': the evaluator optuna-dashboard shows, called as the dashboard calls it)."""
+    if evaluator == "fANOVA":
+        fanova = optuna.importance.FanovaImportanceEvaluator(seed=0)
+        return optuna.importance.get_param_importances(
+            study, evaluator=fanova, params=names, normalize=True
+        )
+    maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
+    with warnings.catch_warnings():  # it warns that it minimizes: the target says which way
+        warnings.filterwarnings("ignore", message="PedAnovaImportanceEvaluator computes")
+        result = optuna.importance.get_param_importances(
+            study,
+            evaluator=optuna.importance.PedAnovaImportanceEvaluator(),
+            params=names,
+            target=(lambda t: -t.values[0]) if maximize else (lambda t: t.values[0]),
+            normalize=True,
+        )
+    return {name: float(result.get(name, 0.0)) for name in names}
+
+
+def importances(
+    record: StudyLike, done: Sequence[FrozenTrial]
+) -> dict[str, dict[str, float]] | str:
+    """Each evaluator's importances of the varying parameters (``{evaluator: {name: share}}``,
+    fANOVA's order), or a sentence saying why there are none."""
     if len(done) < 2:
         return (
             f"Parameter importance needs at least two completed trials; this study has {len(done)}."
@@ -571,13 +604,11 @@ def importances(record: StudyLike, done: Sequence[FrozenTrial]) -> dict[str, flo
     study = optuna.Study(IMPORTANCE_STUDY, storage)
     study.add_trials(sample)
     try:
-        evaluator = optuna.importance.FanovaImportanceEvaluator(seed=0)
-        result = optuna.importance.get_param_importances(
-            study, evaluator=evaluator, params=names, normalize=True
-        )
+        results = {e: evaluate(study, names, e) for e in EVALUATORS}
     except Exception as exc:  # an evaluator's failure must not cost the whole report
         return f"Parameter importance could not be computed: {esc(exc)}"
-    return {name: float(value) for name, value in result.items()}
+    order = list(results["fANOVA"])
+    return {e: {n: float(r[n]) for n in order} for e, r in results.items()}
 
 
 def importance_section(record: StudyLike, done: Sequence[FrozenTrial]) -> str:
@@ -585,27 +616,44 @@ def importance_section(record: StudyLike, done: Sequence[FrozenTrial]) -> str:
     title = "Parameter importance"
     if isinstance(result, str):
         return section("importance", title, para(result))
-    names = list(result)
-    values = [result[n] for n in names]
+    names = list(result["fANOVA"])
 
     def draw(figure: Any) -> None:
         ax = figure.add_subplot()
-        ax.barh(names[::-1], values[::-1], color="#2a7ab0")
-        ax.set_xlabel("share of the explained variance of the score")
-        ax.set_xlim(0, max(1e-9, max(values)) * 1.1)
+        y = np.arange(len(names))[::-1]
+        for k, (evaluator, color) in enumerate(
+            zip(EVALUATORS, ("#2a7ab0", "#e0a030"), strict=True)
+        ):
+            values = [result[evaluator][n] for n in names]
+            ax.barh(y + 0.2 - 0.4 * k, values, height=0.4, color=color, label=evaluator)
+        ax.set_yticks(y, names)
+        ax.set_xlabel("share of the importance (each evaluator sums to 100 %)")
+        ax.legend(loc="lower right")
 
-    svg = plot("importance", draw, (6.0, 0.45 * len(names) + 1.0))
-    rows = [[f"<code>{esc(n)}</code>", f"{100 * result[n]:.1f} %"] for n in names]
+    svg = plot("importance", draw, (6.0, 0.6 * len(names) + 1.2))
+    rows = [
+        [f"<code>{esc(n)}</code>", *(f"{100 * result[e][n]:.1f} %" for e in EVALUATORS)]
+        for n in names
+    ]
     counted = f"the {len(done)} completed trials"
     if len(done) > IMPORTANCE_TRIALS:
         counted = f"a random sample of {IMPORTANCE_TRIALS} of the {len(done)} completed trials"
     body = para(
-        f"How much of the variation of the score over {counted} each "
-        "hyperparameter explains (fANOVA: a random forest fitted to the trials, its variance "
-        "split by parameter; normalized to sum to 100 %). A small share means the score hardly "
-        "depends on it within the searched range — not that it does nothing."
+        f"How much the score over {counted} depends on each hyperparameter, by two estimators: "
+        "fANOVA (a random forest fitted to the trials, its variance split by parameter) and "
+        "PED-ANOVA (how the parameters' distribution among the best 10 % of trials differs "
+        "from all trials': what the dashboard shows). Each sums to 100 %. A small share means "
+        "the score hardly depends on it within the searched range — not that it does nothing."
     )
-    body += table(["hyperparameter", "importance"], rows, "importance")
+    needed = TRIALS_PER_PARAMETER * len(names)
+    if len(done) < needed:
+        body += para(
+            f'<b class="unstable">Not a stable ranking yet</b>: {len(done)} completed '
+            f"trials for {len(names)} hyperparameters. With fewer than about "
+            f"{TRIALS_PER_PARAMETER} per hyperparameter ({needed} here) the estimators can "
+            "rank them differently and a rerun can reorder them; read the shares as rough."
+        )
+    body += table(["hyperparameter", *EVALUATORS], rows, "importance")
     return section("importance", title, body + svg)
 
 
