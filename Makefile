@@ -53,10 +53,12 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check $(LINTED)
 
 # The reference workload as users run it (textbook loop, `regtune tune`, `regtune serve`),
-# then engine throughput side by side (textbook loop, per-trial engine, population engine).
+# then engine throughput side by side (textbook loop, per-trial engine, population engine),
+# then a real mixed-type table next to a scikit-learn baseline.
 bench: $(STAMP)
 	$(PY) benchmarks/workflows.py --append BENCHMARKS.md
 	$(PY) benchmarks/engines.py --append BENCHMARKS.md
+	$(PY) benchmarks/tables.py --append BENCHMARKS.md
 
 # Search quality on the built-in datasets (long: tens of minutes on 2 cores).
 quality: $(STAMP)
