@@ -261,21 +261,30 @@ class Search:
                 "(try a smaller lr or a gradient clip)"
             )
             frozen = self.fail(trial, reason)
+        elif not self.reported(trial, report):
+            frozen = self.dropped(trial)
+        elif trial.should_prune():
+            frozen = self.finish(trial, {}, state=TrialState.PRUNED)
+        elif report.finished:
+            result = stack.result(report.slot)
+            attrs = result_attrs(result, entry.config)
+            frozen = self.finish(trial, attrs, values=result.mean)
         else:
-            with warnings.catch_warnings():  # a trial restarted after OOM reports again
-                warnings.simplefilter("ignore", UserWarning)
-                trial.report(report.value, report.epoch)
-            if trial.should_prune():
-                frozen = self.finish(trial, {}, state=TrialState.PRUNED)
-            elif report.finished:
-                result = stack.result(report.slot)
-                attrs = result_attrs(result, entry.config)
-                frozen = self.finish(trial, attrs, values=result.mean)
-            else:
-                return
+            return
         stack.release(report.slot)
         del self.running[(key, report.slot)]
         self.told(frozen)
+
+    @staticmethod
+    def reported(trial: optuna.Trial, report: SlotEpoch) -> bool:
+        """Report the epoch's value; False if the trial was declared dead meanwhile."""
+        try:
+            with warnings.catch_warnings():  # a trial restarted after OOM reports again
+                warnings.simplefilter("ignore", UserWarning)
+                trial.report(report.value, report.epoch)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            return False
+        return True
 
     def evict(self, key: ShapeKey) -> list[Running]:
         """Take every trial of ``key``'s stack out of its slot."""
@@ -326,9 +335,21 @@ class Search:
             for key, value in attrs.items():
                 trial.set_user_attr(key, value)
             return self.study.tell(trial, **outcome)
-        except optuna.exceptions.UpdateFinishedTrialError as exc:
-            log.warning("result of trial %d dropped: %s", trial.number, exc)
-            return self.study._storage.get_trial(trial._trial_id)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            return self.dropped(trial)
+
+    def dropped(self, trial: optuna.Trial) -> FrozenTrial:
+        """A trial declared dead while it trained (its worker was cut off from the database
+        for longer than the grace): its parameters are queued again, so this run of it ends
+        here, its result dropped with one line."""
+        if trial in self.live:
+            self.live.remove(trial)
+        log.warning(
+            "result of trial %d dropped: it was declared dead while it trained, and its "
+            "parameters run again",
+            trial.number,
+        )
+        return self.study._storage.get_trial(trial._trial_id)
 
     def tell_failed(self, trial: optuna.Trial, reason: str) -> None:
         self.told(self.fail(trial, reason))
