@@ -18,7 +18,7 @@ from servers import regtune, serving, tiny_study, wait_status
 from trainer import artifact
 from trainer.config import TrialConfig
 from trainer.datasets import Dataset, DatasetError, load_builtin, load_csv
-from trainer.engine import cross_validate
+from trainer.engine import FittedModel, cross_validate
 from trainer.population import train_population
 from trainer.refit import refit
 from trainer.spec import StudySpec
@@ -55,6 +55,18 @@ def study_spec(data: Dataset, **cv: Any) -> StudySpec:
         training={"max_epochs": 3},
         cv={"folds": 3} | cv,
     )
+
+
+def refitted_model(
+    data: Dataset, *, epochs: int
+) -> tuple[FittedModel, artifact.TunedModel, Protocol]:
+    """The refit of ``BASE`` on ``data`` (a quarter held out), and its model file loaded back."""
+    spec = study_spec(data, test_fraction=0.25)
+    protocol = Protocol.of(spec, data)
+    config = TrialConfig.from_values(spec, BASE)
+    fitted = refit(data, config, protocol.pool, protocol.test, metric="accuracy", epochs=epochs)
+    packed = artifact.pack(fitted, data, metric="accuracy", n_train=1, n_test=1)
+    return fitted, artifact.load_model(artifact.to_bytes(packed)), protocol
 
 
 def test_each_column_gets_a_treatment_and_the_summary_says_which() -> None:
@@ -144,18 +156,7 @@ def test_integer_labels_stay_integers_in_the_model_file() -> None:
     numeric_csv = load_csv(b"x,y\n1,3\n2,5\n3,3\n4,5\n", "y")
     assert numeric_csv.classes == (3, 5)
     wine = load_builtin("builtin:wine")
-    spec = study_spec(wine, test_fraction=0.25)
-    protocol = Protocol.of(spec, wine)
-    fitted = refit(
-        wine,
-        TrialConfig.from_values(spec, BASE),
-        protocol.pool,
-        protocol.test,
-        metric="accuracy",
-        epochs=3,
-    )
-    packed = artifact.pack(fitted, wine, metric="accuracy", n_train=1, n_test=1)
-    model = artifact.load_model(artifact.to_bytes(packed))
+    fitted, model, protocol = refitted_model(wine, epochs=3)
     labels = model.predict(wine.X[protocol.test])
     assert labels.dtype.kind == "i"
     accuracy = float(np.mean(labels == wine.y[protocol.test]))  # ids are the labels 0, 1, 2
@@ -166,19 +167,7 @@ def test_a_model_of_a_table_predicts_its_raw_rows() -> None:
     """The file holds the refit's encoding: rows as uploaded (dicts, or lists in column order)
     predict what the training pipeline scored; a missing column is named."""
     data = load_csv(mixed_csv(), "label")
-    spec = study_spec(data, test_fraction=0.25)
-    protocol = Protocol.of(spec, data)
-    fitted = refit(
-        data,
-        TrialConfig.from_values(spec, BASE),
-        protocol.pool,
-        protocol.test,
-        metric="accuracy",
-        epochs=5,
-    )
-    model = artifact.load_model(
-        artifact.to_bytes(artifact.pack(fitted, data, metric="accuracy", n_train=1, n_test=1))
-    )
+    fitted, model, protocol = refitted_model(data, epochs=5)
     assert model.feature_names == ["colour", "size", "age"]  # the id column was dropped
     rows = list(csv.DictReader(io.StringIO(mixed_csv().decode())))
     test_rows = [rows[i] for i in protocol.test]

@@ -5,7 +5,9 @@ from __future__ import annotations
 import contextlib
 import signal
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 from servers import (
     SLOW,
@@ -64,14 +66,20 @@ def test_a_cpu_worker_fans_out_to_one_process_per_core(tmp_path: Path) -> None:
     assert str(parent.pid) not in " ".join(started)  # the children work, the parent waits
 
 
+def training(http: httpx.Client) -> dict[str, Any]:
+    """A study of slow trials, once one of them trains."""
+    study = http.post("/v1/studies", json=SLOW | {"n_trials": 50}).json()
+    wait_for(
+        lambda: http.get(f"/v1/studies/{study['id']}").json()["trials"]["running"],
+        what="a running trial",
+    )
+    return study
+
+
 def test_cancel_stops_a_running_study(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'cancel.db'}"
     with serving(url, tmp_path / "serve.log") as server, server.client() as http:
-        study = http.post("/v1/studies", json=SLOW | {"n_trials": 50}).json()
-        wait_for(
-            lambda: http.get(f"/v1/studies/{study['id']}").json()["trials"]["running"],
-            what="a running trial",
-        )
+        study = training(http)
         assert http.post(f"/v1/studies/{study['id']}/cancel").json()["status"] == "cancelled"
         # The worker notices between epochs: nothing keeps running, and the trials it stopped
         # are counted as cancelled with their study, not as failures.
@@ -95,11 +103,7 @@ def test_cancel_stops_a_running_study(tmp_path: Path) -> None:
 def test_deleting_a_running_study_stops_its_trials_quietly(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'delete.db'}"
     with serving(url, tmp_path / "serve.log") as server, server.client() as http:
-        study = http.post("/v1/studies", json=SLOW | {"n_trials": 50}).json()
-        wait_for(
-            lambda: http.get(f"/v1/studies/{study['id']}").json()["trials"]["running"],
-            what="a running trial",
-        )
+        study = training(http)
         assert http.delete(f"/v1/studies/{study['id']}").status_code == 204
         assert http.get(f"/v1/studies/{study['id']}").status_code == 404
         log = tmp_path / "serve.log"
