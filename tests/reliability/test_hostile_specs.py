@@ -397,7 +397,7 @@ CORPUS = [
     pytest.param(
         tiny_study(dataset="builtin:mnist1d:10"),
         422,
-        "body.dataset: class '0' has 1 samples; 3-fold stratified CV needs at least 3",
+        "body.dataset: class 0 has 1 samples; 3-fold stratified CV needs at least 3",
         id="too-few-per-class",
     ),
     # not a JSON object
