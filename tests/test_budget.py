@@ -10,10 +10,21 @@ from service.trials import TrialCounts, eta_seconds
 
 
 def test_retried_failures_do_not_use_budget_but_running_and_queued_trials_do() -> None:
-    counts = TrialCounts(complete=5, pruned=2, fail=3, running=2, waiting=1, retried=2)
-    assert counts.finished == 5 + 2 + 3 - 2  # two failures were re-queued with their params
-    assert counts.remaining(12) == 12 - 8 - 2 - 1
+    # Four trials failed in Optuna's terms: two were re-queued with their parameters (their
+    # re-runs count instead), one failed for good, one was stopped by its study's cancel.
+    counts = TrialCounts(complete=5, pruned=2, fail=1, running=2, waiting=1, retried=2, cancelled=1)
+    assert counts.finished == 5 + 2 + 1 + 1
+    assert counts.remaining(12) == 12 - 9 - 2 - 1
     assert counts.remaining(10) < 0  # over budget: nothing more is started
+    assert counts.as_dict() == {
+        "complete": 5,
+        "pruned": 2,
+        "fail": 1,
+        "running": 2,
+        "waiting": 1,
+        "retried": 2,
+        "cancelled": 1,
+    }
 
 
 def test_eta_is_remaining_trials_at_the_observed_rate() -> None:
