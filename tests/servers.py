@@ -206,3 +206,11 @@ def fresh_postgres_database(create: bool = True) -> Iterator[tuple[str, str]]:
         yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}", name
     finally:
         postgres_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def children_of(pid: int) -> set[int]:
+    """The live child processes of ``pid`` (from /proc: no psutil needed)."""
+    found: set[int] = set()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found |= {int(c) for c in (task / "children").read_text().split()}
+    return found

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import optuna
+from servers import children_of
 
 REGTUNE = [sys.executable, "-m", "service"]
 
@@ -124,19 +125,15 @@ def test_tune_searches_with_a_process_per_core_over_one_storage(tmp_path: Path) 
         cwd=tmp_path,
     )
     assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout)["trials"] == {"complete": 6}
+    # The median pruner may stop one: which trials finish first depends on the two processes.
+    counts = json.loads(done.stdout)["trials"]
+    assert set(counts) <= {"complete", "pruned"} and sum(counts.values()) == 6, counts
+    assert counts["complete"] >= 1
     trials = optuna.load_study(study_name="two", storage=storage).trials
     assert len(trials) == 6 and len({t.params["weight_decay"] for t in trials}) == 6
     # One trial at a time per process (P = 1 on a CPU): overlapping trials mean two processes.
     spans = sorted((t.datetime_start, t.datetime_complete) for t in trials)
     assert any(b[0] < a[1] for a, b in itertools.pairwise(spans))
-
-
-def children_of(pid: int) -> set[int]:
-    found: set[int] = set()
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        found |= {int(c) for c in (task / "children").read_text().split()}
-    return found
 
 
 def test_a_killed_tune_leaves_no_searcher_behind(tmp_path: Path) -> None:

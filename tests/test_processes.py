@@ -10,27 +10,10 @@ import time
 from pathlib import Path
 
 import pytest
-from servers import REGTUNE, SLOW, Server, env_for, wait_for
+from servers import REGTUNE, SLOW, Server, children_of, env_for, wait_for
 
 SIGNALS = {"SIGTERM": signal.SIGTERM, "SIGINT": signal.SIGINT, "SIGKILL": signal.SIGKILL}
 GONE_WITHIN_S = 30
-
-
-def children_of(pid: int) -> list[int]:
-    """Live processes whose parent is ``pid`` (from /proc: no psutil needed)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:  # gone meanwhile
-            continue
-        # "pid (comm) state ppid …": comm may hold spaces, so split after its ")".
-        state, ppid = stat.rsplit(")", 1)[1].split()[:2]
-        if int(ppid) == pid and state != "Z":
-            found.append(int(entry.name))
-    return found
 
 
 def alive(pid: int) -> bool:
@@ -62,7 +45,7 @@ def test_serve_leaves_no_worker_behind(tmp_path: Path, name: str) -> None:
                 what="a running trial",
             )
         workers = wait_for(
-            lambda: len(children_of(server.proc.pid)) == 2 and children_of(server.proc.pid),
+            lambda: len(found := children_of(server.proc.pid)) == 2 and found,
             what="two worker processes",
         )
         server.proc.send_signal(SIGNALS[name])
@@ -88,7 +71,7 @@ def test_a_fanned_out_worker_leaves_no_child_behind(tmp_path: Path, name: str) -
     )
     try:
         children = wait_for(
-            lambda: len(children_of(parent.pid)) == 2 and children_of(parent.pid),
+            lambda: len(found := children_of(parent.pid)) == 2 and found,
             what="two worker processes",
         )
         wait_for(lambda: log.read_text().count("started on cpu") == 2, what="workers up")
