@@ -27,17 +27,20 @@ from service.settings import Settings
 
 def test_two_workers_share_one_study_without_overshooting(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'two.db'}"
-    with serving(url, tmp_path / "serve.log", workers=2) as server, server.client() as http:
-        study = http.post("/v1/studies", json=tiny_study(n_trials=8)).json()
+    log = tmp_path / "serve.log"
+    with serving(url, log, workers=2) as server, server.client() as http:
+        # Both workers must be up first: one alone finishes eight tiny trials in a second.
+        wait_for(lambda: log.read_text().count("ready on cpu") == 2, what="both workers")
+        study = http.post("/v1/studies", json=tiny_study(n_trials=16)).json()
         done = wait_status(http, study["id"], ("completed", "failed"))
     assert done["status"] == "completed", done
     trials = trials_of(url, study["id"])
     # Each worker checks the shared budget before a trial: at most the running ones overshoot.
-    assert 8 <= len(trials) <= 8 + 1
+    assert 16 <= len(trials) <= 16 + 1
     assert done["trials"]["complete"] + done["trials"]["pruned"] == len(trials)
-    log = (tmp_path / "serve.log").read_text()
-    workers = {line.split()[4] for line in log.splitlines() if "runs study" in line}
-    assert len(workers) == 2, log[-2000:]
+    text = log.read_text()
+    workers = {line.split()[4] for line in text.splitlines() if "runs study" in line}
+    assert len(workers) == 2, text[-2000:]
 
 
 def test_worker_devices_one_process_per_core_on_a_cpu() -> None:
