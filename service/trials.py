@@ -137,11 +137,8 @@ class CleanRetry(RetryHeartbeatStaleTrialCallback):
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
         clean = copy.deepcopy(trial)
-        clean.user_attrs = {k: v for k, v in trial.user_attrs.items() if k not in FAILURE_ATTRS}
+        clean.user_attrs = {k: v for k, v in trial.user_attrs.items() if k != "fail_reason"}
         super().__call__(study, clean)
-
-
-FAILURE_ATTRS = ("fail_reason",)
 
 
 def retry_callback() -> RetryHeartbeatStaleTrialCallback:

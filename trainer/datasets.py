@@ -93,10 +93,9 @@ class Dataset:
         """Every row's features, with the table's encoding (if any) fitted on ``fit`` only."""
         if self.table is None:
             return self.X, None
-        encoder = self.table.layout.fit(self.table.raw[fit])
         if not self.table.layout.needs_fitting:  # numbers only, no blanks: X is the encoding
-            return self.X, encoder
-        return encoder.transform(self.table.raw), encoder
+            return self.X, self.table.fit(fit)
+        return self.table.encode(fit)
 
     @property
     def n_samples(self) -> int:

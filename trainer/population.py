@@ -82,6 +82,16 @@ class SlotEpoch:
     finished: bool  # every fold stopped (early stopping or max_epochs)
 
 
+def layer_modules(net: nn.Module) -> list[nn.Module]:
+    """A network's convolutions and Linear layers, in forward order (the stacked weights')."""
+    return [m for m in net.modules() if isinstance(m, nn.Conv1d | nn.Conv2d | nn.Linear)]
+
+
+def norm_modules(net: nn.Module) -> list[nn.Module]:
+    """A network's BatchNorm layers, in forward order."""
+    return [m for m in net.modules() if isinstance(m, nn.BatchNorm1d | nn.BatchNorm2d)]
+
+
 def per_model(column: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """A per-model value ``[M, …]`` shaped to broadcast against ``like`` ``[M, …]``."""
     return column.reshape(-1, *[1] * (like.dim() - 1))
@@ -242,7 +252,7 @@ class Population:
     def layer_tensors(self, net: nn.Module) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """A network's layers in forward order, as stacked: a convolution's weight ``[out, C,
         k…]``, a Linear's ``[in, out]``, every bias ``[1, out]``."""
-        layers = [m for m in net.modules() if isinstance(m, nn.Conv1d | nn.Conv2d | nn.Linear)]
+        layers = layer_modules(net)
         weights = [
             (m.weight if i < self.n_conv else m.weight.t()).detach() for i, m in enumerate(layers)
         ]
@@ -250,8 +260,7 @@ class Population:
 
     @staticmethod
     def norm_tensors(net: nn.Module) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        norms = [m for m in net.modules() if isinstance(m, nn.BatchNorm1d | nn.BatchNorm2d)]
-        return [(m.weight.detach()[None, :], m.bias.detach()[None, :]) for m in norms]
+        return [(m.weight.detach()[None, :], m.bias.detach()[None, :]) for m in norm_modules(net)]
 
     def schedule(self, fit_len: list[int]) -> None:
         """Which steps an epoch takes and who has a batch in each: fixed by the folds' sizes.
@@ -678,8 +687,7 @@ class Population:
         assert config is not None
         row = slot * self.K + fold
         net = config.network(self.input_shape, self.n_outputs).to(self.device)
-        layers = [m for m in net.modules() if isinstance(m, nn.Conv1d | nn.Conv2d | nn.Linear)]
-        norms = [m for m in net.modules() if isinstance(m, nn.BatchNorm1d | nn.BatchNorm2d)]
+        layers, norms = layer_modules(net), norm_modules(net)
         best = dict(zip(map(id, self.params), self.best_params, strict=True))
         for i, (layer, w, b) in enumerate(zip(layers, self.weights, self.biases, strict=True)):
             weight = best[id(w)][row]

@@ -254,10 +254,11 @@ class Table:
     layout: TableLayout
     raw: np.ndarray  # float64 [n, kept columns]
 
-    def rows(self, index: np.ndarray) -> Table:
-        return Table(self.layout, self.raw[index])
+    def fit(self, rows: np.ndarray) -> TableEncoder:
+        """The encoder fitted on the table's ``rows`` only (a fold's training part)."""
+        return self.layout.fit(self.raw[rows])
 
     def encode(self, fit: np.ndarray) -> tuple[np.ndarray, TableEncoder]:
         """Every row encoded by the encoder fitted on the ``fit`` rows only."""
-        encoder = self.layout.fit(self.raw[fit])
+        encoder = self.fit(fit)
         return encoder.transform(self.raw), encoder
