@@ -46,12 +46,11 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 from torch.utils.flop_counter import FlopCounterMode
 
-from trainer import layout
+from trainer import layout, networks
 from trainer.config import TrialConfig
 from trainer.datasets import Dataset, load_builtin
 from trainer.device import configure
 from trainer.engine import cross_validate
-from trainer.models import build_model
 from trainer.objective import suggest
 from trainer.population import train_population
 from trainer.spec import StudySpec
@@ -81,9 +80,7 @@ def reference(epochs: int, model: str = "mlp") -> StudySpec:
 
 def draw_configs(spec: StudySpec, n: int, seed: int) -> list[TrialConfig]:
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
-    return [
-        TrialConfig.from_values(spec, suggest(study.ask(), spec.search_space)) for _ in range(n)
-    ]
+    return [TrialConfig.from_values(spec, suggest(study.ask(), spec)) for _ in range(n)]
 
 
 WEIGHTED = (nn.Linear, nn.Conv1d, nn.Conv2d)
@@ -245,7 +242,7 @@ def population_in(pool: ProcessPoolExecutor, size: int) -> Callable[..., list[fl
 
 def training_flops(spec: StudySpec, data: Dataset, batch: int = 64) -> float:
     """FLOPs of one training step per sample (forward, loss, backward), counted by torch."""
-    model = build_model(spec.model, data.input_shape, data.n_outputs, dropout=0.5, bn_momentum=0.1)
+    model = networks.build(spec.model, data.input_shape, data.n_outputs)
     x = torch.randn(batch, data.n_features)
     y = torch.randint(0, data.n_outputs, (batch,))
     with FlopCounterMode(display=False) as counter:

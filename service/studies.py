@@ -24,17 +24,12 @@ from service.db import Database
 from service.errors import Conflict, NotFound
 from service.models import ACTIVE, ArtifactRecord, StudyRecord, utcnow
 from trainer.datasets import Dataset
-from trainer.models import parameter_count
 from trainer.spec import Limits, StudySpec, metric_direction
-from trainer.study import Protocol, SpecError
+from trainer.study import Protocol, SpecError, network_sizes
 
 
 class ModelTooLarge(SpecError):
     """The network would have more parameters than ``Limits.max_parameters`` (HTTP 422)."""
-
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(message)
-        self.field = field
 
 
 class TooManyActiveStudies(RuntimeError):
@@ -46,18 +41,14 @@ def check_parameters(spec: StudySpec, dataset: Dataset, limits: Limits) -> None:
 
     Every width the search may pick (``search_space.hidden``) is counted, not only the default.
     """
-    choices = [("model", None)]
-    if spec.search_space.hidden is not None:
-        choices = [("search_space.hidden", widths) for widths in spec.search_space.hidden]
-    for field, widths in choices:
-        count = parameter_count(spec.model, dataset.input_shape, dataset.n_outputs, hidden=widths)
+    for field, widths, count in network_sizes(spec, dataset):
         if count > limits.max_parameters:
             what = f"hidden {widths}" if widths is not None else f"model.kind {spec.model.kind!r}"
             raise ModelTooLarge(
-                field,
                 f"the network ({what}) has {count:,} parameters on dataset {dataset.name!r} "
                 f"({dataset.n_features} features, {dataset.n_outputs} outputs); the limit "
                 f"max_parameters is {limits.max_parameters:,}",
+                field,
             )
 
 

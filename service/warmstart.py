@@ -33,7 +33,8 @@ FIELD = "warm_start.study"
 class WarmStartError(SpecError):
     """The earlier study is not one of this tenant's (HTTP 422 naming ``warm_start.study``)."""
 
-    field = FIELD
+    def __init__(self, message: str) -> None:
+        super().__init__(message, FIELD)
 
 
 @dataclass(frozen=True)

@@ -5,9 +5,10 @@ from __future__ import annotations
 import optuna
 import pytest
 import torch
+from networks_of import build_model, parameter_count
 
-from trainer import layout
-from trainer.models import build_model, count_parameters, parameter_count
+from trainer import layout, networks
+from trainer.networks import count_parameters
 from trainer.search import ramped
 from trainer.spec import StudySpec
 
@@ -51,8 +52,10 @@ def test_a_cnn_counts_its_feature_maps() -> None:
     """A CNN's activations are channels × positions per layer: more than its MLP head's."""
     cnn = spec(model={"kind": "cnn", "channels": [32, 64], "stride": 1, "hidden": [16]})
     head_only = spec(model={"hidden": [16]})
-    # Stride 1 keeps 8×8 positions: 32·64 + 64·64 + 16 units per sample.
-    assert layout.hidden_units(cnn, (1, 8, 8), [16]) == 32 * 64 + 64 * 64 + 16
+    # Stride 1 keeps 8×8 positions; each block keeps conv, BN, ReLU and dropout outputs
+    # (4 words a unit), then the flattened maps, the head's block and its 10 outputs.
+    units = 4 * (32 * 64 + 64 * 64) + 64 * 64 + 4 * 16 + 10
+    assert networks.footprint(cnn.model, (1, 8, 8), 10).activations == units
     assert layout.model_bytes(cnn, (1, 8, 8), 10, 1797) > 10 * layout.model_bytes(
         head_only, (1, 8, 8), 10, 1797
     )

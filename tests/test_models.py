@@ -6,9 +6,10 @@ import math
 
 import pytest
 import torch
+from networks_of import build_model
 from torch import nn
 
-from trainer.models import CNN, build_model
+from trainer.networks import NetworkError
 from trainer.spec import ModelSpec
 
 
@@ -74,5 +75,5 @@ def test_cnn_handles_1d_and_2d_inputs(shape: tuple[int, ...]) -> None:
 
 
 def test_cnn_refuses_tabular_input() -> None:
-    with pytest.raises(ValueError, match="spatial shape"):
-        CNN((13,), ModelSpec(kind="cnn"), 3, dropout=0.0, bn_momentum=0.1)
+    with pytest.raises(NetworkError, match="spatial shape"):
+        build_model(ModelSpec(kind="cnn"), (13,), 3, dropout=0.0, bn_momentum=0.1)

@@ -181,7 +181,9 @@ def test_a_stacked_cnn_does_not_depend_on_its_neighbours_with_dropout(digits) ->
         digits, [neighbour, target], splits, seeds=[6, 5], metric="accuracy", device=DEVICE
     )
     crowd = pair[1]
-    assert_same(alone, crowd, rel=1e-5)
+    # oneDNN blocks a grouped convolution by its number of groups, so M = 1 and M = 2 sum in
+    # different orders (relative 1e-4 after three Adam epochs on this machine's CPU).
+    assert_same(alone, crowd, rel=1e-3)
 
 
 def test_a_model_does_not_depend_on_its_neighbours_even_with_dropout(wine) -> None:

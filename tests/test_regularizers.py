@@ -6,10 +6,10 @@ import copy
 
 import pytest
 import torch
+from networks_of import build_model
 from torch import nn
 from torch.nn import functional as F
 
-from trainer.models import build_model
 from trainer.regularizers import make_optimizer, split_parameters
 from trainer.spec import ModelSpec
 

@@ -6,8 +6,10 @@ unpickling any class::
 
     format, version      "regtune-model", 1
     state_dict           the network's weights and BatchNorm buffers (CPU tensors)
-    architecture         model (ModelSpec as JSON), hidden, dropout, bn_momentum,
-                         input_shape, n_outputs: enough for trainer.models.build_model
+    architecture         model (ModelSpec as JSON), hidden, dropout, groups (a dropout
+                         group's own p), bn_momentum, input_shape, n_outputs: enough for
+                         trainer.networks.build; network: what the network is (for a
+                         plugin its name, options, package and version)
     preprocessing        encoder (a CSV table's encoding: its columns' treatments, the
                          imputation medians and the levels seen in training, as plain values;
                          None for numeric arrays), x_mean, x_std (tensors: z = (x − mean) / std
@@ -56,9 +58,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from trainer import networks, plugins
 from trainer.datasets import Dataset, Label
 from trainer.engine import FittedModel, FoldEnsemble, predict
-from trainer.models import build_model
 from trainer.preprocessing import Standardizer
 from trainer.spec import Limits, ModelSpec
 from trainer.tabular import TableEncoder
@@ -139,7 +141,9 @@ def pack(
             "model": config.model.model_dump(mode="json"),
             "hidden": list(config.hidden),
             "dropout": float(config.dropout),
+            "groups": {group: float(p) for group, p in config.groups},
             "bn_momentum": float(config.bn_momentum),
+            "network": _plain(networks.describe(config.model)),
             "input_shape": [int(n) for n in dataset.input_shape],
             "n_outputs": int(dataset.n_outputs),
         },
@@ -334,13 +338,20 @@ def _network(
     arch = artifact["architecture"]
     spec = ModelSpec.model_validate(arch["model"], context={"limits": UNLIMITED})
     input_shape = tuple(int(n) for n in arch["input_shape"])
-    model = build_model(
-        spec,
-        input_shape,
-        int(arch["n_outputs"]),
-        dropout=float(arch["dropout"]),
+    try:
+        model = networks.build(spec, input_shape, int(arch["n_outputs"]), hidden=arch["hidden"])
+    except plugins.PluginError as exc:
+        network = arch.get("network") or {}
+        raise ArtifactError(
+            f"this model's network is the plugin {spec.name!r} (package "
+            f"{network.get('package')} {network.get('version')}); install it to load the "
+            f"model: {exc}"
+        ) from None
+    groups = dict(arch.get("groups") or {})  # absent in files from before dropout groups
+    networks.configure(
+        model,
+        dropout=lambda group: float(groups.get(group, arch["dropout"])),
         bn_momentum=float(arch["bn_momentum"]),
-        hidden=list(arch["hidden"]),
     )
     model.load_state_dict(state_dict)
     model.to(device).eval()

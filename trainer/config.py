@@ -7,7 +7,7 @@ from typing import Any
 
 from torch import nn
 
-from trainer.models import build_model
+from trainer import networks
 from trainer.spec import ModelSpec, StudySpec, TrainingSpec
 
 
@@ -26,14 +26,18 @@ class TrialConfig:
     hidden: tuple[int, ...]
     model: ModelSpec
     training: TrainingSpec
+    groups: tuple[tuple[str, float], ...] = ()  # dropout groups' own p: (group, p)
 
     @classmethod
     def from_values(cls, spec: StudySpec, values: dict[str, Any]) -> TrialConfig:
-        """Combine sampled ``values`` with the spec's fixed settings."""
+        """Combine sampled ``values`` with the spec's fixed settings (``dropout.<group>``:
+        a group's p; ``dropout`` may be absent when every dropout has a group)."""
+        depth = len(values.get("hidden", spec.model.hidden))
+        groups = tuple((g, float(values[f"dropout.{g}"])) for g in spec.model.groups(depth))
         return cls(
             weight_decay=float(values["weight_decay"]),
             l1=float(values["l1"]),
-            dropout=float(values["dropout"]),
+            dropout=float(values.get("dropout", 0.0)),
             bn_momentum=float(values["bn_momentum"]),
             patience=int(values["patience"]),
             lr=float(values.get("lr", spec.training.lr)),
@@ -42,22 +46,23 @@ class TrialConfig:
             hidden=tuple(values.get("hidden", spec.model.hidden)),
             model=spec.model,
             training=spec.training,
+            groups=groups,
         )
+
+    def dropout_of(self, group: str | None) -> float:
+        """The p of a dropout of ``group`` (None, or a group without its own p: ``dropout``)."""
+        return dict(self.groups).get(group, self.dropout) if group is not None else self.dropout
 
     def hyperparameters(self) -> dict[str, Any]:
         """The values that vary between trials, JSON-ready."""
         values = asdict(self)
-        del values["model"], values["training"]
+        del values["model"], values["training"], values["groups"]
+        if not self.model.shares_dropout():
+            del values["dropout"]  # every dropout has its group's p
         values["hidden"] = list(self.hidden)
-        return values
+        return values | {f"dropout.{g}": p for g, p in self.groups}
 
     def network(self, input_shape: tuple[int, ...], n_outputs: int) -> nn.Module:
-        """A fresh network of this configuration (its widths, dropout and BN momentum)."""
-        return build_model(
-            self.model,
-            input_shape,
-            n_outputs,
-            dropout=self.dropout,
-            bn_momentum=self.bn_momentum,
-            hidden=self.hidden,
-        )
+        """A fresh network of this configuration (its widths, dropouts and BN momentum)."""
+        net = networks.build(self.model, input_shape, n_outputs, hidden=self.hidden)
+        return networks.configure(net, dropout=self.dropout_of, bn_momentum=self.bn_momentum)

@@ -27,7 +27,7 @@ from trainer.config import TrialConfig
 from trainer.datasets import Dataset
 from trainer.diagnosis import Diagnosis, diagnose_fold, diagnose_trial
 from trainer.early_stopping import EarlyStopping
-from trainer.models import count_parameters
+from trainer.networks import count_parameters
 from trainer.preprocessing import Standardizer
 from trainer.regularizers import make_optimizer
 from trainer.spec import Metric, Task

@@ -15,9 +15,9 @@ reference workload), so two is the default.
 A GPU model's memory, in float32 words, per stacked model:
 
 * parameters θ and their gradient, Adam's two moments and the best-weights snapshot: 5·|θ|;
-* activations kept for the backward pass, per training row and hidden unit (for a CNN, per
-  channel and output position): the layer's output, the normalized value, the ReLU output and
-  the dropout mask, about 4 words;
+* activations kept for the backward pass, per training row: every layer's output, one word
+  per element (a template's hidden unit has four: the layer's output, the normalized value,
+  the ReLU output and the dropout mask);
 * evaluation in one pass over the model's validation or scored rows, one layer at a time.
 
 P is the number of trials whose K models fit in ``MEMORY_SHARE`` of the free memory.
@@ -30,13 +30,12 @@ import math
 import torch
 
 from trainer.datasets import Dataset
-from trainer.models import feature_shapes, parameter_count
+from trainer.networks import footprint
 from trainer.spec import StudySpec
 
 MEMORY_SHARE = 0.5  # of the free device memory; the rest is for the allocator's slack
 MAX_POPULATION = 256  # beyond this a step is long enough that the GPU is busy anyway
 CPU_POPULATION = 2  # trials per stack on a CPU: the fastest measured (module docstring)
-WORDS_PER_ACTIVATION = 4
 BYTES_PER_WORD = 4
 
 
@@ -50,12 +49,6 @@ def widest(spec: StudySpec) -> list[int]:
     choices = spec.search_space.hidden or [spec.model.hidden]
     depth = max(len(h) for h in choices)
     return [max((h[i] for h in choices if len(h) > i), default=0) for i in range(depth)]
-
-
-def hidden_units(spec: StudySpec, input_shape: tuple[int, ...], hidden: list[int]) -> int:
-    """Activations per sample after each hidden layer: a CNN's channels × positions, then the
-    head's widths."""
-    return sum(hidden) + sum(math.prod(shape) for shape in feature_shapes(spec.model, input_shape))
 
 
 def largest_batch(spec: StudySpec) -> int:
@@ -72,14 +65,11 @@ def model_bytes(
     spec: StudySpec, input_shape: tuple[int, ...], n_outputs: int, eval_rows: int
 ) -> int:
     """Device memory one stacked model needs, by the count in the module docstring."""
-    widths = widest(spec)
+    network = footprint(spec.model, input_shape, n_outputs, hidden=widest(spec))
     n_features = math.prod(input_shape)
-    params = parameter_count(spec.model, input_shape, n_outputs, hidden=widths)
-    hidden = hidden_units(spec, input_shape, widths)
-    batch = largest_batch(spec)
-    train = batch * (hidden * WORDS_PER_ACTIVATION + n_features + n_outputs)
-    evaluate = eval_rows * (n_features + hidden + n_outputs)
-    return BYTES_PER_WORD * (5 * params + train + evaluate)
+    train = largest_batch(spec) * (network.activations + n_features)
+    evaluate = eval_rows * (n_features + network.activations)
+    return BYTES_PER_WORD * (5 * network.parameters + train + evaluate)
 
 
 def population_size(

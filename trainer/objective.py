@@ -12,7 +12,7 @@ import torch
 from trainer.config import TrialConfig
 from trainer.datasets import Dataset
 from trainer.engine import CVResult, DivergedError, Schedule, cross_validate
-from trainer.spec import DOMAINS, SEARCHABLE, Metric, Range, SearchSpace, StudySpec
+from trainer.spec import DOMAINS, SEARCHABLE, Metric, Param, Range, StudySpec
 from trainer.splits import Split
 
 SIGNIFICANT_DIGITS = 5
@@ -23,35 +23,44 @@ def hidden_key(widths: Sequence[int]) -> str:
     return "-".join(str(w) for w in widths)
 
 
-def suggest(trial: optuna.Trial, space: SearchSpace) -> dict[str, Any]:
+def _draw(trial: optuna.Trial, name: str, entry: Param) -> Any:
+    """One parameter: a range sampled, a list of choices picked from, a number as it is."""
+    if isinstance(entry, Range):
+        if name in DOMAINS and DOMAINS[name].integer:
+            return trial.suggest_int(name, int(entry.low), int(entry.high), log=entry.log)
+        return trial.suggest_float(name, entry.low, entry.high, log=entry.log)
+    if isinstance(entry, list):
+        return trial.suggest_categorical(name, entry)
+    return entry
+
+
+def searched(spec: StudySpec) -> dict[str, Param]:
+    """Every parameter a trial of ``spec`` draws, by its Optuna name (``hidden`` apart):
+    ``dropout.<group>`` per dropout group, ``dropout`` only if some dropout has no group."""
+    space = spec.search_space
+    entries = {name: getattr(space, name) for name in SEARCHABLE}
+    if not spec.model.shares_dropout():
+        del entries["dropout"]
+    depth = max(len(h) for h in space.hidden or [spec.model.hidden])
+    for group in spec.model.groups(depth):
+        entries[f"dropout.{group}"] = space.group_dropout(group)
+    return {name: entry for name, entry in entries.items() if entry is not None}
+
+
+def suggest(trial: optuna.Trial, spec: StudySpec) -> dict[str, Any]:
     """Draw every searched parameter from ``trial``; fixed numbers pass through unsampled."""
-    values: dict[str, Any] = {}
-    for name in SEARCHABLE:
-        entry = getattr(space, name)
-        if entry is None:
-            continue
-        if isinstance(entry, Range):
-            if name in DOMAINS and DOMAINS[name].integer:
-                values[name] = trial.suggest_int(
-                    name, int(entry.low), int(entry.high), log=entry.log
-                )
-            else:
-                values[name] = trial.suggest_float(name, entry.low, entry.high, log=entry.log)
-        elif isinstance(entry, list):
-            values[name] = trial.suggest_categorical(name, entry)
-        else:
-            values[name] = entry
+    space = spec.search_space
+    values = {name: _draw(trial, name, entry) for name, entry in searched(spec).items()}
     if space.hidden is not None:
         key = trial.suggest_categorical("hidden", [hidden_key(h) for h in space.hidden])
         values["hidden"] = [int(w) for w in key.split("-")]
     return values
 
 
-def grid(space: SearchSpace, points: int) -> dict[str, list[Any]]:
+def grid(spec: StudySpec, points: int) -> dict[str, list[Any]]:
     """The search space as a grid: ranges become ``points`` evenly (or log-) spaced values."""
     axes: dict[str, list[Any]] = {}
-    for name in SEARCHABLE:
-        entry = getattr(space, name)
+    for name, entry in searched(spec).items():
         if isinstance(entry, Range):
             spacing = np.geomspace if entry.log else np.linspace
             values = spacing(entry.low, entry.high, points)
@@ -61,8 +70,8 @@ def grid(space: SearchSpace, points: int) -> dict[str, list[Any]]:
                 axes[name] = [float(v) for v in values]
         elif isinstance(entry, list):
             axes[name] = entry
-    if space.hidden is not None:
-        axes["hidden"] = [hidden_key(h) for h in space.hidden]
+    if spec.search_space.hidden is not None:
+        axes["hidden"] = [hidden_key(h) for h in spec.search_space.hidden]
     return axes
 
 
@@ -156,7 +165,7 @@ class Objective:
         self.should_stop = should_stop
 
     def __call__(self, trial: optuna.Trial) -> float:
-        config = TrialConfig.from_values(self.spec, suggest(trial, self.spec.search_space))
+        config = TrialConfig.from_values(self.spec, suggest(trial, self.spec))
         trial.set_user_attr("config", config.hyperparameters())
         lockstep = self.schedule == "lockstep"
 

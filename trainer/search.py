@@ -182,7 +182,7 @@ class Search:
             trial = self.study.ask()
             self.live.append(trial)
             try:
-                config = TrialConfig.from_values(self.spec, suggest(trial, self.spec.search_space))
+                config = TrialConfig.from_values(self.spec, suggest(trial, self.spec))
                 trial.set_user_attr("config", config.hyperparameters())
             except self.passthrough:
                 raise

@@ -8,7 +8,9 @@ as validation context, ``StudySpec.model_validate(data, context={"limits": limit
 
 from __future__ import annotations
 
+import json
 import math
+import re
 import unicodedata
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
@@ -30,6 +32,15 @@ Metric = Literal["accuracy", "mse", "loss"]
 Scalar = float | int | str
 
 
+class SpecError(ValueError):
+    """The spec does not fit the dataset (e.g. accuracy asked of a regression target);
+    ``field`` names the part of the spec at fault, dotted (``model.layers.3``)."""
+
+    def __init__(self, message: str, field: str = "spec") -> None:
+        super().__init__(message)
+        self.field = field
+
+
 class Limits(BaseModel):
     """Upper bounds on what one study may ask for; the service sets them from its settings."""
 
@@ -37,6 +48,8 @@ class Limits(BaseModel):
     max_folds: int = 20
     max_epochs: int = 2_000
     max_layers: int = 8
+    max_network_layers: int = 200  # every entry of model.layers, residual bodies included
+    max_plugin_options_bytes: int = 4_096  # model.options as JSON
     max_width: int = 4_096
     max_batch_size: int = 65_536
     max_timeout_s: float = 30 * 86_400.0
@@ -156,13 +169,42 @@ SEARCHABLE = (*DOMAINS, "optimizer")
 CORE = ("weight_decay", "l1", "dropout", "bn_momentum", "patience")
 
 
+def check_domain(domain: Domain, value: Param | None) -> Param | None:
+    """``value`` (a range, choices or a number) if all its points lie in ``domain``."""
+    if value is None:
+        return None
+    if isinstance(value, Range):
+        points = [value.low, value.high]
+    elif isinstance(value, list):
+        if not value:
+            raise ValueError("a list of choices must not be empty")
+        points = value
+    else:
+        points = [value]
+    for point in points:
+        if isinstance(point, str | bool):
+            raise ValueError(f"must be {domain.describe()}, got {point!r}")
+        if isinstance(point, int) and abs(point) > 2**63:  # JSON integers have no bound
+            raise ValueError(f"must be {domain.describe()}, got an integer beyond ±2^63")
+        if not math.isfinite(point):
+            raise ValueError(f"must be a finite number, got {point:g}")
+        if not domain.contains(point):
+            raise ValueError(f"must be {domain.describe()}, got {point:g}")
+        if domain.integer and float(point) != int(point):
+            raise ValueError(f"must be {domain.describe()}, got {point:g}")
+    return value
+
+
 class SearchSpace(_Strict):
     """What Optuna searches. Each entry is a :class:`Range`, a list of choices or a number.
 
     The five regularization parameters default to the ranges of the product spec; ``lr``,
     ``batch_size``, ``optimizer`` and ``hidden`` (a list of layer-width lists) are searched
-    only when given, otherwise the ``training``/``model`` values hold.
+    only when given, otherwise the ``training``/``model`` values hold. ``dropout.<group>``
+    is a dropout group's own range (default: the ``dropout`` range).
     """
+
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
 
     weight_decay: Param = Range(low=1e-6, high=1e-1, log=True)
     l1: Param = Range(low=1e-7, high=1e-3, log=True)
@@ -191,29 +233,29 @@ class SearchSpace(_Strict):
     @field_validator(*DOMAINS)
     @classmethod
     def _in_domain(cls, value: Param | None, info: ValidationInfo) -> Param | None:
-        if value is None:
-            return None
-        domain = DOMAINS[info.field_name or ""]
-        if isinstance(value, Range):
-            points = [value.low, value.high]
-        elif isinstance(value, list):
-            if not value:
-                raise ValueError("a list of choices must not be empty")
-            points = value
-        else:
-            points = [value]
-        for point in points:
-            if isinstance(point, str | bool):
-                raise ValueError(f"must be {domain.describe()}, got {point!r}")
-            if isinstance(point, int) and abs(point) > 2**63:  # JSON integers have no bound
-                raise ValueError(f"must be {domain.describe()}, got an integer beyond ±2^63")
-            if not math.isfinite(point):
-                raise ValueError(f"must be a finite number, got {point:g}")
-            if not domain.contains(point):
-                raise ValueError(f"must be {domain.describe()}, got {point:g}")
-            if domain.integer and float(point) != int(point):
-                raise ValueError(f"must be {domain.describe()}, got {point:g}")
-        return value
+        return check_domain(DOMAINS[info.field_name or ""], value)
+
+    @model_validator(mode="after")
+    def _group_dropouts(self) -> SearchSpace:
+        # Extra keys are allowed only as ``dropout.<group>``: a dropout group's own range.
+        for key, value in list((self.model_extra or {}).items()):
+            prefix, _, group = key.partition(".")
+            if prefix != "dropout" or not re.fullmatch(GROUP_NAME, group):
+                raise ValueError(
+                    f"unknown search_space entry {key!r} (a dropout group's range is "
+                    "'dropout.<group>', the group a letter then letters, digits or _)"
+                )
+            try:
+                parsed = check_domain(DOMAINS["dropout"], _parse_param(value))
+            except ValueError as exc:
+                raise ValueError(f"{key}: {exc}") from None
+            if self.model_extra is not None:
+                self.model_extra[key] = parsed
+        return self
+
+    def group_dropout(self, group: str) -> Param:
+        """The range of ``dropout.<group>``: its own entry if given, else ``dropout``'s."""
+        return (self.model_extra or {}).get(f"dropout.{group}", self.dropout)
 
     @field_validator("optimizer")
     @classmethod
@@ -261,26 +303,196 @@ def _check_widths(widths: list[int], limits: Limits) -> None:
         raise ValueError(f"layer widths must be ≤ {limits.max_width}")
 
 
-class ModelSpec(_Strict):
-    """An MLP, or a small CNN for inputs with a spatial shape (``builtin:digits``, ``mnist1d``).
+MAX_KERNEL = 64
+MAX_STRIDE = 16
+MAX_NESTING = 8  # residuals inside residuals
+GROUP_NAME = r"^[A-Za-z][A-Za-z0-9_]{0,31}$"
+# An entry point's name: no dots, colons, slashes or shell characters, so that it can only
+# ever name an installed entry point, never a module path.
+PLUGIN_NAME = r"^[a-z0-9][a-z0-9_-]{0,63}$"
 
-    MLP: per hidden layer Linear → BatchNorm1d → ReLU → Dropout, then a Linear head;
-    ``hidden: []`` is a linear model. CNN: per entry of ``channels`` Conv (``kernel_size``,
-    ``stride``, same padding) → BatchNorm → ReLU → Dropout, flatten, then the MLP head.
+
+class LinearLayer(_Strict):
+    """``nn.Linear`` on a flat input; the last layer leaves ``out`` out (the data's outputs)."""
+
+    type: Literal["linear"]
+    out: Annotated[int | None, Field(ge=1), at_most("max_width")] = None
+
+
+class ConvLayer(_Strict):
+    """``nn.Conv1d`` on ``(C, L)`` or ``nn.Conv2d`` on ``(C, H, W)``; ``padding "same"`` is
+    ⌊kernel/2⌋ on each side (an odd kernel at stride 1 keeps the size)."""
+
+    type: Literal["conv1d", "conv2d"]
+    out: Annotated[int, Field(ge=1), at_most("max_width")]
+    kernel: int = Field(ge=1, le=MAX_KERNEL)
+    stride: int = Field(1, ge=1, le=MAX_STRIDE)
+    padding: Literal["same"] | Annotated[int, Field(ge=0, le=MAX_KERNEL)] = "same"
+
+
+class NormLayer(_Strict):
+    """BatchNorm over the features (rank 1) or the channels (rank 2 and 3)."""
+
+    type: Literal["batchnorm"]
+
+
+class DropoutLayer(_Strict):
+    """Inverted dropout; a ``group`` has its own p (``dropout.<group>``), else ``dropout``."""
+
+    type: Literal["dropout"]
+    group: str | None = Field(None, pattern=GROUP_NAME)
+
+
+class ActivationLayer(_Strict):
+    type: Literal["relu", "gelu", "tanh", "sigmoid"]
+
+
+class LeakyReLULayer(_Strict):
+    type: Literal["leaky_relu"]
+    slope: float = Field(0.01, ge=0, le=1)
+
+
+class PoolLayer(_Strict):
+    """Max or average pooling over ``(C, L)`` or ``(C, H, W)``; stride defaults to kernel."""
+
+    type: Literal["maxpool1d", "maxpool2d", "avgpool1d", "avgpool2d"]
+    kernel: int = Field(ge=1, le=MAX_KERNEL)
+    stride: int | None = Field(None, ge=1, le=MAX_KERNEL)
+
+
+class ShapeLayer(_Strict):
+    """``global_avgpool``: the mean over positions, ``(C, …)`` → ``(C,)``; ``flatten``."""
+
+    type: Literal["global_avgpool", "flatten"]
+
+
+class ResidualLayer(_Strict):
+    """``x + f(x)``, ``f`` the ``layers`` inside, whose output shape must be the input's."""
+
+    type: Literal["residual"]
+    layers: list[Layer] = Field(min_length=1)
+
+
+Layer = Annotated[
+    LinearLayer
+    | ConvLayer
+    | NormLayer
+    | DropoutLayer
+    | ActivationLayer
+    | LeakyReLULayer
+    | PoolLayer
+    | ShapeLayer
+    | ResidualLayer,
+    Field(discriminator="type"),
+]
+ResidualLayer.model_rebuild()
+
+
+def _count_layers(layers: list[Any], depth: int = 1) -> int:
+    if depth > MAX_NESTING:
+        raise ValueError(f"residuals may nest at most {MAX_NESTING} deep")
+    return sum(
+        1 + (_count_layers(x.layers, depth + 1) if isinstance(x, ResidualLayer) else 0)
+        for x in layers
+    )
+
+
+def dropout_groups(layers: list[Any]) -> list[str]:
+    """The dropout groups a layer list names, in order of first appearance."""
+    seen: list[str] = []
+    for layer in layers:
+        if isinstance(layer, ResidualLayer):
+            seen += [g for g in dropout_groups(layer.layers) if g not in seen]
+        elif isinstance(layer, DropoutLayer) and layer.group and layer.group not in seen:
+            seen.append(layer.group)
+    return seen
+
+
+def has_shared_dropout(layers: list[Any]) -> bool:
+    """Whether a layer list has a dropout without a group (it takes ``dropout``)."""
+    return any(
+        (isinstance(x, DropoutLayer) and x.group is None)
+        or (isinstance(x, ResidualLayer) and has_shared_dropout(x.layers))
+        for x in layers
+    )
+
+
+JSONValue = str | int | float | bool | None | list[Any] | dict[str, Any]
+
+
+class ModelSpec(_Strict):
+    """The network: a built-in template, a declarative ``layers`` stack, or a ``plugin``.
+
+    ``mlp``: per hidden layer Linear → BatchNorm1d → ReLU → Dropout, then a Linear head;
+    ``hidden: []`` is a linear model. ``cnn``: per entry of ``channels`` Conv (``kernel_size``,
+    ``stride``, padding ⌊kernel/2⌋) → BatchNorm → ReLU → Dropout, flatten, then the MLP head.
+    Both are layer stacks under the hood (:mod:`trainer.layers`). ``dropout_groups:
+    "per_layer"`` gives each of a template's dropouts its own p (groups ``layer1``, …).
+    ``layers``: the list of ``layers``, checked against the data's shape at submission.
+    ``plugin``: ``name`` is an entry point of the group ``regtune.networks`` installed on the
+    API host and the workers, called with ``options`` as keyword arguments.
     """
 
-    kind: Literal["mlp", "cnn"] = "mlp"
+    kind: Literal["mlp", "cnn", "layers", "plugin"] = "mlp"
     hidden: list[Annotated[int, Field(ge=1)]] = [256, 256]
     batch_norm: bool = True
     channels: list[Annotated[int, Field(ge=1)]] = [32, 64]
     kernel_size: int = Field(3, ge=1, le=15)
     stride: int = Field(2, ge=1, le=4)
+    dropout_groups: Literal["shared", "per_layer"] = "shared"
+    layers: list[Layer] | None = None
+    name: str | None = Field(None, pattern=PLUGIN_NAME)
+    options: dict[str, JSONValue] = {}
 
     @field_validator("hidden", "channels")
     @classmethod
     def _widths(cls, value: list[int], info: ValidationInfo) -> list[int]:
         _check_widths(value, _limits(info))
         return value
+
+    @field_validator("layers")
+    @classmethod
+    def _layer_count(cls, value: list[Any] | None, info: ValidationInfo) -> list[Any] | None:
+        limit = _limits(info).max_network_layers
+        if value is not None and (count := _count_layers(value)) > limit:
+            raise ValueError(f"at most {limit} layers (residual bodies included), got {count}")
+        return value
+
+    @field_validator("options")
+    @classmethod
+    def _options_size(cls, value: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        limit = _limits(info).max_plugin_options_bytes
+        if len(json.dumps(value)) > limit:
+            raise ValueError(f"must be at most {limit} bytes of JSON")
+        return value
+
+    @model_validator(mode="after")
+    def _kind_fields(self) -> ModelSpec:
+        if self.kind == "layers" and not self.layers:
+            raise ValueError("model.kind 'layers' needs model.layers, a non-empty list")
+        if self.kind != "layers" and self.layers is not None:
+            raise ValueError(f"model.layers is for model.kind 'layers', not {self.kind!r}")
+        if self.kind == "plugin" and self.name is None:
+            raise ValueError("model.kind 'plugin' needs model.name, an installed plugin's name")
+        if self.kind != "plugin" and (self.name is not None or self.options):
+            raise ValueError(f"model.name and model.options are for 'plugin', not {self.kind!r}")
+        return self
+
+    def groups(self, depth: int | None = None) -> list[str]:
+        """The dropout groups of the network (a template's for ``depth`` hidden layers)."""
+        if self.kind == "layers":
+            return dropout_groups(self.layers or [])
+        if self.kind == "plugin" or self.dropout_groups == "shared":
+            return []
+        blocks = len(self.channels) if self.kind == "cnn" else 0
+        hidden = len(self.hidden) if depth is None else depth
+        return [f"layer{i + 1}" for i in range(blocks + hidden)]
+
+    def shares_dropout(self) -> bool:
+        """Whether some dropout takes the shared ``dropout`` (not a group's own p)."""
+        if self.kind == "layers":
+            return has_shared_dropout(self.layers or [])
+        return self.kind == "plugin" or self.dropout_groups == "shared"
 
 
 class TrainingSpec(_Strict):
@@ -405,6 +617,26 @@ class StudySpec(_Strict):
             raise ValueError("objective.metric 'accuracy' needs task 'classification'")
         if self.task == "classification" and metric == "mse":
             raise ValueError("objective.metric 'mse' needs task 'regression'")
+        return self
+
+    @model_validator(mode="after")
+    def _search_fits_network(self) -> StudySpec:
+        model, space = self.model, self.search_space
+        if space.hidden is not None and model.kind in ("layers", "plugin"):
+            raise ValueError(
+                f"search_space.hidden searches a template's widths; model.kind {model.kind!r} "
+                "fixes its own (give the widths in the network)"
+            )
+        depth = max((len(h) for h in space.hidden or [model.hidden]), default=0)
+        groups = model.groups(depth)
+        for key in space.model_extra or {}:
+            group = key.partition(".")[2]
+            if group not in groups:
+                named = ", ".join(groups) or "none"
+                raise ValueError(
+                    f"search_space.{key}: the network has no dropout group {group!r} "
+                    f"(its groups: {named})"
+                )
         return self
 
 

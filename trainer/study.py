@@ -22,16 +22,13 @@ from trainer import artifact, layout
 from trainer.config import TrialConfig
 from trainer.datasets import Dataset, check_for_cv
 from trainer.engine import DivergedError, FittedModel, fold_ensemble
+from trainer.networks import footprint
 from trainer.objective import fold_schedule, grid, trial_seed
 from trainer.population import Population
 from trainer.refit import refit
 from trainer.search import Engine, Search, remaining
-from trainer.spec import Metric, StudySpec, default_metric, metric_direction
+from trainer.spec import Metric, SpecError, StudySpec, default_metric, metric_direction
 from trainer.splits import Split, cv_splits, holdout
-
-
-class SpecError(ValueError):
-    """The spec does not fit the dataset (e.g. accuracy asked of a regression target)."""
 
 
 def resolve_metric(spec: StudySpec, dataset: Dataset) -> Metric:
@@ -43,12 +40,24 @@ def resolve_metric(spec: StudySpec, dataset: Dataset) -> Metric:
         raise SpecError("objective.metric 'accuracy' needs a classification dataset")
     if metric == "mse" and dataset.task == "classification":
         raise SpecError("objective.metric 'mse' needs a regression dataset")
-    if spec.model.kind == "cnn" and len(dataset.input_shape) not in (2, 3):
-        raise SpecError(
-            f"model.kind 'cnn' needs inputs with a spatial shape; {dataset.name!r} is a table "
-            f"of {dataset.n_features} features (use 'mlp')"
-        )
     return metric
+
+
+def network_sizes(spec: StudySpec, dataset: Dataset) -> list[tuple[str, list[int] | None, int]]:
+    """Every network the search may build, checked against the data's shape (a
+    :class:`~trainer.networks.NetworkError` names the layer that does not fit): per choice
+    of ``search_space.hidden`` (or the model alone), its field, widths and parameter count."""
+    choices: list[tuple[str, list[int] | None]] = [("model", None)]
+    if spec.search_space.hidden is not None:
+        choices = [("search_space.hidden", widths) for widths in spec.search_space.hidden]
+    return [
+        (
+            field,
+            widths,
+            footprint(spec.model, dataset.input_shape, dataset.n_outputs, hidden=widths).parameters,
+        )
+        for field, widths in choices
+    ]
 
 
 def make_sampler(spec: StudySpec) -> optuna.samplers.BaseSampler:
@@ -67,7 +76,7 @@ def make_sampler(spec: StudySpec) -> optuna.samplers.BaseSampler:
         return optuna.samplers.GPSampler(seed=spec.seed, n_startup_trials=s.n_startup_trials)
     if s.kind == "cmaes":
         return optuna.samplers.CmaEsSampler(seed=spec.seed, n_startup_trials=s.n_startup_trials)
-    return optuna.samplers.GridSampler(grid(spec.search_space, s.grid_points), seed=spec.seed)
+    return optuna.samplers.GridSampler(grid(spec, s.grid_points), seed=spec.seed)
 
 
 def make_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
@@ -105,6 +114,7 @@ class Protocol:
     @classmethod
     def of(cls, spec: StudySpec, dataset: Dataset) -> Protocol:
         metric = resolve_metric(spec, dataset)
+        network_sizes(spec, dataset)
         cv = spec.cv
         check_for_cv(dataset, cv.folds, cv.test_fraction)
         pool, test = holdout(dataset.y, dataset.task, cv.test_fraction, spec.seed)

@@ -9,7 +9,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse
 from pydantic import BaseModel, ValidationError
 
-from service import artifacts, studies, warmstart
+from service import artifacts, studies
 from service.api.deps import DB, AppSettings, StatusCache, Storage, Tenant
 from service.api.errors import documented, too_many, unprocessable
 from service.models import StudyRecord
@@ -63,10 +63,8 @@ def submit_study(
         raise too_many(str(exc)) from None
     except DatasetError as exc:
         raise unprocessable("dataset", str(exc)) from None
-    except (studies.ModelTooLarge, warmstart.WarmStartError) as exc:
+    except SpecError as exc:  # its field names the part at fault (the network's layer, …)
         raise unprocessable(exc.field, str(exc)) from None
-    except SpecError as exc:
-        raise unprocessable("spec", str(exc)) from None
 
 
 @router.get("", response_model=list[StudyItem], responses=documented(401))

@@ -22,6 +22,7 @@ import httpx
 import numpy as np
 import optuna
 import pytest
+from networks_of import build_model, parameter_count
 from servers import Server, regtune, serving, tiny_study
 from sqlalchemy import create_engine, func, select, update
 
@@ -29,7 +30,7 @@ from service.auth import create_token
 from service.db import Database
 from service.models import ApiToken, DatasetRecord, StudyRecord
 from service.settings import Settings
-from trainer.models import build_model, count_parameters, parameter_count
+from trainer.networks import count_parameters
 from trainer.spec import ModelSpec
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -1,0 +1,248 @@
+"""Every network a study can tune, built by one path: templates and ``layers`` stacks alike.
+
+Networks take flat features ``[batch, n_features]`` (what the engines hold on the device) and
+view them as ``[batch, *input_shape]`` with a leading ``nn.Unflatten`` where the shape has
+axes. The built-in templates are layer stacks (:func:`template_layers`); a ``layers`` spec is
+built by :mod:`trainer.layers`; a ``plugin`` by its entry point (:mod:`trainer.plugins`).
+
+The trial's regularization reaches any of them the same way (:func:`configure`): every
+Dropout (``Dropout1d/2d`` too) gets the trial's p, or its group's when the module carries a
+``group`` attribute (as ``layers`` dropouts with a group do), and every BatchNorm the trial's
+momentum. L2 and L1 apply to the parameters of rank ≥ 2 (:mod:`trainer.regularizers`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from trainer import plugins
+from trainer.layers import LayerError, Walked, walk
+from trainer.spec import (
+    ActivationLayer,
+    ConvLayer,
+    DropoutLayer,
+    Layer,
+    LinearLayer,
+    ModelSpec,
+    NormLayer,
+    ShapeLayer,
+    SpecError,
+)
+
+DROPOUTS = (nn.Dropout, nn.Dropout1d, nn.Dropout2d)
+NORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
+
+
+class NetworkError(SpecError):
+    """The network does not fit the data, or cannot be built; ``field`` names where."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message, field.replace("[", ".").replace("]", ""))
+
+
+def _block(group: str | None, batch_norm: bool) -> list[Layer]:
+    """BatchNorm → ReLU → Dropout: what follows every hidden layer of a template."""
+    norm: list[Layer] = [NormLayer(type="batchnorm")] if batch_norm else []
+    return [*norm, ActivationLayer(type="relu"), DropoutLayer(type="dropout", group=group)]
+
+
+def template_layers(
+    spec: ModelSpec, input_shape: tuple[int, ...], hidden: Sequence[int] | None = None
+) -> tuple[list[Layer], list[Layer]]:
+    """A template as two layer stacks: the CNN's convolutions (``[]`` for an MLP) and the
+    MLP head. ``dropout_groups: per_layer`` names the dropouts ``layer1``, ``layer2``, …"""
+    widths = list(spec.hidden if hidden is None else hidden)
+    per_layer = spec.dropout_groups == "per_layer"
+    names = iter(f"layer{i}" for i in range(1, 10_000))
+    features: list[Layer] = []
+    if spec.kind == "cnn":
+        conv = "conv1d" if len(input_shape) == 2 else "conv2d"
+        for out in spec.channels:
+            features += [
+                ConvLayer(
+                    type=conv,
+                    out=out,
+                    kernel=spec.kernel_size,
+                    stride=spec.stride,
+                    padding=spec.kernel_size // 2,
+                ),
+                *_block(next(names) if per_layer else None, spec.batch_norm),
+            ]
+        features.append(ShapeLayer(type="flatten"))
+    head: list[Layer] = []
+    for width in widths:
+        head += [LinearLayer(type="linear", out=width)]
+        head += _block(next(names) if per_layer else None, spec.batch_norm)
+    return features, [*head, LinearLayer(type="linear")]
+
+
+def _walk_template(
+    spec: ModelSpec,
+    input_shape: tuple[int, ...],
+    n_outputs: int,
+    hidden: Sequence[int] | None,
+    build: bool,
+) -> tuple[Walked, Walked | None]:
+    if spec.kind == "cnn" and len(input_shape) not in (2, 3):
+        raise NetworkError(
+            "model.kind",
+            f"model.kind 'cnn' needs inputs with a spatial shape (C, L) or (C, H, W), got "
+            f"{input_shape}; use model.kind 'mlp' for tabular data",
+        )
+    features, head = template_layers(spec, input_shape, hidden)
+    if not features:
+        return walk(head, (math.prod(input_shape),), n_outputs, build=build), None
+    conv = walk(features, input_shape, n_outputs, build=build, last=False)
+    return walk(head, conv.shape, n_outputs, build=build), conv
+
+
+def footprint(
+    spec: ModelSpec,
+    input_shape: tuple[int, ...],
+    n_outputs: int,
+    *,
+    hidden: Sequence[int] | None = None,
+) -> Walked:
+    """The network's parameters and activations per sample, without allocating it (a
+    plugin is built on the ``meta`` device, which allocates nothing). Raises
+    :class:`NetworkError` naming the layer that does not fit the data."""
+    try:
+        if spec.kind == "layers":
+            return walk(spec.layers or [], input_shape, n_outputs)
+        if spec.kind == "plugin":
+            return _plugin_footprint(spec, input_shape, n_outputs)
+        head, conv = _walk_template(spec, input_shape, n_outputs, hidden, build=False)
+    except LayerError as exc:
+        raise NetworkError(exc.path, str(exc)) from None
+    if conv is None:
+        return head
+    return Walked(
+        head.shape, conv.parameters + head.parameters, conv.activations + head.activations
+    )
+
+
+def _plugin_footprint(spec: ModelSpec, input_shape: tuple[int, ...], n_outputs: int) -> Walked:
+    """Build the plugin on the meta device and run a batch of two through it: its size, its
+    activations (the outputs of its leaf modules) and whether it maps to ``n_outputs``."""
+    try:
+        with torch.device("meta"):
+            net = build(spec, input_shape, n_outputs)
+    except plugins.PluginError as exc:
+        field = "model.options" if "could not build" in str(exc) else "model.name"
+        raise NetworkError(field, str(exc)) from None
+    activations = 0
+
+    def count(_module: nn.Module, _inputs: Any, output: Any) -> None:
+        nonlocal activations
+        if isinstance(output, torch.Tensor):
+            activations += output[0].numel()
+
+    leaves = [m for m in net.modules() if not list(m.children())]
+    hooks = [m.register_forward_hook(count) for m in leaves]
+    try:
+        out = net.eval()(torch.zeros(2, math.prod(input_shape), device="meta"))
+    except Exception as exc:
+        raise NetworkError(
+            "model.options",
+            f"plugin {spec.name!r}'s network fails on inputs of shape (batch, "
+            f"{', '.join(map(str, input_shape))}): {type(exc).__name__}: {exc}",
+        ) from None
+    finally:
+        for hook in hooks:
+            hook.remove()
+    if tuple(out.shape) != (2, n_outputs):
+        raise NetworkError(
+            "model.options",
+            f"plugin {spec.name!r}'s network maps (batch, {', '.join(map(str, input_shape))}) "
+            f"to {tuple(out.shape[1:])} per sample, not ({n_outputs},) (the data's outputs)",
+        )
+    return Walked((n_outputs,), count_parameters(net), activations)
+
+
+def build(
+    spec: ModelSpec,
+    input_shape: tuple[int, ...],
+    n_outputs: int,
+    *,
+    hidden: Sequence[int] | None = None,
+) -> nn.Module:
+    """The network of ``spec`` on flat inputs, with torch's default initialisation under the
+    current seed (dropout and momentum as :func:`configure` sets them)."""
+    unflatten = [nn.Unflatten(1, input_shape)] if len(input_shape) > 1 else []
+    if spec.kind == "plugin":
+        assert spec.name is not None
+        module = plugins.find(spec.name).build(input_shape, n_outputs, dict(spec.options))
+        return nn.Sequential(*unflatten, module) if unflatten else module
+    try:
+        if spec.kind == "layers":
+            walked = walk(spec.layers or [], input_shape, n_outputs, build=True)
+            return nn.Sequential(*unflatten, *(walked.modules or []))
+        head, conv = _walk_template(spec, input_shape, n_outputs, hidden, build=True)
+    except LayerError as exc:
+        raise NetworkError(exc.path, str(exc)) from None
+    if conv is None:
+        return nn.Sequential(*(head.modules or []))
+    # Named parts: the same parameter names as the CNN class of model files of version 1.
+    parts = OrderedDict(
+        view=unflatten[0],
+        features=nn.Sequential(*(conv.modules or [])),
+        head=nn.Sequential(*(head.modules or [])),
+    )
+    return nn.Sequential(parts)
+
+
+def configure(
+    net: nn.Module, *, dropout: Callable[[str | None], float], bn_momentum: float
+) -> nn.Module:
+    """Give every Dropout the p of its group (``dropout(group)``; None: no group) and every
+    BatchNorm the momentum."""
+    for module in net.modules():
+        if isinstance(module, DROPOUTS):
+            module.p = dropout(getattr(module, "group", None))
+        elif isinstance(module, NORMS):
+            module.momentum = bn_momentum
+    return net
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def describe(spec: ModelSpec) -> dict[str, Any]:
+    """The network as the report and the API show it: the template, the layers, or the
+    plugin's name, options and installed version (None where it is not installed)."""
+    if spec.kind == "plugin":
+        try:
+            plugin = plugins.find(spec.name or "")
+            package, version = plugin.package, plugin.version
+        except plugins.PluginError:
+            package = version = None
+        return {
+            "kind": "plugin",
+            "name": spec.name,
+            "options": spec.options,
+            "package": package,
+            "version": version,
+        }
+    if spec.kind == "layers":
+        return {
+            "kind": "layers",
+            "layers": [x.model_dump(exclude_none=True) for x in spec.layers or []],
+        }
+    return spec.model_dump(
+        include={
+            "kind",
+            "hidden",
+            "batch_norm",
+            "channels",
+            "kernel_size",
+            "stride",
+            "dropout_groups",
+        }
+    )
