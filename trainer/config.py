@@ -31,13 +31,17 @@ class TrialConfig:
     @classmethod
     def from_values(cls, spec: StudySpec, values: dict[str, Any]) -> TrialConfig:
         """Combine sampled ``values`` with the spec's fixed settings (``dropout.<group>``:
-        a group's p; ``dropout`` may be absent when every dropout has a group)."""
+        a group's p, else ``dropout``'s; ``dropout`` may be absent when every dropout has a
+        group)."""
         depth = len(values.get("hidden", spec.model.hidden))
-        groups = tuple((g, float(values[f"dropout.{g}"])) for g in spec.model.groups(depth))
+        shared = values.get("dropout", 0.0)
+        groups = tuple(
+            (g, float(values.get(f"dropout.{g}", shared))) for g in spec.model.groups(depth)
+        )
         return cls(
             weight_decay=float(values["weight_decay"]),
             l1=float(values["l1"]),
-            dropout=float(values.get("dropout", 0.0)),
+            dropout=float(shared),
             bn_momentum=float(values["bn_momentum"]),
             patience=int(values["patience"]),
             lr=float(values.get("lr", spec.training.lr)),

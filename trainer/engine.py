@@ -225,17 +225,23 @@ class FoldRun:
         train_loss = float(total) / max(seen, 1)
         epoch = self.epoch
         self.train_loss.append(train_loss)
-        val_loss = float(data_loss(self.task, predict(self.model, d.X_val), d.y_val))
+        # Without validation rows (a refit) every epoch's weights replace the best.
+        validated = len(d.X_val) > 0
+        val_loss = (
+            float(data_loss(self.task, predict(self.model, d.X_val), d.y_val))
+            if validated
+            else train_loss
+        )
         self.val_loss.append(val_loss)
         if not (math.isfinite(train_loss) and math.isfinite(val_loss)):
             raise DivergedError(
                 f"fold {self.index} diverged at epoch {epoch}: training loss {train_loss}, "
                 f"validation loss {val_loss} (try a smaller lr or a gradient clip)"
             )
-        if self.stopper.step(val_loss, epoch):
+        if self.stopper.step(val_loss, epoch) or not validated:
             self.best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
             self.best_score = self.evaluate()
-        if self.stopper.should_stop or self.epoch >= training.max_epochs:
+        if (self.stopper.should_stop and validated) or self.epoch >= training.max_epochs:
             self.model.load_state_dict(self.best_state)
             self.done = True
 

@@ -29,9 +29,11 @@ import math
 
 import torch
 
+from trainer import networks, stacking
 from trainer.datasets import Dataset
 from trainer.networks import footprint
-from trainer.spec import StudySpec
+from trainer.plugins import PluginError
+from trainer.spec import SpecError, StudySpec
 
 MEMORY_SHARE = 0.5  # of the free device memory; the rest is for the allocator's slack
 MAX_POPULATION = 256  # beyond this a step is long enough that the GPU is busy anyway
@@ -39,9 +41,24 @@ CPU_POPULATION = 2  # trials per stack on a CPU: the fastest measured (module do
 BYTES_PER_WORD = 4
 
 
-def applies(spec: StudySpec) -> bool:
-    """Stacking needs epoch-wise pruning: Wilcoxon pruning decides between folds, one by one."""
-    return spec.pruner.kind != "wilcoxon"
+def per_trial_reason(spec: StudySpec, dataset: Dataset) -> str | None:
+    """Why a study's trials train one at a time in the per-trial engine (None: they stack).
+
+    Stacking needs epoch-wise pruning (Wilcoxon pruning decides between folds, one by one)
+    and a network the population engine can run stacked (:mod:`trainer.stacking`). The
+    network is built on the meta device, which allocates nothing, under a forked RNG.
+    """
+    if spec.pruner.kind == "wilcoxon":
+        return "the Wilcoxon pruner decides between folds, so folds train one after another"
+    try:
+        with torch.random.fork_rng(devices=[]), torch.device("meta"):
+            net = networks.build(spec.model, dataset.input_shape, dataset.n_outputs)
+        stacking.program(net)
+    except stacking.Unstackable as exc:
+        return f"the population engine cannot stack this network: {exc}"
+    except (PluginError, SpecError):  # not installed here, or a misfit: its trials fail
+        return None
+    return None
 
 
 def widest(spec: StudySpec) -> list[int]:
@@ -78,10 +95,10 @@ def population_size(
     """Trials per population: ``requested`` if given, else ``CPU_POPULATION`` on a CPU, else
     what memory allows.
 
-    Returns 0 when the population engine does not apply (Wilcoxon pruning): those studies
-    train one trial at a time in the per-trial engine.
+    Returns 0 when the population engine does not apply (:func:`per_trial_reason`): those
+    studies train one trial at a time in the per-trial engine.
     """
-    if not applies(spec):
+    if per_trial_reason(spec, dataset) is not None:
         return 0
     if requested is not None:
         return max(1, requested)

@@ -90,10 +90,15 @@ def compact(values: Sequence[float]) -> list[float]:
     return [float(f"{v:.{SIGNIFICANT_DIGITS}g}") for v in values]
 
 
-def result_attrs(result: CVResult, config: TrialConfig) -> dict[str, Any]:
-    """Everything a trial records next to its value, as Optuna user attributes."""
+def result_attrs(
+    result: CVResult, config: TrialConfig, engine: str, note: str | None = None
+) -> dict[str, Any]:
+    """Everything a trial records next to its value, as Optuna user attributes: ``engine``
+    that trained it (``population`` or ``per-trial``) and ``engine_note``, why not stacked."""
     folds = result.folds
-    return {
+    notes = {} if note is None else {"engine_note": note}
+    return notes | {
+        "engine": engine,
         "metric": result.metric,
         "fold_scores": result.scores,
         "cv_mean": result.mean,
@@ -157,12 +162,14 @@ class Objective:
         device: torch.device | str = "cpu",
         should_stop: Callable[[], str | None] | None = None,
         passthrough: tuple[type[BaseException], ...] = (),
+        note: str | None = None,
     ) -> None:
         self.spec, self.dataset, self.splits = spec, dataset, splits
         self.metric, self.device = metric, device
         self.passthrough = passthrough
         self.schedule = fold_schedule(spec)
         self.should_stop = should_stop
+        self.note = note  # why this study trains per trial (recorded on every trial)
 
     def __call__(self, trial: optuna.Trial) -> float:
         config = TrialConfig.from_values(self.spec, suggest(trial, self.spec))
@@ -202,6 +209,6 @@ class Objective:
         except Exception as exc:
             trial.set_user_attr("fail_reason", failure_reason(exc))
             raise TrialFailed(failure_reason(exc)) from exc
-        for key, value in result_attrs(result, config).items():
+        for key, value in result_attrs(result, config, "per-trial", self.note).items():
             trial.set_user_attr(key, value)
         return result.mean

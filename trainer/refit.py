@@ -17,10 +17,11 @@ import torch
 
 from trainer.config import TrialConfig
 from trainer.datasets import Dataset
-from trainer.engine import DivergedError, FittedModel, fold_seed
+from trainer.engine import DivergedError, FittedModel, FoldRun, fold_seed
 from trainer.population import Population
 from trainer.spec import Metric
 from trainer.splits import Split
+from trainer.stacking import Unstackable
 
 REFIT_STREAM = 2**31 - 1  # the refit draws its own seed, apart from every fold's
 
@@ -39,10 +40,14 @@ def refit(
     """Retrain ``config`` on every row of ``pool`` for ``epochs`` epochs, then score it on
     ``test`` (no score without test rows). Raises :class:`DivergedError` on a NaN/inf loss."""
     fixed = replace(config, training=config.training.model_copy(update={"max_epochs": epochs}))
-    # Never compiled: one small model once, where a compilation would cost more than it saves.
-    population = Population(
-        dataset, [Split(pool, pool[:0], test)], fixed, slots=1, metric=metric, device=device
-    )
+    split = Split(pool, pool[:0], test)
+    try:
+        # Never compiled: one small model once, where compiling would cost more than it saves.
+        population = Population(dataset, [split], fixed, slots=1, metric=metric, device=device)
+    except Unstackable:  # a plugin network the population engine cannot stack
+        return refit_per_trial(
+            dataset, config, fixed, split, metric=metric, device=device, seed=seed
+        )
     population.assign(0, fixed, seed, fold_seeds=[fold_seed(seed, REFIT_STREAM)])
     while True:
         population.train_epoch()
@@ -62,4 +67,33 @@ def refit(
         population.train_curves[0],
         report.value if len(test) else None,
         population.encoders[0],
+    )
+
+
+def refit_per_trial(
+    dataset: Dataset,
+    config: TrialConfig,
+    fixed: TrialConfig,
+    split: Split,
+    *,
+    metric: Metric,
+    device: torch.device | str,
+    seed: int,
+) -> FittedModel:
+    """:func:`refit` by the per-trial engine, for a network that does not stack."""
+    run = FoldRun(
+        0, dataset, fixed, split, metric=metric, device=device, seed=fold_seed(seed, REFIT_STREAM)
+    )
+    while not run.done:
+        run.train_epoch()  # raises DivergedError on a NaN/inf loss
+    d = run.data
+    return FittedModel(
+        run.model,
+        config,
+        d.x_scaler,
+        d.y_scaler,
+        run.epoch,
+        run.train_loss,
+        run.best_score if len(split.score) else None,
+        d.encoder,
     )

@@ -1,7 +1,8 @@
 """L2 (coupled or decoupled), L1 and the optimizers that apply them.
 
-Let θ be the regularized parameters (weights of Linear/Conv layers by default; biases
-and BatchNorm affine parameters too if asked), η the learning rate, λ the L2 strength
+Let θ be the regularized parameters (the parameters of rank ≥ 2 by default, i.e. the weights
+of Linear and Conv layers, in any network; biases and BatchNorm affine parameters too if
+asked), η the learning rate, λ the L2 strength
 and λ₁ the L1 strength.
 
 * coupled L2:   g ← ∇L + λθ, i.e. the loss gains (λ/2)‖θ‖²; this is what
@@ -19,18 +20,17 @@ import torch
 from torch import nn
 
 SPARSITY_THRESHOLD = 1e-3
-_WEIGHTED = (nn.Linear, nn.Conv1d, nn.Conv2d)
 
 
 def split_parameters(
     model: nn.Module, *, include_bias_and_bn: bool = False
 ) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
-    """Return ``(regularized, others)``: Linear/Conv weights, or every parameter if asked."""
+    """Return ``(regularized, others)``: the parameters of rank ≥ 2 (weights, not biases or
+    BatchNorm's affine vectors), or every parameter if asked."""
     if include_bias_and_bn:
         return list(model.parameters()), []
-    weights = [m.weight for m in model.modules() if isinstance(m, _WEIGHTED)]
-    ids = {id(w) for w in weights}
-    return weights, [p for p in model.parameters() if id(p) not in ids]
+    params = list(model.parameters())
+    return [p for p in params if p.dim() >= 2], [p for p in params if p.dim() < 2]
 
 
 @dataclass

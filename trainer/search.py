@@ -39,7 +39,7 @@ import optuna
 import torch
 from optuna.trial import FrozenTrial, TrialState
 
-from trainer import compiled
+from trainer import compiled, layout
 from trainer.config import TrialConfig
 from trainer.datasets import Dataset
 from trainer.engine import DivergedError
@@ -146,6 +146,7 @@ class Search:
             device=self.device,
             should_stop=self.should_stop,
             passthrough=self.passthrough,
+            note=layout.per_trial_reason(self.spec, self.dataset),
         )
         while not self.expired() and self.budget() > 0:
             try:
@@ -267,7 +268,7 @@ class Search:
             frozen = self.finish(trial, {}, state=TrialState.PRUNED)
         elif report.finished:
             result = stack.result(report.slot)
-            attrs = result_attrs(result, entry.config)
+            attrs = result_attrs(result, entry.config, "population")
             frozen = self.finish(trial, attrs, values=result.mean)
         else:
             return

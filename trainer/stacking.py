@@ -201,9 +201,14 @@ def _method_op(node: fx.Node) -> Op:
         return lambda s, c, a, k: getattr(a[0], method)(*a[1:], **k)
     if method == "flatten":
         return _flatten_op(node.args, node.kwargs, "Tensor.flatten")
+    if method == "transpose" and all(isinstance(d, int) for d in node.args[1:3]):
+        first, second = (_shift(int(d), "Tensor.transpose") for d in node.args[1:3])  # type: ignore[call-overload]
+        return lambda s, c, a, k: a[0].transpose(first, second)
+    hint = (
+        " (its sizes depend on the batch: use nn.Flatten)" if method in ("view", "reshape") else ""
+    )
     raise Unstackable(
-        f"the tensor method {method} (node {node.name!r}) is not one the engine stacks "
-        "(a view or reshape depends on the batch: use nn.Flatten)"
+        f"the tensor method {method} (node {node.name!r}) is not one the engine stacks{hint}"
     )
 
 
