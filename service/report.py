@@ -35,7 +35,9 @@ from optuna.distributions import (
 )
 from optuna.trial import FrozenTrial, TrialState
 
+from trainer import networks
 from trainer.diagnosis import DIAGNOSES
+from trainer.spec import stored_model
 
 log = logging.getLogger("regtune.report")
 
@@ -268,6 +270,7 @@ def header(record: StudyLike, trials: Sequence[FrozenTrial]) -> str:
         ("Study", f"{esc(record.name)} <code>{esc(record.id)}</code>"),
         ("Status", f'<span class="status">{esc(record.status)}</span>'),
         ("Dataset", f"<code>{esc(spec.get('dataset', '?'))}</code>"),
+        ("Network", esc(networks.summary(stored_model(spec)))),
         ("Objective", esc(metric_label(record))),
         ("Cross-validation", f"{esc(cv.get('folds', '?'))} folds"),
         (

@@ -143,6 +143,10 @@ class StudyOut(BaseModel):
     id: str
     name: str
     dataset: str
+    network: dict[str, Any] = Field(
+        description="the network: a template's settings, the layers, or a plugin's name, "
+        "options, package and version (null where the API host does not have it)"
+    )
     status: str
     metric: str
     direction: str

@@ -41,7 +41,7 @@ def fields(response) -> dict[str, str]:
         ),
         ({"search_space": {"bn_momentum": 0}}, "body.search_space.bn_momentum", "(0, 1]"),
         ({"n_trials": 101}, "body.n_trials", "n_trials must be ≤ 100"),
-        ({"model": {"kind": "transformer"}}, "body.model.kind", "'mlp' or 'cnn'"),
+        ({"model": {"kind": "transformer"}}, "body.model.kind", "'mlp', 'cnn', 'layers' or 'plugin'"),
         ({"colour": "blue"}, "body.colour", "Extra inputs are not permitted"),
     ],
 )
@@ -71,7 +71,7 @@ def test_spec_that_does_not_fit_the_dataset(server: Server) -> None:
         found = fields(http.post("/v1/studies", json=tiny_study(objective={"metric": "mse"})))
         assert "needs a regression dataset" in found["body.spec"]
         found = fields(http.post("/v1/studies", json=tiny_study(model={"kind": "cnn"})))
-        assert "needs inputs with a spatial shape" in found["body.spec"]
+        assert "needs inputs with a spatial shape" in found["body.model.kind"]
 
 
 def test_unknown_study_and_trial(server: Server) -> None:

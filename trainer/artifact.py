@@ -62,14 +62,13 @@ from trainer import networks, plugins
 from trainer.datasets import Dataset, Label
 from trainer.engine import FittedModel, FoldEnsemble, predict
 from trainer.preprocessing import Standardizer
-from trainer.spec import Limits, ModelSpec
+from trainer.spec import UNLIMITED, ModelSpec
 from trainer.tabular import TableEncoder
 
 FORMAT = "regtune-model"
 VERSION = 1
 # A stored architecture was checked against the operator's limits when it was trained; a
 # file is rebuilt whatever the default limits are.
-UNLIMITED = Limits(max_layers=2**31 - 1, max_width=2**31 - 1)
 
 
 class ArtifactError(ValueError):

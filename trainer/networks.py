@@ -31,6 +31,7 @@ from trainer.spec import (
     LinearLayer,
     ModelSpec,
     NormLayer,
+    ResidualLayer,
     ShapeLayer,
     SpecError,
 )
@@ -212,6 +213,39 @@ def configure(
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def _layer_text(layer: Layer) -> str:
+    values = layer.model_dump(exclude={"type", "layers"}, exclude_none=True)
+    if isinstance(layer, LinearLayer) and layer.out is None:
+        values = {"out": "outputs"}
+    if isinstance(layer, ResidualLayer):
+        return "residual(" + " → ".join(_layer_text(x) for x in layer.layers) + ")"
+    inside = ", ".join(f"{k}={v}" for k, v in values.items())
+    return f"{layer.type}({inside})" if inside else layer.type
+
+
+def summary(spec: ModelSpec) -> str:
+    """The network in one line, as a person would say it (the report's "Network")."""
+    if spec.kind == "layers":
+        return " → ".join(_layer_text(x) for x in spec.layers or [])
+    if spec.kind == "plugin":
+        about = describe(spec)
+        where = (
+            f"{about['package']} {about['version']}" if about["package"] else "not installed here"
+        )
+        options = ", ".join(f"{k}={v!r}" for k, v in spec.options.items()) or "no options"
+        return f"plugin {spec.name} ({where}), {options}"
+    norm = ", BatchNorm" if spec.batch_norm else ""
+    groups = ", a dropout p per layer" if spec.dropout_groups == "per_layer" else ""
+    head = "-".join(map(str, spec.hidden)) or "none (linear)"
+    if spec.kind == "cnn":
+        convs = "-".join(map(str, spec.channels))
+        return (
+            f"CNN: channels {convs}, kernel {spec.kernel_size}, stride {spec.stride}; "
+            f"hidden {head}{norm}{groups}"
+        )
+    return f"MLP: hidden {head}{norm}{groups}"
 
 
 def describe(spec: ModelSpec) -> dict[str, Any]:

@@ -58,6 +58,10 @@ class Limits(BaseModel):
     max_parameters: int = 50_000_000
 
 
+# For specs validated once already (stored ones, model files): no bound but the types'.
+UNLIMITED = Limits(max_layers=2**31 - 1, max_width=2**31 - 1, max_network_layers=2**31 - 1)
+
+
 def _limits(info: ValidationInfo) -> Limits:
     context = info.context or {}
     limits = context.get("limits")
@@ -638,6 +642,11 @@ class StudySpec(_Strict):
                     f"(its groups: {named})"
                 )
         return self
+
+
+def stored_model(spec: dict[str, Any]) -> ModelSpec:
+    """The ``model`` of a spec stored as JSON (validated at submission, under its limits)."""
+    return ModelSpec.model_validate(spec.get("model") or {}, context={"limits": UNLIMITED})
 
 
 def default_metric(task: Task) -> Metric:

@@ -23,8 +23,9 @@ from service.schemas import (
     TrialDetail,
     TrialOut,
 )
+from trainer import networks
 from trainer.datasets import DatasetError
-from trainer.spec import StudySpec
+from trainer.spec import StudySpec, stored_model
 from trainer.study import SpecError
 
 router = APIRouter(prefix="/v1/studies", tags=["studies"])
@@ -130,6 +131,7 @@ def study_status(db: DB, storage: Storage, tenant: str, study_id: str) -> StudyO
         id=record.id,
         name=record.name,
         dataset=record.spec["dataset"],
+        network=networks.describe(stored_model(record.spec)),
         status=record.status,
         metric=record.metric,
         direction=record.direction,
