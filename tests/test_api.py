@@ -41,7 +41,11 @@ def fields(response) -> dict[str, str]:
         ),
         ({"search_space": {"bn_momentum": 0}}, "body.search_space.bn_momentum", "(0, 1]"),
         ({"n_trials": 101}, "body.n_trials", "n_trials must be ≤ 100"),
-        ({"model": {"kind": "transformer"}}, "body.model.kind", "'mlp', 'cnn', 'layers' or 'plugin'"),
+        (
+            {"model": {"kind": "transformer"}},
+            "body.model.kind",
+            "'mlp', 'cnn', 'layers' or 'plugin'",
+        ),
         ({"colour": "blue"}, "body.colour", "Extra inputs are not permitted"),
     ],
 )

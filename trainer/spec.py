@@ -20,10 +20,12 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    SerializerFunctionWrapHandler,
     ValidationError,
     ValidationInfo,
     ValidatorFunctionWrapHandler,
     field_validator,
+    model_serializer,
     model_validator,
 )
 
@@ -208,7 +210,6 @@ class SearchSpace(_Strict):
     is a dropout group's own range (default: the ``dropout`` range).
     """
 
-    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
 
     weight_decay: Param = Range(low=1e-6, high=1e-1, log=True)
     l1: Param = Range(low=1e-7, high=1e-3, log=True)
@@ -219,6 +220,9 @@ class SearchSpace(_Strict):
     batch_size: Param | None = None
     optimizer: Param | None = None
     hidden: list[list[Annotated[int, Field(ge=1)]]] | None = None
+    groups: dict[str, Param] = Field(
+        default_factory=dict, description="dropout groups' own ranges, given as dropout.<group>"
+    )
 
     @field_validator(*SEARCHABLE, mode="wrap")
     @classmethod
@@ -239,27 +243,46 @@ class SearchSpace(_Strict):
     def _in_domain(cls, value: Param | None, info: ValidationInfo) -> Param | None:
         return check_domain(DOMAINS[info.field_name or ""], value)
 
-    @model_validator(mode="after")
-    def _group_dropouts(self) -> SearchSpace:
-        # Extra keys are allowed only as ``dropout.<group>``: a dropout group's own range.
-        for key, value in list((self.model_extra or {}).items()):
-            prefix, _, group = key.partition(".")
-            if prefix != "dropout" or not re.fullmatch(GROUP_NAME, group):
+    @model_validator(mode="before")
+    @classmethod
+    def _gather_groups(cls, data: Any) -> Any:
+        # ``dropout.<group>`` keys are gathered into ``groups``; any other unknown key is
+        # refused at its own place (extra="forbid").
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        groups = dict(data.pop("groups", None) or {})
+        for key in [k for k in data if isinstance(k, str) and k.startswith("dropout.")]:
+            groups[key.removeprefix("dropout.")] = data.pop(key)
+        return data | ({"groups": groups} if groups else {})
+
+    @field_validator("groups", mode="before")
+    @classmethod
+    def _group_ranges(cls, value: Any) -> dict[str, Param]:
+        if not isinstance(value, dict):
+            raise ValueError("dropout group ranges are written 'dropout.<group>'")
+        parsed: dict[str, Param] = {}
+        for group, entry in value.items():
+            if not re.fullmatch(GROUP_NAME, str(group)):
                 raise ValueError(
-                    f"unknown search_space entry {key!r} (a dropout group's range is "
-                    "'dropout.<group>', the group a letter then letters, digits or _)"
+                    f"dropout.{group}: a group is a letter, then letters, digits or _ (≤ 32)"
                 )
             try:
-                parsed = check_domain(DOMAINS["dropout"], _parse_param(value))
+                checked = check_domain(DOMAINS["dropout"], _parse_param(entry))
             except ValueError as exc:
-                raise ValueError(f"{key}: {exc}") from None
-            if self.model_extra is not None:
-                self.model_extra[key] = parsed
-        return self
+                raise ValueError(f"dropout.{group}: {exc}") from None
+            assert checked is not None
+            parsed[str(group)] = checked
+        return parsed
+
+    @model_serializer(mode="wrap")
+    def _flat_groups(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data = handler(self)
+        return data | {f"dropout.{g}": v for g, v in data.pop("groups", {}).items()}
 
     def group_dropout(self, group: str) -> Param:
         """The range of ``dropout.<group>``: its own entry if given, else ``dropout``'s."""
-        return (self.model_extra or {}).get(f"dropout.{group}", self.dropout)
+        return self.groups.get(group, self.dropout)
 
     @field_validator("optimizer")
     @classmethod
@@ -392,7 +415,7 @@ Layer = Annotated[
 ResidualLayer.model_rebuild()
 
 
-def _count_layers(layers: list[Any], depth: int = 1) -> int:
+def _count_layers(layers: list[Any], depth: int = 0) -> int:
     if depth > MAX_NESTING:
         raise ValueError(f"residuals may nest at most {MAX_NESTING} deep")
     return sum(
@@ -633,13 +656,12 @@ class StudySpec(_Strict):
             )
         depth = max((len(h) for h in space.hidden or [model.hidden]), default=0)
         groups = model.groups(depth)
-        for key in space.model_extra or {}:
-            group = key.partition(".")[2]
+        for group in space.groups:
             if group not in groups:
                 named = ", ".join(groups) or "none"
                 raise ValueError(
-                    f"search_space.{key}: the network has no dropout group {group!r} "
-                    f"(its groups: {named})"
+                    f"search_space.dropout.{group}: the network has no dropout group "
+                    f"{group!r} (its groups: {named})"
                 )
         return self
 

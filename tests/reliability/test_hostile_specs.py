@@ -17,6 +17,8 @@ import httpx
 import pytest
 from servers import Server, serving, tiny_study
 
+PLUGINS = str(Path(__file__).parent.parent / "plugins")
+
 
 class Raw(bytes):
     """A request body sent as given (not JSON-encoded by the test)."""
@@ -336,7 +338,7 @@ CORPUS = [
     pytest.param(
         tiny_study(model={"kind": "transformer"}),
         422,
-        "body.model.kind: Input should be 'mlp' or 'cnn'",
+        "body.model.kind: Input should be 'mlp', 'cnn', 'layers' or 'plugin'",
         id="model-kind",
     ),
     pytest.param(
@@ -473,6 +475,246 @@ CORPUS = [
 ]
 
 
+def net(layers: Any, dataset: str = "builtin:wine", **model: Any) -> dict[str, Any]:
+    """``tiny_study`` of a ``layers`` network (wine: 13 features; digits: 1×8×8)."""
+    return tiny_study(dataset=dataset, model={"kind": "layers", "layers": layers} | model)
+
+
+def plugin(name: str, **options: Any) -> dict[str, Any]:
+    return tiny_study(
+        dataset="builtin:digits", model={"kind": "plugin", "name": name, "options": options}
+    )
+
+
+def deep_residual(depth: int) -> dict[str, Any]:
+    """A residual inside a residual ``depth`` times."""
+    layer: dict[str, Any] = {"type": "relu"}
+    for _ in range(depth):
+        layer = {"type": "residual", "layers": [layer]}
+    return layer
+
+
+OUT = {"type": "linear"}
+DIGITS = "builtin:digits"
+# Networks: every refusal names the layer (body.model.layers.N) or the plugin field.
+NETWORK_CORPUS = [
+    pytest.param(
+        net([{"type": "conv3d", "out": 4}, OUT]),
+        422,
+        "body.model.layers.0: Input tag 'conv3d' found using 'type' does not match",
+        id="net-unknown-type",
+    ),
+    pytest.param(
+        net([{"type": "linear", "out": 8}, OUT], DIGITS),
+        422,
+        "body.model.layers.0: model.layers[0] (linear): needs a flat input (features,), got "
+        "shape (1, 8, 8); add a flatten before it",
+        id="net-linear-on-an-image",
+    ),
+    pytest.param(
+        net([{"type": "conv2d", "out": 4, "kernel": 3}, {"type": "flatten"}, OUT]),
+        422,
+        "body.model.layers.0: model.layers[0] (conv2d): needs (channels, H, W), got shape (13,)",
+        id="net-conv2d-on-a-table",
+    ),
+    pytest.param(
+        net([{"type": "conv1d", "out": 4, "kernel": 3}, {"type": "flatten"}, OUT], DIGITS),
+        422,
+        "model.layers[0] (conv1d): needs (channels, length), got shape (1, 8, 8)",
+        id="net-wrong-rank",
+    ),
+    pytest.param(
+        net(
+            [
+                {"type": "linear", "out": 8},
+                {"type": "residual", "layers": [{"type": "linear", "out": 16}]},
+                OUT,
+            ]
+        ),
+        422,
+        "body.model.layers.1: model.layers[1] (residual): its layers map (8,) to (16,)",
+        id="net-residual-changes-width",
+    ),
+    pytest.param(
+        net([{"type": "relu"}] * 10_000 + [OUT]),
+        422,
+        "body.model.layers: Value error, at most 200 layers (residual bodies included), got 10001",
+        id="net-ten-thousand-layers",
+    ),
+    pytest.param(
+        net(
+            [{"type": "conv2d", "out": 4, "kernel": 64, "padding": 0}, {"type": "flatten"}, OUT],
+            DIGITS,
+        ),
+        422,
+        "model.layers[0] (conv2d): kernel 64 is larger than the input's padded size (8, 8)",
+        id="net-kernel-larger-than-the-image",
+    ),
+    pytest.param(
+        net([{"type": "conv2d", "out": 4, "kernel": 100_000}, OUT], DIGITS),
+        422,
+        "body.model.layers.0.conv2d.kernel: Input should be less than or equal to 64",
+        id="net-huge-kernel",
+    ),
+    pytest.param(
+        net([{"type": "linear", "out": 4096}] + [{"type": "linear", "out": 4096}] * 3 + [OUT]),
+        422,
+        "body.model: the network (model.kind 'layers') has 50,",
+        id="net-over-max-parameters",
+    ),
+    pytest.param(
+        net([{"type": "linear", "out": 8}, {"type": "relu"}]),
+        422,
+        "model.layers[1] (relu): the last layer must be a linear without 'out'",
+        id="net-no-output-layer",
+    ),
+    pytest.param(
+        net([OUT, {"type": "relu"}, OUT]),
+        422,
+        "body.model.layers.0: model.layers[0] (linear): only the network's last linear may leave",
+        id="net-output-layer-in-the-middle",
+    ),
+    pytest.param(
+        net([{"type": "conv2d", "out": 4, "kernel": 2}, {"type": "flatten"}, OUT], DIGITS),
+        422,
+        "padding 'same' needs an odd kernel, got 2",
+        id="net-same-padding-even-kernel",
+    ),
+    pytest.param(
+        net([{"type": "residual", "layers": []}, OUT]),
+        422,
+        "body.model.layers.0.residual.layers: List should have at least 1 item",
+        id="net-empty-residual",
+    ),
+    pytest.param(
+        net([{"type": "linear", "out": 8}, {"type": "global_avgpool"}, OUT]),
+        422,
+        "model.layers[1] (global_avgpool): needs (channels, positions…), got shape (8,)",
+        id="net-global-pool-on-features",
+    ),
+    pytest.param(
+        net([{"type": "maxpool2d", "kernel": 9}, {"type": "flatten"}, OUT], DIGITS),
+        422,
+        "model.layers[0] (maxpool2d): kernel 9 is larger than the input's padded size (8, 8)",
+        id="net-pool-larger-than-the-image",
+    ),
+    pytest.param(
+        net([{"type": "linear", "out": 0}, OUT]),
+        422,
+        "body.model.layers.0.linear.out: Input should be greater than or equal to 1",
+        id="net-zero-width",
+    ),
+    pytest.param(
+        net([{"type": "linear", "out": 5000}, OUT]),
+        422,
+        "body.model.layers.0.linear.out: Value error, out must be ≤ 4096",
+        id="net-width-over-the-limit",
+    ),
+    pytest.param(
+        net([{"type": "linear", "out": 8, "activation": "relu"}, OUT]),
+        422,
+        "body.model.layers.0.linear.activation: Extra inputs are not permitted",
+        id="net-unknown-layer-field",
+    ),
+    pytest.param(
+        net([{"type": "dropout", "group": "a b"}, OUT]),
+        422,
+        "body.model.layers.0.dropout.group: String should match pattern",
+        id="net-bad-group-name",
+    ),
+    pytest.param(
+        tiny_study(
+            model={"kind": "layers", "layers": [{"type": "dropout", "group": "a"}, OUT]},
+            search_space={"dropout.b": 0.3},
+        ),
+        422,
+        "search_space.dropout.b: the network has no dropout group 'b' (its groups: a)",
+        id="net-search-of-a-missing-group",
+    ),
+    pytest.param(
+        tiny_study(model={"kind": "layers", "layers": [OUT]}, search_space={"hidden": [[8]]}),
+        422,
+        "search_space.hidden searches a template's widths",
+        id="net-hidden-search-of-layers",
+    ),
+    pytest.param(
+        net([{"type": "relu", "layers": [OUT]}, OUT]),
+        422,
+        "body.model.layers.0.relu.layers: Extra inputs are not permitted",
+        id="net-layers-inside-a-plain-layer",
+    ),
+    pytest.param(
+        net([deep_residual(20), OUT]),
+        422,
+        "residuals may nest at most 8 deep",
+        id="net-nesting-too-deep",
+    ),
+    pytest.param(
+        tiny_study(model={"kind": "layers"}),
+        422,
+        "model.kind 'layers' needs model.layers, a non-empty list",
+        id="net-layers-missing",
+    ),
+    pytest.param(
+        tiny_study(model={"kind": "mlp", "layers": [OUT]}),
+        422,
+        "model.layers is for model.kind 'layers', not 'mlp'",
+        id="net-layers-for-a-template",
+    ),
+    pytest.param(
+        plugin("os:system"),
+        422,
+        "body.model.name: String should match pattern",
+        id="plugin-module-path",
+    ),
+    pytest.param(
+        plugin("x; rm -rf /"),
+        422,
+        "body.model.name: String should match pattern",
+        id="plugin-shell-characters",
+    ),
+    pytest.param(
+        plugin("trainer.models"),
+        422,
+        "body.model.name: String should match pattern",
+        id="plugin-dotted-module",
+    ),
+    pytest.param(
+        plugin("resnet9000"),
+        422,
+        "body.model.name: network plugin 'resnet9000' is not installed on this host (entry "
+        "points of the group 'regtune.networks' here: recurrent, tiny_convnet, wrong_width)",
+        id="plugin-unknown",
+    ),
+    pytest.param(
+        plugin("wrong_width"),
+        422,
+        "body.model.options: plugin 'wrong_width''s network maps (batch, 1, 8, 8) to (11,) per "
+        "sample, not (10,)",
+        id="plugin-wrong-output-width",
+    ),
+    pytest.param(
+        plugin("tiny_convnet", depth=3),
+        422,
+        "body.model.options: plugin 'tiny_convnet' could not build its network with options "
+        "{'depth': 3}: TypeError",
+        id="plugin-unknown-option",
+    ),
+    pytest.param(
+        plugin("tiny_convnet", width="x" * 5000),
+        422,
+        "body.model.options: Value error, must be at most 4096 bytes of JSON",
+        id="plugin-options-too-large",
+    ),
+    pytest.param(
+        tiny_study(model={"kind": "plugin"}),
+        422,
+        "model.kind 'plugin' needs model.name",
+        id="plugin-without-a-name",
+    ),
+]
+
+
 @pytest.fixture(scope="module")
 def database(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("hostile-specs") / "specs.db"
@@ -485,6 +727,7 @@ def server(database: Path) -> Iterator[Server]:
         database.with_name("serve.log"),
         workers=0,
         REGTUNE_LIMITS__MAX_TRIALS="100",
+        PYTHONPATH=PLUGINS,  # the test plugins' distribution, as if installed
     ) as running:
         yield running
 
@@ -519,11 +762,12 @@ def post(server: Server, body: Any) -> httpx.Response:
 
 
 def test_the_corpus_is_large_and_its_ids_unique() -> None:
-    assert len(CORPUS) >= 30
-    assert len({case.id for case in CORPUS}) == len(CORPUS)
+    assert len(CORPUS) >= 30 and len(NETWORK_CORPUS) >= 20
+    everything = CORPUS + NETWORK_CORPUS
+    assert len({case.id for case in everything}) == len(everything)
 
 
-@pytest.mark.parametrize(("body", "status", "fragment"), CORPUS)
+@pytest.mark.parametrize(("body", "status", "fragment"), CORPUS + NETWORK_CORPUS)
 def test_hostile_spec_is_refused_by_name_and_nothing_is_stored(
     server: Server, database: Path, body: Any, status: int, fragment: str
 ) -> None:
@@ -540,6 +784,36 @@ def test_a_valid_spec_is_still_stored(server: Server, database: Path) -> None:
     response = post(server, tiny_study(search_space={"patience": {"low": 2, "high": 5}}))
     assert response.status_code == 201, response.text
     assert stored(server, database) == (before[0] + 1, before[1] + 1)
+
+
+def test_valid_networks_are_still_stored(server: Server, database: Path) -> None:
+    """The control cases of the network corpus: a nested residual, per-layer dropout groups
+    searched apart, a CNN of layers, an installed plugin."""
+    fine = [
+        net([{"type": "linear", "out": 8}, deep_residual(8), OUT]),
+        tiny_study(
+            model={"hidden": [8, 8], "dropout_groups": "per_layer"},
+            search_space={"dropout.layer1": {"low": 0.0, "high": 0.1}},
+        ),
+        net(
+            [
+                {"type": "conv2d", "out": 4, "kernel": 3},
+                {"type": "batchnorm"},
+                {"type": "relu"},
+                {"type": "maxpool2d", "kernel": 2},
+                {"type": "dropout", "group": "conv"},
+                {"type": "global_avgpool"},
+                OUT,
+            ],
+            DIGITS,
+        ),
+        plugin("tiny_convnet", width=2),
+    ]
+    for body in fine:
+        before = stored(server, database)
+        response = post(server, body)
+        assert response.status_code == 201, response.text
+        assert stored(server, database) == (before[0] + 1, before[1] + 1)
 
 
 def test_the_server_survived_the_corpus(server: Server) -> None:
