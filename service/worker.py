@@ -185,7 +185,7 @@ class Worker:
             spec = StudySpec.model_validate(record.spec, context={"limits": self.settings.limits})
             with self.db.read() as session:
                 dataset = datasets.resolve(session, record.tenant, spec.dataset)
-            protocol = Protocol.of(spec, dataset)
+            protocol = Protocol.of(spec, dataset, check_network=False)
         except (ValidationError, DatasetError, SpecError) as exc:
             studies.mark(self.db, record.id, "failed", error=f"cannot run this study: {exc}")
             return
@@ -254,17 +254,21 @@ class Worker:
             counts = trials.count_trials(session, record.optuna_id)
         if counts.complete or counts.pruned or counts.fail < FAILED_TRIALS_LIMIT:
             return False
-        study = optuna.load_study(study_name=record.optuna_name, storage=self.storage)
-        failed = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.FAIL,))
-        reason = failed[-1].user_attrs.get("fail_reason", "no reason recorded")
+        reason = self.last_failure(record)
         studies.mark(
             self.db,
             record.id,
             "failed",
-            error=f"the first {len(failed)} trials failed; the last: {reason}",
+            error=f"the first {counts.fail} trials failed; the last: {reason}",
         )
         log.warning("study %s failed: every trial fails (%s)", record.id, reason)
         return True
+
+    def last_failure(self, record: StudyRecord) -> str:
+        """The ``fail_reason`` of the study's last failed trial."""
+        study = optuna.load_study(study_name=record.optuna_name, storage=self.storage)
+        failed = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.FAIL,))
+        return failed[-1].user_attrs.get("fail_reason", "no reason recorded") if failed else "none"
 
     def runnable(self, record: StudyRecord, deadline: float | None) -> int:
         """How many trials this worker may start now (0: stop working on the study)."""
@@ -361,9 +365,10 @@ class Worker:
         if counts.remaining(record.n_trials) > 0 and not timed_out:
             return
         if counts.complete == 0:
-            studies.mark(
-                self.db, record.id, "failed", error=f"no trial completed ({counts.as_dict()})"
-            )
+            error = f"no trial completed ({counts.as_dict()})"
+            if counts.fail:
+                error += f"; the last failure: {self.last_failure(record)}"
+            studies.mark(self.db, record.id, "failed", error=error)
             return
         test_score, model, error = self.final_model(record, spec)
         if artifacts.complete(self.db, record.id, test_score=test_score, model=model, error=error):
@@ -386,7 +391,7 @@ class Worker:
         try:
             with self.db.read() as session:
                 dataset = datasets.resolve(session, record.tenant, spec.dataset)
-            protocol = Protocol.of(spec, dataset)
+            protocol = Protocol.of(spec, dataset, check_network=False)
             study = optuna.load_study(study_name=record.optuna_name, storage=self.storage)
             fitted, packed = final_model(
                 spec,
