@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
@@ -58,13 +59,40 @@ from trainer.splits import Split
 from trainer.study import Protocol
 
 WORKLOADS = {
-    "mlp": "MLP 64-256-256-10",
-    "cnn": "CNN conv3×3/2 1→32→64 on 8×8, then 256-256-10",
+    "mlp": "MLP 64-256-256-10 (BN, dropout)",
+    "cnn": "CNN conv3×3/2 1→32→64 on 8×8, then 256-256-10 (BN, dropout)",
+    "layers-cnn": "a `layers` CNN: conv3×3 32, BN, ReLU, maxpool 2, dropout[conv], conv3×3 "
+    "64, BN, ReLU, global average pool, dropout[head], 128, 10",
+    "plugin": "the plugin `tiny_convnet` (tests/plugins) width 16: conv3×3 without bias, "
+    "BN, a residual conv, Dropout2d, maxpool 2, dropout, linear",
 }
+CONV = {"type": "conv2d", "kernel": 3}
 MODELS = {
     "mlp": {"hidden": [256, 256]},
     "cnn": {"kind": "cnn", "channels": [32, 64], "kernel_size": 3, "stride": 2},
+    "layers-cnn": {
+        "kind": "layers",
+        "layers": [
+            CONV | {"out": 32},
+            {"type": "batchnorm"},
+            {"type": "relu"},
+            {"type": "maxpool2d", "kernel": 2},
+            {"type": "dropout", "group": "conv"},
+            CONV | {"out": 64},
+            {"type": "batchnorm"},
+            {"type": "relu"},
+            {"type": "global_avgpool"},
+            {"type": "dropout", "group": "head"},
+            {"type": "linear", "out": 128},
+            {"type": "relu"},
+            {"type": "linear"},
+        ],
+    },
+    "plugin": {"kind": "plugin", "name": "tiny_convnet", "options": {"width": 16}},
 }
+# The test plugins' distribution: on sys.path (and PYTHONPATH, for worker processes) it is
+# found as an installed one.
+PLUGINS = str(Path(__file__).resolve().parent.parent / "tests" / "plugins")
 
 
 def reference(epochs: int, model: str = "mlp") -> StudySpec:
@@ -295,6 +323,11 @@ def main() -> None:
     parser.add_argument("--append", type=Path)
     args = parser.parse_args()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    if args.model == "plugin":
+        sys.path.insert(0, PLUGINS)
+        os.environ["PYTHONPATH"] = os.pathsep.join(
+            filter(None, [PLUGINS, os.environ.get("PYTHONPATH")])
+        )
     commit = git_commit()
     started = datetime.now(UTC)
     device = args.device
@@ -372,11 +405,11 @@ def main() -> None:
     base = fold_epochs(rows[0][1]) / rows[0][3] if rows[0][0] == "textbook" else None
     where = torch.cuda.get_device_name(device) if cuda else f"CPU: {machine()}"
     lines = [
-        f"\n## Engines: textbook vs per-trial vs population, {args.model.upper()} on "
+        f"\n## Engines: textbook vs per-trial vs population, {args.model} on "
         f"{'GPU' if cuda else 'CPU'} ({started:%Y-%m-%d %H:%M} UTC)\n",
         f"- command: `{command_line()}`",
         f"- device: {where}; torch {torch.__version__}; commit `{commit}`",
-        f"- workload: digits, {WORKLOADS[args.model]} (BN, dropout), Adam, batch 64, 5 folds, "
+        f"- workload: digits, {WORKLOADS[args.model]}, Adam, batch 64, 5 folds, "
         f"{args.epochs} epochs; {per_fold_epoch / 1e9:.2f} GFLOP per fold-epoch of training "
         "(torch's FlopCounterMode × rows); a compiled engine is timed after one warm-up epoch",
         "- dense matmul: " + ", ".join(f"{p} {peaks[p] / 1e12:.3f} TFLOP/s" for p in sorted(peaks)),

@@ -3,8 +3,10 @@ dropout groups, plugins (a test-only installed distribution), and the model file
 
 from __future__ import annotations
 
+import json
 import math
 import os
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -448,3 +450,25 @@ def test_a_net_that_cannot_be_traced_is_unstackable_with_the_reason() -> None:
         stacking.program(shared)
     with pytest.raises(stacking.Unstackable, match="LayerNorm"):
         stacking.program(nn.Sequential(nn.Linear(4, 4), nn.LayerNorm(4)))
+
+
+def readme_blocks(language: str) -> list[str]:
+    """The ``language`` code blocks of the README's "Your own network" section."""
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    section = readme.split("## Your own network", 1)[1].split("\n## ", 1)[0]
+    return [block.split("```", 1)[0] for block in section.split(f"```{language}\n")[1:]]
+
+
+def test_the_readme_network_examples_are_what_they_say(digits: Dataset) -> None:
+    """The README's `layers` spec fits digits and stacks; its plugin example stacks."""
+    (spec_text,) = readme_blocks("json")
+    spec = StudySpec.model_validate(json.loads(spec_text))
+    Protocol.of(spec, digits)
+    assert spec.model.groups() == ["conv", "head"]
+    assert layout.per_trial_reason(spec, digits) is None
+    (plugin_text,) = readme_blocks("python")
+    namespace: dict[str, Any] = {}
+    exec(compile(plugin_text, "README.md", "exec"), namespace)
+    module = namespace["small_resnet"]((1, 8, 8), 10, width=8)
+    assert module(torch.zeros(2, 1, 8, 8)).shape == (2, 10)
+    assert stacking.program(module).dropouts == [("3", None, True)]
