@@ -22,12 +22,22 @@ def test_the_gpu_check_runs_end_to_end_on_the_cpu(tmp_path: Path) -> None:
         timeout=900,
     )
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
-    for step in ("equivalence", "engines", "profile", "tune"):
+    for step in (
+        "equivalence",
+        "engines",
+        "engines-layers-cnn",
+        "engines-plugin",
+        "profile",
+        "tune",
+    ):
         assert f"== {step} passed" in done.stdout
     assert "passed" in (tmp_path / "equivalence.log").read_text()
     engines = (tmp_path / "engines.md").read_text()
     for row in ("| textbook |", "| population P=3 compiled |", "| population P=3 bf16 |"):
         assert row in engines
+    for net in ("layers-cnn", "plugin"):
+        rows = (tmp_path / f"engines-{net}.md").read_text()
+        assert f"population, {net} on CPU" in rows and "| population P=2 |" in rows
     assert "matrix products" in (tmp_path / "profile.md").read_text()
     log = (tmp_path / "tune.log").read_text()
     tuned = json.loads(log[log.index("{") : log.rindex("}") + 1])
