@@ -424,7 +424,9 @@ class Population:
         """Linear layer ``layer`` of every model at once: ``[M, B, …, in]`` → ``[M, B, …, out]``,
         one batched matmul over the models' weights ``[M, in, out]``."""
         w, b = self.weights[layer], self.bias_of[layer]
-        flat = h.reshape(h.shape[0], -1, h.shape[-1]) if h.dim() != 3 else h
+        if h.dim() == 3:  # [M, B, in]: one batched matmul, no reshape
+            return torch.bmm(h, w) if b is None else torch.baddbmm(self.biases[b], h, w)
+        flat = h.reshape(h.shape[0], -1, h.shape[-1])
         out = torch.bmm(flat, w) if b is None else torch.baddbmm(self.biases[b], flat, w)
         return out.view(*h.shape[:-1], w.shape[-1])
 

@@ -210,7 +210,6 @@ class SearchSpace(_Strict):
     is a dropout group's own range (default: the ``dropout`` range).
     """
 
-
     weight_decay: Param = Range(low=1e-6, high=1e-1, log=True)
     l1: Param = Range(low=1e-7, high=1e-3, log=True)
     dropout: Param = Range(low=0.0, high=0.7)

@@ -109,6 +109,9 @@ class Program:
     """
 
     nodes: list[tuple[fx.Node, Op]] = field(default_factory=list)
+    steps: list[tuple[Op, Callable[[dict[fx.Node, Any]], tuple[Any, ...]], dict[str, Any]]] = field(
+        default_factory=list
+    )
     layers: list[str] = field(default_factory=list)
     norms: list[str] = field(default_factory=list)
     dropouts: list[tuple[str, str | None, bool]] = field(default_factory=list)
@@ -117,15 +120,27 @@ class Program:
     def run(self, stack: Stack, x: torch.Tensor, context: Any) -> torch.Tensor:
         """The network on stacked inputs ``x`` ``[M, B, n_features]``; ``context`` is the
         pass's (training or evaluation, valid rows, dropout keys), handed to the stack."""
-        env: dict[fx.Node, Any] = {}
-        for node, op in self.nodes:
-            if node.op == "placeholder":
-                env[node] = x
-                continue
-            args = fx.node.map_arg(node.args, env.__getitem__)
-            kwargs = fx.node.map_arg(node.kwargs, env.__getitem__)
-            env[node] = op(stack, context, args, kwargs)
+        env: dict[fx.Node, Any] = {self.nodes[0][0]: x}
+        for (node, _), (op, args, kwargs) in zip(self.nodes[1:], self.steps, strict=True):
+            env[node] = op(stack, context, args(env), kwargs)
         return fx.node.map_arg(self.output, env.__getitem__)
+
+    def finish(self) -> None:
+        """Resolve each node's arguments once (they are read every step of every epoch)."""
+        self.steps = [(op, _arguments(node.args), dict(node.kwargs)) for node, op in self.nodes[1:]]
+        if any(isinstance(v, fx.Node) for _, _, kwargs in self.steps for v in kwargs.values()):
+            raise Unstackable("a layer takes a tensor as a keyword argument")
+
+
+def _arguments(args: tuple[Any, ...]) -> Callable[[dict[fx.Node, Any]], tuple[Any, ...]]:
+    """A node's positional arguments from the values computed so far: the nodes looked up,
+    constants as they are (nested ones, such as ``torch.cat``'s list, by fx's ``map_arg``)."""
+    if len(args) == 1 and isinstance(args[0], fx.Node):
+        only = args[0]
+        return lambda env: (env[only],)
+    if any(isinstance(a, list | tuple | dict) for a in args):
+        return lambda env: fx.node.map_arg(args, env.__getitem__)
+    return lambda env: tuple(env[a] if isinstance(a, fx.Node) else a for a in args)
 
 
 def _shift(dim: int, what: str) -> int:
@@ -163,7 +178,8 @@ def _module_op(name: str, module: nn.Module, prog: Program) -> Op:
         prog.dropouts.append((name, getattr(module, "group", None), channels))
         return lambda s, c, a, k: s.dropout(d, a[0], c)
     if isinstance(module, ELEMENTWISE_MODULES):
-        return lambda s, c, a, k: module(a[0])
+        forward = module.forward  # no hooks to run: skip nn.Module.__call__
+        return lambda s, c, a, k: forward(a[0])
     if isinstance(module, POOLING_MODULES):
         return lambda s, c, a, k: module(a[0].flatten(0, 1)).unflatten(0, a[0].shape[:2])
     if isinstance(module, nn.Flatten):
@@ -241,4 +257,7 @@ def program(net: nn.Module) -> Program:
     loose = [name for name, p in net.named_parameters() if id(p) not in held]
     if loose:
         raise Unstackable(f"parameters outside its Linear, Conv and BatchNorm layers: {loose[:3]}")
+    if not prog.nodes or prog.nodes[0][0].op != "placeholder":
+        raise Unstackable("its forward takes no input")
+    prog.finish()
     return prog
