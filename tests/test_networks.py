@@ -57,6 +57,17 @@ def layers_spec(data: Dataset, layers: list[dict], **fields: Any) -> StudySpec:
     )
 
 
+def short_study(data: Dataset, model: dict, n_trials: int) -> StudySpec:
+    """A study of a few 2-epoch trials with a held-out test split (so a final model)."""
+    return StudySpec(
+        dataset=data.name,
+        n_trials=n_trials,
+        model=model,
+        training={"max_epochs": 2},
+        cv={"folds": 2, "test_fraction": 0.2},
+    )
+
+
 LINEAR = {"type": "linear"}
 # One network per layer type (and per rank a layer takes), each ending in the output linear.
 LAYER_NETWORKS = {
@@ -339,13 +350,7 @@ def test_a_plugin_network_trains_stacked_as_alone(installed: None, digits: Datas
 
 def test_an_unstackable_plugin_trains_per_trial_and_says_why(installed: None, tmp_path) -> None:
     data = load_builtin("builtin:mnist1d:300")
-    spec = StudySpec(
-        dataset=data.name,
-        n_trials=2,
-        model={"kind": "plugin", "name": "recurrent", "options": {"hidden": 4}},
-        training={"max_epochs": 2},
-        cv={"folds": 2, "test_fraction": 0.2},
-    )
+    spec = short_study(data, {"kind": "plugin", "name": "recurrent", "options": {"hidden": 4}}, 2)
     reason = layout.per_trial_reason(spec, data)
     assert reason is not None and "GRU" in reason
     outcome = run_study(spec, data)
@@ -358,12 +363,8 @@ def test_an_unstackable_plugin_trains_per_trial_and_says_why(installed: None, tm
 def test_a_plugin_model_file_names_the_plugin_and_loads_where_installed(
     installed: None, digits: Dataset, tmp_path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    spec = StudySpec(
-        dataset=digits.name,
-        n_trials=1,
-        model={"kind": "plugin", "name": "tiny_convnet", "options": {"width": 2}},
-        training={"max_epochs": 2},
-        cv={"folds": 2, "test_fraction": 0.2},
+    spec = short_study(
+        digits, {"kind": "plugin", "name": "tiny_convnet", "options": {"width": 2}}, 1
     )
     outcome = run_study(spec, digits)
     assert outcome.fitted is not None
@@ -392,13 +393,7 @@ def test_a_plugin_model_file_names_the_plugin_and_loads_where_installed(
 
 def test_a_layers_model_file_loads_with_nothing_installed(digits: Dataset, tmp_path) -> None:
     _, layers = EQUIVALENT["cnn with pooling"]
-    spec = StudySpec(
-        dataset=digits.name,
-        n_trials=1,
-        model={"kind": "layers", "layers": layers},
-        training={"max_epochs": 2},
-        cv={"folds": 2, "test_fraction": 0.2},
-    )
+    spec = short_study(digits, {"kind": "layers", "layers": layers}, 1)
     outcome = run_study(spec, digits)
     assert outcome.fitted is not None
     artifact = pack(outcome.fitted, digits, metric="accuracy", n_train=1, n_test=1)
