@@ -46,11 +46,14 @@ $(TCPDUMP):
 
 test: $(STAMP) $(CHROMIUM)
 	$(VENV)/bin/ruff check $(LINTED)
+	$(VENV)/bin/mypy trainer service
 	$(PY) -m pytest -q
 
+# ruff, then mypy (strict on trainer/, settings in pyproject.toml).
 lint: $(STAMP)
 	$(VENV)/bin/ruff check $(LINTED)
 	$(VENV)/bin/ruff format --check $(LINTED)
+	$(VENV)/bin/mypy trainer service
 
 # The reference workload as users run it (textbook loop, `regtune tune`, `regtune serve`),
 # then engine throughput side by side (textbook loop, per-trial engine, population engine)

@@ -196,8 +196,9 @@ def create_app(settings: Settings) -> FastAPI:
     def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    app.add_exception_handler(RequestValidationError, validation_errors)
-    app.add_exception_handler(HTTPException, http_errors)
+    # Starlette types a handler as taking any Exception; these take their own subclass.
+    app.add_exception_handler(RequestValidationError, validation_errors)  # type: ignore[arg-type]
+    app.add_exception_handler(HTTPException, http_errors)  # type: ignore[arg-type]
 
     @app.exception_handler(NotFound)
     def _not_found(request: Request, exc: NotFound) -> JSONResponse:

@@ -23,8 +23,8 @@ from service.settings import Settings
 from trainer.datasets import DatasetError, load_dataset
 from trainer.device import configure, resolve_device, usable_cores
 from trainer.parallel import run_parallel_study
-from trainer.spec import StudySpec
-from trainer.study import SpecError, StudyOutcome, run_study
+from trainer.spec import SpecError, StudySpec
+from trainer.study import StudyOutcome, run_study
 
 if TYPE_CHECKING:
     from service.client import Client
@@ -487,7 +487,7 @@ def follow(client: Client, study_id: str, quiet: bool) -> StudyOut:
     def update(study: StudyOut) -> None:
         nonlocal last
         pruned, failed = study.trials.get("pruned", 0), study.trials.get("fail", 0)
-        fields = {
+        fields: dict[str, Any] = {
             "status": study.status,
             "counts": f"{pruned} pruned, {failed} failed",
             "best": f"best {study.best.value:.4f}" if study.best else "no best yet",

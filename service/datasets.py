@@ -88,7 +88,7 @@ def parse_upload(
 def to_npz(dataset: Dataset) -> bytes:
     """The validated arrays in the one format workers read back (no pickles): ``X``, ``y``,
     ``input_shape``, ``feature_names``; for a table also its raw cells and its layout (JSON)."""
-    arrays: dict[str, np.ndarray] = {
+    arrays: dict[str, Any] = {
         "X": dataset.X,
         "y": dataset.y,
         "input_shape": np.array(dataset.input_shape, dtype=np.int64),

@@ -56,7 +56,7 @@ STATES = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned", TrialSta
 
 # matplotlib's pyplot-free API is used, but rcParams and font caches are process-wide.
 _matplotlib_lock = threading.Lock()
-_RC = {
+_RC: dict[str, Any] = {
     "svg.fonttype": "path",  # glyphs as paths: no font files, no font names to resolve
     "svg.hashsalt": "regtune-report",  # stable element ids, so the same study renders the same
     "svg.image_inline": True,  # a rasterized scatter becomes a data: URI, never a file
@@ -89,7 +89,7 @@ class StudyLike(Protocol):
     n_trials: int
     test_score: float | None
     error: str | None
-    created_at: datetime | None
+    created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
 
@@ -206,7 +206,7 @@ def plot(prefix: str, draw: Callable[[Any], None], size: tuple[float, float]) ->
     matplotlib.use("Agg", force=False)
     from matplotlib.figure import Figure
 
-    with _matplotlib_lock, matplotlib.rc_context(_RC):
+    with _matplotlib_lock, matplotlib.rc_context(_RC):  # type: ignore[arg-type]  # str keys
         figure = Figure(figsize=size, layout="constrained")
         draw(figure)
         return inline_svg(figure, prefix)
@@ -696,9 +696,11 @@ def score_section(record: StudyLike, done: Sequence[FrozenTrial], best: FrozenTr
                 isinstance(v, str) for v in values
             ):
                 choices = sorted({str(v) for v in values})
-                x = [choices.index(str(v)) for v in values]
+                x: list[float] = [choices.index(str(v)) for v in values]
                 ax.set_xticks(range(len(choices)), choices)
-                best_x = choices.index(str(best.params[name])) if name in best.params else None
+                best_x: float | None = None
+                if name in best.params:
+                    best_x = choices.index(str(best.params[name]))
             else:
                 x = [float(v) for v in values]
                 ax.set_xscale(axis_scale(name, distribution, x))

@@ -24,8 +24,8 @@ from service.db import Database
 from service.errors import Conflict, NotFound
 from service.models import ACTIVE, ArtifactRecord, StudyRecord, utcnow
 from trainer.datasets import Dataset
-from trainer.spec import Limits, StudySpec, metric_direction
-from trainer.study import Protocol, SpecError, network_sizes
+from trainer.spec import Limits, SpecError, StudySpec, metric_direction
+from trainer.study import Protocol, network_sizes
 
 
 class ModelTooLarge(SpecError):

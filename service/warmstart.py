@@ -23,8 +23,7 @@ from sqlalchemy.orm import Session
 from service.models import StudyRecord
 from service.trials import top_trial_ids
 from trainer.objective import hidden_key
-from trainer.spec import DOMAINS, SEARCHABLE, Range, SearchSpace, StudySpec
-from trainer.study import SpecError
+from trainer.spec import DOMAINS, SEARCHABLE, Range, SearchSpace, SpecError, StudySpec
 
 log = logging.getLogger("regtune.warmstart")
 FIELD = "warm_start.study"
@@ -78,6 +77,8 @@ def misfit(space: SearchSpace, name: str, value: Any) -> str | None:
         return "not searched in this study" if entry is None else f"fixed to {entry!r} here"
     if isinstance(value, bool) or not isinstance(value, int | float):
         return "not a number"
+    low: float
+    high: float
     if name in DOMAINS and DOMAINS[name].integer:
         low, high = int(entry.low), int(entry.high)
         if value != int(value):

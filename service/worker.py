@@ -45,8 +45,8 @@ from trainer.datasets import DatasetError
 from trainer.device import configure, resolve_device
 from trainer.objective import TrialInterrupted, failure_reason
 from trainer.search import Search
-from trainer.spec import StudySpec
-from trainer.study import Protocol, SpecError, final_model, make_pruner, make_sampler
+from trainer.spec import SpecError, StudySpec
+from trainer.study import Protocol, final_model, make_pruner, make_sampler
 
 log = logging.getLogger("regtune.worker")
 MAX_BACKOFF_S = 60.0
@@ -61,7 +61,7 @@ class Worker:
         self.device = resolve_device(device)
         configure(self.device)
         self.db = Database(settings)
-        self.storage: RDBStorage | None = None
+        self._storage: RDBStorage | None = None  # connected on the first claim
         self.id = uuid.uuid4().hex
         self.stopping = threading.Event()
         # The worker beats for its trials itself (Worker.heartbeats), so Optuna's warning at
@@ -93,7 +93,7 @@ class Worker:
         backoff = 1.0
         while not self.stopping.is_set():
             try:
-                if self.storage is None:
+                if self._storage is None:
                     self.connect()
                 record = self.claim()
                 if record is None:
@@ -114,10 +114,16 @@ class Worker:
                 backoff = min(backoff * 2, MAX_BACKOFF_S)
         self.unregister()
 
+    @property
+    def storage(self) -> RDBStorage:
+        """Optuna's storage on the service database (the worker connects before it claims)."""
+        assert self._storage is not None, "connect() first"
+        return self._storage
+
     def connect(self) -> None:
         """Bring the schema up to date (workers may start before the API) and register."""
         self.db.migrate()
-        self.storage = trials.make_storage(self.settings)
+        self._storage = trials.make_storage(self.settings)
         self.register()
         log.info("worker %s ready on %s", self.id[:8], self.device)
 
@@ -365,10 +371,10 @@ class Worker:
         if counts.remaining(record.n_trials) > 0 and not timed_out:
             return
         if counts.complete == 0:
-            error = f"no trial completed ({counts.as_dict()})"
+            failure = f"no trial completed ({counts.as_dict()})"
             if counts.fail:
-                error += f"; the last failure: {self.last_failure(record)}"
-            studies.mark(self.db, record.id, "failed", error=error)
+                failure += f"; the last failure: {self.last_failure(record)}"
+            studies.mark(self.db, record.id, "failed", error=failure)
             return
         test_score, model, error = self.final_model(record, spec)
         if artifacts.complete(self.db, record.id, test_score=test_score, model=model, error=error):

@@ -329,7 +329,7 @@ def _metadata(artifact: Mapping[str, Any]) -> dict[str, Any]:
 def _network(
     artifact: Mapping[str, Any],
     state_dict: Mapping[str, torch.Tensor],
-    preprocessing: Mapping[str, torch.Tensor | None],
+    preprocessing: Mapping[str, Any],  # tensors, and a table's encoder as plain values
     epochs: int,
     device: torch.device | str,
 ) -> TunedModel:

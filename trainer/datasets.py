@@ -16,7 +16,7 @@ import zlib
 from array import array
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import IO, Any, Literal
 
 import numpy as np
 from sklearn import datasets as skdatasets
@@ -201,7 +201,7 @@ def _label(label: object) -> Label:
     if isinstance(label, np.integer | np.bool_) or (
         isinstance(label, float | np.floating) and float(label).is_integer()
     ):
-        return int(label)  # type: ignore[arg-type]
+        return int(label)
     if isinstance(label, float | np.floating):
         return float(label)
     return str(label)
@@ -302,7 +302,7 @@ class _ColumnCells:
     def __init__(self, name: str) -> None:
         self.name = name
         self.values = array("d")
-        self.codes: array | None = array("i")
+        self.codes: array[int] | None = array("i")
         self.levels: dict[str, int] = {}
         self.text: str | None = None  # the first cell that is not a number
         self.blanks = 0
@@ -387,10 +387,10 @@ def load_csv(
         if target not in header:
             raise DatasetError(f"target column {target!r} not in the CSV header {header[:50]}")
         seen: set[str] = set()
-        for column in header:
-            if column in seen:
-                raise DatasetError(f"the CSV header names column {column!r} twice")
-            seen.add(column)
+        for name in header:
+            if name in seen:
+                raise DatasetError(f"the CSV header names column {name!r} twice")
+            seen.add(name)
         t = header.index(target)
         features = [h for i, h in enumerate(header) if i != t]
         limits.check(0, len(features), 0)
@@ -530,7 +530,7 @@ def _read_npy_members(
     return arrays
 
 
-def _npy_header(key: str, member: io.BufferedIOBase) -> tuple[tuple[int, ...], bool, np.dtype]:
+def _npy_header(key: str, member: IO[bytes]) -> tuple[tuple[int, ...], bool, np.dtype[Any]]:
     """``(shape, fortran_order, dtype)`` of a ``.npy`` stream, refusing object dtypes."""
     version = np.lib.format.read_magic(member)
     readers = {

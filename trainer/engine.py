@@ -214,7 +214,7 @@ class FoldRun:
                 continue
             loss = data_loss(self.task, self.model(d.X_fit[batch]), d.y_fit[batch])
             self.optimizer.zero_grad(set_to_none=True)
-            (loss + self.regularizer.penalty()).backward()
+            (loss + self.regularizer.penalty()).backward()  # type: ignore[no-untyped-call]
             if training.grad_clip is not None:
                 nn.utils.clip_grad_norm_(self.model.parameters(), training.grad_clip)
             self.regularizer.decay(self.config.lr)

@@ -21,6 +21,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 
 from trainer.spec import (
@@ -68,7 +69,7 @@ class Residual(nn.Module):
         super().__init__()
         self.body = body
 
-    def forward(self, x):  # type: ignore[no-untyped-def]
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.body(x)
 
 
@@ -122,9 +123,10 @@ def _rank_problem(layer: str, shape: Shape, rank: int) -> str:
     return f"needs {wanted[rank]}, got shape {shape}{hint}"
 
 
-def _step(
-    layer: Layer, shape: Shape, n_outputs: int, where: str, final: bool, build: bool
-) -> tuple[Shape, int, list[nn.Module]]:
+Step = tuple[Shape, int, list[nn.Module]]  # output shape, parameters, modules (if built)
+
+
+def _step(layer: Layer, shape: Shape, n_outputs: int, where: str, final: bool, build: bool) -> Step:
     """One layer: its output shape, its parameter count and (if ``build``) its modules."""
     kind = layer.type
     if isinstance(layer, LinearLayer):
@@ -133,8 +135,8 @@ def _step(
         if layer.out is None and not final:
             raise LayerError(where, kind, "only the network's last linear may leave 'out' out")
         out = n_outputs if layer.out is None else layer.out
-        built = [nn.Linear(shape[0], out)] if build else []
-        return (out,), shape[0] * out + out, built
+        linear: list[nn.Module] = [nn.Linear(shape[0], out)] if build else []
+        return (out,), shape[0] * out + out, linear
     if isinstance(layer, ConvLayer | PoolLayer):
         rank = RANKS[kind]
         if len(shape) != rank:
@@ -171,13 +173,13 @@ def _step(
             f"its layers map {shape} to {body.shape}; a residual's output shape must be its "
             "input's",
         )
-    built = [Residual(nn.Sequential(*body.modules))] if body.modules is not None else []
-    return shape, body.parameters, built
+    residual: list[nn.Module] = []
+    if body.modules is not None:
+        residual.append(Residual(nn.Sequential(*body.modules)))
+    return shape, body.parameters, residual
 
 
-def _spatial(
-    layer: ConvLayer | PoolLayer, shape: Shape, where: str, build: bool
-) -> tuple[Shape, int, list[nn.Module]]:
+def _spatial(layer: ConvLayer | PoolLayer, shape: Shape, where: str, build: bool) -> Step:
     """A convolution or a pooling: output lengths ⌊(n + 2p − k)/s⌋ + 1 per spatial axis."""
     channels, *spatial = shape
     k = layer.kernel
@@ -201,5 +203,5 @@ def _spatial(
         return (channels, *lengths), 0, [POOLS[layer.type](k, s)] if build else []
     conv = nn.Conv2d if layer.type == "conv2d" else nn.Conv1d
     params = channels * layer.out * k ** len(spatial) + layer.out
-    built = [conv(channels, layer.out, k, s, p)] if build else []
-    return (layer.out, *lengths), params, built
+    convolution: list[nn.Module] = [conv(channels, layer.out, k, s, p)] if build else []
+    return (layer.out, *lengths), params, convolution

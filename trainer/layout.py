@@ -33,7 +33,7 @@ from trainer import networks, stacking
 from trainer.datasets import Dataset
 from trainer.networks import footprint
 from trainer.plugins import PluginError
-from trainer.spec import SpecError, StudySpec
+from trainer.spec import Range, SpecError, StudySpec
 
 MEMORY_SHARE = 0.5  # of the free device memory; the rest is for the allocator's slack
 MAX_POPULATION = 256  # beyond this a step is long enough that the GPU is busy anyway
@@ -74,8 +74,8 @@ def largest_batch(spec: StudySpec) -> int:
         return spec.training.batch_size
     if isinstance(param, list):
         return int(max(param))
-    high = getattr(param, "high", param)
-    return int(high)
+    high = param.high if isinstance(param, Range) else param
+    return int(float(high))
 
 
 def model_bytes(

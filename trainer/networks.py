@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -63,7 +63,7 @@ def template_layers(
     names = iter(f"layer{i}" for i in range(1, 10_000))
     features: list[Layer] = []
     if spec.kind == "cnn":
-        conv = "conv1d" if len(input_shape) == 2 else "conv2d"
+        conv: Literal["conv1d", "conv2d"] = "conv1d" if len(input_shape) == 2 else "conv2d"
         for out in spec.channels:
             features += [
                 ConvLayer(

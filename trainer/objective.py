@@ -204,7 +204,9 @@ class Objective:
         except DivergedError as exc:
             trial.set_user_attr("fail_reason", str(exc))
             raise
-        except (TrialInterrupted, optuna.TrialPruned, *self.passthrough):
+        except (TrialInterrupted, optuna.TrialPruned):
+            raise
+        except self.passthrough:
             raise
         except Exception as exc:
             trial.set_user_attr("fail_reason", failure_reason(exc))

@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from multiprocessing.process import BaseProcess
 from pathlib import Path
+from typing import Any
 
 import optuna
 import torch
@@ -135,7 +136,7 @@ def run_parallel_study(
         # already imported (as DataLoader workers are), before this process starts threads of
         # its own. CUDA cannot be forked into use: a GPU's searcher is spawned.
         method = "fork" if torch.device(device).type == "cpu" else "spawn"
-        context = multiprocessing.get_context(method)
+        context: Any = multiprocessing.get_context(method)  # typeshed: BaseContext, no Process
         children: list[BaseProcess] = [
             context.Process(
                 target=searcher,

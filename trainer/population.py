@@ -42,7 +42,7 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
 import numpy as np
 import torch
@@ -64,6 +64,8 @@ ADAM_BETAS = (0.9, 0.999)
 ADAM_EPS = 1e-8
 
 ShapeKey = tuple[tuple[int, ...], int, str]
+WeightLayer = nn.Linear | nn.Conv1d | nn.Conv2d
+NormLayer = nn.BatchNorm1d | nn.BatchNorm2d
 
 
 def shape_key(config: TrialConfig) -> ShapeKey:
@@ -192,8 +194,8 @@ class Population:
             self.y_mean = self.y_std = torch.zeros(M, device=dev)
             self.baseline = []
             for s in splits:
-                prior = np.bincount(dataset.y[s.fit], minlength=dataset.n_outputs)
-                prior = prior[prior > 0] / len(s.fit)
+                counts = np.bincount(dataset.y[s.fit], minlength=dataset.n_outputs)
+                prior = counts[counts > 0] / len(s.fit)
                 self.baseline.append(float(-(prior * np.log(prior)).sum()))
         self.y = torch.as_tensor(dataset.y, device=dev)
         rows = [splits[k] for k in fold_of_row]
@@ -284,12 +286,12 @@ class Population:
 
     # --- layout --------------------------------------------------------------------------
 
-    def layer_modules(self, net: nn.Module) -> list[nn.Module]:
+    def layer_modules(self, net: nn.Module) -> list[WeightLayer]:
         """A network of the template's structure: its Linear and Conv layers in call order."""
-        return [net.get_submodule(name) for name in self.program.layers]
+        return [cast(WeightLayer, net.get_submodule(name)) for name in self.program.layers]
 
-    def norm_modules(self, net: nn.Module) -> list[nn.Module]:
-        return [net.get_submodule(name) for name in self.program.norms]
+    def norm_modules(self, net: nn.Module) -> list[NormLayer]:
+        return [cast(NormLayer, net.get_submodule(name)) for name in self.program.norms]
 
     def layer_tensors(self, net: nn.Module) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """A network's layers in call order, as stacked: a convolution's weight ``[out, C,
@@ -378,8 +380,8 @@ class Population:
         self.host_lr[rows] = [config.lr] * self.K
         self.weight_decay[rows] = config.weight_decay
         self.l1[rows] = config.l1
-        for g, group in enumerate(self.groups):
-            self.keep[g, rows] = 1.0 - config.dropout_of(group)
+        for index, group in enumerate(self.groups):
+            self.keep[index, rows] = 1.0 - config.dropout_of(group)
         self.bn_momentum[rows] = config.bn_momentum
         self.patience[rows] = config.patience
         self.seeds[rows] = torch.tensor(seeds, device=dev)
@@ -751,11 +753,13 @@ class Population:
         for i, (layer, w) in enumerate(zip(self.layer_modules(net), self.weights, strict=True)):
             weight = best[id(w)][row]
             layer.weight.copy_(weight.t() if isinstance(layer, nn.Linear) else weight)
-            if (b := self.bias_of[i]) is not None:
-                layer.bias.copy_(best[id(self.biases[b])][row, 0])
+            if (bias := self.bias_of[i]) is not None and layer.bias is not None:
+                layer.bias.copy_(best[id(self.biases[bias])][row, 0])
         for norm, g, b, (mean, var) in zip(
             self.norm_modules(net), self.gammas, self.betas, self.best_running, strict=True
         ):
+            # The program admits only affine BatchNorms with running statistics.
+            assert norm.running_mean is not None and norm.running_var is not None
             norm.weight.copy_(best[id(g)][row, 0])
             norm.bias.copy_(best[id(b)][row, 0])
             norm.running_mean.copy_(mean[row])
@@ -773,7 +777,9 @@ class Population:
             for best, decayed in zip(self.best_params, self.decayed, strict=True)
             if decayed
         ]
-        small = sum((p.abs() < SPARSITY_THRESHOLD).flatten(1).sum(1) for p in chosen)
+        small = torch.stack([(p.abs() < SPARSITY_THRESHOLD).flatten(1).sum(1) for p in chosen]).sum(
+            0
+        )
         total = sum(p[0].numel() for p in chosen)
         table = torch.stack(
             [
@@ -853,7 +859,7 @@ def regularized_gradients(
             if d:
                 g.addcmul_(torch.sign(p), per_model(l1, p))  # sign: 4× faster than sgn on CPU
     if grad_clip is not None:
-        norm = torch.sqrt(sum(g.pow(2).flatten(1).sum(1) for g in grads))
+        norm = torch.stack([g.pow(2).flatten(1).sum(1) for g in grads]).sum(0).sqrt()
         coef = (grad_clip / (norm + 1e-6)).clamp(max=1.0)
         grads = [g * per_model(coef, g) for g in grads]
     if not decoupled:
@@ -969,9 +975,13 @@ def fused_adam_rows(
                 lists[2].append(m1_rows[row])
                 lists[3].append(m2_rows[row])
                 lists[4].append(step_rows[row])
+        no_max_moments: list[torch.Tensor] = []  # amsgrad is off
         torch._fused_adam_(
-            *lists[:4],
-            [],
+            lists[0],
+            lists[1],
+            lists[2],
+            lists[3],
+            no_max_moments,
             lists[4],
             lr=lr,
             beta1=b1,

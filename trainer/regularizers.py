@@ -52,7 +52,7 @@ class Regularizer:
     def decay(self, lr: float) -> None:
         """Decoupled L2, θ ← (1 − ηλ)θ, to run just before ``optimizer.step()``."""
         if self.decoupled and self.weight_decay:
-            torch._foreach_mul_(self.regularized, 1.0 - lr * self.weight_decay)
+            torch._foreach_mul_(tuple(self.regularized), 1.0 - lr * self.weight_decay)
 
     @torch.no_grad()
     def sparsity(self) -> float:

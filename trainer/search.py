@@ -237,7 +237,9 @@ class Search:
                 del self.stacks[key]
                 self.out_of_memory(exc, self.evict(key))
                 continue
-            except (TrialInterrupted, *self.passthrough):
+            except TrialInterrupted:
+                raise
+            except self.passthrough:
                 raise
             except Exception as exc:
                 numbers = [r.trial.number for (k, _), r in self.running.items() if k == key]

@@ -180,7 +180,7 @@ def check_domain(domain: Domain, value: Param | None) -> Param | None:
     if value is None:
         return None
     if isinstance(value, Range):
-        points = [value.low, value.high]
+        points: list[Scalar] = [value.low, value.high]
     elif isinstance(value, list):
         if not value:
             raise ValueError("a list of choices must not be empty")

@@ -192,20 +192,29 @@ def _module_op(name: str, module: nn.Module, prog: Program) -> Op:
     raise Unstackable(f"module {name!r} ({kind}) is not a layer the population engine stacks")
 
 
+def _int(value: Any) -> int:
+    """An axis given to a node, which must be a constant to be shifted past the model axis."""
+    if not isinstance(value, int):
+        raise Unstackable(f"an axis computed at run time ({value})")
+    return value
+
+
 def _flatten_op(args: tuple[Any, ...], kwargs: dict[str, Any], what: str) -> Op:
-    start = _shift(args[1] if len(args) > 1 else kwargs.get("start_dim", 0), what)
-    end = _shift(args[2] if len(args) > 2 else kwargs.get("end_dim", -1), what)
+    start = _shift(_int(args[1] if len(args) > 1 else kwargs.get("start_dim", 0)), what)
+    end = _shift(_int(args[2] if len(args) > 2 else kwargs.get("end_dim", -1)), what)
     return lambda s, c, a, k: a[0].flatten(start, end)
 
 
 def _function_op(node: fx.Node) -> Op:
     target = node.target
     if target in ELEMENTWISE_FUNCTIONS:
-        return lambda s, c, a, k: target(*a, **k)  # type: ignore[operator]
+        return lambda s, c, a, k: target(*a, **k)
     if target is torch.flatten:
         return _flatten_op(node.args, node.kwargs, "torch.flatten")
     if target is torch.cat:
-        dim = _shift(node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0), "torch.cat")
+        dim = _shift(
+            _int(node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)), "torch.cat"
+        )
         return lambda s, c, a, k: torch.cat(a[0], dim)
     name = getattr(target, "__name__", str(target))
     raise Unstackable(f"the function {name} (node {node.name!r}) is not one the engine stacks")
@@ -218,7 +227,7 @@ def _method_op(node: fx.Node) -> Op:
     if method == "flatten":
         return _flatten_op(node.args, node.kwargs, "Tensor.flatten")
     if method == "transpose" and all(isinstance(d, int) for d in node.args[1:3]):
-        first, second = (_shift(int(d), "Tensor.transpose") for d in node.args[1:3])  # type: ignore[call-overload]
+        first, second = (_shift(_int(d), "Tensor.transpose") for d in node.args[1:3])
         return lambda s, c, a, k: a[0].transpose(first, second)
     hint = (
         " (its sizes depend on the batch: use nn.Flatten)" if method in ("view", "reshape") else ""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Response, status
 from fastapi.exceptions import RequestValidationError
@@ -25,8 +25,7 @@ from service.schemas import (
 )
 from trainer import networks
 from trainer.datasets import DatasetError
-from trainer.spec import StudySpec, stored_model
-from trainer.study import SpecError
+from trainer.spec import SpecError, StudySpec, stored_model
 
 router = APIRouter(prefix="/v1/studies", tags=["studies"])
 # Bounded so that the database can take them (SQLite and PostgreSQL integers overflow).
@@ -185,7 +184,7 @@ def get_trial(
         return TrialDetail.of(studies.trial(session, storage, record, number))
 
 
-MODEL_FILE = {
+MODEL_FILE: dict[int | str, dict[str, Any]] = {
     200: {
         "description": "The best configuration retrained on all non-test rows: a torch.save "
         "file that torch.load(..., weights_only=True) reads (trainer.artifact.load_model "
@@ -209,7 +208,7 @@ def get_model(study_id: str, db: DB, tenant: Tenant) -> Response:
     )
 
 
-REPORT_PAGE = {
+REPORT_PAGE: dict[int | str, dict[str, Any]] = {
     200: {
         "description": "A self-contained HTML page (no script, nothing fetched from elsewhere): "
         "best configuration, CV table (per fold, mean ± std), test score, learning curves of "
