@@ -26,7 +26,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from service.api.deps import TOKEN_COOKIE, authenticate, presented_token
 from service.auth import tenant_of
 from service.db import Database
-from service.models import StudyRecord
+from service.tables import StudyRecord
 
 # Every dashboard URL that names a study by Optuna's integer id.
 STUDY_SCOPED = re.compile(r"^/(?:api/studies|csv|artifacts|api/artifacts)/(\d+)(?:/|$)")

@@ -78,7 +78,7 @@ logging.getLogger("optuna.storages._in_memory").addFilter(_QuietImportanceStudy(
 
 
 class StudyLike(Protocol):
-    """What the report reads of a study: ``service.models.StudyRecord`` has all of it."""
+    """What the report reads of a study: ``service.tables.StudyRecord`` has all of it."""
 
     id: str
     name: str

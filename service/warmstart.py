@@ -20,7 +20,7 @@ from optuna.storages import BaseStorage
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from service.models import StudyRecord
+from service.tables import StudyRecord
 from service.trials import top_trial_ids
 from trainer.objective import hidden_key
 from trainer.spec import DOMAINS, SEARCHABLE, Range, SearchSpace, SpecError, StudySpec

@@ -36,10 +36,10 @@ from optuna.storages import RDBStorage
 from pydantic import ValidationError
 from sqlalchemy import or_, select, update
 
-from service import artifacts, datasets, studies, trials
+from service import lifecycle, stored_models, trials, uploads
 from service.db import DATABASE_ERRORS, Database
-from service.models import StudyRecord, WorkerRecord, utcnow
 from service.settings import Settings
+from service.tables import StudyRecord, WorkerRecord, utcnow
 from trainer import artifact, layout
 from trainer.datasets import DatasetError
 from trainer.device import configure, resolve_device
@@ -175,7 +175,7 @@ class Worker:
                 trials.recover_stale(session, self.storage, study, self.settings.grace_s)
                 counts = trials.count_trials(session, record.optuna_id)
             if counts.startable(record.n_trials):
-                if studies.mark(self.db, record.id, "running", when=("queued",)):
+                if lifecycle.mark(self.db, record.id, "running", when=("queued",)):
                     record.status = "running"
                 return record
             if counts.running == 0:
@@ -190,10 +190,10 @@ class Worker:
         try:
             spec = StudySpec.model_validate(record.spec, context={"limits": self.settings.limits})
             with self.db.read() as session:
-                dataset = datasets.resolve(session, record.tenant, spec.dataset)
+                dataset = uploads.resolve(session, record.tenant, spec.dataset)
             protocol = Protocol.of(spec, dataset, check_network=False)
         except (ValidationError, DatasetError, SpecError) as exc:
-            studies.mark(self.db, record.id, "failed", error=f"cannot run this study: {exc}")
+            lifecycle.mark(self.db, record.id, "failed", error=f"cannot run this study: {exc}")
             return
         study = optuna.load_study(
             study_name=record.optuna_name,
@@ -238,7 +238,7 @@ class Worker:
                 log.info("study %s was deleted while it ran: its trials stopped", record.id)
                 return
             log.exception("study %s failed", record.id)
-            studies.mark(self.db, record.id, "failed", error=f"{exc.__class__.__name__}: {exc}")
+            lifecycle.mark(self.db, record.id, "failed", error=f"{exc.__class__.__name__}: {exc}")
             return
         finally:
             self.set_current(None)
@@ -261,7 +261,7 @@ class Worker:
         if counts.complete or counts.pruned or counts.fail < FAILED_TRIALS_LIMIT:
             return False
         reason = self.last_failure(record)
-        studies.mark(
+        lifecycle.mark(
             self.db,
             record.id,
             "failed",
@@ -374,10 +374,12 @@ class Worker:
             failure = f"no trial completed ({counts.as_dict()})"
             if counts.fail:
                 failure += f"; the last failure: {self.last_failure(record)}"
-            studies.mark(self.db, record.id, "failed", error=failure)
+            lifecycle.mark(self.db, record.id, "failed", error=failure)
             return
         test_score, model, error = self.final_model(record, spec)
-        if artifacts.complete(self.db, record.id, test_score=test_score, model=model, error=error):
+        if stored_models.complete(
+            self.db, record.id, test_score=test_score, model=model, error=error
+        ):
             log.info(
                 "study %s completed (model: %s)",
                 record.id,
@@ -396,7 +398,7 @@ class Worker:
         """
         try:
             with self.db.read() as session:
-                dataset = datasets.resolve(session, record.tenant, spec.dataset)
+                dataset = uploads.resolve(session, record.tenant, spec.dataset)
             protocol = Protocol.of(spec, dataset, check_network=False)
             study = optuna.load_study(study_name=record.optuna_name, storage=self.storage)
             fitted, packed = final_model(

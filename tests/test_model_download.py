@@ -26,11 +26,11 @@ from servers import (
     wait_status,
 )
 
-from service import artifacts, studies
+from service import lifecycle, stored_models
 from service import worker as worker_module
 from service.db import Database
-from service.models import ArtifactRecord
 from service.settings import Settings
+from service.tables import ArtifactRecord
 from service.trials import make_storage
 from service.worker import Worker
 from trainer.artifact import ArtifactError, load_model
@@ -217,7 +217,7 @@ def service(tmp_path: Path) -> Iterator[tuple[Settings, Database, Any]]:
 def submitted(service: tuple[Settings, Database, Any], **overrides: Any) -> str:
     _, db, storage = service
     spec = StudySpec.model_validate(tiny_study(**overrides))
-    return studies.submit(db, storage, "t", spec).id
+    return lifecycle.submit(db, storage, "t", spec).id
 
 
 def test_without_a_test_split_the_model_is_stored_and_no_test_score_reported(service) -> None:
@@ -225,14 +225,14 @@ def test_without_a_test_split_the_model_is_stored_and_no_test_score_reported(ser
     study_id = submitted(service)
     Worker(settings).run(once=True)
     with db.read() as session:
-        record = studies.get(session, "t", study_id)
+        record = lifecycle.get(session, "t", study_id)
     assert record.status == "completed" and record.error is None and record.test_score is None
-    model = load_model(artifacts.model_file(db, "t", study_id))
+    model = load_model(stored_models.model_file(db, "t", study_id))
     assert model.test_score is None and model.scores["n_test"] == 0
     assert model.scores["n_train"] == load_builtin("builtin:wine").n_samples
     assert model.metadata["study"]["id"] == study_id
     with pytest.raises(ArtifactError, match="holds no fold ensemble"):  # not asked for one
-        load_model(artifacts.model_file(db, "t", study_id), ensemble=True)
+        load_model(stored_models.model_file(db, "t", study_id), ensemble=True)
 
 
 def test_a_failing_refit_completes_the_study_without_a_model(service, monkeypatch) -> None:
@@ -245,22 +245,22 @@ def test_a_failing_refit_completes_the_study_without_a_model(service, monkeypatc
     monkeypatch.setattr(worker_module, "final_model", broken)
     Worker(settings).run(once=True)
     with db.read() as session:
-        record = studies.get(session, "t", study_id)
+        record = lifecycle.get(session, "t", study_id)
     assert record.status == "completed", record.error
     assert record.error == "the final model could not be built: RuntimeError: refit exploded"
-    with pytest.raises(studies.Conflict, match="completed without a model: the final model"):
-        artifacts.model_file(db, "t", study_id)
+    with pytest.raises(lifecycle.Conflict, match="completed without a model: the final model"):
+        stored_models.model_file(db, "t", study_id)
 
 
 def test_a_study_cancelled_meanwhile_stores_no_model(service) -> None:
     _, db, _ = service
     study_id = submitted(service)
-    studies.cancel(db, "t", study_id)
-    assert not artifacts.complete(db, study_id, test_score=0.5, model=b"file")
+    lifecycle.cancel(db, "t", study_id)
+    assert not stored_models.complete(db, study_id, test_score=0.5, model=b"file")
     with db.read() as session:
-        assert studies.get(session, "t", study_id).status == "cancelled"
+        assert lifecycle.get(session, "t", study_id).status == "cancelled"
         assert session.scalar(sa.select(sa.func.count()).select_from(ArtifactRecord)) == 0
-    with pytest.raises(studies.Conflict, match="is cancelled; only a completed study"):
-        artifacts.model_file(db, "t", study_id)
-    with pytest.raises(studies.NotFound):
-        artifacts.model_file(db, "someone else", study_id)
+    with pytest.raises(lifecycle.Conflict, match="is cancelled; only a completed study"):
+        stored_models.model_file(db, "t", study_id)
+    with pytest.raises(lifecycle.NotFound):
+        stored_models.model_file(db, "someone else", study_id)

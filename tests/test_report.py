@@ -20,7 +20,7 @@ from optuna.trial import FrozenTrial, TrialState, create_trial
 from servers import regtune, serving, tiny_study, wait_status
 
 from service import report
-from service.models import StudyRecord
+from service.tables import StudyRecord
 from trainer.spec import StudySpec
 from trainer.study import StudyOutcome, run_study
 

@@ -9,11 +9,11 @@ from fastapi import APIRouter, File, Form, Response, UploadFile, status
 from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
-from service import datasets
+from service import uploads
 from service.api.deps import DB, AppSettings, Tenant
 from service.api.errors import documented, not_found, too_large, unprocessable
-from service.models import DatasetRecord
 from service.schemas import DatasetOut
+from service.tables import DatasetRecord
 from trainer.datasets import DatasetError, DatasetTooLarge
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
@@ -62,7 +62,7 @@ async def upload_dataset(
     try:
         # Parsing takes seconds for a large file: off the event loop, so other requests go on.
         dataset = await run_in_threadpool(
-            datasets.parse_upload,
+            uploads.parse_upload,
             content,
             filename,
             target=target,
@@ -75,7 +75,7 @@ async def upload_dataset(
     except DatasetError as exc:
         raise unprocessable("file", str(exc)) from None
     with db.write() as session:
-        return datasets.store(
+        return uploads.store(
             session,
             tenant,
             dataset,
@@ -100,7 +100,7 @@ def list_datasets(db: DB, tenant: Tenant) -> list[DatasetRecord]:
 @router.get("/{dataset_id}", response_model=DatasetOut, responses=documented(401, 404))
 def get_dataset(dataset_id: str, db: DB, tenant: Tenant) -> DatasetRecord:
     with db.read() as session:
-        record = datasets.get_record(session, tenant, dataset_id)
+        record = uploads.get_record(session, tenant, dataset_id)
     if record is None:
         raise not_found(f"dataset {dataset_id!r} not found")
     return record
@@ -111,5 +111,5 @@ def get_dataset(dataset_id: str, db: DB, tenant: Tenant) -> DatasetRecord:
 )
 def delete_dataset(dataset_id: str, db: DB, tenant: Tenant) -> Response:
     with db.write() as session:
-        datasets.delete(session, tenant, dataset_id)
+        uploads.delete(session, tenant, dataset_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)

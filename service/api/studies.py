@@ -1,4 +1,4 @@
-"""``/v1/studies``: submit, status, trials, cancel, delete. Logic lives in ``service.studies``."""
+"""``/v1/studies``: submit, status, trials, cancel, delete. Logic lives in ``service.lifecycle``."""
 
 from __future__ import annotations
 
@@ -9,10 +9,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse
 from pydantic import BaseModel, ValidationError
 
-from service import artifacts, studies
+from service import lifecycle, stored_models
 from service.api.deps import DB, AppSettings, StatusCache, Storage, Tenant
 from service.api.errors import documented, too_many, unprocessable
-from service.models import StudyRecord
 from service.report import render as render_report
 from service.schemas import (
     BestTrial,
@@ -23,6 +22,7 @@ from service.schemas import (
     TrialDetail,
     TrialOut,
 )
+from service.tables import StudyRecord
 from trainer import networks
 from trainer.datasets import DatasetError
 from trainer.spec import SpecError, StudySpec, stored_model
@@ -51,7 +51,7 @@ def submit_study(
             [{**e, "loc": ("body", *e["loc"])} for e in exc.errors()]
         ) from None
     try:
-        return studies.submit(
+        return lifecycle.submit(
             db,
             storage,
             tenant,
@@ -59,7 +59,7 @@ def submit_study(
             limits=settings.limits,
             max_active=settings.max_active_studies,
         )
-    except studies.TooManyActiveStudies as exc:
+    except lifecycle.TooManyActiveStudies as exc:
         raise too_many(str(exc)) from None
     except DatasetError as exc:
         raise unprocessable("dataset", str(exc)) from None
@@ -80,13 +80,13 @@ def list_studies(db: DB, tenant: Tenant, offset: Offset = 0, limit: Limit = 50) 
                 n_trials=r.n_trials,
                 finished_at=r.finished_at,
             )
-            for r in studies.list_for(session, tenant, offset, limit)
+            for r in lifecycle.list_for(session, tenant, offset, limit)
         ]
 
 
 def lookup(db: DB, tenant: str, study_id: str) -> StudyRecord:
     with db.read() as session:
-        return studies.get(session, tenant, study_id)
+        return lifecycle.get(session, tenant, study_id)
 
 
 def json_body(model: BaseModel) -> bytes:
@@ -112,7 +112,7 @@ async def get_study(
 def study_status(db: DB, storage: Storage, tenant: str, study_id: str) -> StudyOut:
     record = lookup(db, tenant, study_id)
     with db.read() as session:
-        state = studies.status(session, storage, record)
+        state = lifecycle.status(session, storage, record)
     best = None
     if state.best is not None and state.best.value is not None:
         attrs = state.best.user_attrs
@@ -167,7 +167,7 @@ async def list_trials(
 def trial_page(db: DB, tenant: str, study_id: str, offset: int, limit: int) -> Page[TrialOut]:
     record = lookup(db, tenant, study_id)
     with db.read() as session:
-        total, page = studies.trial_page(session, record, offset, limit)
+        total, page = lifecycle.trial_page(session, record, offset, limit)
     return Page[TrialOut](
         items=[TrialOut.of(t) for t in page], total=total, offset=offset, limit=limit
     )
@@ -181,7 +181,7 @@ def get_trial(
 ) -> TrialDetail:
     record = lookup(db, tenant, study_id)
     with db.read() as session:
-        return TrialDetail.of(studies.trial(session, storage, record, number))
+        return TrialDetail.of(lifecycle.trial(session, storage, record, number))
 
 
 MODEL_FILE: dict[int | str, dict[str, Any]] = {
@@ -202,7 +202,7 @@ MODEL_FILE: dict[int | str, dict[str, Any]] = {
 def get_model(study_id: str, db: DB, tenant: Tenant) -> Response:
     """The study's final model; 409 until the study has completed (and has one)."""
     return Response(
-        artifacts.model_file(db, tenant, study_id),
+        stored_models.model_file(db, tenant, study_id),
         media_type="application/octet-stream",
         headers={"Content-Disposition": f'attachment; filename="regtune-{study_id}.pt"'},
     )
@@ -229,12 +229,12 @@ REPORT_PAGE: dict[int | str, dict[str, Any]] = {
 def get_report(study_id: str, db: DB, storage: Storage, tenant: Tenant) -> HTMLResponse:
     """The study's report as one HTML page (a plain def: rendering runs off the event loop)."""
     record = lookup(db, tenant, study_id)
-    return HTMLResponse(render_report(record, studies.all_trials(storage, record)))
+    return HTMLResponse(render_report(record, lifecycle.all_trials(storage, record)))
 
 
 @router.post("/{study_id}/cancel", response_model=StudyCreated, responses=documented(401, 404, 409))
 def cancel_study(study_id: str, db: DB, tenant: Tenant, cache: StatusCache) -> StudyRecord:
-    cancelled = studies.cancel(db, tenant, study_id)
+    cancelled = lifecycle.cancel(db, tenant, study_id)
     cache.invalidate(tenant, study_id)
     return cancelled
 
@@ -245,6 +245,6 @@ def cancel_study(study_id: str, db: DB, tenant: Tenant, cache: StatusCache) -> S
 def delete_study(
     study_id: str, db: DB, storage: Storage, tenant: Tenant, cache: StatusCache
 ) -> Response:
-    studies.delete(db, storage, tenant, study_id)
+    lifecycle.delete(db, storage, tenant, study_id)
     cache.invalidate(tenant, study_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from alembic import context
 
 from service.db import VERSION_TABLE
-from service.models import Base
+from service.tables import Base
 
 connection = context.config.attributes["connection"]
 context.configure(

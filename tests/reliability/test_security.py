@@ -28,8 +28,8 @@ from sqlalchemy import create_engine, func, select, update
 
 from service.auth import create_token
 from service.db import Database
-from service.models import ApiToken, DatasetRecord, StudyRecord
 from service.settings import Settings
+from service.tables import ApiToken, DatasetRecord, StudyRecord
 from trainer.networks import count_parameters
 from trainer.spec import ModelSpec
 
@@ -784,12 +784,13 @@ REQUEST_MODULES = [
     "service/app.py",
     "service/auth.py",
     "service/dashboard.py",
-    "service/datasets.py",
-    "service/studies.py",
+    "service/uploads.py",
+    "service/lifecycle.py",
+    "service/stored_models.py",
     "service/trials.py",
     "service/worker.py",
     "service/schemas.py",
-    "service/models.py",
+    "service/tables.py",
     *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "service" / "api").glob("*.py")),
 ]
 FILE_ACCESS = {

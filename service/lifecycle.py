@@ -19,10 +19,10 @@ from sqlalchemy import delete as sa_delete
 from sqlalchemy import func, select, text, update
 from sqlalchemy.orm import Session
 
-from service import datasets, trials, warmstart
+from service import trials, uploads, warmstart
 from service.db import Database
 from service.errors import Conflict, NotFound
-from service.models import ACTIVE, ArtifactRecord, StudyRecord, utcnow
+from service.tables import ACTIVE, ArtifactRecord, StudyRecord, utcnow
 from trainer.datasets import Dataset
 from trainer.spec import Limits, SpecError, StudySpec, metric_direction
 from trainer.study import Protocol, network_sizes
@@ -111,7 +111,7 @@ def submit(
     """
     with db.read() as session:
         check_active(session, tenant, max_active)  # cheap, before the dataset is loaded
-        dataset = datasets.resolve(session, tenant, spec.dataset)
+        dataset = uploads.resolve(session, tenant, spec.dataset)
         warm = warmstart.plan(session, storage, tenant, spec)  # WarmStartError
     protocol = Protocol.of(spec, dataset)
     check_parameters(spec, dataset, limits or Limits())

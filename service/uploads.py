@@ -14,8 +14,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from service.errors import Conflict, NotFound
-from service.models import ACTIVE, DatasetRecord, StudyRecord
 from service.settings import Settings
+from service.tables import ACTIVE, DatasetRecord, StudyRecord
 from trainer.datasets import (
     ArrayLimits,
     Dataset,

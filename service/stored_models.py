@@ -3,7 +3,7 @@
 The model (``trainer.artifact``: a ``torch.save`` file that ``torch.load(weights_only=True)``
 reads) lives in ``regtune_artifacts`` in the one database, so every worker and API process
 reaches it without a shared filesystem; it is deleted with its study (``ON DELETE CASCADE``,
-and explicitly by ``studies.delete``). Routers call these functions; they hold no HTTP types.
+and explicitly by ``lifecycle.delete``). Routers call these functions; they hold no HTTP types.
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ import hashlib
 
 from sqlalchemy import delete, select, update
 
-from service import studies
+from service import lifecycle
 from service.db import Database
-from service.models import ACTIVE, ArtifactRecord, StudyRecord, utcnow
+from service.tables import ACTIVE, ArtifactRecord, StudyRecord, utcnow
 
 MODEL = "model"
 
@@ -63,7 +63,7 @@ def model_file(db: Database, tenant: str, study_id: str) -> bytes:
     """The study's model file; ``NotFound`` (unknown or another tenant's study) or
     ``Conflict`` (no model: not completed yet, failed or cancelled, or built without one)."""
     with db.read() as session:
-        record = studies.get(session, tenant, study_id)
+        record = lifecycle.get(session, tenant, study_id)
         data = session.scalar(
             select(ArtifactRecord.data).where(
                 ArtifactRecord.study_id == study_id, ArtifactRecord.kind == MODEL
@@ -72,13 +72,13 @@ def model_file(db: Database, tenant: str, study_id: str) -> bytes:
     if data is not None:
         return data
     if record.status in ACTIVE:
-        raise studies.Conflict(
+        raise lifecycle.Conflict(
             f"study {study_id!r} is {record.status}: its model is retrained on all non-test "
             "rows once the study completes; try again then"
         )
     if record.status != "completed":
-        raise studies.Conflict(
+        raise lifecycle.Conflict(
             f"study {study_id!r} is {record.status}; only a completed study has a model"
         )
     reason = record.error or "it completed before regtune stored final models"
-    raise studies.Conflict(f"study {study_id!r} completed without a model: {reason}")
+    raise lifecycle.Conflict(f"study {study_id!r} completed without a model: {reason}")
