@@ -37,6 +37,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from trainer import networks
 from trainer.diagnosis import DIAGNOSES
+from trainer.records import TrialRecord
 from trainer.spec import stored_model
 
 log = logging.getLogger("regtune.report")
@@ -302,8 +303,8 @@ def _when(moment: datetime | None) -> str:
 
 
 def best_configuration(record: StudyLike, best: FrozenTrial) -> str:
-    attrs = best.user_attrs
-    config: Mapping[str, Any] = attrs.get("config") or {}
+    recorded = TrialRecord.of(best)
+    config: Mapping[str, Any] = recorded.config or {}
     names = [*config, *(name for name in best.params if name not in config)]
     rows = []
     for name in names:
@@ -313,11 +314,11 @@ def best_configuration(record: StudyLike, best: FrozenTrial) -> str:
         origin = "searched" if name in best.params else "fixed"
         rows.append([f"<code>{esc(name)}</code>", fmt(value), origin])
     extra = []
-    if attrs.get("n_params") is not None:
-        extra.append(f"{int(attrs['n_params']):,} parameters")
-    if attrs.get("l1_sparsity") is not None:
+    if recorded.n_params is not None:
+        extra.append(f"{recorded.n_params:,} parameters")
+    if recorded.l1_sparsity is not None:
         extra.append(
-            f"{100 * float(attrs['l1_sparsity']):.1f} % of the regularized weights are "
+            f"{100 * recorded.l1_sparsity:.1f} % of the regularized weights are "
             "below 1e-3 in magnitude (L1 sparsity, mean over folds)"
         )
     training = (record.spec or {}).get("training") or {}
@@ -335,10 +336,10 @@ def best_configuration(record: StudyLike, best: FrozenTrial) -> str:
 
 
 def cv_table(record: StudyLike, best: FrozenTrial) -> str:
-    attrs = best.user_attrs
-    scores = [float(s) for s in attrs.get("fold_scores") or []]
-    epochs = attrs.get("best_epochs") or []
-    diagnoses = attrs.get("fold_diagnoses") or []
+    recorded = TrialRecord.of(best)
+    scores = [float(s) for s in recorded.fold_scores or []]
+    epochs = recorded.best_epochs or []
+    diagnoses = recorded.fold_diagnoses or []
     rows = []
     for k, score in enumerate(scores):
         rows.append(
@@ -350,14 +351,14 @@ def cv_table(record: StudyLike, best: FrozenTrial) -> str:
             ]
         )
     mean = float(np.mean(scores)) if scores else best.value
-    std = attrs.get("cv_std")
+    std = recorded.cv_std
     std = float(std if std is not None else (np.std(scores) if scores else float("nan")))
     rows.append(
         [
             "<b>mean ± std</b>",
             f'<b class="cv-mean">{fmt(mean)} ± {fmt(std)}</b>',
             "",
-            esc(attrs.get("diagnosis", "")),
+            esc(recorded.diagnosis or ""),
         ]
     )
     body = para(
@@ -410,10 +411,11 @@ def test_sentence(record: StudyLike, mean: float | None, std: float | None) -> s
 
 
 def learning_curves(best: FrozenTrial) -> str:
-    train = best.user_attrs.get("train_loss") or []
-    val = best.user_attrs.get("val_loss") or []
-    epochs = best.user_attrs.get("best_epochs") or []
-    diagnoses = best.user_attrs.get("fold_diagnoses") or []
+    recorded = TrialRecord.of(best)
+    train = recorded.train_loss or []
+    val = recorded.val_loss or []
+    epochs = recorded.best_epochs or []
+    diagnoses = recorded.fold_diagnoses or []
     folds = min(len(train), len(val), MAX_FOLD_PLOTS)
     if folds == 0:
         return section(
@@ -491,9 +493,9 @@ MEANINGS = {
 
 
 def diagnosis(record: StudyLike, best: FrozenTrial, done: Sequence[FrozenTrial]) -> str:
-    attrs = best.user_attrs
-    reading = attrs.get("diagnosis")
-    fold_readings = list(attrs.get("fold_diagnoses") or [])
+    recorded = TrialRecord.of(best)
+    reading = recorded.diagnosis
+    fold_readings = list(recorded.fold_diagnoses or [])
     if reading not in MEANINGS:
         return section(
             "diagnosis", "Diagnosis", para("The best trial recorded no diagnosis of its curves.")
@@ -517,13 +519,13 @@ def diagnosis(record: StudyLike, best: FrozenTrial, done: Sequence[FrozenTrial])
             f"There, try {esc(MEANINGS[other][1])}"
         )
     max_epochs = ((record.spec or {}).get("training") or {}).get("max_epochs")
-    epochs = attrs.get("best_epochs") or []
+    epochs = recorded.best_epochs or []
     if epochs and max_epochs:
         body += para(
             f"Early stopping kept epochs {esc(', '.join(str(e + 1) for e in epochs))} of at "
             f"most {esc(max_epochs)}."
         )
-    study_counts = Counter(t.user_attrs.get("diagnosis") for t in done)
+    study_counts = Counter(TrialRecord.of(t).diagnosis for t in done)
     study_counts.pop(None, None)
     if study_counts:
         rows = [[esc(d), str(study_counts[d])] for d in DIAGNOSES if study_counts[d]]
@@ -800,7 +802,7 @@ def budget_section(record: StudyLike, trials: Sequence[FrozenTrial]) -> str:
 
         body += plot("budget", draw, (6.5, 3.0))
     reasons = Counter(
-        str(t.user_attrs.get("fail_reason") or "no reason recorded")
+        str(TrialRecord.of(t).fail_reason or "no reason recorded")
         for t in trials
         if t.state == TrialState.FAIL
     )

@@ -8,6 +8,8 @@ from typing import Any, Generic, Literal, TypeVar
 from optuna.trial import FrozenTrial
 from pydantic import BaseModel, ConfigDict, Field
 
+from trainer.records import BestTrial, TrialRecord
+
 T = TypeVar("T")
 
 
@@ -82,15 +84,15 @@ class TrialOut(BaseModel):
 
     @classmethod
     def of(cls, trial: FrozenTrial) -> TrialOut:
-        attrs = trial.user_attrs
+        record = TrialRecord.of(trial)
         return cls(
             number=trial.number,
             state=trial.state.name.lower(),
             value=trial.value,
             params=trial.params,
-            cv_std=attrs.get("cv_std"),
-            diagnosis=attrs.get("diagnosis"),
-            fail_reason=attrs.get("fail_reason"),
+            cv_std=record.cv_std,
+            diagnosis=record.diagnosis,
+            fail_reason=record.fail_reason,
             datetime_start=utc(trial.datetime_start),
             datetime_complete=utc(trial.datetime_complete),
             duration_s=trial.duration.total_seconds() if trial.duration else None,
@@ -108,35 +110,28 @@ class TrialDetail(TrialOut):
     fold_diagnoses: list[str] | None
     l1_sparsity: float | None
     n_params: int | None
+    engine: str | None = Field(description="population or per-trial")
+    engine_note: str | None = Field(description="why the trial did not train stacked")
     intermediate_values: dict[int, float]
 
     @classmethod
     def of(cls, trial: FrozenTrial) -> TrialDetail:
-        attrs = trial.user_attrs
+        record = TrialRecord.of(trial)
         base = TrialOut.of(trial).model_dump()
         return cls(
             **base,
-            config=attrs.get("config"),
-            fold_scores=attrs.get("fold_scores"),
-            best_epochs=attrs.get("best_epochs"),
-            train_loss=attrs.get("train_loss"),
-            val_loss=attrs.get("val_loss"),
-            fold_diagnoses=attrs.get("fold_diagnoses"),
-            l1_sparsity=attrs.get("l1_sparsity"),
-            n_params=attrs.get("n_params"),
+            config=record.config,
+            fold_scores=record.fold_scores,
+            best_epochs=record.best_epochs,
+            train_loss=record.train_loss,
+            val_loss=record.val_loss,
+            fold_diagnoses=record.fold_diagnoses,
+            l1_sparsity=record.l1_sparsity,
+            n_params=record.n_params,
+            engine=record.engine,
+            engine_note=record.engine_note,
             intermediate_values=trial.intermediate_values,
         )
-
-
-class BestTrial(BaseModel):
-    number: int
-    value: float
-    params: dict[str, Any]
-    config: dict[str, Any] | None
-    fold_scores: list[float] | None
-    cv_mean: float | None
-    cv_std: float | None
-    diagnosis: str | None
 
 
 class StudyOut(BaseModel):

@@ -40,6 +40,7 @@ from sqlalchemy.orm import Session
 
 from service.db import DATABASE_ERRORS, engine_kwargs
 from service.settings import Settings
+from trainer.records import LISTED, TrialRecord
 
 log = logging.getLogger("regtune.trials")
 
@@ -103,6 +104,13 @@ trial_heartbeats = Table(
 )
 
 
+def mark_stale(storage: RDBStorage, trial_id: int) -> None:
+    """Record why a stale trial fails (before it is failed: the reason comes with the state)."""
+    with contextlib.suppress(UpdateFinishedTrialError):  # another worker failed it first
+        for key, value in TrialRecord(fail_reason=STALE).to_attrs().items():
+            storage.set_trial_user_attr(trial_id, key, value)
+
+
 class HeartbeatStorage(RDBStorage):
     """Optuna's RDB storage whose heartbeats outlive a database outage.
 
@@ -123,8 +131,7 @@ class HeartbeatStorage(RDBStorage):
         # trial failed by either path says why. (A private Optuna method: the one seam.)
         stale = super()._get_stale_trial_ids(study_id)
         for trial_id in stale:
-            with contextlib.suppress(UpdateFinishedTrialError):  # another worker was first
-                self.set_trial_user_attr(trial_id, "fail_reason", STALE)
+            mark_stale(self, trial_id)
         return stale
 
 
@@ -147,7 +154,7 @@ class CleanRetry(RetryHeartbeatStaleTrialCallback):
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
         clean = copy.deepcopy(trial)
-        clean.user_attrs = {k: v for k, v in trial.user_attrs.items() if k != "fail_reason"}
+        clean.user_attrs = TrialRecord.of(trial).without_failure().to_attrs()
         super().__call__(study, clean)
 
 
@@ -255,8 +262,7 @@ def recover_stale(
     """Fail stale trials and queue their parameters again; return how many."""
     recovered = 0
     for trial_id in stale_trial_ids(session, study._study_id, grace_s):
-        with contextlib.suppress(UpdateFinishedTrialError):  # another worker was first
-            storage.set_trial_user_attr(trial_id, "fail_reason", STALE)
+        mark_stale(storage, trial_id)
         # Only the worker whose update wins re-queues it, however many race here.
         if storage.set_trial_state_values(trial_id, state=TrialState.FAIL):
             retry_callback()(study, storage.get_trial(trial_id))
@@ -305,9 +311,6 @@ def trial_ids_page(session: Session, study_id: int, offset: int, limit: int) -> 
     )
 
 
-LISTED_ATTRS = ("cv_std", "diagnosis", "fail_reason")  # the user attributes a listing shows
-
-
 # Optuna stores ±inf as NULL with a type tag.
 STORED_INFINITY = {"INF_POS": math.inf, "INF_NEG": -math.inf}
 
@@ -318,7 +321,7 @@ def local_time(utc: datetime | None) -> datetime | None:
 
 
 def trial_summaries(
-    session: Session, trial_ids: list[int], user_attrs: Sequence[str] = LISTED_ATTRS
+    session: Session, trial_ids: list[int], user_attrs: Sequence[str] = LISTED
 ) -> list[FrozenTrial]:
     """The trials ``trial_ids``, in that order, with what a listing shows: state, values,
     params, times and only the user attributes ``user_attrs`` (no intermediate values, no

@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session
 from service.tables import StudyRecord
 from service.trials import top_trial_ids
 from trainer.objective import hidden_key
+from trainer.records import TrialRecord
 from trainer.spec import DOMAINS, SEARCHABLE, Range, SearchSpace, SpecError, StudySpec
 
 log = logging.getLogger("regtune.warmstart")
@@ -117,7 +118,7 @@ def enqueue(study: optuna.Study, space: SearchSpace, warm: Plan) -> dict[str, An
         seen.append(kept)
         study.enqueue_trial(
             kept,
-            user_attrs={"warm_start": f"study {warm.source} trial {number}"},
+            user_attrs=TrialRecord(warm_start=f"study {warm.source} trial {number}").to_attrs(),
             skip_if_exists=True,
         )
         enqueued.append(number)

@@ -44,6 +44,7 @@ from trainer import artifact, layout
 from trainer.datasets import DatasetError
 from trainer.device import configure, resolve_device
 from trainer.objective import TrialInterrupted, failure_reason
+from trainer.records import TrialRecord
 from trainer.search import Search
 from trainer.spec import SpecError, StudySpec
 from trainer.study import Protocol, final_model, make_pruner, make_sampler
@@ -274,7 +275,8 @@ class Worker:
         """The ``fail_reason`` of the study's last failed trial."""
         study = optuna.load_study(study_name=record.optuna_name, storage=self.storage)
         failed = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.FAIL,))
-        return failed[-1].user_attrs.get("fail_reason", "no reason recorded") if failed else "none"
+        reason = TrialRecord.of(failed[-1]).fail_reason if failed else "none"
+        return reason or "no reason recorded"
 
     def runnable(self, record: StudyRecord, deadline: float | None) -> int:
         """How many trials this worker may start now (0: stop working on the study)."""

@@ -10,7 +10,8 @@ from optuna.trial import TrialState
 from sqlalchemy import event
 from sqlalchemy.orm import Session
 
-from service.trials import LISTED_ATTRS, trial_ids_page, trial_summaries
+from service.trials import trial_ids_page, trial_summaries
+from trainer.records import LISTED
 
 
 def fill(storage: RDBStorage) -> optuna.Study:
@@ -57,7 +58,7 @@ def test_a_page_matches_get_trial_in_order_and_in_few_queries(database_url: str)
         assert got.state == want.state
         assert got.params == want.params and got.distributions == want.distributions
         assert got.values == want.values
-        listed = {k: v for k, v in want.user_attrs.items() if k in LISTED_ATTRS}
+        listed = {k: v for k, v in want.user_attrs.items() if k in LISTED}
         assert repr(got.user_attrs) == repr(listed)  # NaN != NaN, so compare text
         assert "folds" not in got.user_attrs and got.intermediate_values == {}
         assert (got.datetime_start, got.datetime_complete) == (

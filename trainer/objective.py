@@ -11,11 +11,10 @@ import torch
 
 from trainer.config import TrialConfig
 from trainer.datasets import Dataset
-from trainer.engine import CVResult, DivergedError, Schedule, cross_validate
+from trainer.engine import DivergedError, Schedule, cross_validate
+from trainer.records import TrialRecord
 from trainer.spec import DOMAINS, SEARCHABLE, Metric, Param, Range, StudySpec
 from trainer.splits import Split
-
-SIGNIFICANT_DIGITS = 5
 
 
 def hidden_key(widths: Sequence[int]) -> str:
@@ -85,37 +84,6 @@ def trial_seed(study_seed: int, trial_number: int) -> int:
     return int(np.random.SeedSequence([study_seed, trial_number]).generate_state(1)[0])
 
 
-def compact(values: Sequence[float]) -> list[float]:
-    """Curves rounded to a few significant digits: small in storage, exact enough to plot."""
-    return [float(f"{v:.{SIGNIFICANT_DIGITS}g}") for v in values]
-
-
-def result_attrs(
-    result: CVResult, config: TrialConfig, engine: str, note: str | None = None
-) -> dict[str, Any]:
-    """Everything a trial records next to its value, as Optuna user attributes: ``engine``
-    that trained it (``population`` or ``per-trial``) and ``engine_note``, why not stacked."""
-    folds = result.folds
-    notes = {} if note is None else {"engine_note": note}
-    return notes | {
-        "engine": engine,
-        "metric": result.metric,
-        "fold_scores": result.scores,
-        "cv_mean": result.mean,
-        "cv_std": result.std,
-        "best_epochs": [f.best_epoch for f in folds],
-        "epochs": [f.epochs for f in folds],
-        "train_loss": [compact(f.train_loss) for f in folds],
-        "val_loss": [compact(f.val_loss) for f in folds],
-        "l1_sparsity": float(np.mean([f.sparsity for f in folds])),
-        "n_params": result.n_params,
-        "wall_time_s": result.wall_time_s,
-        "diagnosis": result.diagnosis,
-        "fold_diagnoses": [f.diagnosis for f in folds],
-        "config": config.hyperparameters(),
-    }
-
-
 class TrialInterrupted(Exception):
     """Raised inside a trial when its owner asked it to stop (cancel, shutdown).
 
@@ -173,7 +141,7 @@ class Objective:
 
     def __call__(self, trial: optuna.Trial) -> float:
         config = TrialConfig.from_values(self.spec, suggest(trial, self.spec))
-        trial.set_user_attr("config", config.hyperparameters())
+        TrialRecord(config=config.hyperparameters()).write(trial)
         lockstep = self.schedule == "lockstep"
 
         def report(step: int, value: float) -> None:
@@ -184,7 +152,7 @@ class Objective:
         def on_epoch(epoch: int, value: float) -> None:
             reason = self.should_stop() if self.should_stop is not None else None
             if reason is not None:
-                trial.set_user_attr("fail_reason", reason)
+                TrialRecord(fail_reason=reason).write(trial)
                 raise TrialInterrupted(reason, trial_ids=[trial._trial_id])
             if lockstep:
                 report(epoch, value)
@@ -202,15 +170,14 @@ class Objective:
                 on_fold=None if lockstep else report,
             )
         except DivergedError as exc:
-            trial.set_user_attr("fail_reason", str(exc))
+            TrialRecord(fail_reason=str(exc)).write(trial)
             raise
         except (TrialInterrupted, optuna.TrialPruned):
             raise
         except self.passthrough:
             raise
         except Exception as exc:
-            trial.set_user_attr("fail_reason", failure_reason(exc))
+            TrialRecord(fail_reason=failure_reason(exc)).write(trial)
             raise TrialFailed(failure_reason(exc)) from exc
-        for key, value in result_attrs(result, config, "per-trial", self.note).items():
-            trial.set_user_attr(key, value)
+        TrialRecord.of_result(result, config, "per-trial", self.note).write(trial)
         return result.mean

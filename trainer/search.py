@@ -48,11 +48,11 @@ from trainer.objective import (
     TrialFailed,
     TrialInterrupted,
     failure_reason,
-    result_attrs,
     suggest,
     trial_seed,
 )
 from trainer.population import Population, ShapeKey, SlotEpoch, shape_key
+from trainer.records import TrialRecord
 from trainer.spec import Metric, StudySpec
 from trainer.splits import Split
 
@@ -184,7 +184,7 @@ class Search:
             self.live.append(trial)
             try:
                 config = TrialConfig.from_values(self.spec, suggest(trial, self.spec))
-                trial.set_user_attr("config", config.hyperparameters())
+                TrialRecord(config=config.hyperparameters()).write(trial)
             except self.passthrough:
                 raise
             except Exception as exc:  # e.g. a sampler that cannot draw: the trial fails
@@ -267,11 +267,11 @@ class Search:
         elif not self.reported(trial, report):
             frozen = self.dropped(trial)
         elif trial.should_prune():
-            frozen = self.finish(trial, {}, state=TrialState.PRUNED)
+            frozen = self.finish(trial, TrialRecord(), state=TrialState.PRUNED)
         elif report.finished:
             result = stack.result(report.slot)
-            attrs = result_attrs(result, entry.config, "population")
-            frozen = self.finish(trial, attrs, values=result.mean)
+            record = TrialRecord.of_result(result, entry.config, "population")
+            frozen = self.finish(trial, record, values=result.mean)
         else:
             return
         stack.release(report.slot)
@@ -324,10 +324,10 @@ class Search:
     # --- telling -------------------------------------------------------------------------
 
     def fail(self, trial: optuna.Trial, reason: str) -> FrozenTrial:
-        return self.finish(trial, {"fail_reason": reason}, state=TrialState.FAIL)
+        return self.finish(trial, TrialRecord(fail_reason=reason), state=TrialState.FAIL)
 
-    def finish(self, trial: optuna.Trial, attrs: dict[str, Any], **outcome: Any) -> FrozenTrial:
-        """Record ``attrs`` and tell the outcome, unless a crash recovery failed the trial first.
+    def finish(self, trial: optuna.Trial, record: TrialRecord, **outcome: Any) -> FrozenTrial:
+        """Record ``record`` and tell the outcome, unless a crash recovery failed the trial first.
 
         A long database outage can make a live trial look dead; its parameters were then
         queued again, so its result is dropped (with a warning) rather than raised.
@@ -335,8 +335,7 @@ class Search:
         if trial in self.live:
             self.live.remove(trial)
         try:
-            for key, value in attrs.items():
-                trial.set_user_attr(key, value)
+            record.write(trial)
             return self.study.tell(trial, **outcome)
         except optuna.exceptions.UpdateFinishedTrialError:
             return self.dropped(trial)

@@ -25,6 +25,7 @@ from trainer.engine import DivergedError, FittedModel, fold_ensemble
 from trainer.networks import footprint
 from trainer.objective import fold_schedule, grid, trial_seed
 from trainer.population import Population
+from trainer.records import BestTrial, TrialRecord
 from trainer.refit import refit
 from trainer.search import Engine, Search, remaining
 from trainer.spec import Metric, SpecError, StudySpec, default_metric, metric_direction
@@ -171,21 +172,7 @@ class StudyOutcome:
     def summary(self) -> dict[str, Any]:
         """The study's outcome as JSON-ready data (``regtune tune --json``)."""
         states = Counter(t.state.name.lower() for t in self.study.get_trials(deepcopy=False))
-        best = None
-        if self.best is not None:
-            attrs = self.best.user_attrs
-            best = {
-                "number": self.best.number,
-                "value": self.best.value,
-                "params": self.best.params,
-                "config": attrs.get("config"),
-                "cv_mean": attrs.get("cv_mean"),
-                "cv_std": attrs.get("cv_std"),
-                "fold_scores": attrs.get("fold_scores"),
-                "best_epochs": attrs.get("best_epochs"),
-                "l1_sparsity": attrs.get("l1_sparsity"),
-                "diagnosis": attrs.get("diagnosis"),
-            }
+        best = None if self.best is None else BestTrial.of(self.best).model_dump()
         return {
             "study": self.study.study_name,
             "metric": self.metric,
@@ -288,8 +275,10 @@ def refit_trial(
     the trial's own seed unless ``seed`` is given (to see how much the test score varies
     between refits).
     """
-    config = TrialConfig.from_values(spec, trial.user_attrs["config"])
-    epochs = refit_epochs(trial.user_attrs["best_epochs"])
+    record = TrialRecord.of(trial)
+    assert record.config is not None and record.best_epochs is not None, "a completed trial"
+    config = TrialConfig.from_values(spec, record.config)
+    epochs = refit_epochs(record.best_epochs)
     return refit(
         dataset,
         config,
@@ -322,7 +311,7 @@ def final_model(
         try:
             ensemble = fold_ensemble(
                 dataset,
-                TrialConfig.from_values(spec, trial.user_attrs["config"]),
+                fitted.config,
                 protocol.splits,
                 protocol.test,
                 metric=protocol.metric,
@@ -332,19 +321,19 @@ def final_model(
             )
         except DivergedError as exc:
             ensemble_error = f"the fold ensemble could not be built: {exc}"
-    attrs = trial.user_attrs
+    record = TrialRecord.of(trial)
     packed = artifact.pack(
         fitted,
         dataset,
         metric=protocol.metric,
         n_train=len(protocol.pool),
         n_test=len(protocol.test),
-        cv=attrs,
+        cv={"cv_mean": record.cv_mean, "cv_std": record.cv_std, "fold_scores": record.fold_scores},
         trial={
             "number": trial.number,
             "params": trial.params,
-            "best_epochs": attrs.get("best_epochs"),
-            "diagnosis": attrs.get("diagnosis"),
+            "best_epochs": record.best_epochs,
+            "diagnosis": record.diagnosis,
         },
         study=study,
         ensemble=ensemble,

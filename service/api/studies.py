@@ -115,17 +115,7 @@ def study_status(db: DB, storage: Storage, tenant: str, study_id: str) -> StudyO
         state = lifecycle.status(session, storage, record)
     best = None
     if state.best is not None and state.best.value is not None:
-        attrs = state.best.user_attrs
-        best = BestTrial(
-            number=state.best.number,
-            value=state.best.value,
-            params=state.best.params,
-            config=attrs.get("config"),
-            fold_scores=attrs.get("fold_scores"),
-            cv_mean=attrs.get("cv_mean"),
-            cv_std=attrs.get("cv_std"),
-            diagnosis=attrs.get("diagnosis"),
-        )
+        best = BestTrial.of(state.best)
     return StudyOut(
         id=record.id,
         name=record.name,

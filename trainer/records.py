@@ -1,0 +1,142 @@
+"""What a trial records next to its value: one typed record, stored as Optuna user attributes.
+
+Optuna keeps a trial's extras as a dict of JSON values (``user_attrs``). Every module of
+regtune reads and writes them through :class:`TrialRecord`, so a field has one name, one
+type and one meaning everywhere (the engine that writes it, the API, the report, the refit),
+and :class:`BestTrial` is the one summary of a study's best trial (``GET /v1/studies/{id}``
+and ``regtune tune --json`` alike).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+from typing import Any, Protocol
+
+import numpy as np
+from optuna.trial import FrozenTrial
+from pydantic import BaseModel
+
+from trainer.config import TrialConfig
+from trainer.engine import CVResult
+
+SIGNIFICANT_DIGITS = 5
+
+
+class HasUserAttrs(Protocol):
+    """An Optuna trial, live (``optuna.Trial``) or frozen (``FrozenTrial``)."""
+
+    @property
+    def user_attrs(self) -> dict[str, Any]: ...
+
+
+class WritableTrial(HasUserAttrs, Protocol):
+    def set_user_attr(self, key: str, value: Any) -> None: ...
+
+
+def compact(values: list[float]) -> list[float]:
+    """Curves rounded to a few significant digits: small in storage, exact enough to plot."""
+    return [float(f"{v:.{SIGNIFICANT_DIGITS}g}") for v in values]
+
+
+@dataclass(frozen=True)
+class TrialRecord:
+    """A trial's user attributes; None: not recorded (yet, or for this kind of trial)."""
+
+    config: dict[str, Any] | None = None  # the resolved configuration (hyperparameters)
+    metric: str | None = None
+    fold_scores: list[float] | None = None
+    cv_mean: float | None = None
+    cv_std: float | None = None
+    best_epochs: list[int] | None = None  # per fold, from 0
+    epochs: list[int] | None = None  # per fold, trained
+    train_loss: list[list[float]] | None = None  # per fold and epoch
+    val_loss: list[list[float]] | None = None
+    l1_sparsity: float | None = None  # fraction of regularized weights with |θ| < 1e-3
+    n_params: int | None = None
+    wall_time_s: float | None = None
+    diagnosis: str | None = None  # of the trial (trainer.diagnosis)
+    fold_diagnoses: list[str] | None = None
+    engine: str | None = None  # "population" or "per-trial"
+    engine_note: str | None = None  # why the trial did not train stacked
+    fail_reason: str | None = None
+    warm_start: str | None = None  # the earlier study and trial it repeats
+
+    @classmethod
+    def of(cls, trial: HasUserAttrs) -> TrialRecord:
+        """The record of ``trial`` (attributes of other names are not regtune's: ignored)."""
+        known = FIELDS.keys()
+        return cls(**{k: v for k, v in trial.user_attrs.items() if k in known})
+
+    @classmethod
+    def of_result(
+        cls, result: CVResult, config: TrialConfig, engine: str, note: str | None = None
+    ) -> TrialRecord:
+        """What a trial records once cross-validated: scores, curves, diagnosis, config."""
+        folds = result.folds
+        return cls(
+            config=config.hyperparameters(),
+            metric=result.metric,
+            fold_scores=result.scores,
+            cv_mean=result.mean,
+            cv_std=result.std,
+            best_epochs=[f.best_epoch for f in folds],
+            epochs=[f.epochs for f in folds],
+            train_loss=[compact(f.train_loss) for f in folds],
+            val_loss=[compact(f.val_loss) for f in folds],
+            l1_sparsity=float(np.mean([f.sparsity for f in folds])),
+            n_params=result.n_params,
+            wall_time_s=result.wall_time_s,
+            diagnosis=result.diagnosis,
+            fold_diagnoses=[f.diagnosis for f in folds],
+            engine=engine,
+            engine_note=note,
+        )
+
+    def to_attrs(self) -> dict[str, Any]:
+        """The recorded fields as Optuna user attributes (None fields left out)."""
+        return {name: value for name in FIELDS if (value := getattr(self, name)) is not None}
+
+    def write(self, trial: WritableTrial) -> None:
+        for name, value in self.to_attrs().items():
+            trial.set_user_attr(name, value)
+
+    def without_failure(self) -> TrialRecord:
+        """The record a re-run starts from: everything but the failed attempt's reason."""
+        return replace(self, fail_reason=None)
+
+
+FIELDS = {f.name: f for f in fields(TrialRecord)}
+# The attributes a trial list shows (fetched alone by the listing query).
+LISTED = ("cv_std", "diagnosis", "fail_reason")
+
+
+class BestTrial(BaseModel):
+    """A study's best trial: its value, parameters and what cross-validation measured."""
+
+    number: int
+    value: float
+    params: dict[str, Any]
+    config: dict[str, Any] | None
+    fold_scores: list[float] | None
+    cv_mean: float | None
+    cv_std: float | None
+    best_epochs: list[int] | None
+    l1_sparsity: float | None
+    diagnosis: str | None
+
+    @classmethod
+    def of(cls, trial: FrozenTrial) -> BestTrial:
+        record = TrialRecord.of(trial)
+        assert trial.value is not None, "a best trial has a value"
+        return cls(
+            number=trial.number,
+            value=trial.value,
+            params=trial.params,
+            config=record.config,
+            fold_scores=record.fold_scores,
+            cv_mean=record.cv_mean,
+            cv_std=record.cv_std,
+            best_epochs=record.best_epochs,
+            l1_sparsity=record.l1_sparsity,
+            diagnosis=record.diagnosis,
+        )
