@@ -64,6 +64,6 @@ def step_loss(device: torch.device) -> Callable[..., Any]:
 
 @cache
 def stacked_update(device: torch.device) -> Callable[..., Any]:
-    from trainer.population import stacked_update as eager
+    from trainer.stacked_optim import stacked_update as eager
 
     return _compile(eager, device)

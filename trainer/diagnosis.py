@@ -21,6 +21,8 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Literal
 
+import numpy as np
+
 Diagnosis = Literal["over-fitting", "still improving", "under-fitting", "converged"]
 # Severity order, used to break ties when folds disagree.
 DIAGNOSES: tuple[Diagnosis, ...] = ("over-fitting", "under-fitting", "still improving", "converged")
@@ -29,6 +31,17 @@ UNDERFIT_RATIO = 0.5
 RECENT_FRACTION = 0.10
 NOISE_FLOOR = 0.01
 STILL_IMPROVING_DROP = 0.01
+
+
+def trivial_loss(task: str, y_fit: np.ndarray, n_outputs: int) -> float:
+    """The loss of the trivial predictor on a fold's fit rows, the scale of "under-fitting":
+    for classification the prior's entropy −Σ_c π_c log π_c (predicting the class
+    frequencies π), for regression 1 (predicting the mean of z-scored targets)."""
+    if task == "regression":
+        return 1.0
+    prior = np.bincount(y_fit, minlength=n_outputs) / len(y_fit)
+    prior = prior[prior > 0]
+    return float(-(prior * np.log(prior)).sum())
 
 
 def diagnose_fold(

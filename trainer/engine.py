@@ -25,7 +25,7 @@ from torch.nn import functional as F
 from trainer import rng
 from trainer.config import TrialConfig
 from trainer.datasets import Dataset
-from trainer.diagnosis import Diagnosis, diagnose_fold, diagnose_trial
+from trainer.diagnosis import Diagnosis, diagnose_fold, diagnose_trial, trivial_loss
 from trainer.early_stopping import EarlyStopping
 from trainer.networks import count_parameters
 from trainer.preprocessing import Standardizer
@@ -66,11 +66,9 @@ class FoldData:
         if dataset.task == "regression":
             y_scaler = Standardizer.fit(y[split.fit, None])
             targets = torch.as_tensor(y_scaler.transform(y[:, None]))
-            baseline = 1.0
         else:
             targets = torch.as_tensor(y)
-            prior = np.bincount(y[split.fit], minlength=dataset.n_outputs) / len(split.fit)
-            baseline = float(-(prior[prior > 0] * np.log(prior[prior > 0])).sum())
+        baseline = trivial_loss(dataset.task, y[split.fit], dataset.n_outputs)
 
         def rows(index: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
             features = torch.as_tensor(x_scaler.transform(X[index]))

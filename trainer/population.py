@@ -1,31 +1,19 @@
 """The population engine: P slots × K folds of one network as one stacked model.
 
 None of the searched regularization hyperparameters changes a tensor's shape, so M = P·K
-models are stacked along a leading axis and trained by batched kernels: each Linear layer is
-one ``torch.baddbmm`` over weights ``[M, in, out]``, and each convolution one grouped
-convolution with M groups over the models' channels side by side (``[B, M·C, …]``, weights
-``[M·out, C, k…]``), which is M independent convolutions in one kernel. Row r of the stack is
-fold ``r mod K`` of the trial in slot ``r div K``. Per model m:
+models are stacked along a leading axis and trained by batched kernels, each model exactly as
+it would train alone. The stack is in parts: its rows (each model's fold of the data,
+:mod:`trainer.stacked_data`), its layers (batched Linear, grouped convolutions, per-model
+BatchNorm and keyed dropout, :mod:`trainer.stacked_layers`, run in the order the traced
+network gives, :mod:`trainer.stacking`), its optimizer step (per-model L1, L2 and Adam or SGD,
+:mod:`trainer.stacked_optim`), and here the slots, the epoch loop and the results. Per model:
 
-* data: its fold's fit/val/score rows (index gathers into one device copy of the data set) and
-  its fold's standardization μ, σ, fitted on the fit rows only;
-* BatchNorm: batch statistics over its own valid rows (and, after a convolution, positions)
-  and its own running statistics, ``running ← (1 − m_m)·running + m_m·batch``;
-* dropout: inverted, keep probability 1 − p_m, masks from ``trainer.rng`` keyed by the model's
-  seed and its own epoch, so a model draws the same masks whatever its neighbours are and
-  whichever slot it was given;
 * loss: its own mean over its batch; the population's loss is the *sum* over models, so each
   model's gradient is exactly its own (a mean would scale every gradient by 1/M);
-* L1 λ₁_m·sign(θ) added to the gradient; L2 λ_m coupled (g ← g + λθ) or decoupled
-  (θ ← (1 − ηλ)θ);
-* Adam or SGD over the stacked tensors in one call per step, with per-model learning rates
-  and step counts as tensors; a model that does not step (stopped, pruned, an empty slot, no
-  batch of its own this step) is gated out with ``torch.where``: zeroing its gradient would
-  not do, Adam's moments would still move its weights;
 * early stopping with its own patience; the best weights are kept by a masked copy.
 
 Slots are refilled: when a trial ends, :meth:`Population.assign` puts the next one in its
-rows at the next epoch boundary, initialised exactly as ``build_model`` under its seed. Shapes
+rows at the next epoch boundary, initialised exactly as its network alone under its seed. Shapes
 never change, so the step can be compiled once (:mod:`trainer.compiled`).
 
 Inside an epoch nothing waits for the host. Batch orders, dropout keys and the per-step
@@ -42,7 +30,6 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import NamedTuple, cast
 
 import numpy as np
 import torch
@@ -52,20 +39,21 @@ from torch.nn import functional as F
 from trainer import compiled, rng, stacking
 from trainer.config import TrialConfig
 from trainer.datasets import Dataset
-from trainer.diagnosis import diagnose_fold
-from trainer.engine import CVResult, DivergedError, FoldResult, fold_seed
+from trainer.engine import CVResult, DivergedError, fold_seed
 from trainer.networks import count_parameters
-from trainer.preprocessing import Standardizer
-from trainer.regularizers import SPARSITY_THRESHOLD
 from trainer.spec import Metric
 from trainer.splits import Split
-
-ADAM_BETAS = (0.9, 0.999)
-ADAM_EPS = 1e-8
+from trainer.stacked_data import StackedRows
+from trainer.stacked_layers import ConvShape, Pass, StackedLayers, per_model
+from trainer.stacked_optim import (
+    decay_decoupled,
+    fused_adam_rows,
+    regularized_gradients,
+    stacked_update,
+)
+from trainer.stacked_results import StackedResults
 
 ShapeKey = tuple[tuple[int, ...], int, str]
-WeightLayer = nn.Linear | nn.Conv1d | nn.Conv2d
-NormLayer = nn.BatchNorm1d | nn.BatchNorm2d
 
 
 def shape_key(config: TrialConfig) -> ShapeKey:
@@ -84,45 +72,7 @@ class SlotEpoch:
     finished: bool  # every fold stopped (early stopping or max_epochs)
 
 
-class Pass(NamedTuple):
-    """What a forward pass of the stack needs beside its input (the program's context).
-
-    ``weight`` ``[M, B]`` is 1 on real rows; ``stepping`` ``[M]`` (training only) says whose
-    BatchNorm running statistics move; ``keys`` ``[dropouts, M]`` draws the dropout masks
-    (None: no dropout); ``full``: every row is real (plain, unmasked batch statistics).
-    """
-
-    weight: torch.Tensor
-    stepping: torch.Tensor | None
-    keys: torch.Tensor | None
-    full: bool
-
-
-@dataclass(frozen=True)
-class ConvShape:
-    """A convolution's function and geometry, as its module has them."""
-
-    function: Callable[..., torch.Tensor]
-    stride: tuple[int, ...]
-    padding: tuple[int, ...] | str
-    dilation: tuple[int, ...]
-
-
-def per_model(column: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """A per-model value ``[M, …]`` shaped to broadcast against ``like`` ``[M, …]``."""
-    return column.reshape(-1, *[1] * (like.dim() - 1))
-
-
-def _padded(indices: Sequence[np.ndarray], device: torch.device) -> tuple[torch.Tensor, list[int]]:
-    """Index lists of unequal length as ``[M, max]`` (padded with 0) and their lengths."""
-    width = max(1, max(len(i) for i in indices))
-    table = np.zeros((len(indices), width), dtype=np.int64)
-    for m, index in enumerate(indices):
-        table[m, : len(index)] = index
-    return torch.as_tensor(table, device=device), [len(i) for i in indices]
-
-
-class Population:
+class Population(StackedRows, StackedLayers, StackedResults):
     """``slots`` trials × K folds of ``template``'s network, batch size and optimizer.
 
     Every trial assigned must share :func:`shape_key` with ``template`` (and the study's
@@ -160,51 +110,7 @@ class Population:
             torch.autocast(dev.type, dtype=torch.bfloat16) if precision == "bf16" else nullcontext()
         )
 
-        # Data: one device copy; fold k's standardization (and a table's encoding) fitted on
-        # its fit rows only. A table encoded per fold has a copy per fold, X[k].
-        features = [dataset.fold_features(s.fit) for s in splits]
-        self.encoders = [encoder for _, encoder in features]
-        self.x_scalers = [
-            Standardizer.fit(X[s.fit]) for (X, _), s in zip(features, splits, strict=True)
-        ]
-        fold_of_row = [r % self.K for r in range(M)]
-        self.x_copy: torch.Tensor | None = None  # the copy of X each row reads
-        if all(X is dataset.X for X, _ in features):
-            self.X = torch.as_tensor(dataset.X, device=dev)
-        else:
-            self.X = torch.as_tensor(np.stack([X for X, _ in features]), device=dev)
-            self.x_copy = torch.as_tensor(fold_of_row, device=dev)[:, None]
-
-        def by_row(values: Sequence[np.ndarray] | Sequence[float]) -> torch.Tensor:
-            return torch.as_tensor(
-                np.stack([np.asarray(values[k]) for k in fold_of_row]),
-                device=dev,
-                dtype=torch.float32,
-            )
-
-        self.x_mean = by_row([s.mean for s in self.x_scalers])[:, None, :]
-        self.x_std = by_row([s.std for s in self.x_scalers])[:, None, :]
-        self.y_scalers: list[Standardizer] | None = None
-        if dataset.task == "regression":
-            self.y_scalers = y_scalers = [Standardizer.fit(dataset.y[s.fit, None]) for s in splits]
-            self.y_mean = by_row([float(s.mean[0]) for s in y_scalers])
-            self.y_std = by_row([float(s.std[0]) for s in y_scalers])
-            self.baseline = [1.0] * self.K
-        else:
-            self.y_mean = self.y_std = torch.zeros(M, device=dev)
-            self.baseline = []
-            for s in splits:
-                counts = np.bincount(dataset.y[s.fit], minlength=dataset.n_outputs)
-                prior = counts[counts > 0] / len(s.fit)
-                self.baseline.append(float(-(prior * np.log(prior)).sum()))
-        self.y = torch.as_tensor(dataset.y, device=dev)
-        rows = [splits[k] for k in fold_of_row]
-        self.fit_index, fit_len = _padded([s.fit for s in rows], dev)
-        self.val_index, val_len = _padded([s.val for s in rows], dev)
-        self.score_index, score_len = _padded([s.score for s in rows], dev)
-        self.fit_len = torch.tensor(fit_len, device=dev)
-        self.val_len = torch.tensor(val_len, device=dev)
-        self.score_len = torch.tensor(score_len, device=dev)
+        fit_len = self.load_rows(dataset, splits, dev)
         # A row with no validation rows (a refit) trains its fixed epochs: each epoch's weights
         # replace the best, and patience never runs out.
         self.unvalidated = self.val_len == 0
@@ -286,13 +192,6 @@ class Population:
 
     # --- layout --------------------------------------------------------------------------
 
-    def layer_modules(self, net: nn.Module) -> list[WeightLayer]:
-        """A network of the template's structure: its Linear and Conv layers in call order."""
-        return [cast(WeightLayer, net.get_submodule(name)) for name in self.program.layers]
-
-    def norm_modules(self, net: nn.Module) -> list[NormLayer]:
-        return [cast(NormLayer, net.get_submodule(name)) for name in self.program.norms]
-
     def layer_tensors(self, net: nn.Module) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """A network's layers in call order, as stacked: a convolution's weight ``[out, C,
         k…]``, a Linear's ``[in, out]`` (transposed, for ``baddbmm``), every bias ``[1, out]``."""
@@ -326,9 +225,6 @@ class Population:
         self.has_batch_host = counts >= minimum  # [S, M]
         self.has_batch = torch.as_tensor(self.has_batch_host, device=self.device)
         self.n_steps = n_steps
-
-    def rows_of(self, slot: int) -> slice:
-        return slice(slot * self.K, (slot + 1) * self.K)
 
     # --- slots ---------------------------------------------------------------------------
 
@@ -416,128 +312,6 @@ class Population:
         )
 
     # --- the model -----------------------------------------------------------------------
-
-    def features(self, index: torch.Tensor) -> torch.Tensor:
-        """Standardized features of ``index`` ``[M, B]`` → ``[M, B, d]``, each model its own."""
-        x = self.X[index] if self.x_copy is None else self.X[self.x_copy, index]
-        return (x - self.x_mean) / self.x_std
-
-    def linear(self, layer: int, h: torch.Tensor) -> torch.Tensor:
-        """Linear layer ``layer`` of every model at once: ``[M, B, …, in]`` → ``[M, B, …, out]``,
-        one batched matmul over the models' weights ``[M, in, out]``."""
-        w, b = self.weights[layer], self.bias_of[layer]
-        if h.dim() == 3:  # [M, B, in]: one batched matmul, no reshape
-            return torch.bmm(h, w) if b is None else torch.baddbmm(self.biases[b], h, w)
-        flat = h.reshape(h.shape[0], -1, h.shape[-1])
-        out = torch.bmm(flat, w) if b is None else torch.baddbmm(self.biases[b], flat, w)
-        return out.view(*h.shape[:-1], w.shape[-1])
-
-    def convolve(self, layer: int, h: torch.Tensor) -> torch.Tensor:
-        """Convolution ``layer`` of every model at once: ``[M, B, C, …]`` → ``[M, B, out, …]``.
-
-        The models' channels side by side make one input ``[B, M·C, …]``; a convolution with M
-        groups convolves group m (model m's C channels) with model m's filters only.
-        """
-        M, B, C, *spatial = h.shape
-        w, b, conv = self.weights[layer], self.bias_of[layer], self.convs[layer]
-        assert conv is not None
-        out = conv.function(
-            h.transpose(0, 1).reshape(B, M * C, *spatial),
-            w.flatten(0, 1),
-            None if b is None else self.biases[b].reshape(-1),
-            stride=conv.stride,
-            padding=conv.padding,
-            dilation=conv.dilation,
-            groups=M,
-        )
-        return out.view(B, M, w.shape[1], *out.shape[2:]).transpose(0, 1)
-
-    def batch_norm(self, norm: int, h: torch.Tensor, context: Pass) -> torch.Tensor:
-        """BatchNorm ``norm`` of every model at once (:meth:`normalize`)."""
-        return self.normalize(h, norm, context.weight, context.stepping, full=context.full)
-
-    def dropout(self, index: int, h: torch.Tensor, context: Pass) -> torch.Tensor:
-        """Dropout ``index`` of every model: inverted, keep probability 1 − p of the model's
-        group, the mask keyed by (step, dropout, model); ``Dropout1d/2d`` drop whole channels.
-        Identity in evaluation mode."""
-        if context.keys is None:
-            return h
-        keep = self.keep[self.group_of[index]]
-        channels = self.program.dropouts[index][2]
-        shape = tuple(h.shape[1:3]) + (1,) * (h.dim() - 3) if channels else tuple(h.shape[1:])
-        mask = rng.keep_mask(context.keys[index], shape, keep, dtype=h.dtype)
-        return h * mask.mul_(per_model(1.0 / keep, mask))
-
-    def normalize(
-        self,
-        h: torch.Tensor,
-        layer: int,
-        weight: torch.Tensor,
-        stepping: torch.Tensor | None,
-        *,
-        full: bool,
-    ) -> torch.Tensor:
-        """Per-model BatchNorm of ``h`` ``[M, B, C, …]`` over its valid rows and positions.
-
-        ``weight`` ``[M, B]`` is 1 on real rows; ``stepping`` ``[M]`` (training only) says whose
-        running statistics move: ``running ← (1 − m)·running + m·batch`` with m gated to 0.
-        """
-        M, _, C, *spatial = h.shape
-        eps = self.eps[layer]
-        dims = (1, *range(3, h.dim()))
-        shape = (M, 1, C, *[1] * len(spatial))  # per model and channel
-        mean_run, var_run = self.running[layer]
-        if stepping is not None and full:
-            return self.normalize_full(h, layer, stepping)
-        if stepping is None:
-            mean, var = mean_run.view(shape), var_run.view(shape)
-        else:
-            count = weight.sum(1).clamp(min=1.0)
-            n = (count * math.prod(spatial)).view(M, *[1] * (h.dim() - 1))
-            # Two-pass statistics: torch.var_mean over the middle axis is ~7× slower on CPU.
-            if full:
-                mean = h.mean(dims, keepdim=True)
-                centred = h - mean
-                var = (centred * centred).mean(dims, keepdim=True)
-            else:
-                rows = weight.view(*weight.shape, *[1] * (h.dim() - 2))
-                mean = (h * rows).sum(dims, keepdim=True) / n
-                centred = (h - mean) * rows
-                var = (centred * centred).sum(dims, keepdim=True) / n
-            with torch.no_grad():
-                # PyTorch keeps the unbiased batch variance in the running estimate.
-                unbiased = var * n / (n - 1).clamp(min=1.0)
-                m = self.bn_momentum * stepping[:, None].to(h.dtype)
-                mean_run.mul_(1 - m).add_(m * mean.view(M, C))
-                var_run.mul_(1 - m).add_(m * unbiased.view(M, C))
-        gamma, beta = self.gammas[layer].view(shape), self.betas[layer].view(shape)
-        return (h - mean) / torch.sqrt(var + eps) * gamma + beta
-
-    def normalize_full(self, h: torch.Tensor, layer: int, stepping: torch.Tensor) -> torch.Tensor:
-        """:meth:`normalize` of a batch with every row real, by torch's own BatchNorm kernel
-        (forward and backward in one pass each, 3× faster than the masked arithmetic on a
-        CPU): the M models' channels side by side are M·C channels of one BatchNorm."""
-        M, B, C, *spatial = h.shape
-        x = h.transpose(0, 1).reshape(B, M * C, *spatial)
-        gamma, beta = self.gammas[layer].reshape(-1), self.betas[layer].reshape(-1)
-        eps = self.eps[layer]
-        out, mean, rstd = torch.native_batch_norm(x, gamma, beta, None, None, True, 0.0, eps)
-        with torch.no_grad():
-            mean = mean.view(M, C)
-            n = B * math.prod(spatial)
-            var = (rstd.pow(-2) - eps).view(M, C)
-            # PyTorch keeps the unbiased batch variance in the running estimate.
-            m = self.bn_momentum * stepping[:, None].to(h.dtype)
-            mean_run, var_run = self.running[layer]
-            mean_run.mul_(1 - m).add_(m * mean)
-            var_run.mul_(1 - m).add_(m * var * (n / max(n - 1, 1)))
-        return out.view(B, M, C, *out.shape[2:]).transpose(0, 1)
-
-    def targets(self, index: torch.Tensor) -> torch.Tensor:
-        y = self.y[index]
-        if self.task == "regression":
-            return ((y - self.y_mean[:, None]) / self.y_std[:, None])[..., None]
-        return y
 
     def forward(
         self,
@@ -739,88 +513,6 @@ class Population:
         for r in range(rows.start, rows.stop):
             self.host_active[r] = False
 
-    # --- results -------------------------------------------------------------------------
-
-    @torch.no_grad()
-    def module(self, slot: int, fold: int) -> nn.Module:
-        """Fold ``fold`` of ``slot``'s trial as its own ``nn.Module`` (evaluation mode), with
-        its best weights and running statistics: the inverse of :meth:`assign`'s layout."""
-        config = self.occupant[slot]
-        assert config is not None
-        row = slot * self.K + fold
-        net = config.network(self.input_shape, self.n_outputs).to(self.device)
-        best = dict(zip(map(id, self.params), self.best_params, strict=True))
-        for i, (layer, w) in enumerate(zip(self.layer_modules(net), self.weights, strict=True)):
-            weight = best[id(w)][row]
-            layer.weight.copy_(weight.t() if isinstance(layer, nn.Linear) else weight)
-            if (bias := self.bias_of[i]) is not None and layer.bias is not None:
-                layer.bias.copy_(best[id(self.biases[bias])][row, 0])
-        for norm, g, b, (mean, var) in zip(
-            self.norm_modules(net), self.gammas, self.betas, self.best_running, strict=True
-        ):
-            # The program admits only affine BatchNorms with running statistics.
-            assert norm.running_mean is not None and norm.running_var is not None
-            norm.weight.copy_(best[id(g)][row, 0])
-            norm.bias.copy_(best[id(b)][row, 0])
-            norm.running_mean.copy_(mean[row])
-            norm.running_var.copy_(var[row])
-        return net.eval()
-
-    @torch.no_grad()
-    def result(self, slot: int) -> CVResult:
-        """The cross-validation result of ``slot``'s trial, from its folds' best epochs."""
-        config = self.occupant[slot]
-        assert config is not None
-        rows = self.rows_of(slot)
-        chosen = [
-            best[rows]
-            for best, decayed in zip(self.best_params, self.decayed, strict=True)
-            if decayed
-        ]
-        small = torch.stack([(p.abs() < SPARSITY_THRESHOLD).flatten(1).sum(1) for p in chosen]).sum(
-            0
-        )
-        total = sum(p[0].numel() for p in chosen)
-        table = torch.stack(
-            [
-                self.best_score[rows].double(),
-                self.best_epoch[rows].double(),
-                self.epochs[rows].double(),
-                (self.bad_epochs[rows] >= self.patience[rows]).double(),
-                small.double() / total,
-            ]
-        ).tolist()
-        scores, best_epochs, epochs, stopped, sparsity = table
-        folds = []
-        for k, r in enumerate(range(rows.start, rows.stop)):
-            folds.append(
-                FoldResult(
-                    index=k,
-                    score=scores[k],
-                    best_epoch=int(best_epochs[k]),
-                    epochs=int(epochs[k]),
-                    stopped_early=bool(stopped[k]),
-                    train_loss=self.train_curves[r],
-                    val_loss=self.val_curves[r],
-                    sparsity=sparsity[k],
-                    diagnosis=diagnose_fold(
-                        self.train_curves[r],
-                        self.val_curves[r],
-                        max_epochs=self.training.max_epochs,
-                        baseline_loss=self.baseline[k],
-                    ),
-                    scored=self.splits[k].score,
-                    x_scaler=self.x_scalers[k],
-                    encoder=self.encoders[k],
-                )
-            )
-        return CVResult(
-            metric=self.metric,
-            folds=folds,
-            n_params=self.n_params,
-            wall_time_s=time.perf_counter() - self.started[slot],
-        )
-
 
 def step_loss(
     population: Population,
@@ -839,158 +531,6 @@ def step_loss(
             p.features(index), valid, stepping=stepping, dropout_keys=dropout_keys, full=full
         )
     return p.losses(outputs, p.targets(index), valid), valid.sum(1)
-
-
-def regularized_gradients(
-    params: list[torch.Tensor],
-    grads: list[torch.Tensor],
-    *,
-    weight_decay: torch.Tensor,
-    l1: torch.Tensor | None,
-    decayed: list[bool],
-    decoupled: bool,
-    grad_clip: float | None,
-) -> list[torch.Tensor]:
-    """Per model: g ← ∇ + λ₁·sign θ (L1), clipped to ‖g‖ ≤ c over the model's parameters,
-    then + λθ (coupled L2), in the order torch's optimizers and ``clip_grad_norm_`` take them.
-    ``grads`` are updated in place where that is possible."""
-    if l1 is not None:
-        for p, g, d in zip(params, grads, decayed, strict=True):
-            if d:
-                g.addcmul_(torch.sign(p), per_model(l1, p))  # sign: 4× faster than sgn on CPU
-    if grad_clip is not None:
-        norm = torch.stack([g.pow(2).flatten(1).sum(1) for g in grads]).sum(0).sqrt()
-        coef = (grad_clip / (norm + 1e-6)).clamp(max=1.0)
-        grads = [g * per_model(coef, g) for g in grads]
-    if not decoupled:
-        for p, g, d in zip(params, grads, decayed, strict=True):
-            if d:
-                g.addcmul_(p, per_model(weight_decay, p))
-    return grads
-
-
-def stacked_update(
-    params: list[torch.Tensor],
-    grads: list[torch.Tensor],
-    moments: list[tuple[torch.Tensor, torch.Tensor]],
-    steps: torch.Tensor,
-    stepping: torch.Tensor,
-    *,
-    lr: torch.Tensor,
-    weight_decay: torch.Tensor,
-    l1: torch.Tensor | None,
-    decayed: list[bool],
-    adam: bool,
-    decoupled: bool,
-    momentum: float,
-    grad_clip: float | None,
-) -> None:
-    """One Adam or SGD step of every stepping model m of the stack, in place, in one call.
-
-    Gradients as :func:`regularized_gradients`; decoupled L2 θ ← (1 − ηλ)θ. Adam (t the
-    model's own step count): m₁ ← β₁m₁ + (1 − β₁)g, m₂ ← β₂m₂ + (1 − β₂)g², θ ← θ −
-    η/(1 − β₁ᵗ) · m₁/(√m₂/√(1 − β₂ᵗ) + ε), written as torch.optim.Adam writes it. SGD:
-    b ← μb + g, θ ← θ − ηb. A model whose ``stepping`` is false keeps θ, its moments and t
-    bit for bit. Compiled, each parameter's update is one fused loop.
-    """
-    go = stepping
-    grads = regularized_gradients(
-        params,
-        grads,
-        weight_decay=weight_decay,
-        l1=l1,
-        decayed=decayed,
-        decoupled=decoupled,
-        grad_clip=grad_clip,
-    )
-    steps.add_(go.to(steps.dtype))
-    if decoupled:
-        decay_decoupled(params, go, lr=lr, weight_decay=weight_decay, decayed=decayed)
-    if adam:
-        b1, b2 = ADAM_BETAS
-        # Bias corrections in float64, as torch computes them from a Python float step.
-        t = steps.double()
-        step_size = (lr.view(-1).double() / (1 - b1**t).clamp(min=1e-300)).float()
-        root2 = (1 - b2**t).clamp(min=1e-300).sqrt().float()
-        for p, g, (m1, m2) in zip(params, grads, moments, strict=True):
-            gate = per_model(go, p)
-            new_m1 = m1.lerp(g, 1 - b1)
-            new_m2 = torch.addcmul(m2 * b2, g, g, value=1 - b2)
-            denom = new_m2.sqrt() / per_model(root2, p) + ADAM_EPS
-            m1.copy_(torch.where(gate, new_m1, m1))
-            m2.copy_(torch.where(gate, new_m2, m2))
-            p.copy_(torch.where(gate, p - per_model(step_size, p) * (new_m1 / denom), p))
-        return
-    for p, g, (b, _) in zip(params, grads, moments, strict=True):
-        gate = per_model(go, p)
-        if momentum:
-            b.copy_(torch.where(gate, momentum * b + g, b))
-            g = b
-        p.copy_(torch.where(gate, p - per_model(lr, p) * g, p))
-
-
-def decay_decoupled(
-    params: list[torch.Tensor],
-    go: torch.Tensor,
-    *,
-    lr: torch.Tensor,
-    weight_decay: torch.Tensor,
-    decayed: list[bool],
-) -> None:
-    """AdamW's decoupled L2, θ ← (1 − ηλ)θ, for the stepping models."""
-    shrink = 1 - lr * weight_decay
-    for p, d in zip(params, decayed, strict=True):
-        if d:
-            p.copy_(torch.where(per_model(go, p), p * per_model(shrink, p), p))
-
-
-def fused_adam_rows(
-    rows: dict[float, list[int]],
-    params: list[torch.Tensor],
-    grads: list[torch.Tensor],
-    moments: list[tuple[torch.Tensor, torch.Tensor]],
-    steps: torch.Tensor,
-) -> None:
-    """The Adam step of :func:`stacked_update` by torch's fused CPU kernel, over the rows of the
-    stepping models grouped by learning rate (``rows``: lr → rows, known on the host).
-
-    Each model's rows are views into the stacked tensors with their own step count, so a
-    model left out keeps its weights and moments. Unfused, the stacked update streams every
-    tensor through memory about ten times; on a CPU that is slower than the matmuls of a
-    small model (BENCHMARKS.md, "Profile of one CPU epoch"), and the kernel does it once.
-    """
-    b1, b2 = ADAM_BETAS
-    param_rows = [p.unbind(0) for p in params]
-    grad_rows = [g.unbind(0) for g in grads]
-    moment_rows = [(m1.unbind(0), m2.unbind(0)) for m1, m2 in moments]
-    step_rows = steps.unbind(0)
-    for lr, chosen in rows.items():
-        lists: tuple[list[torch.Tensor], ...] = ([], [], [], [], [])
-        for p_rows, g_rows, (m1_rows, m2_rows) in zip(
-            param_rows, grad_rows, moment_rows, strict=True
-        ):
-            for row in chosen:
-                lists[0].append(p_rows[row])
-                lists[1].append(g_rows[row])
-                lists[2].append(m1_rows[row])
-                lists[3].append(m2_rows[row])
-                lists[4].append(step_rows[row])
-        no_max_moments: list[torch.Tensor] = []  # amsgrad is off
-        torch._fused_adam_(
-            lists[0],
-            lists[1],
-            lists[2],
-            lists[3],
-            no_max_moments,
-            lists[4],
-            lr=lr,
-            beta1=b1,
-            beta2=b2,
-            weight_decay=0.0,
-            eps=ADAM_EPS,
-            amsgrad=False,
-            maximize=False,
-        )
 
 
 TrialOutcome = CVResult | DivergedError | None  # None: pruned

@@ -1,0 +1,168 @@
+"""One optimizer step of M stacked models at once: L1, clipping, L2 and Adam or SGD per model.
+
+Each model m has its own learning rate η_m, L2 λ_m, L1 λ₁_m and Adam step count t_m, as
+tensors, so the whole stack takes one step in one call; a model that does not step (stopped,
+pruned, an empty slot, no batch of its own this step) is gated out with ``torch.where``:
+zeroing its gradient would not do, Adam's moments would still move its weights.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from trainer.stacked_layers import per_model
+
+ADAM_BETAS = (0.9, 0.999)
+ADAM_EPS = 1e-8
+
+
+def regularized_gradients(
+    params: list[torch.Tensor],
+    grads: list[torch.Tensor],
+    *,
+    weight_decay: torch.Tensor,
+    l1: torch.Tensor | None,
+    decayed: list[bool],
+    decoupled: bool,
+    grad_clip: float | None,
+) -> list[torch.Tensor]:
+    """Per model: g ← ∇ + λ₁·sign θ (L1), clipped to ‖g‖ ≤ c over the model's parameters,
+    then + λθ (coupled L2), in the order torch's optimizers and ``clip_grad_norm_`` take them.
+    ``grads`` are updated in place where that is possible."""
+    if l1 is not None:
+        for p, g, d in zip(params, grads, decayed, strict=True):
+            if d:
+                g.addcmul_(torch.sign(p), per_model(l1, p))  # sign: 4× faster than sgn on CPU
+    if grad_clip is not None:
+        norm = torch.stack([g.pow(2).flatten(1).sum(1) for g in grads]).sum(0).sqrt()
+        coef = (grad_clip / (norm + 1e-6)).clamp(max=1.0)
+        grads = [g * per_model(coef, g) for g in grads]
+    if not decoupled:
+        for p, g, d in zip(params, grads, decayed, strict=True):
+            if d:
+                g.addcmul_(p, per_model(weight_decay, p))
+    return grads
+
+
+def stacked_update(
+    params: list[torch.Tensor],
+    grads: list[torch.Tensor],
+    moments: list[tuple[torch.Tensor, torch.Tensor]],
+    steps: torch.Tensor,
+    stepping: torch.Tensor,
+    *,
+    lr: torch.Tensor,
+    weight_decay: torch.Tensor,
+    l1: torch.Tensor | None,
+    decayed: list[bool],
+    adam: bool,
+    decoupled: bool,
+    momentum: float,
+    grad_clip: float | None,
+) -> None:
+    """One Adam or SGD step of every stepping model m of the stack, in place, in one call.
+
+    Gradients as :func:`regularized_gradients`; decoupled L2 θ ← (1 − ηλ)θ. Adam (t the
+    model's own step count): m₁ ← β₁m₁ + (1 − β₁)g, m₂ ← β₂m₂ + (1 − β₂)g², θ ← θ −
+    η/(1 − β₁ᵗ) · m₁/(√m₂/√(1 − β₂ᵗ) + ε), written as torch.optim.Adam writes it. SGD:
+    b ← μb + g, θ ← θ − ηb. A model whose ``stepping`` is false keeps θ, its moments and t
+    bit for bit. Compiled, each parameter's update is one fused loop.
+    """
+    go = stepping
+    grads = regularized_gradients(
+        params,
+        grads,
+        weight_decay=weight_decay,
+        l1=l1,
+        decayed=decayed,
+        decoupled=decoupled,
+        grad_clip=grad_clip,
+    )
+    steps.add_(go.to(steps.dtype))
+    if decoupled:
+        decay_decoupled(params, go, lr=lr, weight_decay=weight_decay, decayed=decayed)
+    if adam:
+        b1, b2 = ADAM_BETAS
+        # Bias corrections in float64, as torch computes them from a Python float step.
+        t = steps.double()
+        step_size = (lr.view(-1).double() / (1 - b1**t).clamp(min=1e-300)).float()
+        root2 = (1 - b2**t).clamp(min=1e-300).sqrt().float()
+        for p, g, (m1, m2) in zip(params, grads, moments, strict=True):
+            gate = per_model(go, p)
+            new_m1 = m1.lerp(g, 1 - b1)
+            new_m2 = torch.addcmul(m2 * b2, g, g, value=1 - b2)
+            denom = new_m2.sqrt() / per_model(root2, p) + ADAM_EPS
+            m1.copy_(torch.where(gate, new_m1, m1))
+            m2.copy_(torch.where(gate, new_m2, m2))
+            p.copy_(torch.where(gate, p - per_model(step_size, p) * (new_m1 / denom), p))
+        return
+    for p, g, (b, _) in zip(params, grads, moments, strict=True):
+        gate = per_model(go, p)
+        if momentum:
+            b.copy_(torch.where(gate, momentum * b + g, b))
+            g = b
+        p.copy_(torch.where(gate, p - per_model(lr, p) * g, p))
+
+
+def decay_decoupled(
+    params: list[torch.Tensor],
+    go: torch.Tensor,
+    *,
+    lr: torch.Tensor,
+    weight_decay: torch.Tensor,
+    decayed: list[bool],
+) -> None:
+    """AdamW's decoupled L2, θ ← (1 − ηλ)θ, for the stepping models."""
+    shrink = 1 - lr * weight_decay
+    for p, d in zip(params, decayed, strict=True):
+        if d:
+            p.copy_(torch.where(per_model(go, p), p * per_model(shrink, p), p))
+
+
+def fused_adam_rows(
+    rows: dict[float, list[int]],
+    params: list[torch.Tensor],
+    grads: list[torch.Tensor],
+    moments: list[tuple[torch.Tensor, torch.Tensor]],
+    steps: torch.Tensor,
+) -> None:
+    """The Adam step of :func:`stacked_update` by torch's fused CPU kernel, over the rows of the
+    stepping models grouped by learning rate (``rows``: lr → rows, known on the host).
+
+    Each model's rows are views into the stacked tensors with their own step count, so a
+    model left out keeps its weights and moments. Unfused, the stacked update streams every
+    tensor through memory about ten times; on a CPU that is slower than the matmuls of a
+    small model (BENCHMARKS.md, "Profile of one CPU epoch"), and the kernel does it once.
+    """
+    b1, b2 = ADAM_BETAS
+    param_rows = [p.unbind(0) for p in params]
+    grad_rows = [g.unbind(0) for g in grads]
+    moment_rows = [(m1.unbind(0), m2.unbind(0)) for m1, m2 in moments]
+    step_rows = steps.unbind(0)
+    for lr, chosen in rows.items():
+        lists: tuple[list[torch.Tensor], ...] = ([], [], [], [], [])
+        for p_rows, g_rows, (m1_rows, m2_rows) in zip(
+            param_rows, grad_rows, moment_rows, strict=True
+        ):
+            for row in chosen:
+                lists[0].append(p_rows[row])
+                lists[1].append(g_rows[row])
+                lists[2].append(m1_rows[row])
+                lists[3].append(m2_rows[row])
+                lists[4].append(step_rows[row])
+        no_max_moments: list[torch.Tensor] = []  # amsgrad is off
+        torch._fused_adam_(
+            lists[0],
+            lists[1],
+            lists[2],
+            lists[3],
+            no_max_moments,
+            lists[4],
+            lr=lr,
+            beta1=b1,
+            beta2=b2,
+            weight_decay=0.0,
+            eps=ADAM_EPS,
+            amsgrad=False,
+            maximize=False,
+        )
