@@ -20,6 +20,7 @@ from optuna.trial import FrozenTrial, TrialState, create_trial
 from servers import regtune, serving, tiny_study, wait_status
 
 from service import report
+from service.report import sections
 from service.tables import StudyRecord
 from trainer.spec import StudySpec
 from trainer.study import StudyOutcome, run_study
@@ -272,7 +273,7 @@ def test_importance_with_a_single_varying_parameter_is_a_sentence(spec: StudySpe
 def test_crowded_scatters_are_inlined_as_images(
     spec: StudySpec, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(report, "RASTER_ABOVE", 2)  # thousands of trials, in miniature
+    monkeypatch.setattr(sections, "RASTER_ABOVE", 2)  # thousands of trials, in miniature
     trials = [
         create_trial(
             value=0.8 + 0.01 * k,

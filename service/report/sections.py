@@ -1,32 +1,15 @@
-"""The study report (``GET /v1/studies/{id}/report``): one self-contained HTML page.
-
-``render(record, trials)`` turns a study record and its Optuna trials into a page with the best
-configuration, the CV table (per fold, mean ± std) and the test score, the best trial's
-learning curves per fold, its diagnosis in words, parameter importance, the score against each
-hyperparameter, and how the study spent its budget. The plots are matplotlib figures inlined
-as SVG (Agg, text drawn as paths): the page has no script and refers to nothing outside
-itself, so it can be saved, mailed and opened offline. Every string that comes from the user
-(the study name, a failure message, a dataset name) is HTML-escaped.
-
-Nothing here touches HTTP or the database: the router reads the record and the trials.
-"""
+"""The report's sections, each from the study record and its trials."""
 
 from __future__ import annotations
 
-import html
-import io
 import logging
 import math
-import re
-import threading
-import warnings
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
-import optuna
 from optuna.distributions import (
     BaseDistribution,
     CategoricalDistribution,
@@ -35,6 +18,10 @@ from optuna.distributions import (
 )
 from optuna.trial import FrozenTrial, TrialState
 
+from service.report.figures import plot
+from service.report.html import esc, floats, fmt, para, percent, section, table
+from service.report.importance import varying_params
+from service.report.reading import STATES, StudyLike, finished, metric_label, retried_numbers
 from trainer import networks
 from trainer.diagnosis import DIAGNOSES
 from trainer.records import TrialRecord
@@ -44,211 +31,12 @@ log = logging.getLogger("regtune.report")
 
 # Hyperparameters read on a log axis even when searched on a linear range (λ, λ₁, η).
 LOG_SCALE = ("weight_decay", "l1", "lr")
-# fANOVA importance is estimated on at most this many completed trials (a seeded sample).
-IMPORTANCE_TRIALS = 200
-IMPORTANCE_STUDY = "regtune-report-importance"
 # Above this many points a scatter is embedded as an image inside the SVG, not as markers.
 RASTER_ABOVE = 2000
 MAX_FOLD_PLOTS = 10
 COLORS = {"complete": "#2a7ab0", "pruned": "#e0a030", "fail": "#c0392b", "best": "#d62728"}
 # The budget plot's time axis: the first unit whose limit (in seconds) covers the study.
 TIME_UNITS = (("seconds", 1.0, 180.0), ("minutes", 60.0, 180 * 60.0), ("hours", 3600.0, math.inf))
-STATES = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned", TrialState.FAIL: "fail"}
-
-# matplotlib's pyplot-free API is used, but rcParams and font caches are process-wide.
-_matplotlib_lock = threading.Lock()
-_RC: dict[str, Any] = {
-    "svg.fonttype": "path",  # glyphs as paths: no font files, no font names to resolve
-    "svg.hashsalt": "regtune-report",  # stable element ids, so the same study renders the same
-    "svg.image_inline": True,  # a rasterized scatter becomes a data: URI, never a file
-    "font.size": 9,
-    "axes.grid": True,
-    "grid.alpha": 0.3,
-    "figure.dpi": 100,
-}
-
-
-class _QuietImportanceStudy(logging.Filter):
-    """Drop Optuna's INFO line for the throwaway in-memory study that importance needs."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return IMPORTANCE_STUDY not in record.getMessage()
-
-
-logging.getLogger("optuna.storages._in_memory").addFilter(_QuietImportanceStudy())
-
-
-class StudyLike(Protocol):
-    """What the report reads of a study: ``service.tables.StudyRecord`` has all of it."""
-
-    id: str
-    name: str
-    spec: dict[str, Any]
-    status: str
-    metric: str
-    direction: str
-    n_trials: int
-    test_score: float | None
-    error: str | None
-    created_at: datetime
-    started_at: datetime | None
-    finished_at: datetime | None
-
-
-# --- small formatting helpers -----------------------------------------------------------------
-
-
-def esc(value: Any) -> str:
-    return html.escape(str(value), quote=True)
-
-
-def fmt(value: Any) -> str:
-    """A number to 4 significant digits (ints and strings as they are), escaped."""
-    if value is None:
-        return "—"
-    if isinstance(value, bool):
-        return esc(value)
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            return esc(value)
-        return esc(f"{value:.4g}")
-    if isinstance(value, list | tuple):
-        return esc(", ".join(str(v) for v in value) or "none")
-    return esc(value)
-
-
-def percent(fraction: Any) -> str:
-    return f"{100 * float(fraction):.3g} %" if isinstance(fraction, int | float) else "part"
-
-
-def floats(values: Sequence[Any]) -> list[float]:
-    """A stored curve as numbers: a missing (None) or non-numeric point becomes NaN, a gap."""
-    out = []
-    for value in values:
-        try:
-            out.append(float(value))
-        except (TypeError, ValueError):
-            out.append(math.nan)
-    return out
-
-
-def table(header: Sequence[str], rows: Iterable[Sequence[str]], cls: str = "") -> str:
-    """A table from cells that are already HTML (escape before passing them in)."""
-    head = "".join(f"<th>{h}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows)
-    attr = f' class="{cls}"' if cls else ""
-    return f"<table{attr}><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
-
-def section(anchor: str, title: str, body: str) -> str:
-    return f'<section id="{anchor}"><h2>{esc(title)}</h2>\n{body}\n</section>'
-
-
-def para(text: str) -> str:
-    return f"<p>{text}</p>"
-
-
-# --- SVG from matplotlib ----------------------------------------------------------------------
-
-_XML_DECLARATION = re.compile(r"<\?xml[^>]*\?>\s*")
-_DOCTYPE = re.compile(r"<!DOCTYPE[^>]*>\s*", re.DOTALL)
-_COMMENT = re.compile(r"<!--.*?-->\s*", re.DOTALL)
-_METADATA = re.compile(r"<metadata>.*?</metadata>\s*", re.DOTALL)
-_XMLNS = re.compile(r'\s+xmlns(?::\w+)?="[^"]*"')
-_ID = re.compile(r'\bid="([^"]+)"')
-
-
-def inline_svg(figure: Any, prefix: str) -> str:
-    """The figure as an ``<svg>`` element for an HTML page.
-
-    Dropped: the XML declaration and DOCTYPE (which name w3.org), metadata, comments (which
-    repeat each label's text) and the namespace declarations, which HTML's parser does not
-    need. Element ids get ``prefix`` so that several plots on one page cannot collide, and
-    ``xlink:href`` becomes SVG 2's plain ``href``.
-    """
-    buffer = io.StringIO()
-    figure.savefig(
-        buffer,
-        format="svg",
-        bbox_inches="tight",
-        metadata={"Date": None, "Creator": None, "Format": None, "Type": None},
-    )
-    svg = buffer.getvalue()
-    for pattern in (_XML_DECLARATION, _DOCTYPE, _COMMENT, _METADATA, _XMLNS):
-        svg = pattern.sub("", svg)
-    ids = set(_ID.findall(svg))
-    svg = svg.replace("xlink:href=", "href=")
-
-    def renamed(match: re.Match[str]) -> str:
-        name = match.group(2)
-        return f"{match.group(1)}{prefix}-{name}" if name in ids else match.group(0)
-
-    seen: Counter[str] = Counter()
-
-    def declared(match: re.Match[str]) -> str:
-        # matplotlib names equal images alike: a repeat gets a suffix (references reach the first).
-        name = match.group(2)
-        seen[name] += 1
-        suffix = f"-{seen[name]}" if seen[name] > 1 else ""
-        return f"{match.group(1)}{prefix}-{name}{suffix}"
-
-    svg = re.sub(r'(\bid=")([^"]+)', declared, svg)
-    svg = re.sub(r'(\bhref="#)([^"]+)', renamed, svg)
-    svg = re.sub(r"(url\(#)([^)]+)", renamed, svg)
-    # Shrinks with a narrow page (CSS max-width); the viewBox keeps the proportions.
-    svg = svg.replace("<svg ", '<svg class="plot" role="img" ', 1)
-    return svg.strip()
-
-
-def plot(prefix: str, draw: Callable[[Any], None], size: tuple[float, float]) -> str:
-    """Draw on a fresh matplotlib Figure (no pyplot state) and inline it as SVG."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    from matplotlib.figure import Figure
-
-    with _matplotlib_lock, matplotlib.rc_context(_RC):  # type: ignore[arg-type]  # str keys
-        figure = Figure(figsize=size, layout="constrained")
-        draw(figure)
-        return inline_svg(figure, prefix)
-
-
-# --- reading the trials -----------------------------------------------------------------------
-
-
-def finished(trials: Sequence[FrozenTrial]) -> list[FrozenTrial]:
-    return [t for t in trials if t.state in STATES]
-
-
-def completed(trials: Sequence[FrozenTrial]) -> list[FrozenTrial]:
-    return [
-        t
-        for t in trials
-        if t.state == TrialState.COMPLETE and t.value is not None and math.isfinite(t.value)
-    ]
-
-
-def best_of(trials: Sequence[FrozenTrial], direction: str) -> FrozenTrial | None:
-    """The best completed trial (the lowest number among equals), as the status endpoint."""
-    done = completed(trials)
-    if not done:
-        return None
-    sign = -1.0 if direction == "maximize" else 1.0
-    return min(done, key=lambda t: (sign * float(t.value or 0.0), t.number))
-
-
-def retried_numbers(trials: Sequence[FrozenTrial]) -> set[int]:
-    """Failed trials whose parameters were re-queued (a worker died): they cost no budget."""
-    return {
-        int(t.system_attrs["failed_trial"])
-        for t in trials
-        if isinstance(t.system_attrs.get("failed_trial"), int)
-    }
-
-
-def metric_label(record: StudyLike) -> str:
-    better = "higher" if record.direction == "maximize" else "lower"
-    return f"{record.metric} ({better} is better)"
 
 
 # --- sections ---------------------------------------------------------------------------------
@@ -534,134 +322,6 @@ def diagnosis(record: StudyLike, best: FrozenTrial, done: Sequence[FrozenTrial])
     return section("diagnosis", "Diagnosis: over- or under-fitting?", body)
 
 
-def varying_params(done: Sequence[FrozenTrial]) -> list[str]:
-    """Parameters every completed trial has, with more than one value among them."""
-    if not done:
-        return []
-    common = set(done[0].params)
-    for trial in done[1:]:
-        common &= set(trial.params)
-    return sorted(name for name in common if len({repr(t.params[name]) for t in done}) > 1)
-
-
-def importance_sample(done: Sequence[FrozenTrial]) -> list[FrozenTrial]:
-    """At most ``IMPORTANCE_TRIALS`` of the completed trials, drawn with a fixed seed.
-
-    fANOVA's cost grows with the trials (pure Python over every tree node: about a second for
-    200 trials, minutes for thousands), and a random sample estimates the same shares.
-    """
-    if len(done) <= IMPORTANCE_TRIALS:
-        return list(done)
-    picked = np.random.default_rng(0).choice(len(done), IMPORTANCE_TRIALS, replace=False)
-    return [done[i] for i in sorted(picked)]
-
-
-EVALUATORS = ("fANOVA", "PED-ANOVA")
-# Below this many completed trials per varying hyperparameter a ranking is noise: the two
-# estimators commonly order the parameters differently (a rule of thumb; the report says so
-# where it applies).
-TRIALS_PER_PARAMETER = 10
-
-
-def evaluate(study: optuna.Study, names: list[str], evaluator: str) -> dict[str, float]:
-    """Normalized importances by ``evaluator``: fANOVA (a random forest's variance split by
-    parameter), or PED-ANOVA (how the top 10 % of trials' parameter densities differ from all
-    trials': the evaluator optuna-dashboard shows, called as the dashboard calls it)."""
-    if evaluator == "fANOVA":
-        fanova = optuna.importance.FanovaImportanceEvaluator(seed=0)
-        return optuna.importance.get_param_importances(
-            study, evaluator=fanova, params=names, normalize=True
-        )
-    maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
-    with warnings.catch_warnings():  # it warns that it minimizes: the target says which way
-        warnings.filterwarnings("ignore", message="PedAnovaImportanceEvaluator computes")
-        result = optuna.importance.get_param_importances(
-            study,
-            evaluator=optuna.importance.PedAnovaImportanceEvaluator(),
-            params=names,
-            target=(lambda t: -t.values[0]) if maximize else (lambda t: t.values[0]),
-            normalize=True,
-        )
-    return {name: float(result.get(name, 0.0)) for name in names}
-
-
-def importances(
-    record: StudyLike, done: Sequence[FrozenTrial]
-) -> dict[str, dict[str, float]] | str:
-    """Each evaluator's importances of the varying parameters (``{evaluator: {name: share}}``,
-    fANOVA's order), or a sentence saying why there are none."""
-    if len(done) < 2:
-        return (
-            f"Parameter importance needs at least two completed trials; this study has {len(done)}."
-        )
-    names = varying_params(done)
-    if not names:
-        return "No hyperparameter varied among the completed trials, so none can be ranked."
-    if len(names) == 1:
-        return (
-            f"Only <code>{esc(names[0])}</code> varied among the completed trials, so it "
-            "explains all of the variation that the hyperparameters explain."
-        )
-    sample = importance_sample(done)
-    storage = optuna.storages.InMemoryStorage()
-    direction = optuna.study.StudyDirection[record.direction.upper()]
-    storage.create_new_study([direction], IMPORTANCE_STUDY)
-    study = optuna.Study(IMPORTANCE_STUDY, storage)
-    study.add_trials(sample)
-    try:
-        results = {e: evaluate(study, names, e) for e in EVALUATORS}
-    except Exception as exc:  # an evaluator's failure must not cost the whole report
-        return f"Parameter importance could not be computed: {esc(exc)}"
-    order = list(results["fANOVA"])
-    return {e: {n: float(r[n]) for n in order} for e, r in results.items()}
-
-
-def importance_section(record: StudyLike, done: Sequence[FrozenTrial]) -> str:
-    result = importances(record, done)
-    title = "Parameter importance"
-    if isinstance(result, str):
-        return section("importance", title, para(result))
-    names = list(result["fANOVA"])
-
-    def draw(figure: Any) -> None:
-        ax = figure.add_subplot()
-        y = np.arange(len(names))[::-1]
-        for k, (evaluator, color) in enumerate(
-            zip(EVALUATORS, ("#2a7ab0", "#e0a030"), strict=True)
-        ):
-            values = [result[evaluator][n] for n in names]
-            ax.barh(y + 0.2 - 0.4 * k, values, height=0.4, color=color, label=evaluator)
-        ax.set_yticks(y, names)
-        ax.set_xlabel("share of the importance (each evaluator sums to 100 %)")
-        ax.legend(loc="lower right")
-
-    svg = plot("importance", draw, (6.0, 0.6 * len(names) + 1.2))
-    rows = [
-        [f"<code>{esc(n)}</code>", *(f"{100 * result[e][n]:.1f} %" for e in EVALUATORS)]
-        for n in names
-    ]
-    counted = f"the {len(done)} completed trials"
-    if len(done) > IMPORTANCE_TRIALS:
-        counted = f"a random sample of {IMPORTANCE_TRIALS} of the {len(done)} completed trials"
-    body = para(
-        f"How much the score over {counted} depends on each hyperparameter, by two estimators: "
-        "fANOVA (a random forest fitted to the trials, its variance split by parameter) and "
-        "PED-ANOVA (how the parameters' distribution among the best 10 % of trials differs "
-        "from all trials': what the dashboard shows). Each sums to 100 %. A small share means "
-        "the score hardly depends on it within the searched range — not that it does nothing."
-    )
-    needed = TRIALS_PER_PARAMETER * len(names)
-    if len(done) < needed:
-        body += para(
-            f'<b class="unstable">Not a stable ranking yet</b>: {len(done)} completed '
-            f"trials for {len(names)} hyperparameters. With fewer than about "
-            f"{TRIALS_PER_PARAMETER} per hyperparameter ({needed} here) the estimators can "
-            "rank them differently and a rerun can reorder them; read the shares as rough."
-        )
-    body += table(["hyperparameter", *EVALUATORS], rows, "importance")
-    return section("importance", title, body + svg)
-
-
 def axis_scale(name: str, distribution: BaseDistribution | None, xs: Sequence[float]) -> str:
     if isinstance(distribution, FloatDistribution | IntDistribution) and distribution.log:
         return "log"
@@ -814,71 +474,3 @@ def budget_section(record: StudyLike, trials: Sequence[FrozenTrial]) -> str:
             "failures",
         )
     return section("budget", "How the budget was spent", body)
-
-
-STYLE = """
-body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:2rem auto;
-max-width:72rem;padding:0 1rem;color:#222;line-height:1.45}
-h1{font-size:1.5rem}h2{font-size:1.2rem;border-bottom:1px solid #ddd;padding-bottom:.2rem;
-margin-top:2rem}
-table{border-collapse:collapse;margin:.5rem 0}th,td{padding:.2rem .7rem;text-align:left;
-border-bottom:1px solid #eee;vertical-align:top}thead th{border-bottom:2px solid #ccc}
-code{background:#f4f4f4;padding:0 .2rem;border-radius:3px}
-.note{background:#fff6dd;border-left:4px solid #e0a030;padding:.5rem .8rem}
-.empty{background:#fdecea;border-left:4px solid #c0392b;padding:.5rem .8rem}
-svg.plot{max-width:100%;height:auto;display:block;margin:.5rem 0}
-footer{margin-top:3rem;color:#777;font-size:.85rem}
-"""
-
-
-def guarded(anchor: str, build: Callable[..., str], *args: Any) -> str:
-    """One section; if it cannot be built (odd stored data), a line says so and the rest stands."""
-    try:
-        return build(*args)
-    except Exception as exc:
-        log.exception("report section %r failed", anchor)
-        return section(
-            anchor,
-            anchor.replace("-", " ").capitalize(),
-            para(f"This section could not be rendered ({esc(type(exc).__name__)}: {esc(exc)})."),
-        )
-
-
-def render(
-    record: StudyLike, trials: Sequence[FrozenTrial], *, generated_at: datetime | None = None
-) -> str:
-    """The whole report as one HTML document (UTF-8, no script, no external reference)."""
-    trials = sorted(trials, key=lambda t: t.number)
-    done = completed(trials)
-    best = best_of(trials, record.direction)
-    parts = [header(record, trials)]
-    if best is None:
-        states = Counter(STATES.get(t.state, "other") for t in finished(trials))
-        parts.append(
-            section(
-                "no-completed-trial",
-                "No completed trial yet",
-                f'<p class="empty">No trial of this study has completed, so there is no best '
-                f"configuration, CV table or learning curve to show yet ({states['pruned']} "
-                f"pruned, {states['fail']} failed so far).</p>",
-            )
-        )
-    else:
-        parts += [
-            guarded("best-configuration", best_configuration, record, best),
-            guarded("cross-validation", cv_table, record, best),
-            guarded("learning-curves", learning_curves, best),
-            guarded("diagnosis", diagnosis, record, best, done),
-            guarded("importance", importance_section, record, done),
-            guarded("scores", score_section, record, done, best),
-        ]
-    parts.append(guarded("budget", budget_section, record, trials))
-    when = (generated_at or datetime.now().astimezone()).strftime("%Y-%m-%d %H:%M:%S %Z")
-    parts.append(f"<footer>Generated by regtune at {esc(when.strip())}.</footer>")
-    return (
-        "<!DOCTYPE html>\n"
-        '<html lang="en"><head><meta charset="utf-8">'
-        '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        f"<title>regtune report: {esc(record.name)}</title><style>{STYLE}</style></head>\n"
-        "<body>\n" + "\n".join(parts) + "\n</body></html>\n"
-    )

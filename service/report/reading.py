@@ -1,0 +1,70 @@
+"""What the report reads of a study and its trials: the record, the finished, the best."""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any, Protocol
+
+from optuna.trial import FrozenTrial, TrialState
+
+log = logging.getLogger("regtune.report")
+
+STATES = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned", TrialState.FAIL: "fail"}
+
+
+class StudyLike(Protocol):
+    """What the report reads of a study: ``service.tables.StudyRecord`` has all of it."""
+
+    id: str
+    name: str
+    spec: dict[str, Any]
+    status: str
+    metric: str
+    direction: str
+    n_trials: int
+    test_score: float | None
+    error: str | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+# --- reading the trials -----------------------------------------------------------------------
+
+
+def finished(trials: Sequence[FrozenTrial]) -> list[FrozenTrial]:
+    return [t for t in trials if t.state in STATES]
+
+
+def completed(trials: Sequence[FrozenTrial]) -> list[FrozenTrial]:
+    return [
+        t
+        for t in trials
+        if t.state == TrialState.COMPLETE and t.value is not None and math.isfinite(t.value)
+    ]
+
+
+def best_of(trials: Sequence[FrozenTrial], direction: str) -> FrozenTrial | None:
+    """The best completed trial (the lowest number among equals), as the status endpoint."""
+    done = completed(trials)
+    if not done:
+        return None
+    sign = -1.0 if direction == "maximize" else 1.0
+    return min(done, key=lambda t: (sign * float(t.value or 0.0), t.number))
+
+
+def retried_numbers(trials: Sequence[FrozenTrial]) -> set[int]:
+    """Failed trials whose parameters were re-queued (a worker died): they cost no budget."""
+    return {
+        int(t.system_attrs["failed_trial"])
+        for t in trials
+        if isinstance(t.system_attrs.get("failed_trial"), int)
+    }
+
+
+def metric_label(record: StudyLike) -> str:
+    better = "higher" if record.direction == "maximize" else "lower"
+    return f"{record.metric} ({better} is better)"
