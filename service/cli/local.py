@@ -1,0 +1,181 @@
+"""``regtune tune``: a study on this machine, without a server."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import optuna
+import torch
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from trainer.datasets import DatasetError, load_dataset
+from trainer.device import configure, resolve_device, usable_cores
+from trainer.parallel import run_parallel_study
+from trainer.spec import SpecError, StudySpec
+from trainer.study import StudyOutcome, run_study
+
+if TYPE_CHECKING:
+    pass
+from service.cli.root import app, console, fail, read_spec_file
+from service.cli.views import result_table
+
+
+def validation_message(exc: ValidationError) -> str:
+    """One line per problem, each naming its field: 'cv.folds: Input should be ≥ 2'."""
+    lines = []
+    for error in exc.errors():
+        where = ".".join(str(p) for p in error["loc"]) or "spec"
+        lines.append(f"{where}: {error['msg']}")
+    return "invalid spec\n  " + "\n  ".join(lines)
+
+
+def load_spec(path: Path | None, overrides: dict[str, Any]) -> StudySpec:
+    """The spec file (if any) with the command-line overrides applied on top."""
+    data = read_spec_file(path) if path is not None else {}
+    for dotted, value in overrides.items():
+        if value is None:
+            continue
+        *parents, key = dotted.split(".")
+        node = data
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[key] = value
+    if "dataset" not in data:
+        raise fail("no dataset: give --dataset or a spec with a 'dataset' key")
+    try:
+        return StudySpec.model_validate(data)
+    except ValidationError as exc:
+        raise fail(validation_message(exc)) from None
+
+
+@app.command()
+def tune(
+    spec: Annotated[Path | None, typer.Option(help="study spec (JSON)")] = None,
+    dataset: Annotated[
+        str | None, typer.Option(help="builtin:NAME, or a .csv/.npz file path")
+    ] = None,
+    target: Annotated[str | None, typer.Option(help="target column of a CSV dataset")] = None,
+    trials: Annotated[int | None, typer.Option(help="number of trials")] = None,
+    folds: Annotated[int | None, typer.Option(help="CV folds")] = None,
+    max_epochs: Annotated[int | None, typer.Option(help="epochs per fold at most")] = None,
+    seed: Annotated[int | None, typer.Option(help="study seed")] = None,
+    storage: Annotated[
+        str | None, typer.Option(help="Optuna storage URL, e.g. sqlite:///tune.db")
+    ] = None,
+    study_name: Annotated[str | None, typer.Option(help="resume or name the study")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda:N")] = "auto",
+    threads: Annotated[
+        int, typer.Option(help="torch CPU threads; 1 is fastest for small models")
+    ] = 1,
+    population: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="trials trained at once as one stacked model (not with Wilcoxon pruning); "
+            "default: 2 on a CPU, what fits in memory on a GPU",
+        ),
+    ] = None,
+    compile_step: Annotated[
+        bool | None,
+        typer.Option(
+            "--compile/--no-compile",
+            help="the population's step under torch.compile; default: on a GPU only",
+        ),
+    ] = None,
+    processes: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="searcher processes over one storage; default: one per CPU core (each with "
+            "--threads threads), one on a GPU",
+        ),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the result as JSON")] = False,
+) -> None:
+    """Run one study on this machine, without a server."""
+    study_spec = load_spec(
+        spec,
+        {
+            "dataset": dataset,
+            "n_trials": trials,
+            "cv.folds": folds,
+            "training.max_epochs": max_epochs,
+            "seed": seed,
+        },
+    )
+    if study_spec.warm_start is not None:
+        raise fail("warm_start names a study on a server: submit this spec with 'regtune submit'")
+    torch.set_num_threads(threads)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        data = load_dataset(study_spec.dataset, target=target, task=study_spec.task)
+        where = resolve_device(device)
+        configure(where)
+    except (DatasetError, ValueError) as exc:
+        raise fail(str(exc)) from None
+
+    progress = Progress(
+        TextColumn("[bold]tuning"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[best]}"),
+        console=console,
+        disable=as_json,
+    )
+    if processes is None:
+        processes = max(1, usable_cores() // threads) if where.type == "cpu" else 1
+    bar = progress.add_task("trials", total=study_spec.n_trials, best="")
+
+    def show(finished: int, best: float | None) -> None:
+        progress.update(bar, completed=finished, best="" if best is None else f"best {best:.4f}")
+
+    def advance(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        try:
+            best: float | None = study.best_value
+        except ValueError:  # no completed trial yet
+            best = None
+        show(len([t for t in study.get_trials(deepcopy=False) if t.state.is_finished()]), best)
+
+    try:
+        if processes > 1:
+            outcome: StudyOutcome = run_parallel_study(
+                study_spec,
+                data,
+                processes=processes,
+                storage=storage,
+                study_name=study_name,
+                device=str(where),
+                population=population,
+                compile=compile_step,
+                progress=show,
+                display=progress,
+            )
+        else:
+            with progress:
+                outcome = run_study(
+                    study_spec,
+                    data,
+                    storage=storage,
+                    study_name=study_name,
+                    device=where,
+                    callbacks=[advance],
+                    population=population,
+                    compile=compile_step,
+                )
+    except (DatasetError, SpecError) as exc:
+        raise fail(str(exc)) from None
+    summary = outcome.summary()
+    if as_json:
+        json.dump(summary, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        Console().print(result_table(summary))
+    if outcome.best is None:
+        raise typer.Exit(1)

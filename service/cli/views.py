@@ -1,0 +1,183 @@
+"""What the HTTP commands print: studies as tables and one-line summaries."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from rich.console import Console
+from rich.table import Table
+
+if TYPE_CHECKING:
+    from service.schemas import StudyOut
+
+
+# --- the HTTP client ------------------------------------------------------------------------
+# Every command below talks to the server through ``service.client.Client`` and its typed
+# results. Tables go to stdout, progress and messages to stderr; without a terminal (a pipe,
+# a log file, a test) the live bar becomes one line per change and tables are not wrapped.
+
+ACTIVE_STATES = ("queued", "running")
+STATE_STYLES = {"completed": "green", "failed": "red", "running": "yellow", "cancelled": "dim"}
+
+
+def print_table(table: Table) -> None:
+    """To stdout; off a terminal as wide as the table needs (a file does not wrap)."""
+    from rich.measure import Measurement
+
+    out = Console()
+    if not out.is_terminal:
+        width = Measurement.get(out, out.options.update_width(10_000), table).maximum
+        out = Console(width=max(out.width, width))
+    out.print(table)
+
+
+def fmt(value: Any) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, list):
+        return "[" + ", ".join(fmt(v) for v in value) + "]"
+    return str(value)
+
+
+def duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "—"
+    minutes, secs = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
+
+
+def done_trials(study: StudyOut) -> int:
+    """Trials that used up budget (complete, pruned, failed for good), as the API counts them."""
+    return round(study.progress * study.n_trials)
+
+
+def state_counts(study: StudyOut) -> str:
+    return ", ".join(f"{n} {state}" for state, n in study.trials.items())
+
+
+def styled_status(study: StudyOut) -> str:
+    style = STATE_STYLES.get(study.status)
+    return f"[{style}]{study.status}[/]" if style else study.status
+
+
+def best_text(study: StudyOut) -> str:
+    """'0.9444 ± 0.0124 (trial 3)', or '—' before a trial completes."""
+    best = study.best
+    if best is None:
+        return "—"
+    mean = best.cv_mean if best.cv_mean is not None else best.value
+    spread = f" ± {best.cv_std:.4f}" if best.cv_std is not None else ""
+    return f"{mean:.4f}{spread} (trial {best.number})"
+
+
+def hyperparameters(study: StudyOut) -> dict[str, str]:
+    """The best trial's configuration; values the study did not search are marked fixed."""
+    best = study.best
+    if best is None:
+        return {}
+    config = best.config or best.params
+    return {
+        name: fmt(value) + ("" if name in best.params or config is best.params else " (fixed)")
+        for name, value in config.items()
+    }
+
+
+def study_summary(study: StudyOut) -> dict[str, Any]:
+    """The API's study status in the shape of ``result_table``."""
+    return {
+        "study": study.id,
+        "metric": study.metric,
+        "trials": {k: v for k, v in study.trials.items() if v},
+        "best": study.best.model_dump() if study.best else None,
+        "test_score": study.test_score,
+    }
+
+
+def status_table(study: StudyOut) -> Table:
+    table = Table(title=f"study {study.id}", show_header=False)
+    table.add_column(style="bold")
+    table.add_column()
+    table.add_row("name", study.name)
+    table.add_row("dataset", study.dataset)
+    table.add_row("status", styled_status(study))
+    table.add_row("trials", state_counts(study))
+    table.add_row(
+        "progress", f"{done_trials(study)}/{study.n_trials} trials ({study.progress:.0%})"
+    )
+    if study.status in ACTIVE_STATES:
+        table.add_row("ETA", duration(study.eta_s))
+    table.add_row(f"best CV {study.metric}", best_text(study))
+    if study.best is not None and study.best.fold_scores:
+        table.add_row("per fold", "  ".join(f"{s:.4f}" for s in study.best.fold_scores))
+    table.add_row(f"test {study.metric}", fmt(study.test_score))
+    for name, value in hyperparameters(study).items():
+        table.add_row(name, value)
+    if study.best is not None:
+        table.add_row("diagnosis", fmt(study.best.diagnosis))
+    if study.error:
+        table.add_row("error", f"[red]{study.error}[/]")
+    return table
+
+
+def compare_table(studies: list[StudyOut]) -> Table:
+    """Studies side by side, one column each; the best CV score is marked if metrics agree."""
+    table = Table(title=f"{len(studies)} studies side by side")
+    table.add_column("", style="bold")
+    for study in studies:
+        table.add_column(study.name, overflow="fold")  # an id is folded, never cut short
+    marked: StudyOut | None = None
+    scored = [s for s in studies if s.best is not None]
+    if len(scored) > 1 and len({(s.metric, s.direction) for s in scored}) == 1:
+        sign = 1 if scored[0].direction == "maximize" else -1
+        marked = max(scored, key=lambda s: sign * s.best.value)  # type: ignore[union-attr]
+
+    def row(label: str, values: list[str]) -> None:
+        table.add_row(label, *values)
+
+    row("id", [s.id for s in studies])
+    row("dataset", [s.dataset for s in studies])
+    row("metric", [f"{s.metric} ({s.direction})" for s in studies])
+    row("status", [styled_status(s) for s in studies])
+    row("trials", [f"{done_trials(s)}/{s.n_trials}: {state_counts(s)}" for s in studies])
+    row(
+        "best CV mean ± std",
+        [best_text(s) + (" ◀ best" if s is marked else "") for s in studies],
+    )
+    row("test score", [fmt(s.test_score) for s in studies])
+    params = [hyperparameters(s) for s in studies]
+    names = list(dict.fromkeys(name for p in params for name in p))
+    for name in names:
+        row(name, [p.get(name, "—") for p in params])
+    row("diagnosis", [fmt(s.best.diagnosis) if s.best else "—" for s in studies])
+    return table
+
+
+def result_table(summary: dict[str, Any]) -> Table:
+    best = summary["best"]
+    table = Table(
+        title=f"study {summary['study']}: best of {sum(summary['trials'].values())} trials"
+    )
+    table.add_column("", style="bold")
+    table.add_column("value")
+    table.add_row("trials", ", ".join(f"{n} {state}" for state, n in summary["trials"].items()))
+    if best is None:
+        table.add_row("best", "no trial completed")
+        return table
+    metric = summary["metric"]
+    table.add_row(f"CV {metric}", f"{best['cv_mean']:.4f} ± {best['cv_std']:.4f}")
+    table.add_row("per fold", "  ".join(f"{s:.4f}" for s in best["fold_scores"]))
+    if summary["test_score"] is not None:
+        table.add_row(f"test {metric}", f"{summary['test_score']:.4f}")
+    for name, value in best["config"].items():
+        table.add_row(name, f"{value:.4g}" if isinstance(value, float) else str(value))
+    if best.get("best_epochs"):
+        table.add_row("best epochs", " ".join(str(e) for e in best["best_epochs"]))
+    if best.get("l1_sparsity") is not None:
+        table.add_row("L1 sparsity", f"{best['l1_sparsity']:.1%}")
+    table.add_row("diagnosis", str(best.get("diagnosis")))
+    return table
