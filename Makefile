@@ -13,7 +13,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_INSTALL = DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q $(1) \
   || ($(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q $(1))
 
-.PHONY: install serve test lint bench quality load clean
+.PHONY: install serve test test-fast lint bench quality load clean
 
 # The runtime dependencies only: what `make serve` needs.
 $(RUNTIME): pyproject.toml
@@ -48,6 +48,12 @@ test: $(STAMP) $(CHROMIUM)
 	$(VENV)/bin/ruff check $(LINTED)
 	$(VENV)/bin/mypy trainer service
 	$(PY) -m pytest -q
+
+# A representative subset in a few minutes: everything but the tests marked slow (real
+# processes over time: faults, many workers, browsers, the GPU dry run).
+test-fast: $(STAMP)
+	$(VENV)/bin/ruff check $(LINTED)
+	$(PY) -m pytest -q -m "not slow"
 
 # ruff, then mypy (strict on trainer/, settings in pyproject.toml).
 lint: $(STAMP)

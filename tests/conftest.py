@@ -10,20 +10,20 @@ import pytest
 import torch
 from servers import fresh_postgres_database
 
+from trainer.datasets import load_builtin
+
 torch.set_num_threads(1)
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
 @pytest.fixture(scope="session")
 def digits():
-    from trainer.datasets import load_builtin
 
     return load_builtin("builtin:digits")
 
 
 @pytest.fixture(scope="session")
 def wine():
-    from trainer.datasets import load_builtin
 
     return load_builtin("builtin:wine")
 

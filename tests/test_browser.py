@@ -37,6 +37,8 @@ if not shutil.which(CHROMIUM):
 
 from playwright.sync_api import Browser, Page, expect, sync_playwright  # noqa: E402
 
+pytestmark = pytest.mark.slow
+
 
 @dataclass
 class Site:

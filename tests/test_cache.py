@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 
 import pytest
 
@@ -72,7 +73,6 @@ def test_the_oldest_entries_go_first_and_a_zero_ttl_disables_it() -> None:
 
 
 def test_one_caller_recomputes_an_expired_entry_while_the_others_get_the_last_value() -> None:
-    import threading
 
     clock = Clock()
     cache = TTLCache[str](ttl_s=1.0, clock=clock)

@@ -5,12 +5,17 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import optuna
+import pytest
 from servers import children_of
+
+pytestmark = pytest.mark.slow
 
 REGTUNE = [sys.executable, "-m", "service"]
 
@@ -137,8 +142,6 @@ def test_tune_searches_with_a_process_per_core_over_one_storage(tmp_path: Path) 
 
 
 def test_a_killed_tune_leaves_no_searcher_behind(tmp_path: Path) -> None:
-    import signal
-    import time
 
     parent = subprocess.Popen(
         [*REGTUNE, "tune", "--dataset", "builtin:digits", "--trials", "50", "--processes", "2"],

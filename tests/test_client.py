@@ -22,6 +22,8 @@ from service.schemas import DatasetOut, Page, StudyItem, StudyOut, TrialDetail, 
 from service.warmstart import fitting
 from trainer.spec import SearchSpace
 
+pytestmark = pytest.mark.slow
+
 
 @dataclass
 class Live:

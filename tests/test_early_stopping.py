@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from trainer.config import TrialConfig
+from trainer.early_stopping import EarlyStopping
 from trainer.engine import FoldRun
 from trainer.spec import StudySpec
 from trainer.splits import cv_splits
@@ -16,7 +17,6 @@ from trainer.splits import cv_splits
 
 def run(losses: list[float], patience: int, min_delta: float = 0.0) -> tuple[int, int]:
     """Feed a scripted loss sequence; return (epoch at which it stops, best epoch)."""
-    from trainer.early_stopping import EarlyStopping
 
     stopper = EarlyStopping(patience, min_delta)
     for epoch, loss in enumerate(losses):

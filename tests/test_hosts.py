@@ -55,7 +55,7 @@ def namespaces_unavailable() -> str | None:
 REASON = namespaces_unavailable()
 if REASON and os.environ.get("CI") == "true":
     pytest.fail(f"CI must run the many-hosts test: {REASON}", pytrace=False)
-pytestmark = pytest.mark.skipif(REASON is not None, reason=REASON or "")
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(REASON is not None, reason=REASON or "")]
 
 
 def sh(*args: str) -> None:

@@ -40,7 +40,10 @@ from trainer.study import Protocol
 
 ROOT = Path(__file__).resolve().parents[1]
 # Population training in a worker warns that heartbeats belong to Study.optimize (they beat).
-pytestmark = pytest.mark.filterwarnings("ignore:Heartbeat of storage:UserWarning")
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.filterwarnings("ignore:Heartbeat of storage:UserWarning"),
+]
 SPEC = tiny_study(
     name="final-model", cv={"folds": 3, "test_fraction": 0.25}, final_model={"ensemble": True}
 )

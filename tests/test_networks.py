@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import optuna
 import pytest
 import torch
 from pydantic import ValidationError
@@ -289,7 +290,6 @@ def test_per_group_dropout_reaches_its_layers_and_not_the_neighbours() -> None:
 
 
 def test_per_layer_groups_for_the_templates_are_searched_apart() -> None:
-    import optuna
 
     spec = StudySpec(
         dataset="builtin:wine",

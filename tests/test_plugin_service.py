@@ -15,6 +15,8 @@ from servers import serving, start_worker, tiny_study, wait_for, wait_status
 
 from trainer.artifact import load_model
 
+pytestmark = pytest.mark.slow
+
 PLUGINS = str(Path(__file__).parent / "plugins")
 STUDY = tiny_study(
     dataset="builtin:digits",

@@ -9,13 +9,15 @@ import numpy as np
 import optuna
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
+from trainer import objective
 from trainer.config import TrialConfig
 from trainer.datasets import load_builtin
-from trainer.engine import cross_validate, fold_seed
-from trainer.population import train_population
+from trainer.engine import FoldRun, cross_validate, fold_seed
+from trainer.population import Population, train_population
 from trainer.spec import StudySpec
-from trainer.study import Protocol
+from trainer.study import Protocol, run_study
 
 # benchmarks/gpu_check.sh runs these equivalence tests on the GPU.
 DEVICE = os.environ.get("REGTUNE_TEST_DEVICE", "cpu")
@@ -65,7 +67,6 @@ def assert_same(a, b, rel: float = 1e-4) -> None:
 def test_population_matches_the_per_trial_engine_without_dropout(
     wine, training: dict, batch_norm: bool, task: str, rel: float
 ) -> None:
-    from trainer.datasets import load_builtin
 
     data = wine if task == "classification" else load_builtin("builtin:diabetes")
     metric = "accuracy" if task == "classification" else "mse"
@@ -135,7 +136,6 @@ def test_an_exported_fold_module_scores_as_its_stack_row(dataset: str, model: di
     """``Population.module`` undoes the stacked layout (transposed Linear weights, grouped
     convolutions, BatchNorm's running statistics): the module, fed its fold's standardized
     rows, scores what the population scored at the fold's best epoch."""
-    from trainer.population import Population
 
     data = load_builtin(dataset)
     metric = "accuracy" if data.task == "classification" else "mse"
@@ -244,7 +244,6 @@ def test_pruning_and_divergence_are_per_trial(diabetes_data) -> None:
 
 @pytest.fixture(scope="module")
 def diabetes_data():
-    from trainer.datasets import load_builtin
 
     return load_builtin("builtin:diabetes")
 
@@ -257,8 +256,6 @@ def test_stacked_batchnorm_running_statistics(wine) -> None:
         cv={"folds": 2},
     )
     splits = Protocol.of(spec, wine).splits
-    from trainer.engine import FoldRun
-    from trainer.population import Population
 
     cfgs = [config(spec, bn_momentum=0.1), config(spec, bn_momentum=0.7)]
     seeds = [3, 4]
@@ -278,9 +275,6 @@ def test_stacked_batchnorm_running_statistics(wine) -> None:
 
 
 def test_batched_asks_run_a_study_with_pruning_and_records(wine) -> None:
-    import optuna
-
-    from trainer.study import run_study
 
     spec = StudySpec.model_validate(
         {
@@ -312,7 +306,6 @@ def test_batched_asks_run_a_study_with_pruning_and_records(wine) -> None:
 def test_a_refilled_slot_trains_its_trial_exactly_as_alone(wine) -> None:
     """A trial put in a slot that an earlier trial left, at a later epoch of the stack, and
     next to a trial mid-way through, gets the same init, batch orders and dropout masks."""
-    from trainer.population import Population
 
     spec = StudySpec(
         dataset="builtin:wine", model={"hidden": [16]}, training={"max_epochs": 7}, cv={"folds": 3}
@@ -351,9 +344,6 @@ def test_a_refilled_slot_trains_its_trial_exactly_as_alone(wine) -> None:
 
 def test_an_epoch_waits_for_the_host_once(wine) -> None:
     """No host synchronisation inside an epoch's steps, one at its end."""
-    from torch.utils._python_dispatch import TorchDispatchMode
-
-    from trainer.population import Population
 
     # Ops that make the host wait for the device (a scalar read, a data-dependent shape) or
     # copy host data to it; .tolist() does not dispatch, so it is counted by a wrapper.
@@ -419,8 +409,6 @@ def fault_study(n_trials: int, **extra: object) -> StudySpec:
 
 
 def test_out_of_memory_halves_the_population_and_loses_no_trial(wine) -> None:
-    from trainer.population import Population
-    from trainer.study import run_study
 
     sizes: list[int] = []
 
@@ -439,8 +427,6 @@ def test_out_of_memory_halves_the_population_and_loses_no_trial(wine) -> None:
 
 
 def test_a_trial_that_does_not_fit_alone_fails_with_the_reason(wine) -> None:
-    from trainer.population import Population
-    from trainer.study import run_study
 
     class NoMemory(Population):
         def train_epoch(self) -> None:
@@ -453,8 +439,6 @@ def test_a_trial_that_does_not_fit_alone_fails_with_the_reason(wine) -> None:
 
 
 def test_a_training_error_fails_its_trials_and_the_search_goes_on(wine) -> None:
-    from trainer.population import Population
-    from trainer.study import run_study
 
     assigned: list[int] = []
 
@@ -479,8 +463,6 @@ def test_a_training_error_fails_its_trials_and_the_search_goes_on(wine) -> None:
 
 
 def test_the_per_trial_engine_fails_a_raising_trial_with_its_reason(wine, monkeypatch) -> None:
-    from trainer import objective
-    from trainer.study import run_study
 
     real = objective.cross_validate
     calls = []
@@ -504,7 +486,6 @@ def test_the_per_trial_engine_fails_a_raising_trial_with_its_reason(wine, monkey
 def test_the_fused_cpu_adam_takes_the_stacked_update_step(wine, l2_mode: str) -> None:
     """torch's fused kernel over row views (eager CPU) and the one-call stacked update (what
     is compiled, and what a GPU runs) are the same optimizer, refilled rows included."""
-    from trainer.population import Population
 
     spec = StudySpec(
         dataset="builtin:wine",

@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 from servers import REGTUNE, SLOW, Server, children_of, env_for, wait_for
 
+pytestmark = pytest.mark.slow
+
 SIGNALS = {"SIGTERM": signal.SIGTERM, "SIGINT": signal.SIGINT, "SIGKILL": signal.SIGKILL}
 GONE_WITHIN_S = 30
 

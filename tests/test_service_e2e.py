@@ -9,6 +9,8 @@ import optuna
 import pytest
 from servers import regtune, serving, tiny_study, wait_status
 
+pytestmark = pytest.mark.slow
+
 
 def test_submit_poll_and_read_back(database_url: str, tmp_path: Path) -> None:
     with serving(database_url, tmp_path / "serve.log") as server, server.client() as http:

@@ -36,34 +36,38 @@ def test_minimal_spec_gets_the_documented_defaults() -> None:
 
 
 def test_full_example_of_the_spec_validates() -> None:
-    StudySpec.model_validate(
-        {
-            "name": "digits-reg",
-            "dataset": "builtin:digits",
-            "task": "classification",
-            "n_trials": 40,
-            "timeout_s": 3600,
-            "seed": 0,
-            "model": {"kind": "mlp", "hidden": [256, 256], "batch_norm": True},
-            "training": {
-                "optimizer": "adam",
-                "lr": 0.001,
-                "batch_size": 64,
-                "max_epochs": 100,
-                "l2_mode": "coupled",
-                "min_delta": 0.0,
-            },
-            "search_space": {
-                "weight_decay": {"low": 1e-6, "high": 0.1, "log": True},
-                "dropout": {"low": 0.0, "high": 0.5},
-                "patience": 10,
-            },
-            "cv": {"folds": 5, "shuffle": True, "inner_validation": 0.1, "test_fraction": 0.2},
-            "objective": {"metric": "accuracy"},
-            "sampler": {"kind": "tpe"},
-            "pruner": {"kind": "median"},
-        }
-    )
+    example = {
+        "name": "digits-reg",
+        "dataset": "builtin:digits",
+        "task": "classification",
+        "n_trials": 40,
+        "timeout_s": 3600,
+        "seed": 0,
+        "model": {"kind": "mlp", "hidden": [256, 256], "batch_norm": True},
+        "training": {
+            "optimizer": "adam",
+            "lr": 0.001,
+            "batch_size": 64,
+            "max_epochs": 100,
+            "l2_mode": "coupled",
+            "min_delta": 0.0,
+        },
+        "search_space": {
+            "weight_decay": {"low": 1e-6, "high": 0.1, "log": True},
+            "dropout": {"low": 0.0, "high": 0.5},
+            "patience": 10,
+        },
+        "cv": {"folds": 5, "shuffle": True, "inner_validation": 0.1, "test_fraction": 0.2},
+        "objective": {"metric": "accuracy"},
+        "sampler": {"kind": "tpe"},
+        "pruner": {"kind": "median"},
+    }
+    spec = StudySpec.model_validate(example)
+    # Every value given is the value held, and the spec survives a JSON round trip unchanged.
+    assert spec.search_space.weight_decay == Range(low=1e-6, high=0.1, log=True)
+    assert spec.search_space.patience == 10 and spec.cv.test_fraction == 0.2
+    assert spec.model.hidden == [256, 256] and spec.training.max_epochs == 100
+    assert StudySpec.model_validate(spec.model_dump(mode="json")) == spec
 
 
 @pytest.mark.parametrize(

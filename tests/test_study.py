@@ -7,11 +7,13 @@ import math
 import numpy as np
 import optuna
 import pytest
+import torch
 
 from trainer.config import TrialConfig
-from trainer.engine import DivergedError, cross_validate
+from trainer.datasets import load_builtin
+from trainer.engine import DivergedError, FoldRun, cross_validate
 from trainer.spec import StudySpec
-from trainer.study import Protocol, SpecError, run_study
+from trainer.study import Protocol, SpecError, make_pruner, run_study
 
 TINY = {"hidden": [16]}
 
@@ -93,7 +95,6 @@ def test_a_diverging_trial_fails_with_its_reason_and_the_study_goes_on(diabetes)
 
 @pytest.fixture(scope="module")
 def diabetes():
-    from trainer.datasets import load_builtin
 
     return load_builtin("builtin:diabetes")
 
@@ -204,9 +205,6 @@ def test_training_settings_and_widths_can_be_searched(wine) -> None:
 
 
 def test_gradient_clipping_bounds_each_update(wine) -> None:
-    import torch
-
-    from trainer.engine import FoldRun
 
     spec = StudySpec.model_validate(
         {
@@ -235,7 +233,6 @@ def test_gradient_clipping_bounds_each_update(wine) -> None:
 
 
 def test_median_warmup_grows_with_the_epoch_budget() -> None:
-    from trainer.study import make_pruner
 
     short = make_pruner(StudySpec(dataset="x", training={"max_epochs": 20}))
     long = make_pruner(StudySpec(dataset="x", training={"max_epochs": 2000}))

@@ -24,6 +24,8 @@ from servers import (
 from service.serve import usable_cores, worker_devices
 from service.settings import Settings
 
+pytestmark = pytest.mark.slow
+
 
 def test_two_workers_share_one_study_without_overshooting(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'two.db'}"

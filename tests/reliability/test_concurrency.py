@@ -10,6 +10,7 @@ from pathlib import Path
 
 import optuna
 import psycopg
+import pytest
 from servers import (
     fresh_postgres_database,
     serving,
@@ -21,6 +22,8 @@ from servers import (
 
 from service.db import connections_per_process
 from service.settings import Settings
+
+pytestmark = pytest.mark.slow
 
 TINY = {"model": {"hidden": [8]}, "training": {"max_epochs": 2}, "cv": {"folds": 2}}
 FINISHED = (

@@ -21,6 +21,8 @@ from servers import (
     wait_status,
 )
 
+pytestmark = pytest.mark.slow
+
 COMPLETE, FAIL = optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL
 INJECT = str(Path(__file__).parent / "inject")
 # The per-trial engine (Wilcoxon pruning, CNNs) and the population engine recover alike.

@@ -23,6 +23,8 @@ from servers import Server, serving
 
 from trainer.datasets import load_npz
 
+pytestmark = pytest.mark.slow
+
 MAX_BYTES = 2_000_000
 MAX_ROWS = 100_000
 MAX_COLUMNS = 1_000

@@ -29,6 +29,8 @@ from schemathesis.specs.openapi.checks import (
 )
 from servers import Server, serving, tiny_study
 
+pytestmark = pytest.mark.slow
+
 CHECKS = [
     not_a_server_error,
     status_code_conformance,
