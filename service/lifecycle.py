@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 from service import trials, uploads, warmstart
 from service.db import Database
 from service.errors import Conflict, NotFound
-from service.tables import ACTIVE, ArtifactRecord, StudyRecord, utcnow
+from service.tables import ACTIVE, FINAL, ArtifactRecord, StudyRecord, StudyStatus, utcnow
 from trainer.datasets import Dataset
 from trainer.spec import Limits, SpecError, StudySpec, metric_direction
 from trainer.study import Protocol, network_sizes
@@ -169,7 +169,9 @@ def list_for(session: Session, tenant: str, offset: int, limit: int) -> list[Stu
 
 
 @dataclass
-class StudyStatus:
+class StudyProgress:
+    """A study as ``GET /v1/studies/{id}`` shows it: trial counts, progress, ETA, best."""
+
     record: StudyRecord
     counts: trials.TrialCounts
     progress: float
@@ -177,7 +179,7 @@ class StudyStatus:
     best: FrozenTrial | None
 
 
-def status(session: Session, storage: RDBStorage, record: StudyRecord) -> StudyStatus:
+def status(session: Session, storage: RDBStorage, record: StudyRecord) -> StudyProgress:
     """Counts, progress, ETA and the best trial from aggregate queries (fast at 10k trials)."""
     study_id = record.optuna_id
     assert study_id is not None
@@ -186,7 +188,7 @@ def status(session: Session, storage: RDBStorage, record: StudyRecord) -> StudyS
     best_id = trials.best_trial_id(session, study_id, record.direction)
     best = storage.get_trial(best_id) if best_id is not None else None
     finished = min(counts.finished, record.n_trials)
-    return StudyStatus(
+    return StudyProgress(
         record=record,
         counts=counts,
         progress=finished / record.n_trials,
@@ -225,13 +227,11 @@ def cancel(db: Database, tenant: str, study_id: str) -> StudyRecord:
     """Queued or running → cancelled; workers notice between epochs and stop."""
     with db.write() as session:
         record = get(session, tenant, study_id)
-        if record.status not in ACTIVE:
+        if not move(session, study_id, "cancelled"):
             raise Conflict(
                 f"study {study_id!r} is already {record.status}; only queued or "
                 "running studies can be cancelled"
             )
-        record.status = "cancelled"
-        record.finished_at = utcnow()
     return record
 
 
@@ -239,9 +239,8 @@ def delete(db: Database, storage: RDBStorage, tenant: str, study_id: str) -> Non
     """Remove the record and its Optuna study. A queued or running study is cancelled first
     (committed on its own), so that its workers stop its trials as for a cancel."""
     with db.write() as session:
-        record = get(session, tenant, study_id)
-        if record.status in ACTIVE:
-            record.status, record.finished_at = "cancelled", utcnow()
+        get(session, tenant, study_id)  # 404 if it is not the tenant's
+        move(session, study_id, "cancelled")
     with db.write() as session:
         record = get(session, tenant, study_id)
         name = record.optuna_name
@@ -252,19 +251,53 @@ def delete(db: Database, storage: RDBStorage, tenant: str, study_id: str) -> Non
         optuna.delete_study(study_name=name, storage=storage)
 
 
-def mark(
-    db: Database, study_id: str, status: str, *, when: tuple[str, ...] = ACTIVE, **fields: Any
+def move(
+    session: Session,
+    study_id: str,
+    to: StudyStatus,
+    *,
+    when: tuple[StudyStatus, ...] = ACTIVE,
+    **fields: Any,
 ) -> bool:
-    """Move a study to ``status`` if it is still in one of ``when``; return whether it moved."""
-    values: dict[str, Any] = {"status": status, **fields}
-    if status in ("completed", "failed"):
+    """The one way a study's state changes: to ``to`` if it is still in one of ``when``, with
+    its timestamp (and ``fields``), in the caller's transaction; whether it moved.
+
+    A conditional ``UPDATE … WHERE status IN when``, atomic on SQLite and PostgreSQL: of two
+    racing moves (a worker completing a study its user cancels) exactly one wins.
+    """
+    values: dict[str, Any] = {"status": to, **fields}
+    if to in FINAL:
         values.setdefault("finished_at", utcnow())
-    if status == "running":
+    if to == "running":
         values.setdefault("started_at", utcnow())
-    with db.write() as session:
-        result = session.execute(
-            update(StudyRecord)
-            .where(StudyRecord.id == study_id, StudyRecord.status.in_(when))
-            .values(**values)
-        )
+    result = session.execute(
+        update(StudyRecord)
+        .where(StudyRecord.id == study_id, StudyRecord.status.in_(when))
+        .values(**values)
+    )
     return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+def mark(
+    db: Database,
+    study_id: str,
+    to: StudyStatus,
+    *,
+    when: tuple[StudyStatus, ...] = ACTIVE,
+    **fields: Any,
+) -> bool:
+    """:func:`move` in a transaction of its own."""
+    with db.write() as session:
+        return move(session, study_id, to, when=when, **fields)
+
+
+def state_of(
+    session: Session, *, study_id: str | None = None, optuna_name: str | None = None
+) -> StudyStatus | None:
+    """A study's state now, by its id or its Optuna study's name (None: it was deleted)."""
+    key = (
+        StudyRecord.id == study_id
+        if study_id is not None
+        else StudyRecord.optuna_name == optuna_name
+    )
+    return session.scalar(select(StudyRecord.status).where(key))

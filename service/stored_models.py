@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import hashlib
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, select
 
 from service import lifecycle
 from service.db import Database
-from service.tables import ACTIVE, ArtifactRecord, StudyRecord, utcnow
+from service.tables import ACTIVE, ArtifactRecord
 
 MODEL = "model"
 
@@ -34,12 +34,7 @@ def complete(
     study has no model. Returns whether the study moved.
     """
     with db.write() as session:
-        moved = session.execute(
-            update(StudyRecord)
-            .where(StudyRecord.id == study_id, StudyRecord.status.in_(ACTIVE))
-            .values(status="completed", finished_at=utcnow(), test_score=test_score, error=error)
-        )
-        if not moved.rowcount:  # type: ignore[attr-defined]
+        if not lifecycle.move(session, study_id, "completed", test_score=test_score, error=error):
             return False
         if model is not None:
             session.execute(

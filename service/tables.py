@@ -23,6 +23,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, deferred, mapped_column
 
 StudyStatus = Literal["queued", "running", "completed", "failed", "cancelled"]
 ACTIVE: tuple[StudyStatus, ...] = ("queued", "running")
+FINAL: tuple[StudyStatus, ...] = ("completed", "failed", "cancelled")
 
 
 def utcnow() -> datetime:
@@ -93,7 +94,7 @@ class StudyRecord(Base):
     tenant: Mapped[str] = mapped_column(String(200), index=True)
     name: Mapped[str] = mapped_column(String(200))
     spec: Mapped[dict[str, Any]] = mapped_column(JSON)
-    status: Mapped[str] = mapped_column(String(16), index=True, default="queued")
+    status: Mapped[StudyStatus] = mapped_column(String(16), index=True, default="queued")
     optuna_name: Mapped[str] = mapped_column(String(100), unique=True)
     optuna_id: Mapped[int | None] = mapped_column(Integer, index=True)
     n_trials: Mapped[int] = mapped_column(Integer)

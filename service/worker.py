@@ -34,12 +34,12 @@ import optuna
 import torch
 from optuna.storages import RDBStorage
 from pydantic import ValidationError
-from sqlalchemy import or_, select, update
+from sqlalchemy import select, update
 
 from service import lifecycle, stored_models, trials, uploads
 from service.db import DATABASE_ERRORS, Database
 from service.settings import Settings
-from service.tables import StudyRecord, WorkerRecord, utcnow
+from service.tables import ACTIVE, StudyRecord, WorkerRecord, utcnow
 from trainer import artifact, layout
 from trainer.datasets import DatasetError
 from trainer.device import configure, resolve_device
@@ -164,7 +164,7 @@ class Worker:
             candidates = list(
                 session.scalars(
                     select(StudyRecord)
-                    .where(or_(StudyRecord.status == "queued", StudyRecord.status == "running"))
+                    .where(StudyRecord.status.in_(ACTIVE))
                     .order_by(StudyRecord.created_at)
                 )
             )
@@ -177,7 +177,7 @@ class Worker:
                 counts = trials.count_trials(session, record.optuna_id)
             if counts.startable(record.n_trials):
                 if lifecycle.mark(self.db, record.id, "running", when=("queued",)):
-                    record.status = "running"
+                    record.status = "running"  # this copy, as the database has it now
                 return record
             if counts.running == 0:
                 self.finish(record)
@@ -283,8 +283,7 @@ class Worker:
         if self.stopping.is_set() or (deadline is not None and time.time() > deadline):
             return 0
         with self.db.read() as session:
-            status = session.scalar(select(StudyRecord.status).where(StudyRecord.id == record.id))
-            if status != "running":
+            if lifecycle.state_of(session, study_id=record.id) != "running":
                 return 0
             assert record.optuna_id is not None
             counts = trials.count_trials(session, record.optuna_id)
@@ -304,9 +303,7 @@ class Worker:
                 return None
             last = now
             with self.db.read() as session:
-                status = session.scalar(
-                    select(StudyRecord.status).where(StudyRecord.id == study_id)
-                )
+                status = lifecycle.state_of(session, study_id=study_id)
             if status == "running":
                 return None
             return (
@@ -319,9 +316,7 @@ class Worker:
         """Interrupted trials failed: queue their parameters again while the study runs (this
         worker is shutting down); a cancelled or deleted study's trials end with it."""
         with self.db.read() as session:
-            status = session.scalar(
-                select(StudyRecord.status).where(StudyRecord.optuna_name == study.study_name)
-            )
+            status = lifecycle.state_of(session, optuna_name=study.study_name)
         if status != "running":
             log.info(
                 "study %s %s: %d running trial(s) stopped",
@@ -364,7 +359,7 @@ class Worker:
         assert record.optuna_id is not None
         with self.db.read() as session:
             counts = trials.count_trials(session, record.optuna_id)
-            status = session.scalar(select(StudyRecord.status).where(StudyRecord.id == record.id))
+            status = lifecycle.state_of(session, study_id=record.id)
         if status != "running" or counts.running or counts.waiting:
             return
         spec = StudySpec.model_validate(record.spec)

@@ -10,6 +10,8 @@ from typing import Any, Protocol
 
 from optuna.trial import FrozenTrial, TrialState
 
+from service.tables import StudyStatus
+
 log = logging.getLogger("regtune.report")
 
 STATES = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned", TrialState.FAIL: "fail"}
@@ -21,7 +23,7 @@ class StudyLike(Protocol):
     id: str
     name: str
     spec: dict[str, Any]
-    status: str
+    status: StudyStatus
     metric: str
     direction: str
     n_trials: int
