@@ -11,7 +11,7 @@ from starlette.concurrency import run_in_threadpool
 
 from service import uploads
 from service.api.deps import DB, AppSettings, Tenant
-from service.api.errors import documented, not_found, too_large, unprocessable
+from service.api.responses import documented, not_found, too_large, unprocessable
 from service.schemas import DatasetOut
 from service.tables import DatasetRecord
 from trainer.datasets import DatasetError, DatasetTooLarge

@@ -11,7 +11,7 @@ from pydantic import BaseModel, ValidationError
 
 from service import lifecycle, stored_models
 from service.api.deps import DB, AppSettings, StatusCache, Storage, Tenant
-from service.api.errors import documented, too_many, unprocessable
+from service.api.responses import documented, too_many, unprocessable
 from service.report import render as render_report
 from service.schemas import (
     BestTrial,

@@ -1,4 +1,4 @@
-"""HTTP errors in FastAPI's own shape: ``{"detail": [{"loc": [...], "msg": ..., "type": ...}]}``."""
+"""HTTP error responses in FastAPI's own shape: ``{"detail": [{"loc", "msg", "type"}]}``."""
 
 from __future__ import annotations
 
