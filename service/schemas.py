@@ -84,15 +84,12 @@ class TrialOut(BaseModel):
 
     @classmethod
     def of(cls, trial: FrozenTrial) -> TrialOut:
-        record = TrialRecord.of(trial)
         return cls(
             number=trial.number,
             state=trial.state.name.lower(),
             value=trial.value,
             params=trial.params,
-            cv_std=record.cv_std,
-            diagnosis=record.diagnosis,
-            fail_reason=record.fail_reason,
+            **TrialRecord.of(trial).fields_of(TrialOut),
             datetime_start=utc(trial.datetime_start),
             datetime_complete=utc(trial.datetime_complete),
             duration_s=trial.duration.total_seconds() if trial.duration else None,
@@ -116,22 +113,9 @@ class TrialDetail(TrialOut):
 
     @classmethod
     def of(cls, trial: FrozenTrial) -> TrialDetail:
-        record = TrialRecord.of(trial)
-        base = TrialOut.of(trial).model_dump()
-        return cls(
-            **base,
-            config=record.config,
-            fold_scores=record.fold_scores,
-            best_epochs=record.best_epochs,
-            train_loss=record.train_loss,
-            val_loss=record.val_loss,
-            fold_diagnoses=record.fold_diagnoses,
-            l1_sparsity=record.l1_sparsity,
-            n_params=record.n_params,
-            engine=record.engine,
-            engine_note=record.engine_note,
-            intermediate_values=trial.intermediate_values,
-        )
+        listed = TrialOut.of(trial).model_dump()
+        recorded = TrialRecord.of(trial).fields_of(TrialDetail)
+        return cls(**(listed | recorded), intermediate_values=trial.intermediate_values)
 
 
 class StudyOut(BaseModel):

@@ -115,6 +115,15 @@ def start_worker(database_url: str, log: Path, **extra: str) -> subprocess.Popen
     )
 
 
+def problem(response: httpx.Response) -> str:
+    """A 4xx's ``detail`` as text: FastAPI's list as ``dotted.loc: message`` lines, or the
+    string."""
+    detail = response.json()["detail"]
+    if isinstance(detail, str):
+        return detail
+    return "\n".join(".".join(str(p) for p in e["loc"]) + ": " + e["msg"] for e in detail)
+
+
 def wait_for(
     predicate: Any, timeout: float = 120.0, interval: float = 0.3, what: str = "condition"
 ) -> Any:

@@ -100,6 +100,10 @@ class TrialRecord:
         for name, value in self.to_attrs().items():
             trial.set_user_attr(name, value)
 
+    def fields_of(self, model: type[BaseModel]) -> dict[str, Any]:
+        """The recorded fields that ``model`` (a response model) declares, by name."""
+        return {name: getattr(self, name) for name in model.model_fields if name in FIELDS}
+
     def without_failure(self) -> TrialRecord:
         """The record a re-run starts from: everything but the failed attempt's reason."""
         return replace(self, fail_reason=None)
@@ -126,17 +130,6 @@ class BestTrial(BaseModel):
 
     @classmethod
     def of(cls, trial: FrozenTrial) -> BestTrial:
-        record = TrialRecord.of(trial)
         assert trial.value is not None, "a best trial has a value"
-        return cls(
-            number=trial.number,
-            value=trial.value,
-            params=trial.params,
-            config=record.config,
-            fold_scores=record.fold_scores,
-            cv_mean=record.cv_mean,
-            cv_std=record.cv_std,
-            best_epochs=record.best_epochs,
-            l1_sparsity=record.l1_sparsity,
-            diagnosis=record.diagnosis,
-        )
+        recorded = TrialRecord.of(trial).fields_of(cls)
+        return cls(number=trial.number, value=trial.value, params=trial.params, **recorded)

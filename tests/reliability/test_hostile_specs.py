@@ -15,7 +15,7 @@ from typing import Any
 
 import httpx
 import pytest
-from servers import Server, serving, tiny_study
+from servers import Server, problem, serving, tiny_study
 
 PLUGINS = str(Path(__file__).parent.parent / "plugins")
 
@@ -730,14 +730,6 @@ def server(database: Path) -> Iterator[Server]:
         PYTHONPATH=PLUGINS,  # the test plugins' distribution, as if installed
     ) as running:
         yield running
-
-
-def problem(response: httpx.Response) -> str:
-    """The ``detail`` as text: FastAPI's list as ``dotted.loc: message`` lines, or the string."""
-    detail = response.json()["detail"]
-    if isinstance(detail, str):
-        return detail
-    return "\n".join(".".join(str(p) for p in e["loc"]) + ": " + e["msg"] for e in detail)
 
 
 def stored(server: Server, database: Path) -> tuple[int, int]:

@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-from servers import Server, serving
+from servers import Server, problem, serving
 
 from trainer.datasets import load_npz
 
@@ -341,14 +341,6 @@ def server(database: Path) -> Iterator[Server]:
         REGTUNE_MAX_UPLOAD_MEMORY_BYTES=str(MAX_MEMORY),
     ) as running:
         yield running
-
-
-def problem(response: httpx.Response) -> str:
-    """The ``detail`` as text: FastAPI's list as ``dotted.loc: message`` lines, or the string."""
-    detail = response.json()["detail"]
-    if isinstance(detail, str):
-        return detail
-    return "\n".join(".".join(str(p) for p in e["loc"]) + ": " + e["msg"] for e in detail)
 
 
 def stored(server: Server, database: Path) -> tuple[int, int]:

@@ -23,7 +23,7 @@ import numpy as np
 import optuna
 import pytest
 from networks_of import build_model, parameter_count
-from servers import Server, regtune, serving, tiny_study
+from servers import Server, problem, regtune, serving, tiny_study
 from sqlalchemy import create_engine, func, select, update
 
 from service.auth import create_token
@@ -467,13 +467,6 @@ def test_the_dashboard_shows_only_the_callers_studies(
 # --- 5. limits --------------------------------------------------------------------------------
 
 
-def detail_text(response: httpx.Response) -> str:
-    detail = response.json()["detail"]
-    if isinstance(detail, str):
-        return detail
-    return "; ".join(".".join(map(str, e["loc"])) + ": " + e["msg"] for e in detail)
-
-
 @pytest.mark.parametrize(
     ("upload", "fragment"),
     [
@@ -499,7 +492,7 @@ def test_upload_limits(deployment: Deployment, upload: dict[str, Any], fragment:
         before = http.get("/v1/datasets").json()
         response = http.post("/v1/datasets", data={"target": "label"}, files=upload["files"])
         assert response.status_code == 413, response.text
-        assert fragment in detail_text(response), detail_text(response)
+        assert fragment in problem(response), problem(response)
         assert http.get("/v1/datasets").json() == before
 
 
@@ -520,7 +513,7 @@ def test_trial_and_epoch_limits(deployment: Deployment) -> None:
             assert response.status_code == 422, response.text
             name = field.rsplit(".", 1)[-1]
             bound = MAX_TRIALS if name == "n_trials" else MAX_EPOCHS
-            assert f"{field}: Value error, {name} must be ≤ {bound}" in detail_text(response)
+            assert f"{field}: Value error, {name} must be ≤ {bound}" in problem(response)
         at = http.post(
             "/v1/studies",
             json=tiny_study(n_trials=MAX_TRIALS, training={"max_epochs": MAX_EPOCHS}),
@@ -569,7 +562,7 @@ def test_parameter_limit(deployment: Deployment) -> None:
         for field, spec in cases.items():
             response = http.post("/v1/studies", json=spec)
             assert response.status_code == 422, response.text
-            text = detail_text(response)
+            text = problem(response)
             assert text.startswith(f"{field}: ") and "max_parameters" in text, text
             assert f"has {wine_parameters([over]):,} parameters" in text, text
             assert f"max_parameters is {MAX_PARAMETERS:,}" in text, text
@@ -849,7 +842,7 @@ def test_a_dataset_reference_is_never_a_file_path(deployment: Deployment, tmp_pa
         for reference in references:
             response = http.post("/v1/studies", json=tiny_study(dataset=reference))
             assert response.status_code == 422, (reference, response.text)
-            text = detail_text(response)
+            text = problem(response)
             assert text.startswith("body.dataset: unknown"), (reference, text)
             assert "root:" not in text and "PRIVATE" not in text
         assert count_rows(deployment, StudyRecord) == before
