@@ -58,6 +58,13 @@ def submitted(live: Live) -> tuple[subprocess.CompletedProcess[str], str]:
     return done, study_id
 
 
+@pytest.fixture(scope="module")
+def finished(live: Live, submitted: tuple[subprocess.CompletedProcess[str], str]) -> StudyOut:
+    """The submitted study once done, as the client reads it."""
+    with Client(live.server.url) as client:
+        return client.study(submitted[1])
+
+
 def test_submit_wait_follows_progress_and_prints_the_result(
     submitted: tuple[subprocess.CompletedProcess[str], str],
 ) -> None:
@@ -71,12 +78,8 @@ def test_submit_wait_follows_progress_and_prints_the_result(
         assert row in done.stdout, done.stdout
 
 
-def test_status_prints_a_table_with_the_state_counts(
-    live: Live, submitted: tuple[subprocess.CompletedProcess[str], str]
-) -> None:
-    _, study_id = submitted
-    with Client(live.server.url) as client:
-        study = client.study(study_id)
+def test_status_prints_a_table_with_the_state_counts(live: Live, finished: StudyOut) -> None:
+    study, study_id = finished, finished.id
     shown = live.cli("status", study_id)
     assert shown.returncode == 0, shown.stderr
     out = shown.stdout

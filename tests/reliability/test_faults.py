@@ -137,15 +137,21 @@ def test_a_30s_database_outage_under_a_running_worker_loses_no_trial(tmp_path: P
         assert_full_budget_without_duplicates(trials_of(url, study["id"]), 4)
 
 
+# Plain SGD without BatchNorm: a learning rate of 1e12 diverges in the first epoch.
+DIVERGING = {
+    "dataset": "builtin:wine",
+    "model": {"hidden": [16], "batch_norm": False},
+    "training": {"optimizer": "sgd", "max_epochs": 5},
+    "cv": {"folds": 2},
+}
+
+
 def test_diverging_trials_fail_with_their_reason_and_the_study_goes_on(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'nan.db'}"
-    spec = {
-        "dataset": "builtin:wine",
+    # 1e12 overflows to inf/NaN within an epoch.
+    spec = DIVERGING | {
         "n_trials": 6,
-        "model": {"hidden": [16], "batch_norm": False},
-        "training": {"optimizer": "sgd", "max_epochs": 5},
-        "cv": {"folds": 2},
-        "search_space": {"lr": [1e12, 0.01]},  # 1e12 overflows to inf/NaN within an epoch
+        "search_space": {"lr": [1e12, 0.01]},
         "sampler": {"kind": "random"},
         "seed": 3,
     }
@@ -164,14 +170,7 @@ def test_diverging_trials_fail_with_their_reason_and_the_study_goes_on(tmp_path:
 
 def test_a_study_whose_every_trial_fails_is_failed_early_with_the_reason(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'doomed.db'}"
-    spec = {
-        "dataset": "builtin:wine",
-        "n_trials": 40,
-        "model": {"hidden": [16], "batch_norm": False},
-        "training": {"optimizer": "sgd", "max_epochs": 5},
-        "cv": {"folds": 2},
-        "search_space": {"lr": [1e12]},
-    }
+    spec = DIVERGING | {"n_trials": 40, "search_space": {"lr": [1e12]}}
     with serving(url, tmp_path / "serve.log") as server, server.client() as http:
         study = http.post("/v1/studies", json=spec).json()
         final = wait_status(http, study["id"], ("completed", "failed"))
