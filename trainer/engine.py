@@ -280,7 +280,7 @@ def batch_order(seed: int, epoch: int, n: int, device: torch.device | str) -> to
 
 def fold_seed(seed: int, fold: int) -> int:
     """Independent seeds per fold, derived from the trial's seed."""
-    return int(np.random.SeedSequence([seed, fold]).generate_state(1)[0])
+    return rng.derived_seed(seed, fold)
 
 
 def fold_runs(

@@ -9,6 +9,7 @@ import numpy as np
 import optuna
 import torch
 
+from trainer import rng
 from trainer.config import TrialConfig
 from trainer.datasets import Dataset
 from trainer.engine import DivergedError, Schedule, cross_validate
@@ -81,7 +82,8 @@ def fold_schedule(spec: StudySpec) -> Schedule:
 
 
 def trial_seed(study_seed: int, trial_number: int) -> int:
-    return int(np.random.SeedSequence([study_seed, trial_number]).generate_state(1)[0])
+    """The seed of a study's trial ``trial_number`` (its folds derive theirs from it)."""
+    return rng.derived_seed(study_seed, trial_number)
 
 
 class TrialInterrupted(Exception):

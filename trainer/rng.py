@@ -9,6 +9,7 @@ so it runs vectorized on the CPU and the GPU alike.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 _GOLDEN = 0x9E3779B97F4A7C15 - 2**64
@@ -123,3 +124,10 @@ def permutations(key: torch.Tensor, lengths: torch.Tensor, width: int) -> torch.
     noise = uniform(key, (width,))
     padding = torch.arange(width, device=key.device)[None, :] >= lengths[:, None]
     return torch.argsort(noise + padding.to(noise.dtype) * 2.0, dim=1)
+
+
+def derived_seed(*parts: int) -> int:
+    """An independent 32-bit seed for the stream named by ``parts`` (a study's seed and a
+    trial's number, a trial's seed and a fold): numpy's ``SeedSequence`` hashes them, so
+    nearby parts give unrelated seeds."""
+    return int(np.random.SeedSequence(list(parts)).generate_state(1)[0])
