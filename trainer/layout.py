@@ -48,7 +48,7 @@ def per_trial_reason(spec: StudySpec, dataset: Dataset) -> str | None:
     and a network the population engine can run stacked (:mod:`trainer.stacking`). The
     network is built on the meta device, which allocates nothing, under a forked RNG.
     """
-    if spec.pruner.kind == "wilcoxon":
+    if spec.pruner.between_folds:
         return "the Wilcoxon pruner decides between folds, so folds train one after another"
     try:
         with torch.random.fork_rng(devices=[]), torch.device("meta"):

@@ -78,7 +78,7 @@ def grid(spec: StudySpec, points: int) -> dict[str, list[Any]]:
 def fold_schedule(spec: StudySpec) -> Schedule:
     """Folds one after another for the Wilcoxon pruner (it prunes between folds), else in
     lockstep (the median pruner compares epochs across all folds)."""
-    return "sequential" if spec.pruner.kind == "wilcoxon" else "lockstep"
+    return "sequential" if spec.pruner.between_folds else "lockstep"
 
 
 def trial_seed(study_seed: int, trial_number: int) -> int:

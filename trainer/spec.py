@@ -572,6 +572,12 @@ class PrunerSpec(_Strict):
     reduction_factor: int = Field(3, ge=2, description="hyperband")
     p_threshold: float = Field(0.1, gt=0, lt=1, description="wilcoxon")
 
+    @property
+    def between_folds(self) -> bool:
+        """Whether it prunes between folds (Wilcoxon: each fold a paired instance), so that
+        folds train one after another instead of in lockstep, one trial at a time."""
+        return self.kind == "wilcoxon"
+
 
 class WarmStartSpec(_Strict):
     """Start from an earlier study of the same tenant: its ``top`` best completed trials'
