@@ -24,6 +24,7 @@ from service.db import Database
 from service.errors import Conflict, NotFound
 from service.tables import ACTIVE, FINAL, ArtifactRecord, StudyRecord, StudyStatus, utcnow
 from trainer.datasets import Dataset
+from trainer.optuna_internals import study_id as study_id_of
 from trainer.spec import Limits, SpecError, StudySpec, metric_direction
 from trainer.study import Protocol, network_sizes
 
@@ -135,7 +136,7 @@ def submit(
                 spec=spec.model_dump(mode="json"),
                 status="queued",
                 optuna_name=name,
-                optuna_id=study._study_id,
+                optuna_id=study_id_of(study),
                 metric=protocol.metric,
                 direction=metric_direction(protocol.metric),
                 n_trials=spec.n_trials,

@@ -40,6 +40,7 @@ from sqlalchemy.orm import Session
 
 from service.db import DATABASE_ERRORS, engine_kwargs
 from service.settings import Settings
+from trainer import optuna_internals
 from trainer.records import LISTED, TrialRecord
 
 log = logging.getLogger("regtune.trials")
@@ -107,8 +108,7 @@ trial_heartbeats = Table(
 def mark_stale(storage: RDBStorage, trial_id: int) -> None:
     """Record why a stale trial fails (before it is failed: the reason comes with the state)."""
     with contextlib.suppress(UpdateFinishedTrialError):  # another worker failed it first
-        for key, value in TrialRecord(fail_reason=STALE).to_attrs().items():
-            storage.set_trial_user_attr(trial_id, key, value)
+        optuna_internals.write_attrs(storage, trial_id, TrialRecord(fail_reason=STALE).to_attrs())
 
 
 class HeartbeatStorage(RDBStorage):
@@ -261,7 +261,7 @@ def recover_stale(
 ) -> int:
     """Fail stale trials and queue their parameters again; return how many."""
     recovered = 0
-    for trial_id in stale_trial_ids(session, study._study_id, grace_s):
+    for trial_id in stale_trial_ids(session, optuna_internals.study_id(study), grace_s):
         mark_stale(storage, trial_id)
         # Only the worker whose update wins re-queues it, however many race here.
         if storage.set_trial_state_values(trial_id, state=TrialState.FAIL):

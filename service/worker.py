@@ -44,6 +44,8 @@ from trainer import artifact, layout
 from trainer.datasets import DatasetError
 from trainer.device import configure, resolve_device
 from trainer.objective import TrialInterrupted, failure_reason
+from trainer.optuna_internals import storage_of
+from trainer.optuna_internals import trial_id as optuna_trial_id
 from trainer.records import TrialRecord
 from trainer.search import Search
 from trainer.spec import SpecError, StudySpec
@@ -327,7 +329,7 @@ class Worker:
             return
         retry = trials.retry_callback()
         for trial_id in trial_ids:
-            retry(study, study._storage.get_trial(trial_id))
+            retry(study, storage_of(study).get_trial(trial_id))
 
     @contextmanager
     def heartbeats(self, running: Sequence[optuna.Trial]) -> Iterator[None]:
@@ -342,7 +344,7 @@ class Worker:
                     # A study deleted meanwhile has no trial left to beat for: the search,
                     # told so at its next epoch, stops.
                     with contextlib.suppress(KeyError):
-                        storage.record_heartbeat(trial._trial_id)
+                        storage.record_heartbeat(optuna_trial_id(trial))
                 if stop.wait(self.settings.heartbeat_s):
                     return
 

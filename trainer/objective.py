@@ -13,6 +13,7 @@ from trainer import rng
 from trainer.config import TrialConfig
 from trainer.datasets import Dataset
 from trainer.engine import DivergedError, Schedule, cross_validate
+from trainer.optuna_internals import trial_id
 from trainer.records import TrialRecord
 from trainer.spec import DOMAINS, SEARCHABLE, Metric, Param, Range, StudySpec
 from trainer.splits import Split
@@ -155,7 +156,7 @@ class Objective:
             reason = self.should_stop() if self.should_stop is not None else None
             if reason is not None:
                 TrialRecord(fail_reason=reason).write(trial)
-                raise TrialInterrupted(reason, trial_ids=[trial._trial_id])
+                raise TrialInterrupted(reason, trial_ids=[trial_id(trial)])
             if lockstep:
                 report(epoch, value)
 

@@ -36,6 +36,8 @@ from optuna.trial import TrialState
 from trainer.datasets import Dataset
 from trainer.device import usable_cores
 from trainer.lifetime import on_parent_death
+from trainer.optuna_internals import storage_of, trial_id, write_attrs
+from trainer.records import TrialRecord
 from trainer.spec import StudySpec
 from trainer.study import Protocol, StudyOutcome, conclude, create_study, run_study
 
@@ -93,8 +95,9 @@ def fail_leftovers(study: optuna.Study, reason: str) -> None:
     """Trials still RUNNING when no searcher is (a tune that was killed) are failed: nothing
     will ever finish them, and they would hold the budget."""
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        study._storage.set_trial_user_attr(trial._trial_id, "fail_reason", reason)
-        study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+        storage, key = storage_of(study), trial_id(trial)
+        write_attrs(storage, key, TrialRecord(fail_reason=reason).to_attrs())
+        storage.set_trial_state_values(key, TrialState.FAIL)
 
 
 def report(study: optuna.Study, progress: Progress) -> None:

@@ -51,6 +51,7 @@ from trainer.objective import (
     suggest,
     trial_seed,
 )
+from trainer.optuna_internals import storage_of, trial_id
 from trainer.population import Population, ShapeKey, SlotEpoch, shape_key
 from trainer.records import TrialRecord
 from trainer.spec import Metric, StudySpec
@@ -129,7 +130,7 @@ class Search:
                 while self.fill() or self.running or self.pending:
                     self.epoch()
             except TrialInterrupted as exc:
-                ids = [self.fail(r.trial, str(exc))._trial_id for r in self.untold()]
+                ids = [trial_id(self.fail(r.trial, str(exc))) for r in self.untold()]
                 raise TrialInterrupted(str(exc), trial_ids=ids) from exc
 
     def expired(self) -> bool:
@@ -351,7 +352,7 @@ class Search:
             "parameters run again",
             trial.number,
         )
-        return self.study._storage.get_trial(trial._trial_id)
+        return storage_of(self.study).get_trial(trial_id(trial))
 
     def tell_failed(self, trial: optuna.Trial, reason: str) -> None:
         self.told(self.fail(trial, reason))
