@@ -56,7 +56,7 @@ class Settings(BaseSettings):
     )
 
     # Pollers: a study's status is recomputed at most every `status_cache_s` per API process;
-    # a token's tenant is looked up at most every `auth_cache_s` (service/cache.py).
+    # a token's tenant is looked up at most every `auth_cache_s` (service/http/cache.py).
     status_cache_s: float = Field(1.0, ge=0)
     auth_cache_s: float = Field(5.0, ge=0)
     # Training is batch work: on a machine shared with the API it yields the CPU first.

@@ -6,7 +6,7 @@ from datetime import datetime, timedelta
 
 import pytest
 
-from service.trials import TrialCounts, eta_seconds
+from service.store.trials import TrialCounts, eta_seconds
 
 
 def test_retried_failures_do_not_use_budget_but_running_and_queued_trials_do() -> None:

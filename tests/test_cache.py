@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from service.cache import TTLCache
+from service.http.cache import TTLCache
 
 
 class Clock:

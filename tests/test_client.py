@@ -17,9 +17,9 @@ import optuna
 import pytest
 from servers import Server, regtune, serving, tiny_study
 
-from service.client import ApiError, Client
-from service.schemas import DatasetOut, Page, StudyItem, StudyOut, TrialDetail, TrialOut
-from service.warmstart import fitting
+from service.cli.client import ApiError, Client
+from service.http.schemas import DatasetOut, Page, StudyItem, StudyOut, TrialDetail, TrialOut
+from service.store.warmstart import fitting
 from trainer.spec import SearchSpace
 
 pytestmark = pytest.mark.slow

@@ -26,13 +26,13 @@ from servers import (
     wait_status,
 )
 
-from service import lifecycle, stored_models
-from service import worker as worker_module
-from service.db import Database
 from service.settings import Settings
-from service.tables import ArtifactRecord
-from service.trials import make_storage
-from service.worker import Worker
+from service.store import lifecycle, stored_models
+from service.store.db import Database
+from service.store.tables import ArtifactRecord
+from service.store.trials import make_storage
+from service.work import worker as worker_module
+from service.work.worker import Worker
 from trainer.artifact import ArtifactError, load_model
 from trainer.datasets import load_builtin
 from trainer.spec import StudySpec

@@ -19,9 +19,9 @@ from optuna.distributions import FloatDistribution, IntDistribution
 from optuna.trial import FrozenTrial, TrialState, create_trial
 from servers import regtune, serving, tiny_study, wait_status
 
-from service import report
-from service.report import sections
-from service.tables import StudyRecord
+from service.http import report
+from service.http.report import sections
+from service.store.tables import StudyRecord
 from trainer.spec import StudySpec
 from trainer.study import StudyOutcome, run_study
 

@@ -10,7 +10,7 @@ from optuna.trial import TrialState
 from sqlalchemy import event
 from sqlalchemy.orm import Session
 
-from service.trials import trial_ids_page, trial_summaries
+from service.store.trials import trial_ids_page, trial_summaries
 from trainer.records import LISTED
 
 

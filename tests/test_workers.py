@@ -21,7 +21,7 @@ from servers import (
     wait_status,
 )
 
-from service.serve import usable_cores, worker_devices
+from service.cli.serve import usable_cores, worker_devices
 from service.settings import Settings
 
 pytestmark = pytest.mark.slow

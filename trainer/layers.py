@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from trainer.spec import (
+from trainer.network_spec import (
     ActivationLayer,
     ConvLayer,
     DropoutLayer,

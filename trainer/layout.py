@@ -6,7 +6,7 @@ of the device, so P is as large as memory allows. On a CPU a stack pays a fixed 
 (Adam, BatchNorm, dropout) streams every model's tensors through the caches once per step, and
 past a few models per core the step is bound by memory traffic, not by the matmuls. Measured on
 2 cores (BENCHMARKS.md, "Engines", 2026-12-01, digits MLP 256-256, 5 folds), with one 1-thread
-worker process per core (``service.serve.worker_devices``): two trials per stack
+worker process per core (``service.cli.serve.worker_devices``): two trials per stack
 (``CPU_POPULATION``) 4.5× the textbook loop, one trial 3.7×, eight in one process 2.8×. That
 benchmark builds a stack per population; in ``regtune tune``, where each process refills one
 stack, one and two trials per stack were within the run-to-run noise (19–22 s for the

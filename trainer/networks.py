@@ -23,7 +23,7 @@ from torch import nn
 
 from trainer import plugins
 from trainer.layers import LayerError, Walked, walk
-from trainer.spec import (
+from trainer.network_spec import (
     ActivationLayer,
     ConvLayer,
     DropoutLayer,
@@ -33,8 +33,8 @@ from trainer.spec import (
     NormLayer,
     ResidualLayer,
     ShapeLayer,
-    SpecError,
 )
+from trainer.spec_base import SpecError
 
 DROPOUTS = (nn.Dropout, nn.Dropout1d, nn.Dropout2d)
 NORMS = (nn.BatchNorm1d, nn.BatchNorm2d)

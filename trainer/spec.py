@@ -8,7 +8,6 @@ as validation context, ``StudySpec.model_validate(data, context={"limits": limit
 
 from __future__ import annotations
 
-import json
 import math
 import re
 import unicodedata
@@ -16,9 +15,6 @@ from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 from pydantic import (
-    AfterValidator,
-    BaseModel,
-    ConfigDict,
     Field,
     SerializerFunctionWrapHandler,
     ValidationError,
@@ -29,65 +25,27 @@ from pydantic import (
     model_validator,
 )
 
+from trainer.network_spec import (
+    GROUP_NAME,
+    ModelSpec,
+)
+from trainer.spec_base import UNLIMITED, Limits, SpecError, Strict, _limits, at_most, check_widths
+
+__all__ = [
+    "UNLIMITED",
+    "Limits",
+    "ModelSpec",
+    "SpecError",
+    "StudySpec",
+    "at_most",
+]
+
 Task = Literal["classification", "regression"]
 Metric = Literal["accuracy", "mse", "loss"]
 Scalar = float | int | str
 
 
-class SpecError(ValueError):
-    """The spec does not fit the dataset (e.g. accuracy asked of a regression target);
-    ``field`` names the part of the spec at fault, dotted (``model.layers.3``)."""
-
-    def __init__(self, message: str, field: str = "spec") -> None:
-        super().__init__(message)
-        self.field = field
-
-
-class Limits(BaseModel):
-    """Upper bounds on what one study may ask for; the service sets them from its settings."""
-
-    max_trials: int = 10_000
-    max_folds: int = 20
-    max_epochs: int = 2_000
-    max_layers: int = 8
-    max_network_layers: int = 200  # every entry of model.layers, residual bodies included
-    max_plugin_options_bytes: int = 4_096  # model.options as JSON
-    max_width: int = 4_096
-    max_batch_size: int = 65_536
-    max_timeout_s: float = 30 * 86_400.0
-    # Weights of one network, counted once the dataset fixes the input and output widths
-    # (the service checks it at submission): 50M float32 parameters are 200 MB per trial.
-    max_parameters: int = 50_000_000
-
-
-# For specs validated once already (stored ones, model files): no bound but the types'.
-UNLIMITED = Limits(max_layers=2**31 - 1, max_width=2**31 - 1, max_network_layers=2**31 - 1)
-
-
-def _limits(info: ValidationInfo) -> Limits:
-    context = info.context or {}
-    limits = context.get("limits")
-    return limits if isinstance(limits, Limits) else Limits()
-
-
-def at_most(limit: str) -> AfterValidator:
-    """Check a value against ``Limits.<limit>`` of the validation context."""
-
-    def check(value: Any, info: ValidationInfo) -> Any:
-        bound = getattr(_limits(info), limit)
-        if value is not None and value > bound:
-            raise ValueError(f"{info.field_name} must be ≤ {bound:g}")
-        return value
-
-    return AfterValidator(check)
-
-
-class _Strict(BaseModel):
-    # JSON has no NaN/Infinity, but Python's parser accepts them: refuse them in every number.
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
-
-
-class Range(_Strict):
+class Range(Strict):
     """A continuous or integer interval ``[low, high]``, sampled log-uniformly if ``log``."""
 
     low: float
@@ -201,7 +159,7 @@ def check_domain(domain: Domain, value: Param | None) -> Param | None:
     return value
 
 
-class SearchSpace(_Strict):
+class SearchSpace(Strict):
     """What Optuna searches. Each entry is a :class:`Range`, a list of choices or a number.
 
     The five regularization parameters default to the ranges of the product spec; ``lr``,
@@ -308,7 +266,7 @@ class SearchSpace(_Strict):
             if not value:
                 raise ValueError("a list of choices must not be empty")
             for choice in value:
-                _check_widths(choice, _limits(info))
+                check_widths(choice, _limits(info))
         return value
 
 
@@ -322,206 +280,7 @@ def _points(value: Param | None) -> list[float]:
     return []
 
 
-def _check_widths(widths: list[int], limits: Limits) -> None:
-    if len(widths) > limits.max_layers:
-        raise ValueError(f"at most {limits.max_layers} layers, got {len(widths)}")
-    if any(w > limits.max_width for w in widths):
-        raise ValueError(f"layer widths must be ≤ {limits.max_width}")
-
-
-MAX_KERNEL = 64
-MAX_STRIDE = 16
-MAX_NESTING = 8  # residuals inside residuals
-GROUP_NAME = r"^[A-Za-z][A-Za-z0-9_]{0,31}$"
-# An entry point's name: no dots, colons, slashes or shell characters, so that it can only
-# ever name an installed entry point, never a module path.
-PLUGIN_NAME = r"^[a-z0-9][a-z0-9_-]{0,63}$"
-
-
-class LinearLayer(_Strict):
-    """``nn.Linear`` on a flat input; the last layer leaves ``out`` out (the data's outputs)."""
-
-    type: Literal["linear"]
-    out: Annotated[int | None, Field(ge=1), at_most("max_width")] = None
-
-
-class ConvLayer(_Strict):
-    """``nn.Conv1d`` on ``(C, L)`` or ``nn.Conv2d`` on ``(C, H, W)``; ``padding "same"`` is
-    ⌊kernel/2⌋ on each side (an odd kernel at stride 1 keeps the size)."""
-
-    type: Literal["conv1d", "conv2d"]
-    out: Annotated[int, Field(ge=1), at_most("max_width")]
-    kernel: int = Field(ge=1, le=MAX_KERNEL)
-    stride: int = Field(1, ge=1, le=MAX_STRIDE)
-    padding: Literal["same"] | Annotated[int, Field(ge=0, le=MAX_KERNEL)] = "same"
-
-
-class NormLayer(_Strict):
-    """BatchNorm over the features (rank 1) or the channels (rank 2 and 3)."""
-
-    type: Literal["batchnorm"]
-
-
-class DropoutLayer(_Strict):
-    """Inverted dropout; a ``group`` has its own p (``dropout.<group>``), else ``dropout``."""
-
-    type: Literal["dropout"]
-    group: str | None = Field(None, pattern=GROUP_NAME)
-
-
-class ActivationLayer(_Strict):
-    type: Literal["relu", "gelu", "tanh", "sigmoid"]
-
-
-class LeakyReLULayer(_Strict):
-    type: Literal["leaky_relu"]
-    slope: float = Field(0.01, ge=0, le=1)
-
-
-class PoolLayer(_Strict):
-    """Max or average pooling over ``(C, L)`` or ``(C, H, W)``; stride defaults to kernel."""
-
-    type: Literal["maxpool1d", "maxpool2d", "avgpool1d", "avgpool2d"]
-    kernel: int = Field(ge=1, le=MAX_KERNEL)
-    stride: int | None = Field(None, ge=1, le=MAX_KERNEL)
-
-
-class ShapeLayer(_Strict):
-    """``global_avgpool``: the mean over positions, ``(C, …)`` → ``(C,)``; ``flatten``."""
-
-    type: Literal["global_avgpool", "flatten"]
-
-
-class ResidualLayer(_Strict):
-    """``x + f(x)``, ``f`` the ``layers`` inside, whose output shape must be the input's."""
-
-    type: Literal["residual"]
-    layers: list[Layer] = Field(min_length=1)
-
-
-Layer = Annotated[
-    LinearLayer
-    | ConvLayer
-    | NormLayer
-    | DropoutLayer
-    | ActivationLayer
-    | LeakyReLULayer
-    | PoolLayer
-    | ShapeLayer
-    | ResidualLayer,
-    Field(discriminator="type"),
-]
-ResidualLayer.model_rebuild()
-
-
-def _count_layers(layers: list[Any], depth: int = 0) -> int:
-    if depth > MAX_NESTING:
-        raise ValueError(f"residuals may nest at most {MAX_NESTING} deep")
-    return sum(
-        1 + (_count_layers(x.layers, depth + 1) if isinstance(x, ResidualLayer) else 0)
-        for x in layers
-    )
-
-
-def dropout_groups(layers: list[Any]) -> list[str]:
-    """The dropout groups a layer list names, in order of first appearance."""
-    seen: list[str] = []
-    for layer in layers:
-        if isinstance(layer, ResidualLayer):
-            seen += [g for g in dropout_groups(layer.layers) if g not in seen]
-        elif isinstance(layer, DropoutLayer) and layer.group and layer.group not in seen:
-            seen.append(layer.group)
-    return seen
-
-
-def has_shared_dropout(layers: list[Any]) -> bool:
-    """Whether a layer list has a dropout without a group (it takes ``dropout``)."""
-    return any(
-        (isinstance(x, DropoutLayer) and x.group is None)
-        or (isinstance(x, ResidualLayer) and has_shared_dropout(x.layers))
-        for x in layers
-    )
-
-
-JSONValue = str | int | float | bool | None | list[Any] | dict[str, Any]
-
-
-class ModelSpec(_Strict):
-    """The network: a built-in template, a declarative ``layers`` stack, or a ``plugin``.
-
-    ``mlp``: per hidden layer Linear → BatchNorm1d → ReLU → Dropout, then a Linear head;
-    ``hidden: []`` is a linear model. ``cnn``: per entry of ``channels`` Conv (``kernel_size``,
-    ``stride``, padding ⌊kernel/2⌋) → BatchNorm → ReLU → Dropout, flatten, then the MLP head.
-    Both are layer stacks under the hood (:mod:`trainer.layers`). ``dropout_groups:
-    "per_layer"`` gives each of a template's dropouts its own p (groups ``layer1``, …).
-    ``layers``: the list of ``layers``, checked against the data's shape at submission.
-    ``plugin``: ``name`` is an entry point of the group ``regtune.networks`` installed on the
-    API host and the workers, called with ``options`` as keyword arguments.
-    """
-
-    kind: Literal["mlp", "cnn", "layers", "plugin"] = "mlp"
-    hidden: list[Annotated[int, Field(ge=1)]] = [256, 256]
-    batch_norm: bool = True
-    channels: list[Annotated[int, Field(ge=1)]] = [32, 64]
-    kernel_size: int = Field(3, ge=1, le=15)
-    stride: int = Field(2, ge=1, le=4)
-    dropout_groups: Literal["shared", "per_layer"] = "shared"
-    layers: list[Layer] | None = None
-    name: str | None = Field(None, pattern=PLUGIN_NAME)
-    options: dict[str, JSONValue] = {}
-
-    @field_validator("hidden", "channels")
-    @classmethod
-    def _widths(cls, value: list[int], info: ValidationInfo) -> list[int]:
-        _check_widths(value, _limits(info))
-        return value
-
-    @field_validator("layers")
-    @classmethod
-    def _layer_count(cls, value: list[Any] | None, info: ValidationInfo) -> list[Any] | None:
-        limit = _limits(info).max_network_layers
-        if value is not None and (count := _count_layers(value)) > limit:
-            raise ValueError(f"at most {limit} layers (residual bodies included), got {count}")
-        return value
-
-    @field_validator("options")
-    @classmethod
-    def _options_size(cls, value: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
-        limit = _limits(info).max_plugin_options_bytes
-        if len(json.dumps(value)) > limit:
-            raise ValueError(f"must be at most {limit} bytes of JSON")
-        return value
-
-    @model_validator(mode="after")
-    def _kind_fields(self) -> ModelSpec:
-        if self.kind == "layers" and not self.layers:
-            raise ValueError("model.kind 'layers' needs model.layers, a non-empty list")
-        if self.kind != "layers" and self.layers is not None:
-            raise ValueError(f"model.layers is for model.kind 'layers', not {self.kind!r}")
-        if self.kind == "plugin" and self.name is None:
-            raise ValueError("model.kind 'plugin' needs model.name, an installed plugin's name")
-        if self.kind != "plugin" and (self.name is not None or self.options):
-            raise ValueError(f"model.name and model.options are for 'plugin', not {self.kind!r}")
-        return self
-
-    def groups(self, depth: int | None = None) -> list[str]:
-        """The dropout groups of the network (a template's for ``depth`` hidden layers)."""
-        if self.kind == "layers":
-            return dropout_groups(self.layers or [])
-        if self.kind == "plugin" or self.dropout_groups == "shared":
-            return []
-        blocks = len(self.channels) if self.kind == "cnn" else 0
-        hidden = len(self.hidden) if depth is None else depth
-        return [f"layer{i + 1}" for i in range(blocks + hidden)]
-
-    def shares_dropout(self) -> bool:
-        """Whether some dropout takes the shared ``dropout`` (not a group's own p)."""
-        if self.kind == "layers":
-            return has_shared_dropout(self.layers or [])
-        return self.kind == "plugin" or self.dropout_groups == "shared"
-
-
-class TrainingSpec(_Strict):
+class TrainingSpec(Strict):
     """Fixed training settings (any of ``lr``, ``batch_size``, ``optimizer`` may be searched)."""
 
     optimizer: Literal["adam", "sgd"] = "adam"
@@ -542,7 +301,7 @@ class TrainingSpec(_Strict):
     )
 
 
-class CVSpec(_Strict):
+class CVSpec(Strict):
     """k-fold CV; ``test_fraction`` > 0 holds out a test split that the search never sees."""
 
     folds: Annotated[int, Field(ge=2), at_most("max_folds")] = 5
@@ -551,19 +310,19 @@ class CVSpec(_Strict):
     test_fraction: float = Field(0.0, ge=0, le=0.5)
 
 
-class ObjectiveSpec(_Strict):
+class ObjectiveSpec(Strict):
     """``accuracy`` (classification, maximized), ``mse`` (regression), ``loss`` (minimized)."""
 
     metric: Metric | None = None
 
 
-class SamplerSpec(_Strict):
+class SamplerSpec(Strict):
     kind: Literal["tpe", "random", "gp", "cmaes", "grid"] = "tpe"
     n_startup_trials: int = Field(10, ge=0, description="random trials before TPE/GP model")
     grid_points: int = Field(5, ge=2, le=100, description="grid values per range (grid only)")
 
 
-class PrunerSpec(_Strict):
+class PrunerSpec(Strict):
     kind: Literal["median", "hyperband", "wilcoxon", "none"] = "median"
     n_startup_trials: int = Field(5, ge=0, description="median: trials before pruning starts")
     n_warmup_steps: int | None = Field(
@@ -579,7 +338,7 @@ class PrunerSpec(_Strict):
         return self.kind == "wilcoxon"
 
 
-class WarmStartSpec(_Strict):
+class WarmStartSpec(Strict):
     """Start from an earlier study of the same tenant: its ``top`` best completed trials'
     parameters are the new study's first trials (those outside the new search space dropped).
     Only the service can resolve ``study``; ``regtune tune`` refuses a warm start.
@@ -596,7 +355,7 @@ class WarmStartSpec(_Strict):
         return value
 
 
-class FinalModelSpec(_Strict):
+class FinalModelSpec(Strict):
     """What the model file holds once the study completes: always the best configuration
     retrained on all non-test rows; with ``ensemble``, also its K fold models."""
 
@@ -607,7 +366,7 @@ class FinalModelSpec(_Strict):
     )
 
 
-class StudySpec(_Strict):
+class StudySpec(Strict):
     """A whole study: data, model, training, search space, CV, objective, sampler, pruner."""
 
     name: str | None = Field(None, min_length=1, max_length=200)

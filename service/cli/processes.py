@@ -35,8 +35,8 @@ def serve(
     workers: Annotated[int | None, typer.Option(help="worker processes (default: per GPU)")] = None,
 ) -> None:
     """The HTTP API, the dashboard and embedded workers (Ctrl-C stops all)."""
-    from service.serve import PublicBindRefused
-    from service.serve import serve as run_server
+    from service.cli.serve import PublicBindRefused
+    from service.cli.serve import serve as run_server
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     settings = service_settings(database_url=database_url, host=host, port=port, workers=workers)
@@ -56,8 +56,8 @@ def worker(
     once: Annotated[bool, typer.Option(help="exit when no study is runnable")] = False,
 ) -> None:
     """A worker process: claims studies from the database and runs their trials."""
-    from service.serve import PARENT_ENV, start_workers, stop_workers, worker_devices
-    from service.worker import Worker
+    from service.cli.serve import PARENT_ENV, start_workers, stop_workers, worker_devices
+    from service.work.worker import Worker
     from trainer.lifetime import on_parent_death
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -93,8 +93,8 @@ def token_create(
     ] = False,
 ) -> None:
     """Create an API token; it is printed once and stored only as a hash."""
-    from service.auth import any_tokens, create_token
-    from service.db import Database
+    from service.store.auth import any_tokens, create_token
+    from service.store.db import Database
 
     db = Database(service_settings(database_url=database_url))
     db.migrate()

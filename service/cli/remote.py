@@ -1,4 +1,4 @@
-"""The commands that talk to a regtune server over HTTP (``service.client.Client``)."""
+"""The commands that talk to a regtune server over HTTP (``service.cli.client.Client``)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 if TYPE_CHECKING:
-    from service.client import Client
-    from service.schemas import StudyOut
+    from service.cli.client import Client
+    from service.http.schemas import StudyOut
 from service.cli.root import app, console, fail, read_spec_file
 from service.cli.views import (
     ACTIVE_STATES,
@@ -29,7 +29,7 @@ from service.cli.views import (
 
 
 def api_call(call: Any, *args: Any, **kwargs: Any) -> Any:
-    from service.client import ApiError
+    from service.cli.client import ApiError
 
     try:
         return call(*args, **kwargs)
@@ -101,7 +101,7 @@ def submit(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Submit a study to the server (REGTUNE_URL, REGTUNE_TOKEN); prints its id."""
-    from service.client import Client
+    from service.cli.client import Client
 
     body = read_spec_file(spec)
     if warm_start is not None or warm_top is not None:
@@ -128,7 +128,7 @@ def submit(
 @app.command()
 def status(study_id: str, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """A study's status, trials by state, progress, ETA and best trial, as a table."""
-    from service.client import Client
+    from service.cli.client import Client
 
     with Client() as client:
         study = api_call(client.study, study_id)
@@ -144,7 +144,7 @@ def compare(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Studies side by side: status, trials, best CV score, test score, hyperparameters."""
-    from service.client import Client
+    from service.cli.client import Client
 
     if len(study_ids) < 2:
         raise fail("give at least two study ids to compare")
@@ -164,7 +164,7 @@ def trials(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """A page of a study's trials."""
-    from service.client import Client
+    from service.cli.client import Client
 
     with Client() as client:
         page = api_call(client.trials, study_id, offset, limit)
@@ -192,7 +192,7 @@ def trials(
 @app.command()
 def cancel(study_id: str) -> None:
     """Cancel a queued or running study."""
-    from service.client import Client
+    from service.cli.client import Client
 
     with Client() as client:
         study = api_call(client.cancel, study_id)
@@ -209,7 +209,7 @@ def model_download(
 ) -> None:
     """Download a completed study's final model: a torch.save file, ready for
     trainer.artifact.load_model (see the README, 'Using the tuned model')."""
-    from service.client import Client
+    from service.cli.client import Client
     from trainer.artifact import ArtifactError, load_model
 
     with Client() as client:
@@ -266,7 +266,7 @@ def datasets_upload(
     ] = None,
 ) -> None:
     """Upload a dataset; prints its id (use it as the spec's 'dataset')."""
-    from service.client import Client
+    from service.cli.client import Client
 
     choice = None if missing_target is None else missing_target.value
     with Client() as client:
@@ -283,7 +283,7 @@ def datasets_upload(
 @datasets_app.command("list")
 def datasets_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """The tenant's uploads, newest first."""
-    from service.client import Client
+    from service.cli.client import Client
 
     with Client() as client:
         records = api_call(client.datasets)
@@ -308,7 +308,7 @@ def datasets_show(
     dataset_id: str, as_json: Annotated[bool, typer.Option("--json")] = False
 ) -> None:
     """One upload: its size, classes and how each column is used."""
-    from service.client import Client
+    from service.cli.client import Client
 
     with Client() as client:
         record = api_call(client.dataset, dataset_id)
@@ -340,7 +340,7 @@ def datasets_show(
 @datasets_app.command("delete")
 def datasets_delete(dataset_id: str) -> None:
     """Delete an upload (refused while a queued or running study uses it)."""
-    from service.client import Client
+    from service.cli.client import Client
 
     with Client() as client:
         api_call(client.delete_dataset, dataset_id)

@@ -8,11 +8,11 @@ from rich.console import Console
 from rich.table import Table
 
 if TYPE_CHECKING:
-    from service.schemas import StudyOut
+    from service.http.schemas import StudyOut
 
 
 # --- the HTTP client ------------------------------------------------------------------------
-# Every command below talks to the server through ``service.client.Client`` and its typed
+# Every command below talks to the server through ``service.cli.client.Client`` and its typed
 # results. Tables go to stdout, progress and messages to stderr; without a terminal (a pipe,
 # a log file, a test) the live bar becomes one line per change and tables are not wrapped.
 

@@ -20,8 +20,8 @@ from servers import (
     wait_status,
 )
 
-from service.db import connections_per_process
 from service.settings import Settings
+from service.store.db import connections_per_process
 
 pytestmark = pytest.mark.slow
 

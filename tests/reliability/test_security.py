@@ -26,10 +26,10 @@ from networks_of import build_model, parameter_count
 from servers import Server, problem, regtune, serving, tiny_study
 from sqlalchemy import create_engine, func, select, update
 
-from service.auth import create_token
-from service.db import Database
 from service.settings import Settings
-from service.tables import ApiToken, DatasetRecord, StudyRecord
+from service.store.auth import create_token
+from service.store.db import Database
+from service.store.tables import ApiToken, DatasetRecord, StudyRecord
 from trainer.networks import count_parameters
 from trainer.spec import ModelSpec
 
@@ -774,17 +774,17 @@ def test_no_eval_pickle_shell_or_unsafe_load_in_the_source() -> None:
 # so no name in a request can reach the file system (the CLI reads the user's own local files;
 # db.py opens a lock file beside the operator's SQLite database).
 REQUEST_MODULES = [
-    "service/app.py",
-    "service/auth.py",
-    "service/dashboard.py",
-    "service/uploads.py",
-    "service/lifecycle.py",
-    "service/stored_models.py",
-    "service/trials.py",
-    "service/worker.py",
-    "service/schemas.py",
-    "service/tables.py",
-    *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "service" / "api").glob("*.py")),
+    "service/http/app.py",
+    "service/store/auth.py",
+    "service/http/dashboard.py",
+    "service/store/uploads.py",
+    "service/store/lifecycle.py",
+    "service/store/stored_models.py",
+    "service/store/trials.py",
+    "service/work/worker.py",
+    "service/http/schemas.py",
+    "service/store/tables.py",
+    *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "service" / "http" / "api").glob("*.py")),
 ]
 FILE_ACCESS = {
     "open",

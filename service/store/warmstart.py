@@ -20,8 +20,8 @@ from optuna.storages import BaseStorage
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from service.tables import StudyRecord
-from service.trials import top_trial_ids
+from service.store.tables import StudyRecord
+from service.store.trials import top_trial_ids
 from trainer.objective import hidden_key
 from trainer.records import TrialRecord
 from trainer.spec import DOMAINS, SEARCHABLE, Range, SearchSpace, SpecError, StudySpec

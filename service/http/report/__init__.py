@@ -21,10 +21,10 @@ from typing import Any
 
 from optuna.trial import FrozenTrial
 
-from service.report.html import STYLE, esc, fmt, para, section
-from service.report.importance import importance_section
-from service.report.reading import STATES, StudyLike, best_of, completed, finished
-from service.report.sections import (
+from service.http.report.html import STYLE, esc, fmt, para, section
+from service.http.report.importance import importance_section
+from service.http.report.reading import STATES, StudyLike, best_of, completed, finished
+from service.http.report.sections import (
     MEANINGS,
     axis_scale,
     best_configuration,

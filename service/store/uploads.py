@@ -13,9 +13,9 @@ import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from service.errors import Conflict, NotFound
 from service.settings import Settings
-from service.tables import ACTIVE, DatasetRecord, StudyRecord
+from service.store.errors import Conflict, NotFound
+from service.store.tables import ACTIVE, DatasetRecord, StudyRecord
 from trainer.datasets import (
     ArrayLimits,
     Dataset,

@@ -36,10 +36,10 @@ from optuna.storages import RDBStorage
 from pydantic import ValidationError
 from sqlalchemy import select, update
 
-from service import lifecycle, stored_models, trials, uploads
-from service.db import DATABASE_ERRORS, Database
 from service.settings import Settings
-from service.tables import ACTIVE, StudyRecord, WorkerRecord, utcnow
+from service.store import lifecycle, stored_models, trials, uploads
+from service.store.db import DATABASE_ERRORS, Database
+from service.store.tables import ACTIVE, StudyRecord, WorkerRecord, utcnow
 from trainer import artifact, layout
 from trainer.datasets import DatasetError
 from trainer.device import configure, resolve_device

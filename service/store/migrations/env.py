@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from alembic import context
 
-from service.db import VERSION_TABLE
-from service.tables import Base
+from service.store.db import VERSION_TABLE
+from service.store.tables import Base
 
 connection = context.config.attributes["connection"]
 context.configure(

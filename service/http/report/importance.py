@@ -11,9 +11,9 @@ import numpy as np
 import optuna
 from optuna.trial import FrozenTrial
 
-from service.report.figures import plot
-from service.report.html import esc, para, section, table
-from service.report.reading import StudyLike
+from service.http.report.figures import plot
+from service.http.report.html import esc, para, section, table
+from service.http.report.reading import StudyLike
 
 log = logging.getLogger("regtune.report")
 

@@ -12,9 +12,9 @@ import hashlib
 
 from sqlalchemy import delete, select
 
-from service import lifecycle
-from service.db import Database
-from service.tables import ACTIVE, ArtifactRecord
+from service.store import lifecycle
+from service.store.db import Database
+from service.store.tables import ACTIVE, ArtifactRecord
 
 MODEL = "model"
 

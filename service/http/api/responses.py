@@ -6,7 +6,7 @@ from typing import Any
 
 from fastapi import HTTPException, status
 
-from service.schemas import ErrorOut
+from service.http.schemas import ErrorOut
 
 DESCRIPTIONS = {
     400: "The body could not be parsed",

@@ -8,10 +8,10 @@ from fastapi import Depends, HTTPException, Request, status
 from optuna.storages import RDBStorage
 from starlette.concurrency import run_in_threadpool
 
-from service.auth import OPEN_TENANT, any_tokens, hash_token, tenant_of
-from service.cache import TTLCache
-from service.db import Database
+from service.http.cache import TTLCache
 from service.settings import Settings
+from service.store.auth import OPEN_TENANT, any_tokens, hash_token, tenant_of
+from service.store.db import Database
 
 TOKEN_COOKIE = "regtune_token"
 

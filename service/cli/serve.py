@@ -18,10 +18,10 @@ from typing import Any
 import torch
 import uvicorn
 
-from service.app import create_app
-from service.auth import any_tokens, is_loopback
-from service.db import Database
+from service.http.app import create_app
 from service.settings import Settings
+from service.store.auth import any_tokens, is_loopback
+from service.store.db import Database
 from trainer.device import usable_cores
 
 log = logging.getLogger("regtune")

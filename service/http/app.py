@@ -19,15 +19,15 @@ from starlette.exceptions import HTTPException
 from starlette.routing import Match, Mount
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.api import datasets, studies
-from service.api.deps import Authenticator
-from service.auth import any_tokens
-from service.cache import TTLCache
-from service.dashboard import dashboard_app
-from service.db import DATABASE_ERRORS, Database
-from service.errors import Conflict, NotFound
+from service.http.api import datasets, studies
+from service.http.api.deps import Authenticator
+from service.http.cache import TTLCache
+from service.http.dashboard import dashboard_app
 from service.settings import Settings
-from service.trials import make_storage
+from service.store.auth import any_tokens
+from service.store.db import DATABASE_ERRORS, Database
+from service.store.errors import Conflict, NotFound
+from service.store.trials import make_storage
 
 log = logging.getLogger("regtune")
 UPLOAD_OVERHEAD = 64 * 1024  # multipart framing and form fields around the file

@@ -19,10 +19,10 @@ from sqlalchemy import delete as sa_delete
 from sqlalchemy import func, select, text, update
 from sqlalchemy.orm import Session
 
-from service import trials, uploads, warmstart
-from service.db import Database
-from service.errors import Conflict, NotFound
-from service.tables import ACTIVE, FINAL, ArtifactRecord, StudyRecord, StudyStatus, utcnow
+from service.store import trials, uploads, warmstart
+from service.store.db import Database
+from service.store.errors import Conflict, NotFound
+from service.store.tables import ACTIVE, FINAL, ArtifactRecord, StudyRecord, StudyStatus, utcnow
 from trainer.datasets import Dataset
 from trainer.optuna_internals import study_id as study_id_of
 from trainer.spec import Limits, SpecError, StudySpec, metric_direction

@@ -23,10 +23,10 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.api.deps import TOKEN_COOKIE, authenticate, presented_token
-from service.auth import tenant_of
-from service.db import Database
-from service.tables import StudyRecord
+from service.http.api.deps import TOKEN_COOKIE, authenticate, presented_token
+from service.store.auth import tenant_of
+from service.store.db import Database
+from service.store.tables import StudyRecord
 
 # Every dashboard URL that names a study by Optuna's integer id.
 STUDY_SCOPED = re.compile(r"^/(?:api/studies|csv|artifacts|api/artifacts)/(\d+)(?:/|$)")

@@ -38,8 +38,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Session
 
-from service.db import DATABASE_ERRORS, engine_kwargs
 from service.settings import Settings
+from service.store.db import DATABASE_ERRORS, engine_kwargs
 from trainer import optuna_internals
 from trainer.records import LISTED, TrialRecord
 

@@ -1,4 +1,4 @@
-"""``/v1/studies``: submit, status, trials, cancel, delete. Logic lives in ``service.lifecycle``."""
+"""``/v1/studies``: submit, status, trials, cancel, delete (the logic: ``store.lifecycle``)."""
 
 from __future__ import annotations
 
@@ -9,11 +9,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse
 from pydantic import BaseModel, ValidationError
 
-from service import lifecycle, stored_models
-from service.api.deps import DB, AppSettings, StatusCache, Storage, Tenant
-from service.api.responses import documented, too_many, unprocessable
-from service.report import render as render_report
-from service.schemas import (
+from service.http.api.deps import DB, AppSettings, StatusCache, Storage, Tenant
+from service.http.api.responses import documented, too_many, unprocessable
+from service.http.report import render as render_report
+from service.http.schemas import (
     BestTrial,
     Page,
     StudyCreated,
@@ -22,7 +21,8 @@ from service.schemas import (
     TrialDetail,
     TrialOut,
 )
-from service.tables import StudyRecord
+from service.store import lifecycle, stored_models
+from service.store.tables import StudyRecord
 from trainer import networks
 from trainer.datasets import DatasetError
 from trainer.spec import SpecError, StudySpec, stored_model

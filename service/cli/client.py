@@ -1,8 +1,8 @@
 """The Python client of the HTTP API; every ``regtune`` command that talks to a server uses it.
 
-Methods return the API's own response models (``service.schemas``), parsed from its JSON::
+Methods return the API's own response models (``service.http.schemas``), parsed from its JSON::
 
-    from service.client import Client
+    from service.cli.client import Client
 
     with Client("http://127.0.0.1:8000", token="rt_...") as client:  # or REGTUNE_URL/_TOKEN
         created = client.submit({"dataset": "builtin:wine", "n_trials": 10})
@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 import httpx
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
-from service.schemas import (
+from service.http.schemas import (
     DatasetOut,
     Page,
     StudyCreated,

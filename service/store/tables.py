@@ -60,7 +60,7 @@ class ApiToken(Base):
 
 class DatasetRecord(Base):
     """An uploaded dataset, validated and stored as a normalized NPZ (see
-    :func:`service.uploads.to_npz`)."""
+    :func:`service.store.uploads.to_npz`)."""
 
     __tablename__ = "regtune_datasets"
 

@@ -13,7 +13,7 @@ import secrets
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from service.tables import ApiToken
+from service.store.tables import ApiToken
 
 TOKEN_PREFIX = "rt_"
 # With no token in the database and a loopback bind, the API is open to this tenant.

@@ -9,11 +9,11 @@ from fastapi import APIRouter, File, Form, Response, UploadFile, status
 from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
-from service import uploads
-from service.api.deps import DB, AppSettings, Tenant
-from service.api.responses import documented, not_found, too_large, unprocessable
-from service.schemas import DatasetOut
-from service.tables import DatasetRecord
+from service.http.api.deps import DB, AppSettings, Tenant
+from service.http.api.responses import documented, not_found, too_large, unprocessable
+from service.http.schemas import DatasetOut
+from service.store import uploads
+from service.store.tables import DatasetRecord
 from trainer.datasets import DatasetError, DatasetTooLarge
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])

@@ -10,7 +10,7 @@ from typing import Any, Protocol
 
 from optuna.trial import FrozenTrial, TrialState
 
-from service.tables import StudyStatus
+from service.store.tables import StudyStatus
 
 log = logging.getLogger("regtune.report")
 
@@ -18,7 +18,7 @@ STATES = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned", TrialSta
 
 
 class StudyLike(Protocol):
-    """What the report reads of a study: ``service.tables.StudyRecord`` has all of it."""
+    """What the report reads of a study: ``service.store.tables.StudyRecord`` has all of it."""
 
     id: str
     name: str

@@ -1,4 +1,4 @@
-"""The service's domain errors, translated to HTTP in one place (``service.app``)."""
+"""The service's domain errors, translated to HTTP in one place (``service.http.app``)."""
 
 from __future__ import annotations
 

@@ -18,10 +18,10 @@ from optuna.distributions import (
 )
 from optuna.trial import FrozenTrial, TrialState
 
-from service.report.figures import plot
-from service.report.html import esc, floats, fmt, para, percent, section, table
-from service.report.importance import varying_params
-from service.report.reading import STATES, StudyLike, finished, metric_label, retried_numbers
+from service.http.report.figures import plot
+from service.http.report.html import esc, floats, fmt, para, percent, section, table
+from service.http.report.importance import varying_params
+from service.http.report.reading import STATES, StudyLike, finished, metric_label, retried_numbers
 from trainer import networks
 from trainer.diagnosis import DIAGNOSES
 from trainer.records import TrialRecord
