@@ -33,6 +33,7 @@ from optuna.storages import BaseStorage, JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
+from trainer import rng
 from trainer.datasets import Dataset
 from trainer.device import usable_cores
 from trainer.lifetime import on_parent_death
@@ -148,7 +149,7 @@ def run_parallel_study(
                     "device": device,
                     "population": population,
                     "compile": compile,
-                    "sampler_seed": spec.seed * 1_000_003 + i + 1,
+                    "sampler_seed": rng.derived_seed(spec.seed, rng.SAMPLER_STREAM, i),
                     "parent": os.getpid(),
                 },
                 name=f"regtune-searcher-{i}",

@@ -126,6 +126,9 @@ def permutations(key: torch.Tensor, lengths: torch.Tensor, width: int) -> torch.
     return torch.argsort(noise + padding.to(noise.dtype) * 2.0, dim=1)
 
 
+SAMPLER_STREAM = 0x5A3  # a process's own sampler stream: derived_seed(seed, SAMPLER_STREAM, k)
+
+
 def derived_seed(*parts: int) -> int:
     """An independent 32-bit seed for the stream named by ``parts`` (a study's seed and a
     trial's number, a trial's seed and a fold): numpy's ``SeedSequence`` hashes them, so

@@ -29,7 +29,16 @@ from trainer.network_spec import (
     GROUP_NAME,
     ModelSpec,
 )
-from trainer.spec_base import UNLIMITED, Limits, SpecError, Strict, _limits, at_most, check_widths
+from trainer.spec_base import (
+    UNLIMITED,
+    Limits,
+    SpecError,
+    Strict,
+    _limits,
+    at_most,
+    check_widths,
+    field_problem,
+)
 
 __all__ = [
     "UNLIMITED",
@@ -71,7 +80,7 @@ def _parse_param(value: Any) -> Range | list[Scalar] | Scalar:
         try:
             return Range.model_validate(value)
         except ValidationError as exc:
-            raise ValueError("; ".join(_range_problem(e) for e in exc.errors())) from None
+            raise ValueError("; ".join(field_problem(e) for e in exc.errors())) from None
     if isinstance(value, list):
         if not all(_is_scalar(v) for v in value):
             raise ValueError("a list of choices may hold only numbers or strings")
@@ -83,12 +92,6 @@ def _parse_param(value: Any) -> Range | list[Scalar] | Scalar:
 
 def _is_scalar(value: Any) -> bool:
     return isinstance(value, int | float | str) and not isinstance(value, bool)
-
-
-def _range_problem(error: Any) -> str:
-    where = ".".join(str(p) for p in error["loc"])
-    message = str(error["msg"]).removeprefix("Value error, ")
-    return f"{where}: {message}" if where else message
 
 
 # A search-space entry: a range, a list of choices, or one fixed value.
@@ -441,3 +444,9 @@ def default_metric(task: Task) -> Metric:
 
 def metric_direction(metric: Metric) -> Literal["maximize", "minimize"]:
     return "maximize" if metric == "accuracy" else "minimize"
+
+
+def best_first(direction: str) -> float:
+    """The sign s for which ascending s·value puts the best value first: −1 when the study
+    maximizes, +1 when it minimizes (the one ranking rule of the API, the report, the CLI)."""
+    return -1.0 if direction == "maximize" else 1.0

@@ -74,3 +74,11 @@ def check_widths(widths: list[int], limits: Limits) -> None:
         raise ValueError(f"at most {limits.max_layers} layers, got {len(widths)}")
     if any(w > limits.max_width for w in widths):
         raise ValueError(f"layer widths must be ≤ {limits.max_width}")
+
+
+def field_problem(error: Any, where_empty: str = "") -> str:
+    """One pydantic error as ``dotted.field: message`` (``where_empty`` when it has no field),
+    without pydantic's "Value error, " prefix: how a spec error reads everywhere."""
+    where = ".".join(str(p) for p in error["loc"]) or where_empty
+    message = str(error["msg"]).removeprefix("Value error, ")
+    return f"{where}: {message}" if where else message

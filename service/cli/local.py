@@ -18,6 +18,7 @@ from trainer.datasets import DatasetError, load_dataset
 from trainer.device import configure, resolve_device, usable_cores
 from trainer.parallel import run_parallel_study
 from trainer.spec import SpecError, StudySpec
+from trainer.spec_base import field_problem
 from trainer.study import StudyOutcome, run_study
 
 if TYPE_CHECKING:
@@ -28,10 +29,7 @@ from service.cli.views import result_table
 
 def validation_message(exc: ValidationError) -> str:
     """One line per problem, each naming its field: 'cv.folds: Input should be ≥ 2'."""
-    lines = []
-    for error in exc.errors():
-        where = ".".join(str(p) for p in error["loc"]) or "spec"
-        lines.append(f"{where}: {error['msg']}")
+    lines = [field_problem(error, "spec") for error in exc.errors()]
     return "invalid spec\n  " + "\n  ".join(lines)
 
 

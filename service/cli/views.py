@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING, Any
 from rich.console import Console
 from rich.table import Table
 
+from trainer.spec import best_first
+
 if TYPE_CHECKING:
     from service.http.schemas import StudyOut
 
@@ -133,8 +135,8 @@ def compare_table(studies: list[StudyOut]) -> Table:
     marked: StudyOut | None = None
     scored = [s for s in studies if s.best is not None]
     if len(scored) > 1 and len({(s.metric, s.direction) for s in scored}) == 1:
-        sign = 1 if scored[0].direction == "maximize" else -1
-        marked = max(scored, key=lambda s: sign * s.best.value)  # type: ignore[union-attr]
+        sign = best_first(scored[0].direction)
+        marked = min(scored, key=lambda s: sign * s.best.value)  # type: ignore[union-attr]
 
     def row(label: str, values: list[str]) -> None:
         table.add_row(label, *values)

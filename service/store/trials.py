@@ -42,6 +42,7 @@ from service.settings import Settings
 from service.store.db import DATABASE_ERRORS, engine_kwargs
 from trainer import optuna_internals
 from trainer.records import LISTED, TrialRecord
+from trainer.spec import best_first
 
 log = logging.getLogger("regtune.trials")
 
@@ -282,7 +283,7 @@ def top_trial_ids(session: Session, study_id: int, direction: str, k: int) -> li
                 trials.c.state == "COMPLETE",
                 trial_values.c.objective == 0,
             )
-            .order_by(value.desc() if direction == "maximize" else value.asc(), trials.c.number)
+            .order_by(value.asc() if best_first(direction) > 0 else value.desc(), trials.c.number)
             .limit(k)
         )
     )

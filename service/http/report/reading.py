@@ -11,6 +11,7 @@ from typing import Any, Protocol
 from optuna.trial import FrozenTrial, TrialState
 
 from service.store.tables import StudyStatus
+from trainer.spec import best_first
 
 log = logging.getLogger("regtune.report")
 
@@ -54,7 +55,7 @@ def best_of(trials: Sequence[FrozenTrial], direction: str) -> FrozenTrial | None
     done = completed(trials)
     if not done:
         return None
-    sign = -1.0 if direction == "maximize" else 1.0
+    sign = best_first(direction)
     return min(done, key=lambda t: (sign * float(t.value or 0.0), t.number))
 
 

@@ -23,9 +23,15 @@ from service.http.report.html import esc, floats, fmt, para, percent, section, t
 from service.http.report.importance import varying_params
 from service.http.report.reading import STATES, StudyLike, finished, metric_label, retried_numbers
 from trainer import networks
-from trainer.diagnosis import DIAGNOSES
+from trainer.diagnosis import (
+    DIAGNOSES,
+    OVERFIT_RISE,
+    RECENT_FRACTION,
+    STILL_IMPROVING_DROP,
+    UNDERFIT_RATIO,
+)
 from trainer.records import TrialRecord
-from trainer.spec import stored_model
+from trainer.spec import best_first, stored_model
 
 log = logging.getLogger("regtune.report")
 
@@ -169,7 +175,7 @@ def test_sentence(record: StudyLike, mean: float | None, std: float | None) -> s
         )
         if mean is not None and std is not None and math.isfinite(std):
             gap = record.test_score - mean
-            better = gap > 0 if record.direction == "maximize" else gap < 0
+            better = best_first(record.direction) * gap < 0
             if abs(gap) <= 2 * std + 1e-12:
                 text += (
                     " It lies within two fold standard deviations of the CV mean: consistent "
@@ -252,22 +258,26 @@ def learning_curves(best: FrozenTrial) -> str:
 
 
 # What each reading means and what to try; the rules are in trainer/diagnosis.py.
+# What each reading means, in the thresholds trainer/diagnosis.py applies, and what to try.
 MEANINGS = {
     "over-fitting": (
-        "After its best epoch the validation loss rose by more than 10 % while the training "
-        "loss kept falling: the network starts to learn the noise of its training rows.",
+        f"After its best epoch the validation loss rose by more than {OVERFIT_RISE:.0%} while "
+        "the training loss kept falling: the network starts to learn the noise of its training "
+        "rows.",
         "more regularization: a larger weight decay λ, more dropout, some L1, or a smaller "
         "patience so that early stopping cuts in sooner; a smaller network also helps.",
     ),
     "under-fitting": (
-        "Even on the rows it trains on, the loss stayed above half of the trivial predictor's "
-        "(class prior or target mean): the model is too constrained to fit the data.",
+        f"Even on the rows it trains on, the loss stayed above {UNDERFIT_RATIO:.0%} of the "
+        "trivial predictor's (class prior or target mean): the model is too constrained to fit "
+        "the data.",
         "less regularization: a smaller λ, λ₁ or dropout, a larger network, a higher learning "
         "rate, or more epochs.",
     ),
     "still improving": (
-        "The best validation loss came within the last epochs and was still falling when the "
-        "fold ran out of epochs: training stopped before it had converged.",
+        f"The best validation loss came within the last {RECENT_FRACTION:.0%} of the epochs and "
+        f"was still falling (by more than {STILL_IMPROVING_DROP:.0%}) when the fold ran out of "
+        "epochs: training stopped before it had converged.",
         "a larger training.max_epochs (or a higher learning rate) before changing the "
         "regularization.",
     ),
