@@ -31,7 +31,7 @@ from service.store import lifecycle, stored_models
 from service.store.db import Database
 from service.store.tables import ArtifactRecord
 from service.store.trials import make_storage
-from service.work import worker as worker_module
+from service.work import runner as runner_module
 from service.work.worker import Worker
 from trainer.artifact import ArtifactError, load_model
 from trainer.datasets import load_builtin
@@ -245,7 +245,7 @@ def test_a_failing_refit_completes_the_study_without_a_model(service, monkeypatc
     def broken(*args: Any, **kwargs: Any) -> Any:
         raise RuntimeError("refit exploded")
 
-    monkeypatch.setattr(worker_module, "final_model", broken)
+    monkeypatch.setattr(runner_module, "final_model", broken)
     Worker(settings).run(once=True)
     with db.read() as session:
         record = lifecycle.get(session, "t", study_id)
