@@ -36,6 +36,7 @@ from trainer.network_spec import (
     ResidualLayer,
     ShapeLayer,
 )
+from trainer.spec_base import SpecError
 
 Shape = tuple[int, ...]
 ACTIVATIONS: dict[str, type[nn.Module]] = {
@@ -54,12 +55,12 @@ POOLS: dict[str, type[nn.Module]] = {
 RANKS = {"conv1d": 2, "conv2d": 3, **{name: 1 + int(name[-2]) for name in POOLS}}
 
 
-class LayerError(ValueError):
-    """A layer does not fit the shape it receives; ``path`` names it (``model.layers[3]``)."""
+class LayerError(SpecError):
+    """A layer does not fit the shape it receives: the message names it (``model.layers[3]``)
+    and ``field`` is its dotted place in the spec (``model.layers.3``), for a 422."""
 
     def __init__(self, path: str, layer: str, problem: str) -> None:
-        super().__init__(f"{path} ({layer}): {problem}")
-        self.path = path
+        super().__init__(f"{path} ({layer}): {problem}", path.replace("[", ".").replace("]", ""))
 
 
 class Residual(nn.Module):

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from trainer import plugins
-from trainer.layers import LayerError, Walked, walk
+from trainer.layers import Walked, walk
 from trainer.network_spec import (
     ActivationLayer,
     ConvLayer,
@@ -41,10 +41,11 @@ NORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
 
 
 class NetworkError(SpecError):
-    """The network does not fit the data, or cannot be built; ``field`` names where."""
+    """The network does not fit the data, or its plugin cannot be built; ``field`` names
+    where. (A layer that does not fit is a :class:`~trainer.layers.LayerError`.)"""
 
     def __init__(self, field: str, message: str) -> None:
-        super().__init__(message, field.replace("[", ".").replace("]", ""))
+        super().__init__(message, field)
 
 
 def _block(group: str | None, batch_norm: bool) -> list[Layer]:
@@ -112,15 +113,12 @@ def footprint(
 ) -> Walked:
     """The network's parameters and activations per sample, without allocating it (a
     plugin is built on the ``meta`` device, which allocates nothing). Raises
-    :class:`NetworkError` naming the layer that does not fit the data."""
-    try:
-        if spec.kind == "layers":
-            return walk(spec.layers or [], input_shape, n_outputs)
-        if spec.kind == "plugin":
-            return _plugin_footprint(spec, input_shape, n_outputs)
-        head, conv = _walk_template(spec, input_shape, n_outputs, hidden, build=False)
-    except LayerError as exc:
-        raise NetworkError(exc.path, str(exc)) from None
+    :class:`~trainer.layers.LayerError` naming the layer that does not fit the data."""
+    if spec.kind == "layers":
+        return walk(spec.layers or [], input_shape, n_outputs)
+    if spec.kind == "plugin":
+        return _plugin_footprint(spec, input_shape, n_outputs)
+    head, conv = _walk_template(spec, input_shape, n_outputs, hidden, build=False)
     if conv is None:
         return head
     return Walked(
@@ -135,8 +133,7 @@ def _plugin_footprint(spec: ModelSpec, input_shape: tuple[int, ...], n_outputs: 
         with torch.device("meta"):
             net = build(spec, input_shape, n_outputs)
     except plugins.PluginError as exc:
-        field = "model.options" if "could not build" in str(exc) else "model.name"
-        raise NetworkError(field, str(exc)) from None
+        raise NetworkError(exc.field, str(exc)) from None
     activations = 0
 
     def count(_module: nn.Module, _inputs: Any, output: Any) -> None:
@@ -180,13 +177,10 @@ def build(
         assert spec.name is not None
         module = plugins.find(spec.name).build(input_shape, n_outputs, dict(spec.options))
         return nn.Sequential(*unflatten, module) if unflatten else module
-    try:
-        if spec.kind == "layers":
-            walked = walk(spec.layers or [], input_shape, n_outputs, build=True)
-            return nn.Sequential(*unflatten, *(walked.modules or []))
-        head, conv = _walk_template(spec, input_shape, n_outputs, hidden, build=True)
-    except LayerError as exc:
-        raise NetworkError(exc.path, str(exc)) from None
+    if spec.kind == "layers":
+        walked = walk(spec.layers or [], input_shape, n_outputs, build=True)
+        return nn.Sequential(*unflatten, *(walked.modules or []))
+    head, conv = _walk_template(spec, input_shape, n_outputs, hidden, build=True)
     if conv is None:
         return nn.Sequential(*(head.modules or []))
     # Named parts: the same parameter names as the CNN class of model files of version 1.

@@ -23,7 +23,12 @@ GROUP = "regtune.networks"
 
 
 class PluginError(LookupError):
-    """The plugin is not installed here, or its ``build`` refused the options."""
+    """The plugin is not installed here (``field`` "model.name"), or its ``build`` refused
+    the options (``field`` "model.options")."""
+
+    def __init__(self, message: str, field: str) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 @dataclass(frozen=True)
@@ -52,11 +57,13 @@ class Plugin:
         except Exception as exc:
             raise PluginError(
                 f"plugin {self.name!r} could not build its network with options {options}: "
-                f"{type(exc).__name__}: {exc}"
+                f"{type(exc).__name__}: {exc}",
+                "model.options",
             ) from exc
         if not isinstance(module, nn.Module):
             raise PluginError(
-                f"plugin {self.name!r} returned a {type(module).__name__}, not a torch.nn.Module"
+                f"plugin {self.name!r} returned a {type(module).__name__}, not a torch.nn.Module",
+                "model.options",
             )
         return module
 
@@ -73,6 +80,7 @@ def find(name: str) -> Plugin:
         here = ", ".join(sorted(plugins)) or "none"
         raise PluginError(
             f"network plugin {name!r} is not installed on this host (entry points of the "
-            f"group {GROUP!r} here: {here})"
+            f"group {GROUP!r} here: {here})",
+            "model.name",
         )
     return plugins[name]

@@ -35,6 +35,9 @@ from torch.nn import functional as F
 from trainer.networks import DROPOUTS, NORMS
 
 Op = Callable[["Stack", Any, tuple[Any, ...], dict[str, Any]], Any]
+Arguments = Callable[
+    [dict[fx.Node, Any]], tuple[Any, ...]
+]  # a node's inputs from the values so far
 
 LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d)
 # Elementwise and parameter-free: they act on a stacked value as on one model's.
@@ -80,7 +83,7 @@ ELEMENTWISE_FUNCTIONS = {
     F.silu,
     F.elu,
 }
-ELEMENTWISE_METHODS = {"relu", "tanh", "sigmoid", "add", "sub", "mul", "__add__", "__mul__"}
+ELEMENTWISE_METHODS = {"relu", "tanh", "sigmoid", "add", "sub", "mul"}
 
 
 class Unstackable(ValueError):
@@ -108,10 +111,11 @@ class Program:
     whole channels (``Dropout1d/2d``).
     """
 
-    nodes: list[tuple[fx.Node, Op]] = field(default_factory=list)
-    steps: list[tuple[Op, Callable[[dict[fx.Node, Any]], tuple[Any, ...]], dict[str, Any]]] = field(
-        default_factory=list
-    )
+    input: fx.Node | None = None
+    # Per node: the node, its operation, and its arguments resolved once (read every step).
+    steps: list[
+        tuple[fx.Node, Op, Callable[[dict[fx.Node, Any]], tuple[Any, ...]], dict[str, Any]]
+    ] = field(default_factory=list)
     layers: list[str] = field(default_factory=list)
     norms: list[str] = field(default_factory=list)
     dropouts: list[tuple[str, str | None, bool]] = field(default_factory=list)
@@ -120,19 +124,19 @@ class Program:
     def run(self, stack: Stack, x: torch.Tensor, context: Any) -> torch.Tensor:
         """The network on stacked inputs ``x`` ``[M, B, n_features]``; ``context`` is the
         pass's (training or evaluation, valid rows, dropout keys), handed to the stack."""
-        env: dict[fx.Node, Any] = {self.nodes[0][0]: x}
-        for (node, _), (op, args, kwargs) in zip(self.nodes[1:], self.steps, strict=True):
+        assert self.input is not None
+        env: dict[fx.Node, Any] = {self.input: x}
+        for node, op, args, kwargs in self.steps:
             env[node] = op(stack, context, args(env), kwargs)
         return fx.node.map_arg(self.output, env.__getitem__)
 
-    def finish(self) -> None:
-        """Resolve each node's arguments once (they are read every step of every epoch)."""
-        self.steps = [(op, _arguments(node.args), dict(node.kwargs)) for node, op in self.nodes[1:]]
-        if any(isinstance(v, fx.Node) for _, _, kwargs in self.steps for v in kwargs.values()):
-            raise Unstackable("a layer takes a tensor as a keyword argument")
+    def add(self, node: fx.Node, op: Op) -> None:
+        if any(isinstance(v, fx.Node) for v in node.kwargs.values()):
+            raise Unstackable(f"node {node.name!r} takes a tensor as a keyword argument")
+        self.steps.append((node, op, _arguments(node.args), dict(node.kwargs)))
 
 
-def _arguments(args: tuple[Any, ...]) -> Callable[[dict[fx.Node, Any]], tuple[Any, ...]]:
+def _arguments(args: tuple[Any, ...]) -> Arguments:
     """A node's positional arguments from the values computed so far: the nodes looked up,
     constants as they are (nested ones, such as ``torch.cat``'s list, by fx's ``map_arg``)."""
     if len(args) == 1 and isinstance(args[0], fx.Node):
@@ -246,16 +250,16 @@ def program(net: nn.Module) -> Program:
     prog = Program()
     for node in graph.nodes:
         if node.op == "placeholder":
-            if prog.nodes:
+            if prog.input is not None:
                 raise Unstackable("its forward takes more than one input")
-            prog.nodes.append((node, lambda s, c, a, k: None))
+            prog.input = node
         elif node.op == "call_module":
             module = net.get_submodule(str(node.target))
-            prog.nodes.append((node, _module_op(str(node.target), module, prog)))
+            prog.add(node, _module_op(str(node.target), module, prog))
         elif node.op == "call_function":
-            prog.nodes.append((node, _function_op(node)))
+            prog.add(node, _function_op(node))
         elif node.op == "call_method":
-            prog.nodes.append((node, _method_op(node)))
+            prog.add(node, _method_op(node))
         elif node.op == "output":
             prog.output = node.args[0]
         else:
@@ -266,7 +270,6 @@ def program(net: nn.Module) -> Program:
     loose = [name for name, p in net.named_parameters() if id(p) not in held]
     if loose:
         raise Unstackable(f"parameters outside its Linear, Conv and BatchNorm layers: {loose[:3]}")
-    if not prog.nodes or prog.nodes[0][0].op != "placeholder":
+    if prog.input is None:
         raise Unstackable("its forward takes no input")
-    prog.finish()
     return prog

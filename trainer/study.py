@@ -46,7 +46,7 @@ def resolve_metric(spec: StudySpec, dataset: Dataset) -> Metric:
 
 def network_sizes(spec: StudySpec, dataset: Dataset) -> list[tuple[str, list[int] | None, int]]:
     """Every network the search may build, checked against the data's shape (a
-    :class:`~trainer.networks.NetworkError` names the layer that does not fit): per choice
+    :class:`~trainer.layers.LayerError` names the layer that does not fit): per choice
     of ``search_space.hidden`` (or the model alone), its field, widths and parameter count."""
     choices: list[tuple[str, list[int] | None]] = [("model", None)]
     if spec.search_space.hidden is not None:

@@ -38,10 +38,9 @@ class TooManyActiveStudies(RuntimeError):
 
 
 def check_parameters(spec: StudySpec, dataset: Dataset, limits: Limits) -> None:
-    """Refuse a network over ``limits.max_parameters``: its size is known only with the data.
-
-    Every width the search may pick (``search_space.hidden``) is counted, not only the default.
-    """
+    """Check every network the search may build against the data (a layer that does not fit
+    names itself) and refuse one over ``limits.max_parameters``: its size is known only with
+    the data. Every width the search may pick (``search_space.hidden``) is counted."""
     for field, widths, count in network_sizes(spec, dataset):
         if count > limits.max_parameters:
             what = f"hidden {widths}" if widths is not None else f"model.kind {spec.model.kind!r}"
@@ -114,7 +113,7 @@ def submit(
         check_active(session, tenant, max_active)  # cheap, before the dataset is loaded
         dataset = uploads.resolve(session, tenant, spec.dataset)
         warm = warmstart.plan(session, storage, tenant, spec)  # WarmStartError
-    protocol = Protocol.of(spec, dataset)
+    protocol = Protocol.of(spec, dataset, check_network=False)  # check_parameters does it
     check_parameters(spec, dataset, limits or Limits())
     study_id = uuid.uuid4().hex
     name = optuna_name(study_id, spec.name)

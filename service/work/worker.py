@@ -22,6 +22,7 @@ import os
 import signal
 import socket
 import threading
+import time
 import uuid
 import warnings
 from types import FrameType
@@ -52,6 +53,7 @@ class Worker:
         self._storage: RDBStorage | None = None  # connected on the first claim
         self.id = uuid.uuid4().hex
         self.stopping = threading.Event()
+        self.beaten = 0.0  # when the worker's row last beat (monotonic)
         # The worker beats for its trials itself (Worker.heartbeats), so Optuna's warning at
         # every ask that heartbeats belong to Study.optimize does not apply to it.
         warnings.filterwarnings("ignore", HEARTBEAT_WARNING, UserWarning)
@@ -87,7 +89,8 @@ class Worker:
                 if record is None:
                     if once:
                         break
-                    self.set_current(None)  # idle, and alive: the row's heartbeat says so
+                    if time.monotonic() - self.beaten >= self.settings.heartbeat_s:
+                        self.set_current(None)  # idle and alive: the row's heartbeat says so
                     self.stopping.wait(self.settings.poll_s)
                 else:
                     self.work_on(record)
@@ -188,6 +191,7 @@ class Worker:
 
     def set_current(self, study_id: str | None) -> None:
         """Record which study this worker runs (None: idle) and that it is alive now."""
+        self.beaten = time.monotonic()
         with self.db.write() as session:
             session.execute(
                 update(WorkerRecord)
