@@ -10,6 +10,23 @@ from typing import Any
 
 import optuna
 from optuna.storages import BaseStorage
+from optuna.storages._rdb import models as rdb_models
+from sqlalchemy import Table
+
+# Optuna's RDB trial tables, as Optuna itself declares them (and migrates them). The service's
+# status and listing queries read them directly: the storage API has no GROUP BY, and loading
+# every trial of a 10,000-trial study to count it is what those queries exist to avoid.
+TRIALS: Table = rdb_models.TrialModel.__table__
+TRIAL_VALUES: Table = rdb_models.TrialValueModel.__table__
+TRIAL_PARAMS: Table = rdb_models.TrialParamModel.__table__
+TRIAL_USER_ATTRIBUTES: Table = rdb_models.TrialUserAttributeModel.__table__
+TRIAL_SYSTEM_ATTRIBUTES: Table = rdb_models.TrialSystemAttributeModel.__table__
+TRIAL_HEARTBEATS: Table = rdb_models.TrialHeartbeatModel.__table__
+# How Optuna tags a value it stores as NULL (±inf).
+STORED_INFINITY = {
+    rdb_models.TrialValueModel.TrialValueType.INF_POS: float("inf"),
+    rdb_models.TrialValueModel.TrialValueType.INF_NEG: float("-inf"),
+}
 
 
 def trial_id(trial: optuna.Trial | optuna.trial.FrozenTrial) -> int:

@@ -2,8 +2,7 @@
 
 The status endpoint must stay fast for studies with 10,000 trials, so it never loads every
 trial: counts, the best value and throughput come from ``GROUP BY``/``ORDER BY … LIMIT 1``
-queries on Optuna's tables, declared here with only the columns we read (they mirror
-Optuna's RDB schema, which Optuna migrates itself).
+queries on Optuna's own tables (``optuna_internals``: Optuna declares and migrates them).
 """
 
 from __future__ import annotations
@@ -12,7 +11,6 @@ import contextlib
 import copy
 import json
 import logging
-import math
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -24,15 +22,7 @@ from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy import (
-    Column,
-    DateTime,
-    Enum,
-    Float,
-    Integer,
-    MetaData,
-    String,
     Table,
-    Text,
     func,
     select,
 )
@@ -52,58 +42,12 @@ MAX_RETRIES = 3
 CANCELLED = "cancelled with its study"
 STALE = "its worker stopped beating (killed, or cut off from the database)"
 
-_optuna = MetaData()
-trials = Table(
-    "trials",
-    _optuna,
-    Column("trial_id", Integer, primary_key=True),
-    Column("number", Integer),
-    Column("study_id", Integer),
-    # A native enum on PostgreSQL: comparisons must be typed as the enum, not VARCHAR.
-    Column("state", Enum(*(s.name for s in TrialState), name="trialstate")),
-    Column("datetime_start", DateTime),
-    Column("datetime_complete", DateTime),
-)
-trial_values = Table(
-    "trial_values",
-    _optuna,
-    Column("trial_value_id", Integer, primary_key=True),
-    Column("trial_id", Integer),
-    Column("objective", Integer),
-    Column("value", Float),
-    Column("value_type", Enum("FINITE", "INF_POS", "INF_NEG", name="trialvaluetype")),
-)
-trial_params = Table(
-    "trial_params",
-    _optuna,
-    Column("param_id", Integer, primary_key=True),
-    Column("trial_id", Integer),
-    Column("param_name", String),
-    Column("param_value", Float),
-    Column("distribution_json", Text),
-)
-trial_user_attributes = Table(
-    "trial_user_attributes",
-    _optuna,
-    Column("trial_user_attribute_id", Integer, primary_key=True),
-    Column("trial_id", Integer),
-    Column("key", String),
-    Column("value_json", Text),
-)
-trial_system_attributes = Table(
-    "trial_system_attributes",
-    _optuna,
-    Column("trial_system_attribute_id", Integer, primary_key=True),
-    Column("trial_id", Integer),
-    Column("key", String),
-)
-trial_heartbeats = Table(
-    "trial_heartbeats",
-    _optuna,
-    Column("trial_heartbeat_id", Integer, primary_key=True),
-    Column("trial_id", Integer),
-    Column("heartbeat", DateTime),
-)
+trials = optuna_internals.TRIALS
+trial_values = optuna_internals.TRIAL_VALUES
+trial_params = optuna_internals.TRIAL_PARAMS
+trial_user_attributes = optuna_internals.TRIAL_USER_ATTRIBUTES
+trial_system_attributes = optuna_internals.TRIAL_SYSTEM_ATTRIBUTES
+trial_heartbeats = optuna_internals.TRIAL_HEARTBEATS
 
 
 def mark_stale(storage: RDBStorage, trial_id: int) -> None:
@@ -209,7 +153,7 @@ def count_trials(session: Session, study_id: int) -> TrialCounts:
         .where(trials.c.study_id == study_id)
         .group_by(trials.c.state)
     ).all()
-    counts = {str(state).lower(): n for state, n in rows}
+    counts = {state.name.lower(): n for state, n in rows}
 
     def tagged(table: Table, key: str, value: str | None = None) -> int:
         """Trials of the study that carry the attribute ``key`` (of JSON ``value``)."""
@@ -247,7 +191,7 @@ def stale_trial_ids(session: Session, study_id: int, grace_s: float) -> list[int
     rows = session.execute(
         select(trials.c.trial_id, trials.c.datetime_start, trial_heartbeats.c.heartbeat)
         .outerjoin(trial_heartbeats, trial_heartbeats.c.trial_id == trials.c.trial_id)
-        .where(trials.c.study_id == study_id, trials.c.state == "RUNNING")
+        .where(trials.c.study_id == study_id, trials.c.state == TrialState.RUNNING)
     ).all()
     stale = []
     for trial_id, started, beat in rows:
@@ -280,7 +224,7 @@ def top_trial_ids(session: Session, study_id: int, direction: str, k: int) -> li
             .join(trial_values, trial_values.c.trial_id == trials.c.trial_id)
             .where(
                 trials.c.study_id == study_id,
-                trials.c.state == "COMPLETE",
+                trials.c.state == TrialState.COMPLETE,
                 trial_values.c.objective == 0,
             )
             .order_by(value.asc() if best_first(direction) > 0 else value.desc(), trials.c.number)
@@ -310,10 +254,6 @@ def trial_ids_page(session: Session, study_id: int, offset: int, limit: int) -> 
             .limit(limit)
         )
     )
-
-
-# Optuna stores ±inf as NULL with a type tag.
-STORED_INFINITY = {"INF_POS": math.inf, "INF_NEG": -math.inf}
 
 
 def local_time(utc: datetime | None) -> datetime | None:
@@ -363,7 +303,9 @@ def trial_summaries(
     for v in session.execute(
         select(trial_values).where(trial_values.c.trial_id.in_(trial_ids))
     ).all():
-        parts[v.trial_id]["values"][v.objective] = STORED_INFINITY.get(v.value_type, v.value)
+        parts[v.trial_id]["values"][v.objective] = optuna_internals.STORED_INFINITY.get(
+            v.value_type, v.value
+        )
     for a in session.execute(
         select(trial_user_attributes).where(
             trial_user_attributes.c.trial_id.in_(trial_ids),
@@ -374,7 +316,7 @@ def trial_summaries(
     built = {
         row.trial_id: FrozenTrial(
             number=row.number,
-            state=TrialState[row.state],
+            state=row.state,
             value=None,
             values=[v for _, v in sorted(parts[row.trial_id]["values"].items())] or None,
             datetime_start=local_time(row.datetime_start),
