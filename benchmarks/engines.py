@@ -41,7 +41,7 @@ from pathlib import Path
 import numpy as np
 import optuna
 import torch
-from provenance import command_line, git_commit, machine, publish
+from provenance import command_line, git_commit, machine, markdown_table, publish
 from sklearn.preprocessing import StandardScaler
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
@@ -414,18 +414,28 @@ def main() -> None:
         "(torch's FlopCounterMode × rows); a compiled engine is timed after one warm-up epoch",
         "- dense matmul: " + ", ".join(f"{p} {peaks[p] / 1e12:.3f} TFLOP/s" for p in sorted(peaks)),
         "",
-        "| engine | trials | threads | wall s | fold-epochs/s | × textbook | best CV acc "
-        "| GFLOP/s | % of matmul |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for name, n_trials, precision, wall, threads, scores in rows:
+
+    def row(
+        name: str, n_trials: int, precision: str, wall: float, threads: int, scores: list[float]
+    ) -> list[str]:
         speed = fold_epochs(n_trials) / wall
-        ratio = f"{speed / base:.2f}" if base else "–"
         rate = per_fold_epoch * fold_epochs(n_trials) / wall
-        lines.append(
-            f"| {name} | {n_trials} | {threads} | {wall:.1f} | {speed:.1f} | {ratio} | "
-            f"{max(scores):.4f} | {rate / 1e9:.2f} | {100 * rate / peaks[precision]:.2f} |"
-        )
+        return [
+            name,
+            str(n_trials),
+            str(threads),
+            f"{wall:.1f}",
+            f"{speed:.1f}",
+            f"{speed / base:.2f}" if base else "–",
+            f"{max(scores):.4f}",
+            f"{rate / 1e9:.2f}",
+            f"{100 * rate / peaks[precision]:.2f}",
+        ]
+
+    header = ["engine", "trials", "threads", "wall s", "fold-epochs/s", "× textbook"]
+    header += ["best CV acc", "GFLOP/s", "% of matmul"]
+    lines += markdown_table(header, "lrrrrrrrr", (row(*r) for r in rows))
     publish(lines, args.append)
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 from engines import MODELS, draw_configs, reference, sync
-from provenance import command_line, git_commit, machine, publish
+from provenance import command_line, git_commit, machine, markdown_table, publish
 from torch.profiler import ProfilerActivity, profile
 
 from trainer.datasets import load_builtin
@@ -112,11 +112,15 @@ def main() -> None:
         f"{len(population.step_list)} steps; one epoch {plain:.3f} s ({wall:.3f} s under the "
         "profiler)",
         "",
-        f"| where the {'GPU' if cuda else 'CPU'} time goes (self time) | ms | share |",
-        "|---|---:|---:|",
     ]
-    for group, micros in sorted(groups.items(), key=lambda kv: -kv[1]):
-        lines.append(f"| {group} | {micros / 1000:.1f} | {100 * micros / total:.0f} % |")
+    lines += markdown_table(
+        [f"where the {'GPU' if cuda else 'CPU'} time goes (self time)", "ms", "share"],
+        "lrr",
+        (
+            [group, f"{micros / 1000:.1f}", f"{100 * micros / total:.0f} %"]
+            for group, micros in sorted(groups.items(), key=lambda kv: -kv[1])
+        ),
+    )
     lines += ["", "```", table, "```"]
     publish(lines, args.append)
 

@@ -1,4 +1,5 @@
-"""Where a benchmark figure comes from: command, machine, commit; and where it goes."""
+"""Where a benchmark figure comes from (command, machine, commit), how it reads (markdown), and
+where it goes."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import platform
 import shlex
 import subprocess
 import sys
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import optuna
@@ -61,6 +63,21 @@ def append_section(path: Path, text: str) -> None:
         )
     with path.open("a") as handle:
         handle.write("\n" + text)
+
+
+def markdown_table(
+    header: Sequence[str], align: str, rows: Iterable[Sequence[object]]
+) -> list[str]:
+    """A markdown table's lines; ``align`` has a letter per column: ``l`` text, ``r`` numbers."""
+    if len(align) != len(header):
+        raise ValueError(f"{len(header)} columns but {len(align)} alignments ({align!r})")
+    rule = "|".join({"l": "---", "r": "---:"}[a] for a in align)
+    lines = [f"| {' | '.join(header)} |", f"|{rule}|"]
+    for row in rows:
+        if len(row) != len(header):
+            raise ValueError(f"a row of {len(row)} cells under {len(header)} columns: {row}")
+        lines.append(f"| {' | '.join(map(str, row))} |")
+    return lines
 
 
 def publish(lines: list[str], append: Path | None) -> None:

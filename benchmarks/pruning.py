@@ -20,7 +20,7 @@ from pathlib import Path
 
 import optuna
 import torch
-from provenance import command_line, git_commit, machine, publish
+from provenance import command_line, git_commit, machine, markdown_table, publish
 
 from trainer.datasets import load_builtin
 from trainer.spec import StudySpec
@@ -81,19 +81,21 @@ def main() -> None:
         f"epochs), {args.trials} trials in one process; wall {wall:.0f} s; seconds per reported "
         "epoch from the storage's timestamps",
         "",
-        "| trials | n | median s/epoch | mean s/epoch |",
-        "|---|---:|---:|---:|",
     ]
-    for name, values in (
+    groups = (
         ("completed", completed),
         (f"completed, after the first {args.population}", steady),
         ("pruned", pruned),
-    ):
-        if values:
-            lines.append(
-                f"| {name} | {len(values)} | {statistics.median(values):.3f} | "
-                f"{statistics.fmean(values):.3f} |"
-            )
+    )
+    lines += markdown_table(
+        ["trials", "n", "median s/epoch", "mean s/epoch"],
+        "lrrr",
+        (
+            [name, len(v), f"{statistics.median(v):.3f}", f"{statistics.fmean(v):.3f}"]
+            for name, v in groups
+            if v
+        ),
+    )
     if completed and pruned:
         ratio = statistics.median(pruned) / statistics.median(completed)
         lines += ["", f"Pruned / completed, medians: **{ratio:.2f}×** (target ≤ 1.5×)."]

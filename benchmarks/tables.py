@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import optuna
 import torch
-from provenance import command_line, git_commit, machine, publish
+from provenance import command_line, git_commit, machine, markdown_table, publish
 from sklearn.compose import ColumnTransformer
 from sklearn.impute import SimpleImputer
 from sklearn.linear_model import LogisticRegression
@@ -142,13 +142,20 @@ def main() -> None:
         f"hyperparameters searched, best trial refitted on all non-test rows ({wall:.0f} s); "
         "baseline: logistic regression (C = 1), same preprocessing, fitted per fold",
         "",
-        "| model | CV accuracy (mean ± std over 5 folds) | per fold | test accuracy |",
-        "|---|---:|---|---:|",
-        f"| regtune, best of {args.trials} trials | {np.mean(folds):.4f} ± {np.std(folds):.4f} | "
-        f"{', '.join(f'{v:.3f}' for v in folds)} | {outcome.fitted.test_score:.4f} |",
-        f"| logistic regression | {np.mean(base_folds):.4f} ± {np.std(base_folds):.4f} | "
-        f"{', '.join(f'{v:.3f}' for v in base_folds)} | {base_test:.4f} |",
     ]
+
+    def scores(name: str, values: list[float], test: float) -> list[str]:
+        per_fold = ", ".join(f"{v:.3f}" for v in values)
+        return [name, f"{np.mean(values):.4f} ± {np.std(values):.4f}", per_fold, f"{test:.4f}"]
+
+    lines += markdown_table(
+        ["model", "CV accuracy (mean ± std over 5 folds)", "per fold", "test accuracy"],
+        "lrlr",
+        [
+            scores(f"regtune, best of {args.trials} trials", folds, outcome.fitted.test_score),
+            scores("logistic regression", base_folds, base_test),
+        ],
+    )
     publish(lines, args.append)
 
 

@@ -37,7 +37,7 @@ import httpx
 import optuna
 import torch
 from engines import textbook
-from provenance import ROOT, command_line, git_commit, machine, publish
+from provenance import ROOT, command_line, git_commit, machine, markdown_table, publish
 
 from trainer.config import TrialConfig
 from trainer.datasets import load_builtin
@@ -165,7 +165,7 @@ def main() -> None:
     fold_epochs = args.trials * 5 * args.epochs
     rows = [
         (
-            f"textbook loop ({threads} thread(s)), the served study's 8 configurations",
+            f"textbook loop ({threads} thread(s)), the served study's {args.trials} configurations",
             text_wall,
             text_best,
         ),
@@ -181,14 +181,21 @@ def main() -> None:
         f"{args.epochs} fixed epochs, {args.trials} trials, no pruning = {fold_epochs} "
         "fold-epochs; tune and serve also refit the best trial",
         "",
-        "| run | wall s | fold-epochs/s | × textbook | best CV acc |",
-        "|---|---:|---:|---:|---:|",
     ]
-    for name, wall, best in rows:
-        lines.append(
-            f"| {name} | {wall:.1f} | {fold_epochs / wall:.1f} | {text_wall / wall:.2f} | "
-            f"{best:.4f} |"
-        )
+    lines += markdown_table(
+        ["run", "wall s", "fold-epochs/s", "× textbook", "best CV acc"],
+        "lrrrr",
+        (
+            [
+                name,
+                f"{wall:.1f}",
+                f"{fold_epochs / wall:.1f}",
+                f"{text_wall / wall:.2f}",
+                f"{best:.4f}",
+            ]
+            for name, wall, best in rows
+        ),
+    )
     publish(lines, args.append)
 
 

@@ -2,8 +2,7 @@
 
 The same pydantic models validate a spec file for ``regtune tune`` and a request body at
 the service's HTTP boundary, so an error names the offending field the same way in both.
-Size limits (trials, folds, epochs, widths) are not hard-coded: pass a :class:`Limits`
-as validation context, ``StudySpec.model_validate(data, context={"limits": limits})``.
+The operator's limits come as validation context (``trainer.spec_base``).
 """
 
 from __future__ import annotations

@@ -26,15 +26,7 @@ from typing import Any, TypeVar
 import httpx
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
-from service.http.schemas import (
-    DatasetOut,
-    Page,
-    StudyCreated,
-    StudyItem,
-    StudyOut,
-    TrialDetail,
-    TrialOut,
-)
+from service.http import schemas
 from trainer.spec import StudySpec
 
 DEFAULT_URL = "http://127.0.0.1:8000"
@@ -115,21 +107,21 @@ class Client:
 
     # --- studies ------------------------------------------------------------------------------
 
-    def submit(self, spec: dict[str, Any] | StudySpec) -> StudyCreated:
+    def submit(self, spec: dict[str, Any] | StudySpec) -> schemas.StudyCreated:
         """Submit a study spec (a dict as in a spec file, or a ``StudySpec``)."""
         if isinstance(spec, StudySpec):
             spec = spec.model_dump(mode="json", exclude_unset=True)
-        return self.typed(StudyCreated, "POST", "/v1/studies", json=spec)
+        return self.typed(schemas.StudyCreated, "POST", "/v1/studies", json=spec)
 
-    def studies(self, offset: int = 0, limit: int = 50) -> list[StudyItem]:
+    def studies(self, offset: int = 0, limit: int = 50) -> list[schemas.StudyItem]:
         """This tenant's studies, newest first."""
         return self.typed_list(
-            StudyItem, "GET", "/v1/studies", params={"offset": offset, "limit": limit}
+            schemas.StudyItem, "GET", "/v1/studies", params={"offset": offset, "limit": limit}
         )
 
-    def study(self, study_id: str) -> StudyOut:
+    def study(self, study_id: str) -> schemas.StudyOut:
         """Status, trial counts by state, progress, ETA, best trial and test score."""
-        return self.typed(StudyOut, "GET", f"/v1/studies/{study_id}")
+        return self.typed(schemas.StudyOut, "GET", f"/v1/studies/{study_id}")
 
     def wait(
         self,
@@ -137,8 +129,8 @@ class Client:
         *,
         poll_s: float = 1.0,
         timeout_s: float | None = None,
-        on_update: Callable[[StudyOut], None] | None = None,
-    ) -> StudyOut:
+        on_update: Callable[[schemas.StudyOut], None] | None = None,
+    ) -> schemas.StudyOut:
         """Poll until the study is no longer queued or running; ``on_update`` sees each poll."""
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         while True:
@@ -151,18 +143,20 @@ class Client:
                 raise TimeoutError(f"study {study_id} still {study.status} after {timeout_s}s")
             time.sleep(poll_s)
 
-    def trials(self, study_id: str, offset: int = 0, limit: int = 50) -> Page[TrialOut]:
+    def trials(
+        self, study_id: str, offset: int = 0, limit: int = 50
+    ) -> schemas.Page[schemas.TrialOut]:
         """A page of trials in number order."""
         return self.typed(
-            Page[TrialOut],
+            schemas.Page[schemas.TrialOut],
             "GET",
             f"/v1/studies/{study_id}/trials",
             params={"offset": offset, "limit": limit},
         )
 
-    def trial(self, study_id: str, number: int) -> TrialDetail:
+    def trial(self, study_id: str, number: int) -> schemas.TrialDetail:
         """One trial with per-fold scores, learning curves and diagnosis."""
-        return self.typed(TrialDetail, "GET", f"/v1/studies/{study_id}/trials/{number}")
+        return self.typed(schemas.TrialDetail, "GET", f"/v1/studies/{study_id}/trials/{number}")
 
     def model(self, study_id: str) -> bytes:
         """The study's final model file (load it with ``trainer.artifact.load_model``).
@@ -171,8 +165,8 @@ class Client:
         """
         return self.send("GET", f"/v1/studies/{study_id}/model").content
 
-    def cancel(self, study_id: str) -> StudyCreated:
-        return self.typed(StudyCreated, "POST", f"/v1/studies/{study_id}/cancel")
+    def cancel(self, study_id: str) -> schemas.StudyCreated:
+        return self.typed(schemas.StudyCreated, "POST", f"/v1/studies/{study_id}/cancel")
 
     def delete(self, study_id: str) -> None:
         self.request("DELETE", f"/v1/studies/{study_id}")
@@ -185,23 +179,23 @@ class Client:
         target: str | None,
         name: str | None = None,
         missing_target: str | None = None,
-    ) -> DatasetOut:
+    ) -> schemas.DatasetOut:
         fields = {"target": target, "name": name, "missing_target": missing_target}
         data = {k: v for k, v in fields.items() if v}
         with path.open("rb") as handle:
             return self.typed(
-                DatasetOut,
+                schemas.DatasetOut,
                 "POST",
                 "/v1/datasets",
                 files={"file": (path.name, handle)},
                 data=data,
             )
 
-    def datasets(self) -> list[DatasetOut]:
-        return self.typed_list(DatasetOut, "GET", "/v1/datasets")
+    def datasets(self) -> list[schemas.DatasetOut]:
+        return self.typed_list(schemas.DatasetOut, "GET", "/v1/datasets")
 
-    def dataset(self, dataset_id: str) -> DatasetOut:
-        return self.typed(DatasetOut, "GET", f"/v1/datasets/{dataset_id}")
+    def dataset(self, dataset_id: str) -> schemas.DatasetOut:
+        return self.typed(schemas.DatasetOut, "GET", f"/v1/datasets/{dataset_id}")
 
     def delete_dataset(self, dataset_id: str) -> None:
         self.request("DELETE", f"/v1/datasets/{dataset_id}")
