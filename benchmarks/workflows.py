@@ -7,7 +7,7 @@ the regularization is searched in the default space.
 
   textbook  the loop from the tutorials (``engines.textbook``: an Optuna-style objective, a
             StandardScaler and a DataLoader per fold, nn.Sequential, torch.optim.Adam, folds in
-            turn) over the *same 8 configurations* the served study drew, at 1 and at all
+            turn) over the *same configurations* the served study drew, at 1 and at all
             threads; the faster counts;
   tune      ``regtune tune --spec FILE --json`` as a subprocess, with its defaults (one searcher
             process per core): start-up, search, and the refit of the best trial;

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -56,6 +57,7 @@ class Server:
     """``regtune serve`` on a free loopback port, stopped with SIGINT like Ctrl-C."""
 
     def __init__(self, database_url: str, log: Path, *, workers: int = 1, **extra: str) -> None:
+        self.database_url = database_url
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = log
@@ -103,6 +105,30 @@ def serving(database_url: str, log: Path, **kwargs: Any) -> Iterator[Server]:
         yield server
     finally:
         server.stop()
+
+
+def workerless_server(name: str, **extra: str) -> Any:
+    """A module-scoped fixture: one ``regtune serve`` with no workers (nothing trains) on a
+    fresh SQLite database, shared by a module's tests of what the API refuses or answers."""
+
+    @pytest.fixture(scope="module")
+    def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+        root = tmp_path_factory.mktemp(name)
+        url = f"sqlite:///{root / 'regtune.db'}"
+        with serving(url, root / "serve.log", workers=0, **extra) as running:
+            yield running
+
+    return server
+
+
+def sqlite_rows(database_url: str, table: str) -> int:
+    """Rows of ``table`` in a ``sqlite:///`` database, read beside the server, not through it."""
+    db = sqlite3.connect(database_url.removeprefix("sqlite:///"))
+    try:
+        (rows,) = db.execute(f"SELECT count(*) FROM {table}").fetchone()
+    finally:
+        db.close()
+    return int(rows)
 
 
 def start_worker(database_url: str, log: Path, **extra: str) -> subprocess.Popen[bytes]:

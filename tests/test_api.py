@@ -3,25 +3,15 @@
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
-from servers import Server, regtune, serving, tiny_study
+from servers import Server, regtune, serving, tiny_study, workerless_server
 
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    root = tmp_path_factory.mktemp("api")
-    with serving(
-        f"sqlite:///{root / 'api.db'}",
-        root / "serve.log",
-        workers=0,
-        REGTUNE_MAX_UPLOAD_BYTES="20000",
-        REGTUNE_LIMITS__MAX_TRIALS="100",
-    ) as running:
-        yield running
+server = workerless_server(
+    "api", REGTUNE_MAX_UPLOAD_BYTES="20000", REGTUNE_LIMITS__MAX_TRIALS="100"
+)
 
 
 def fields(response) -> dict[str, str]:

@@ -11,6 +11,7 @@ import numpy as np
 import optuna
 import pytest
 import torch
+from servers import tiny_study
 
 from trainer import artifact
 from trainer import study as study_module
@@ -163,13 +164,7 @@ def test_the_refit_trains_for_the_median_best_epoch() -> None:
 
 def test_final_model_packs_the_best_trial(wine) -> None:
     spec = StudySpec.model_validate(
-        {
-            "dataset": "builtin:wine",
-            "n_trials": 2,
-            "model": {"hidden": [16]},
-            "training": {"max_epochs": 6},
-            "cv": {"folds": 3, "test_fraction": 0.2},
-        }
+        tiny_study(n_trials=2, training={"max_epochs": 6}, cv={"folds": 3, "test_fraction": 0.2})
     )
     outcome = run_study(spec, wine, refit_best=False)
     assert outcome.best is not None

@@ -9,6 +9,7 @@ import numpy as np
 import optuna
 import pytest
 import torch
+from servers import tiny_study
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from trainer import objective
@@ -275,18 +276,15 @@ def test_stacked_batchnorm_running_statistics(wine) -> None:
 
 
 def test_batched_asks_run_a_study_with_pruning_and_records(wine) -> None:
-
     spec = StudySpec.model_validate(
-        {
-            "dataset": "builtin:wine",
-            "n_trials": 7,
-            "model": {"hidden": [16]},
-            "training": {"max_epochs": 6},
-            "cv": {"folds": 3, "test_fraction": 0.2},
-            "search_space": {"lr": [3e-2, 1e-7], "patience": 50},
-            "sampler": {"kind": "random"},
-            "pruner": {"kind": "median", "n_startup_trials": 2, "n_warmup_steps": 1},
-        }
+        tiny_study(
+            n_trials=7,
+            training={"max_epochs": 6},
+            cv={"folds": 3, "test_fraction": 0.2},
+            search_space={"lr": [3e-2, 1e-7], "patience": 50},
+            sampler={"kind": "random"},
+            pruner={"kind": "median", "n_startup_trials": 2, "n_warmup_steps": 1},
+        )
     )
     told: list[int] = []
     outcome = run_study(spec, wine, population=3, callbacks=[lambda s, t: told.append(t.number)])

@@ -8,14 +8,12 @@ from __future__ import annotations
 
 import json
 import math
-import sqlite3
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from servers import Server, problem, serving, tiny_study
+from servers import Server, problem, sqlite_rows, tiny_study, workerless_server
 
 PLUGINS = str(Path(__file__).parent.parent / "plugins")
 
@@ -715,34 +713,19 @@ NETWORK_CORPUS = [
 ]
 
 
-@pytest.fixture(scope="module")
-def database(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("hostile-specs") / "specs.db"
+server = workerless_server(
+    "hostile-specs",
+    REGTUNE_LIMITS__MAX_TRIALS="100",
+    PYTHONPATH=PLUGINS,  # the test plugins' distribution, as if installed
+)
 
 
-@pytest.fixture(scope="module")
-def server(database: Path) -> Iterator[Server]:
-    with serving(
-        f"sqlite:///{database}",
-        database.with_name("serve.log"),
-        workers=0,
-        REGTUNE_LIMITS__MAX_TRIALS="100",
-        PYTHONPATH=PLUGINS,  # the test plugins' distribution, as if installed
-    ) as running:
-        yield running
-
-
-def stored(server: Server, database: Path) -> tuple[int, int]:
+def stored(server: Server) -> tuple[int, int]:
     """(study records the API lists, Optuna studies in the database)."""
     with server.client() as http:
         listed = http.get("/v1/studies", params={"limit": 100})
     assert listed.status_code == 200, listed.text
-    db = sqlite3.connect(database)
-    try:
-        (optuna_studies,) = db.execute("SELECT count(*) FROM studies").fetchone()
-    finally:
-        db.close()
-    return len(listed.json()), optuna_studies
+    return len(listed.json()), sqlite_rows(server.database_url, "studies")
 
 
 def post(server: Server, body: Any) -> httpx.Response:
@@ -761,24 +744,24 @@ def test_the_corpus_is_large_and_its_ids_unique() -> None:
 
 @pytest.mark.parametrize(("body", "status", "fragment"), CORPUS + NETWORK_CORPUS)
 def test_hostile_spec_is_refused_by_name_and_nothing_is_stored(
-    server: Server, database: Path, body: Any, status: int, fragment: str
+    server: Server, body: Any, status: int, fragment: str
 ) -> None:
-    before = stored(server, database)
+    before = stored(server)
     response = post(server, body)
     assert response.status_code == status, response.text[:2000]
     assert fragment in problem(response), problem(response)[:2000]
-    assert stored(server, database) == before
+    assert stored(server) == before
 
 
-def test_a_valid_spec_is_still_stored(server: Server, database: Path) -> None:
+def test_a_valid_spec_is_still_stored(server: Server) -> None:
     """The control case: the same server, the same counting, a spec that is fine."""
-    before = stored(server, database)
+    before = stored(server)
     response = post(server, tiny_study(search_space={"patience": {"low": 2, "high": 5}}))
     assert response.status_code == 201, response.text
-    assert stored(server, database) == (before[0] + 1, before[1] + 1)
+    assert stored(server) == (before[0] + 1, before[1] + 1)
 
 
-def test_valid_networks_are_still_stored(server: Server, database: Path) -> None:
+def test_valid_networks_are_still_stored(server: Server) -> None:
     """The control cases of the network corpus: a nested residual, per-layer dropout groups
     searched apart, a CNN of layers, an installed plugin."""
     fine = [
@@ -802,10 +785,10 @@ def test_valid_networks_are_still_stored(server: Server, database: Path) -> None
         plugin("tiny_convnet", width=2),
     ]
     for body in fine:
-        before = stored(server, database)
+        before = stored(server)
         response = post(server, body)
         assert response.status_code == 201, response.text
-        assert stored(server, database) == (before[0] + 1, before[1] + 1)
+        assert stored(server) == (before[0] + 1, before[1] + 1)
 
 
 def test_the_server_survived_the_corpus(server: Server) -> None:

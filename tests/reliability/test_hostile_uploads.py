@@ -9,17 +9,15 @@ create a file).
 from __future__ import annotations
 
 import io
-import sqlite3
 import time
 import zipfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import numpy as np
 import pytest
-from servers import Server, problem, serving
+from servers import Server, problem, sqlite_rows, workerless_server
 
 from trainer.datasets import load_npz
 
@@ -324,36 +322,21 @@ CORPUS = [
 ]  # fmt: skip
 
 
-@pytest.fixture(scope="module")
-def database(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("hostile-uploads") / "uploads.db"
+server = workerless_server(
+    "hostile-uploads",
+    REGTUNE_MAX_UPLOAD_BYTES=str(MAX_BYTES),
+    REGTUNE_MAX_UPLOAD_ROWS=str(MAX_ROWS),
+    REGTUNE_MAX_UPLOAD_COLUMNS=str(MAX_COLUMNS),
+    REGTUNE_MAX_UPLOAD_MEMORY_BYTES=str(MAX_MEMORY),
+)
 
 
-@pytest.fixture(scope="module")
-def server(database: Path) -> Iterator[Server]:
-    with serving(
-        f"sqlite:///{database}",
-        database.with_name("serve.log"),
-        workers=0,
-        REGTUNE_MAX_UPLOAD_BYTES=str(MAX_BYTES),
-        REGTUNE_MAX_UPLOAD_ROWS=str(MAX_ROWS),
-        REGTUNE_MAX_UPLOAD_COLUMNS=str(MAX_COLUMNS),
-        REGTUNE_MAX_UPLOAD_MEMORY_BYTES=str(MAX_MEMORY),
-    ) as running:
-        yield running
-
-
-def stored(server: Server, database: Path) -> tuple[int, int]:
+def stored(server: Server) -> tuple[int, int]:
     """(datasets the API lists, dataset rows in the database)."""
     with server.client() as http:
         listed = http.get("/v1/datasets")
     assert listed.status_code == 200, listed.text
-    db = sqlite3.connect(database)
-    try:
-        (rows,) = db.execute("SELECT count(*) FROM regtune_datasets").fetchone()
-    finally:
-        db.close()
-    return len(listed.json()), rows
+    return len(listed.json()), sqlite_rows(server.database_url, "regtune_datasets")
 
 
 def upload(server: Server, filename: str, content: bytes, data: dict[str, str]) -> httpx.Response:
@@ -376,26 +359,25 @@ def test_the_corpus_is_large_and_its_ids_unique() -> None:
 @pytest.mark.parametrize(("filename", "content", "data", "status", "fragment"), CORPUS)
 def test_hostile_upload_is_refused_by_name_and_nothing_is_stored(
     server: Server,
-    database: Path,
     filename: str,
     content: bytes,
     data: dict[str, str],
     status: int,
     fragment: str,
 ) -> None:
-    before = stored(server, database)
+    before = stored(server)
     response = upload(server, filename, content, data)
     assert response.status_code == status, response.text[:2000]
     assert fragment in problem(response), problem(response)[:2000]
-    assert stored(server, database) == before
+    assert stored(server) == before
 
 
-def test_a_zip_bomb_is_refused_without_being_expanded(server: Server, database: Path) -> None:
+def test_a_zip_bomb_is_refused_without_being_expanded(server: Server) -> None:
     """800 MB of zeros in a 0.8 MB file: refused from its header, the server's peak unmoved."""
     shape = (MAX_ROWS, MAX_COLUMNS)  # within the row and column limits, far over the memory
     bomb = zeros_bomb(shape)
     assert len(bomb) < MAX_BYTES
-    before, peak = stored(server, database), peak_rss_mb(server.proc.pid)
+    before, peak = stored(server), peak_rss_mb(server.proc.pid)
     started = time.monotonic()
     response = upload(server, "bomb.npz", bomb, {})
     elapsed = time.monotonic() - started
@@ -404,7 +386,7 @@ def test_a_zip_bomb_is_refused_without_being_expanded(server: Server, database: 
     assert f"the arrays take {expanded + shape[0] * shape[1] * 4} bytes" in problem(response)
     assert peak_rss_mb(server.proc.pid) - peak < 100, "the bomb was expanded in memory"
     assert elapsed < 15, f"refusing the bomb took {elapsed:.1f} s"
-    assert stored(server, database) == before
+    assert stored(server) == before
 
 
 class Payload:
@@ -418,7 +400,7 @@ class Payload:
 
 
 def test_a_pickled_object_array_is_refused_and_never_unpickled(
-    server: Server, database: Path, tmp_path: Path
+    server: Server, tmp_path: Path
 ) -> None:
     marker = tmp_path / "unpickled"
     objects = np.array([Payload(marker), Payload(marker)], dtype=object)
@@ -429,11 +411,11 @@ def test_a_pickled_object_array_is_refused_and_never_unpickled(
         {"X.npy": buffer.getvalue(), "y.npy": npy(np.array([0, 1]))},
         {"X.npy": npy(np.zeros((2, 1))), "y.npy": buffer.getvalue()},
     ):
-        before = stored(server, database)
+        before = stored(server)
         response = upload(server, "evil.npz", zip_of(members, deflate=True), {})
         assert response.status_code == 422, response.text
         assert "holds Python objects (dtype object)" in problem(response), problem(response)
-        assert stored(server, database) == before
+        assert stored(server) == before
     assert not marker.exists(), "the server unpickled an uploaded object array"
 
 
@@ -446,9 +428,9 @@ def test_npz_arrays_read_from_their_headers_equal_numpys(order: str) -> None:
     assert data.input_shape == (1, 3)
 
 
-def test_a_valid_upload_is_still_stored(server: Server, database: Path) -> None:
+def test_a_valid_upload_is_still_stored(server: Server) -> None:
     """The control case: the same server and counting, files that are fine."""
-    before = stored(server, database)
+    before = stored(server)
     for filename, content, data in (
         ("ok.csv", csv_rows(50), LABEL),
         ("ok.npz", npz(X=GOOD_X, y=GOOD_Y, input_shape=np.array([1, 2])), {}),
@@ -456,7 +438,7 @@ def test_a_valid_upload_is_still_stored(server: Server, database: Path) -> None:
     ):
         response = upload(server, filename, content, data)
         assert response.status_code == 201, response.text
-    assert stored(server, database) == (before[0] + 3, before[1] + 3)
+    assert stored(server) == (before[0] + 3, before[1] + 3)
 
 
 def test_the_server_survived_the_corpus(server: Server) -> None:

@@ -12,7 +12,6 @@ directly instead.)
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -27,7 +26,7 @@ from schemathesis.specs.openapi.checks import (
     response_schema_conformance,
     status_code_conformance,
 )
-from servers import Server, serving, tiny_study
+from servers import Server, tiny_study, workerless_server
 
 pytestmark = pytest.mark.slow
 
@@ -57,19 +56,16 @@ EXPECTED = {
 }
 
 
+bare_server = workerless_server(
+    "openapi-fuzz", REGTUNE_MAX_UPLOAD_BYTES="200000", REGTUNE_LIMITS__MAX_TRIALS="100"
+)
+
+
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    root = tmp_path_factory.mktemp("openapi-fuzz")
-    with serving(
-        f"sqlite:///{root / 'fuzz.db'}",
-        root / "serve.log",
-        workers=0,
-        REGTUNE_MAX_UPLOAD_BYTES="200000",
-        REGTUNE_LIMITS__MAX_TRIALS="100",
-    ) as running:
-        with running.client() as http:  # something to list and page through
-            assert http.post("/v1/studies", json=tiny_study()).status_code == 201
-        yield running
+def server(bare_server: Server) -> Server:
+    with bare_server.client() as http:  # something to list and page through
+        assert http.post("/v1/studies", json=tiny_study()).status_code == 201
+    return bare_server
 
 
 @pytest.fixture(scope="module")
