@@ -34,6 +34,7 @@ import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from multiprocessing import get_context
 from pathlib import Path
@@ -111,18 +112,33 @@ def draw_configs(spec: StudySpec, n: int, seed: int) -> list[TrialConfig]:
     return [TrialConfig.from_values(spec, suggest(study.ask(), spec)) for _ in range(n)]
 
 
+@dataclass(frozen=True)
+class Workload:
+    """What every engine is given besides its trials (each trial's epochs: its ``training``)."""
+
+    data: Dataset
+    protocol: Protocol
+    device: str = "cpu"
+
+
+# An engine: the trials' mean CV accuracies, in the trials' order.
+Engine = Callable[[Workload, list[TrialConfig]], list[float]]
+
+
+def for_epochs(configs: list[TrialConfig], epochs: int) -> list[TrialConfig]:
+    """The trials trained for ``epochs`` instead (a compiled engine's warm-up)."""
+    return [
+        replace(c, training=c.training.model_copy(update={"max_epochs": epochs})) for c in configs
+    ]
+
+
 WEIGHTED = (nn.Linear, nn.Conv1d, nn.Conv2d)
 
 
-def textbook(
-    data: Dataset,
-    configs: list[TrialConfig],
-    protocol: Protocol,
-    epochs: int,
-    device: str = "cpu",
-) -> list[float]:
+def textbook(work: Workload, configs: list[TrialConfig]) -> list[float]:
     """The loop from the tutorials, kept honest: same model, same regularizers, same folds
     (on a GPU, as the tutorials do it: the model on the device, each batch moved there)."""
+    data, protocol, device = work.data, work.protocol, work.device
     means = []
     for config in configs:
         scores = []
@@ -144,7 +160,7 @@ def textbook(
                 model.parameters(), lr=config.lr, weight_decay=config.weight_decay
             )
             loss_fn = nn.CrossEntropyLoss()
-            for _ in range(epochs):
+            for _ in range(config.training.max_epochs):
                 model.train()
                 for xb, yb in loader:
                     xb, yb = xb.to(device), yb.to(device)
@@ -163,38 +179,26 @@ def textbook(
     return means
 
 
-def per_trial(
-    data: Dataset,
-    configs: list[TrialConfig],
-    protocol: Protocol,
-    epochs: int,
-    device: str = "cpu",
-) -> list[float]:
+def per_trial(work: Workload, configs: list[TrialConfig]) -> list[float]:
+    splits = work.protocol.splits
     return [
-        cross_validate(data, c, protocol.splits, metric="accuracy", seed=i, device=device).mean
+        cross_validate(work.data, c, splits, metric="accuracy", seed=i, device=work.device).mean
         for i, c in enumerate(configs)
     ]
 
 
-def population_of(
-    size: int | None, precision: str = "fp32", compile: bool = False
-) -> Callable[..., list[float]]:
+def population_of(size: int | None, precision: str = "fp32", compile: bool = False) -> Engine:
     """Populations of ``size`` trials (None: all at once), one after another, here."""
 
-    def run(
-        data: Dataset,
-        configs: list[TrialConfig],
-        protocol: Protocol,
-        epochs: int,
-        device: str = "cpu",
-    ) -> list[float]:
+    def run(work: Workload, configs: list[TrialConfig]) -> list[float]:
         means: list[float] = []
         step = size or len(configs)
         for first in range(0, len(configs), step):
             chunk = configs[first : first + step]
             seeds = list(range(first, first + len(chunk)))
+            splits = work.protocol.splits
             means += population_means(
-                data, chunk, protocol.splits, seeds, device, precision, compile
+                work.data, chunk, splits, seeds, work.device, precision, compile
             )
         return means
 
@@ -243,22 +247,16 @@ def _one_thread_ready(_: int) -> int:
     return torch.get_num_threads()
 
 
-def population_in(pool: ProcessPoolExecutor, size: int) -> Callable[..., list[float]]:
+def population_in(pool: ProcessPoolExecutor, size: int) -> Engine:
     """Populations of ``size`` trials spread over the pool's 1-thread processes."""
 
-    def run(
-        data: Dataset,
-        configs: list[TrialConfig],
-        protocol: Protocol,
-        epochs: int,
-        device: str = "cpu",
-    ) -> list[float]:
+    def run(work: Workload, configs: list[TrialConfig]) -> list[float]:
         jobs = [
             pool.submit(
                 _population_job,
-                data.name,
+                work.data.name,
                 configs[first : first + size],
-                list(protocol.splits),
+                list(work.protocol.splits),
                 list(range(first, min(first + size, len(configs)))),
             )
             for first in range(0, len(configs), size)
@@ -343,7 +341,8 @@ def main() -> None:
     per_fold_epoch = training_flops(spec, data) * fit_rows
     cores = os.cpu_count() or 1
     precisions = args.precision.split(",")
-    engines: dict[str, tuple[Callable[..., list[float]], int, str]] = {
+    work = Workload(data, protocol, device)
+    engines: dict[str, tuple[Engine, int, str]] = {
         "textbook": (textbook, args.trials, "fp32"),
         "per-trial": (per_trial, args.trials, "fp32"),
     }
@@ -382,10 +381,10 @@ def main() -> None:
         for threads in [1] if in_processes else thread_options:
             torch.set_num_threads(threads)
             if "compiled" in name:  # compiled once per shape; the timed run reuses it
-                run(data, configs[:n_trials], protocol, 1, device)
+                run(work, for_epochs(configs[:n_trials], 1))
             sync(device)
             start = time.perf_counter()
-            scores = run(data, configs[:n_trials], protocol, args.epochs, device)
+            scores = run(work, configs[:n_trials])
             sync(device)
             wall = time.perf_counter() - start
             print(

@@ -36,7 +36,7 @@ from typing import Any
 import httpx
 import optuna
 import torch
-from engines import textbook
+from engines import Workload, textbook
 from provenance import ROOT, command_line, git_commit, machine, markdown_table, publish
 
 from trainer.config import TrialConfig
@@ -135,7 +135,7 @@ def run_textbook(spec: dict[str, Any], configs: list[dict]) -> tuple[float, int,
     for threads in sorted({1, os.cpu_count() or 1}):
         torch.set_num_threads(threads)
         start = time.perf_counter()
-        means = textbook(data, trial_configs, protocol, study_spec.training.max_epochs)
+        means = textbook(Workload(data, protocol), trial_configs)
         wall = time.perf_counter() - start
         print(f"textbook threads={threads}: {wall:.1f} s, best CV {max(means):.4f}", flush=True)
         if best is None or wall < best[0]:
