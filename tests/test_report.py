@@ -120,13 +120,13 @@ def test_the_report_has_every_section_with_its_content(
     config = section_of(page, "best-configuration")
     assert f"Trial <b>#{best.number}</b>" in config
     for name, value in best.params.items():
-        assert f"<td><code>{name}</code></td><td>{report.fmt(value)}</td><td>searched" in config
+        assert f"<td><code>{name}</code></td><td>{report.shown(value)}</td><td>searched" in config
     assert "<td><code>lr</code></td><td>0.001</td><td>fixed" in config
     # CV table: a row per fold, mean ± std, the test score.
     cv = section_of(page, "cross-validation")
     scores = best.user_attrs["fold_scores"]
     for k, (score, epoch) in enumerate(zip(scores, best.user_attrs["best_epochs"], strict=True)):
-        assert f"<td>fold {k + 1}</td><td>{report.fmt(score)}</td><td>{epoch + 1}</td>" in cv
+        assert f"<td>fold {k + 1}</td><td>{report.shown(score)}</td><td>{epoch + 1}</td>" in cv
     mean_std = f"{best.value:.4g} ± {best.user_attrs['cv_std']:.4g}"
     assert f'<b class="cv-mean">{mean_std}</b>' in cv
     assert f'<b id="test-score">{outcome.test_score:.4g}</b>' in cv

@@ -20,12 +20,12 @@ from service.cli.views import (
     compare_table,
     done_trials,
     duration,
-    fmt,
     print_table,
     result_table,
     status_table,
     study_summary,
 )
+from service.text import value_text
 
 
 def api_call(call: Any, *args: Any, **kwargs: Any) -> Any:
@@ -226,12 +226,13 @@ def model_download(
     print(target)
     scores = tuned.scores
     what = f"{len(tuned.classes)} classes" if tuned.task == "classification" else "regression"
-    cv = f"CV {tuned.metric} {fmt(scores.get('cv_mean'))} ± {fmt(scores.get('cv_std'))}"
-    test = "" if tuned.test_score is None else f", test {fmt(tuned.test_score)}"
+    cv_mean, cv_std = value_text(scores.get("cv_mean")), value_text(scores.get("cv_std"))
+    cv = f"CV {tuned.metric} {cv_mean} ± {cv_std}"
+    test = "" if tuned.test_score is None else f", test {value_text(tuned.test_score)}"
     folds = tuned.metadata.get("ensemble")
     ensemble = (
         f"; with an ensemble of its {folds['members']} fold models"
-        + ("" if folds["test_score"] is None else f" (test {fmt(folds['test_score'])})")
+        + ("" if folds["test_score"] is None else f" (test {value_text(folds['test_score'])})")
         if folds
         else ""
     )

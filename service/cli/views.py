@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 from rich.console import Console
 from rich.table import Table
 
+from service.text import MISSING, value_text
 from trainer.spec import best_first
 
 if TYPE_CHECKING:
@@ -33,19 +34,9 @@ def print_table(table: Table) -> None:
     out.print(table)
 
 
-def fmt(value: Any) -> str:
-    if value is None:
-        return "—"
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    if isinstance(value, list):
-        return "[" + ", ".join(fmt(v) for v in value) + "]"
-    return str(value)
-
-
 def duration(seconds: float | None) -> str:
     if seconds is None:
-        return "—"
+        return MISSING
     minutes, secs = divmod(round(seconds), 60)
     hours, minutes = divmod(minutes, 60)
     if hours:
@@ -71,7 +62,7 @@ def best_text(study: StudyOut) -> str:
     """'0.9444 ± 0.0124 (trial 3)', or '—' before a trial completes."""
     best = study.best
     if best is None:
-        return "—"
+        return MISSING
     mean = best.cv_mean if best.cv_mean is not None else best.value
     spread = f" ± {best.cv_std:.4f}" if best.cv_std is not None else ""
     return f"{mean:.4f}{spread} (trial {best.number})"
@@ -84,7 +75,8 @@ def hyperparameters(study: StudyOut) -> dict[str, str]:
         return {}
     config = best.config or best.params
     return {
-        name: fmt(value) + ("" if name in best.params or config is best.params else " (fixed)")
+        name: value_text(value)
+        + ("" if name in best.params or config is best.params else " (fixed)")
         for name, value in config.items()
     }
 
@@ -116,11 +108,11 @@ def status_table(study: StudyOut) -> Table:
     table.add_row(f"best CV {study.metric}", best_text(study))
     if study.best is not None and study.best.fold_scores:
         table.add_row("per fold", "  ".join(f"{s:.4f}" for s in study.best.fold_scores))
-    table.add_row(f"test {study.metric}", fmt(study.test_score))
+    table.add_row(f"test {study.metric}", value_text(study.test_score))
     for name, value in hyperparameters(study).items():
         table.add_row(name, value)
     if study.best is not None:
-        table.add_row("diagnosis", fmt(study.best.diagnosis))
+        table.add_row("diagnosis", value_text(study.best.diagnosis))
     if study.error:
         table.add_row("error", f"[red]{study.error}[/]")
     return table
@@ -150,12 +142,12 @@ def compare_table(studies: list[StudyOut]) -> Table:
         "best CV mean ± std",
         [best_text(s) + (" ◀ best" if s is marked else "") for s in studies],
     )
-    row("test score", [fmt(s.test_score) for s in studies])
+    row("test score", [value_text(s.test_score) for s in studies])
     params = [hyperparameters(s) for s in studies]
     names = list(dict.fromkeys(name for p in params for name in p))
     for name in names:
-        row(name, [p.get(name, "—") for p in params])
-    row("diagnosis", [fmt(s.best.diagnosis) if s.best else "—" for s in studies])
+        row(name, [p.get(name, MISSING) for p in params])
+    row("diagnosis", [value_text(s.best.diagnosis) if s.best else MISSING for s in studies])
     return table
 
 

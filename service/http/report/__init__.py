@@ -21,7 +21,7 @@ from typing import Any
 
 from optuna.trial import FrozenTrial
 
-from service.http.report.html import STYLE, esc, fmt, para, section
+from service.http.report.html import STYLE, esc, para, section, shown
 from service.http.report.importance import importance_section
 from service.http.report.reading import STATES, StudyLike, best_of, completed, finished
 from service.http.report.sections import (
@@ -44,8 +44,8 @@ __all__ = [
     "axis_scale",
     "esc",
     "finished",
-    "fmt",
     "render",
+    "shown",
 ]
 
 

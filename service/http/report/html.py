@@ -8,6 +8,8 @@ import math
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from service.text import value_text
+
 log = logging.getLogger("regtune.report")
 
 
@@ -18,19 +20,9 @@ def esc(value: Any) -> str:
     return html.escape(str(value), quote=True)
 
 
-def fmt(value: Any) -> str:
-    """A number to 4 significant digits (ints and strings as they are), escaped."""
-    if value is None:
-        return "—"
-    if isinstance(value, bool):
-        return esc(value)
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            return esc(value)
-        return esc(f"{value:.4g}")
-    if isinstance(value, list | tuple):
-        return esc(", ".join(str(v) for v in value) or "none")
-    return esc(value)
+def shown(value: Any) -> str:
+    """A value as the report shows it: its text (``service.text``), escaped."""
+    return esc(value_text(value))
 
 
 def percent(fraction: Any) -> str:

@@ -19,9 +19,10 @@ from optuna.distributions import (
 from optuna.trial import FrozenTrial, TrialState
 
 from service.http.report.figures import plot
-from service.http.report.html import esc, floats, fmt, para, percent, section, table
+from service.http.report.html import esc, floats, para, percent, section, shown, table
 from service.http.report.importance import varying_params
 from service.http.report.reading import STATES, StudyLike, finished, metric_label, retried_numbers
+from service.text import MISSING
 from trainer import networks
 from trainer.diagnosis import (
     DIAGNOSES,
@@ -93,7 +94,7 @@ def header(record: StudyLike, trials: Sequence[FrozenTrial]) -> str:
 
 
 def _when(moment: datetime | None) -> str:
-    return moment.strftime("%Y-%m-%d %H:%M:%S %Z").strip() if moment is not None else "—"
+    return moment.strftime("%Y-%m-%d %H:%M:%S %Z").strip() if moment is not None else MISSING
 
 
 def best_configuration(record: StudyLike, best: FrozenTrial) -> str:
@@ -106,7 +107,7 @@ def best_configuration(record: StudyLike, best: FrozenTrial) -> str:
         if name == "hidden" and name in config:
             value = config[name]
         origin = "searched" if name in best.params else "fixed"
-        rows.append([f"<code>{esc(name)}</code>", fmt(value), origin])
+        rows.append([f"<code>{esc(name)}</code>", shown(value), origin])
     extra = []
     if recorded.n_params is not None:
         extra.append(f"{recorded.n_params:,} parameters")
@@ -119,7 +120,7 @@ def best_configuration(record: StudyLike, best: FrozenTrial) -> str:
     if training.get("l2_mode"):
         extra.append(f"weight decay mode: {esc(training['l2_mode'])}")
     body = para(
-        f"Trial <b>#{best.number}</b> scored <b>{fmt(best.value)}</b> {esc(record.metric)} "
+        f"Trial <b>#{best.number}</b> scored <b>{shown(best.value)}</b> {esc(record.metric)} "
         "(mean over the folds). Its hyperparameters, those the search chose and those fixed by "
         "the spec:"
     )
@@ -139,9 +140,9 @@ def cv_table(record: StudyLike, best: FrozenTrial) -> str:
         rows.append(
             [
                 f"fold {k + 1}",
-                fmt(score),
-                fmt(epochs[k] + 1) if k < len(epochs) else "—",
-                esc(diagnoses[k]) if k < len(diagnoses) else "—",
+                shown(score),
+                shown(epochs[k] + 1) if k < len(epochs) else MISSING,
+                esc(diagnoses[k]) if k < len(diagnoses) else MISSING,
             ]
         )
     mean = float(np.mean(scores)) if scores else best.value
@@ -150,7 +151,7 @@ def cv_table(record: StudyLike, best: FrozenTrial) -> str:
     rows.append(
         [
             "<b>mean ± std</b>",
-            f'<b class="cv-mean">{fmt(mean)} ± {fmt(std)}</b>',
+            f'<b class="cv-mean">{shown(mean)} ± {shown(std)}</b>',
             "",
             esc(recorded.diagnosis or ""),
         ]
@@ -169,7 +170,7 @@ def test_sentence(record: StudyLike, mean: float | None, std: float | None) -> s
     test_fraction = ((record.spec or {}).get("cv") or {}).get("test_fraction")
     if record.test_score is not None:
         text = (
-            f'Test score: <b id="test-score">{fmt(record.test_score)}</b> {esc(record.metric)} '
+            f'Test score: <b id="test-score">{shown(record.test_score)}</b> {esc(record.metric)} '
             "— the best configuration retrained on every non-test row and scored once on the "
             f"held-out test split ({percent(test_fraction)} of the data) that no trial has seen."
         )
@@ -183,13 +184,13 @@ def test_sentence(record: StudyLike, mean: float | None, std: float | None) -> s
                 )
             elif better:
                 text += (
-                    f" It is {fmt(abs(gap))} better than the CV mean, more than two fold "
+                    f" It is {shown(abs(gap))} better than the CV mean, more than two fold "
                     "standard deviations: the final model trained on more rows than any fold "
                     "did, and a small test split varies too."
                 )
             else:
                 text += (
-                    f" It is {fmt(abs(gap))} worse than the CV mean, more than two fold standard "
+                    f" It is {shown(abs(gap))} worse than the CV mean, more than two fold standard "
                     "deviations: the search picked this trial for its score on these very folds, "
                     "so its CV figure is optimistic (a small test split varies too)."
                 )
