@@ -123,6 +123,15 @@ def test_client_returns_typed_results_and_raises_the_servers_detail(
         with pytest.raises(ApiError) as invalid:
             client.submit(tiny_study(cv={"folds": 1}))
         assert invalid.value.status_code == 422 and "cv.folds" in str(invalid.value)
+        # The server's validation list reads as the spec errors of `regtune tune` read.
+        with pytest.raises(ApiError) as out_of_range:
+            client.submit(tiny_study(search_space={"dropout": 1.0}))
+        assert str(out_of_range.value).startswith(
+            "422: search_space.dropout: must be a number in [0, 1), got 1"
+        )
+        with pytest.raises(ApiError) as missing_field:
+            client.submit({"n_trials": 2})
+        assert str(missing_field.value) == "422: dataset: Field required"
         with pytest.raises(ApiError) as conflict:
             client.cancel(study_id)
         assert conflict.value.status_code == 409 and "completed" in str(conflict.value)

@@ -28,6 +28,7 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from service.http import schemas
 from trainer.spec import StudySpec
+from trainer.spec_base import field_problem
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 ACTIVE = ("queued", "running")
@@ -202,10 +203,13 @@ class Client:
 
 
 def format_detail(detail: Any) -> str:
-    """FastAPI's validation list as 'field: problem' lines; anything else as is."""
+    """FastAPI's validation list as 'field: problem' (``field_problem``, the body's own fields
+    named without "body."); anything else as is."""
     if isinstance(detail, list):
         return "; ".join(
-            f"{'.'.join(str(p) for p in d.get('loc', []) if p != 'body')}: {d.get('msg')}"
+            field_problem(
+                {"loc": [p for p in d.get("loc", []) if p != "body"], "msg": d.get("msg")}
+            )
             for d in detail
         )
     return str(detail)
