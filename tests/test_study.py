@@ -150,8 +150,9 @@ def test_test_score_comes_from_the_refit_on_held_out_rows(wine) -> None:
     assert 0.0 <= outcome.test_score <= 1.0
     assert outcome.study.user_attrs["test_score"] == outcome.test_score
     summary = outcome.summary()
-    assert summary["test_score"] == outcome.test_score
-    assert summary["best"]["fold_scores"] == outcome.best.user_attrs["fold_scores"]
+    assert summary.test_score == outcome.test_score
+    assert summary.best is not None
+    assert summary.best.fold_scores == outcome.best.user_attrs["fold_scores"]
 
 
 def test_resuming_a_stored_study_runs_only_the_missing_trials(wine, tmp_path) -> None:

@@ -71,9 +71,15 @@ def test_a_cpu_worker_fans_out_to_one_process_per_core(tmp_path: Path) -> None:
     assert str(parent.pid) not in " ".join(started)  # the children work, the parent waits
 
 
+# Trials of half a minute or more: far longer than the worker's cancellation check (every
+# 2 s), so the trials seen running are still training when the cancel or delete lands (SLOW's
+# trials can finish in under 2 s on an idle machine).
+LONG = SLOW | {"training": {"max_epochs": 2000}, "search_space": {"patience": 4000}}
+
+
 def training(http: httpx.Client) -> dict[str, Any]:
-    """A study of slow trials, once one of them trains."""
-    study = http.post("/v1/studies", json=SLOW | {"n_trials": 50}).json()
+    """A study of long trials, once one of them trains."""
+    study = http.post("/v1/studies", json=LONG | {"n_trials": 50}).json()
     wait_for(
         lambda: http.get(f"/v1/studies/{study['id']}").json()["trials"]["running"],
         what="a running trial",

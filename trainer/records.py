@@ -4,7 +4,7 @@ Optuna keeps a trial's extras as a dict of JSON values (``user_attrs``). Every m
 regtune reads and writes them through :class:`TrialRecord`, so a field has one name, one
 type and one meaning everywhere (the engine that writes it, the API, the report, the refit),
 and :class:`BestTrial` is the one summary of a study's best trial (``GET /v1/studies/{id}``
-and ``regtune tune --json`` alike).
+and ``regtune tune --json`` alike), inside :class:`StudyResult`, what a finished study shows.
 """
 
 from __future__ import annotations
@@ -133,3 +133,15 @@ class BestTrial(BaseModel):
         assert trial.value is not None, "a best trial has a value"
         recorded = TrialRecord.of(trial).fields_of(cls)
         return cls(number=trial.number, value=trial.value, params=trial.params, **recorded)
+
+
+class StudyResult(BaseModel):
+    """A study's result as the CLI shows it: ``regtune tune`` (its ``--json`` is this model)
+    and ``regtune submit --wait`` render the same table from it."""
+
+    study: str
+    metric: str
+    direction: str
+    trials: dict[str, int]  # finished and pending trials by state, states with none left out
+    best: BestTrial | None
+    test_score: float | None

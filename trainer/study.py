@@ -25,7 +25,7 @@ from trainer.engine import DivergedError, FittedModel, fold_ensemble
 from trainer.networks import footprint
 from trainer.objective import fold_schedule, grid, trial_seed
 from trainer.population import Population
-from trainer.records import BestTrial, TrialRecord
+from trainer.records import BestTrial, StudyResult, TrialRecord
 from trainer.refit import refit
 from trainer.search import Engine, Search, remaining
 from trainer.spec import Metric, SpecError, StudySpec, default_metric, metric_direction
@@ -169,18 +169,17 @@ class StudyOutcome:
     def test_score(self) -> float | None:
         return self.fitted.test_score if self.fitted else None
 
-    def summary(self) -> dict[str, Any]:
-        """The study's outcome as JSON-ready data (``regtune tune --json``)."""
+    def summary(self) -> StudyResult:
+        """The study's outcome (``regtune tune``; ``--json`` prints it)."""
         states = Counter(t.state.name.lower() for t in self.study.get_trials(deepcopy=False))
-        best = None if self.best is None else BestTrial.of(self.best).model_dump()
-        return {
-            "study": self.study.study_name,
-            "metric": self.metric,
-            "direction": metric_direction(self.metric),
-            "trials": dict(states),
-            "best": best,
-            "test_score": self.test_score,
-        }
+        return StudyResult(
+            study=self.study.study_name,
+            metric=self.metric,
+            direction=metric_direction(self.metric),
+            trials=dict(states),
+            best=None if self.best is None else BestTrial.of(self.best),
+            test_score=self.test_score,
+        )
 
 
 def run_study(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -169,11 +168,10 @@ def tune(
                 )
     except (DatasetError, SpecError) as exc:
         raise fail(str(exc)) from None
-    summary = outcome.summary()
+    result = outcome.summary()
     if as_json:
-        json.dump(summary, sys.stdout, indent=2)
-        sys.stdout.write("\n")
+        sys.stdout.write(result.model_dump_json(indent=2) + "\n")
     else:
-        Console().print(result_table(summary))
+        Console().print(result_table(result))
     if outcome.best is None:
         raise typer.Exit(1)

@@ -23,7 +23,7 @@ from service.cli.views import (
     print_table,
     result_table,
     status_table,
-    study_summary,
+    study_result,
 )
 from service.text import value_text
 
@@ -118,7 +118,7 @@ def submit(
     if as_json:
         print(study.model_dump_json())
     else:
-        print_table(result_table(study_summary(study)))
+        print_table(result_table(study_result(study)))
         if study.error:
             console.print(f"[bold red]{study.status}:[/] {study.error}")
     if study.status != "completed":

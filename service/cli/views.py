@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.table import Table
 
 from service.text import MISSING, value_text
+from trainer.records import StudyResult
 from trainer.spec import best_first
 
 if TYPE_CHECKING:
@@ -81,15 +82,16 @@ def hyperparameters(study: StudyOut) -> dict[str, str]:
     }
 
 
-def study_summary(study: StudyOut) -> dict[str, Any]:
-    """The API's study status in the shape of ``result_table``."""
-    return {
-        "study": study.id,
-        "metric": study.metric,
-        "trials": {k: v for k, v in study.trials.items() if v},
-        "best": study.best.model_dump() if study.best else None,
-        "test_score": study.test_score,
-    }
+def study_result(study: StudyOut) -> StudyResult:
+    """The API's study status as the result ``regtune tune`` shows."""
+    return StudyResult(
+        study=study.id,
+        metric=study.metric,
+        direction=study.direction,
+        trials={k: v for k, v in study.trials.items() if v},
+        best=study.best,
+        test_score=study.test_score,
+    )
 
 
 def status_table(study: StudyOut) -> Table:
@@ -151,27 +153,27 @@ def compare_table(studies: list[StudyOut]) -> Table:
     return table
 
 
-def result_table(summary: dict[str, Any]) -> Table:
-    best = summary["best"]
-    table = Table(
-        title=f"study {summary['study']}: best of {sum(summary['trials'].values())} trials"
-    )
+def result_table(result: StudyResult) -> Table:
+    best = result.best
+    table = Table(title=f"study {result.study}: best of {sum(result.trials.values())} trials")
     table.add_column("", style="bold")
     table.add_column("value")
-    table.add_row("trials", ", ".join(f"{n} {state}" for state, n in summary["trials"].items()))
+    table.add_row("trials", ", ".join(f"{n} {state}" for state, n in result.trials.items()))
     if best is None:
         table.add_row("best", "no trial completed")
         return table
-    metric = summary["metric"]
-    table.add_row(f"CV {metric}", f"{best['cv_mean']:.4f} ± {best['cv_std']:.4f}")
-    table.add_row("per fold", "  ".join(f"{s:.4f}" for s in best["fold_scores"]))
-    if summary["test_score"] is not None:
-        table.add_row(f"test {metric}", f"{summary['test_score']:.4f}")
-    for name, value in best["config"].items():
-        table.add_row(name, f"{value:.4g}" if isinstance(value, float) else str(value))
-    if best.get("best_epochs"):
-        table.add_row("best epochs", " ".join(str(e) for e in best["best_epochs"]))
-    if best.get("l1_sparsity") is not None:
-        table.add_row("L1 sparsity", f"{best['l1_sparsity']:.1%}")
-    table.add_row("diagnosis", str(best.get("diagnosis")))
+    metric = result.metric
+    mean = best.cv_mean if best.cv_mean is not None else best.value
+    spread = f" ± {best.cv_std:.4f}" if best.cv_std is not None else ""
+    table.add_row(f"CV {metric}", f"{mean:.4f}{spread}")
+    table.add_row("per fold", "  ".join(f"{s:.4f}" for s in best.fold_scores or []))
+    if result.test_score is not None:
+        table.add_row(f"test {metric}", f"{result.test_score:.4f}")
+    for name, value in (best.config or best.params).items():
+        table.add_row(name, value_text(value))
+    if best.best_epochs:
+        table.add_row("best epochs", " ".join(str(e) for e in best.best_epochs))
+    if best.l1_sparsity is not None:
+        table.add_row("L1 sparsity", f"{best.l1_sparsity:.1%}")
+    table.add_row("diagnosis", value_text(best.diagnosis))
     return table
