@@ -141,6 +141,20 @@ def start_worker(database_url: str, log: Path, **extra: str) -> subprocess.Popen
     )
 
 
+def stop_process(proc: subprocess.Popen[bytes], timeout: float = 60.0) -> int:
+    """SIGTERM, as systemd or ``kill`` stops a process; one still there after ``timeout`` is
+    killed (it must not outlive the test) and the test fails saying so."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        return proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        raise AssertionError(
+            f"pid {proc.pid} was still running {timeout:.0f} s after SIGTERM"
+        ) from None
+
+
 def problem(response: httpx.Response) -> str:
     """A 4xx's ``detail`` as text: FastAPI's list as ``dotted.loc: message`` lines, or the
     string."""

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import re
-import signal
 import subprocess
 import sys
 import uuid
@@ -22,6 +21,7 @@ from servers import (
     regtune,
     serving,
     start_worker,
+    stop_process,
     tiny_study,
     wait_status,
 )
@@ -129,8 +129,7 @@ def test_the_final_model_downloads_and_predicts_its_test_score(
         try:
             study = wait_status(http, study_id, ("completed", "failed"))
         finally:
-            worker.send_signal(signal.SIGTERM)
-            worker.wait(60)
+            stop_process(worker)
         assert study["status"] == "completed" and study["error"] is None, study
         assert study["test_score"] is not None
 

@@ -5,6 +5,9 @@ A child asks to be signalled when its parent dies: Linux delivers the signal its
 that call is missing, a thread polls the parent's pid instead. A worker asks for SIGTERM, its
 graceful stop (its trials go back in the queue); a searcher of ``regtune tune``, whose run
 cannot be resumed without its parent, for SIGKILL.
+
+A process asked to stop hears it whatever it is doing: the signal reaches a thread of its own
+(``stop_on_signals``), never code that takes a lock in the middle of the main thread.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable, Sequence
 
 PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 POLL_S = 0.5
@@ -45,3 +49,33 @@ def on_parent_death(parent: int, sig: int = signal.SIGTERM) -> None:
     # The parent may have died before the request: then nobody will signal.
     if os.getppid() != parent:
         os.kill(os.getpid(), sig)
+
+
+def stop_on_signals(
+    stopping: threading.Event,
+    announce: Callable[[int], None],
+    signals: Sequence[int] = (signal.SIGTERM, signal.SIGINT),
+) -> None:
+    """On each of ``signals``: ``announce(signum)``, then set ``stopping``. Main thread only.
+
+    Not from a Python signal handler: one runs in the main thread between two of its bytecodes,
+    maybe inside ``stopping.wait()`` at the instant that holds the event's (non-reentrant)
+    lock, and ``stopping.set()`` there waits for that lock for ever (a worker did, after logging
+    that it was stopping). The C-level handler writes the signal's number to a pipe instead
+    (``signal.set_wakeup_fd``, async-signal-safe) and a thread reads it and does the rest.
+    """
+    read_fd, write_fd = os.pipe()
+    os.set_blocking(write_fd, False)
+    signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+    for sig in signals:
+        # A Python handler must exist for the wakeup byte to be written; it has nothing to do.
+        signal.signal(sig, lambda signum, frame: None)
+
+    def relay() -> None:
+        while True:
+            for signum in os.read(read_fd, 64):
+                if signum in signals:
+                    announce(signum)
+                    stopping.set()
+
+    threading.Thread(target=relay, name="regtune-signals", daemon=True).start()

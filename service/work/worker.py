@@ -19,13 +19,11 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import socket
 import threading
 import time
 import uuid
 import warnings
-from types import FrameType
 
 import optuna
 import torch
@@ -38,6 +36,7 @@ from service.store.db import DATABASE_ERRORS, Database
 from service.store.tables import ACTIVE, StudyRecord, WorkerRecord, utcnow
 from service.work.runner import StudyRunner
 from trainer.device import configure, resolve_device
+from trainer.lifetime import stop_on_signals
 
 log = logging.getLogger("regtune.worker")
 MAX_BACKOFF_S = 60.0
@@ -120,12 +119,12 @@ class Worker:
         log.info("worker %s ready on %s", self.id[:8], self.device)
 
     def install_signal_handlers(self) -> None:
-        def stop(signum: int, frame: FrameType | None) -> None:
-            log.info("worker %s stopping (signal %d)", self.id[:8], signum)
-            self.stopping.set()
+        """SIGTERM and SIGINT stop the worker gracefully (its running trials are re-queued)."""
 
-        signal.signal(signal.SIGTERM, stop)
-        signal.signal(signal.SIGINT, stop)
+        def announce(signum: int) -> None:
+            log.info("worker %s stopping (signal %d)", self.id[:8], signum)
+
+        stop_on_signals(self.stopping, announce)
 
     def register(self) -> None:
         with self.db.write() as session:

@@ -16,6 +16,7 @@ from servers import (
     postgres_admin,
     serving,
     start_worker,
+    stop_process,
     trials_of,
     wait_for,
     wait_status,
@@ -92,8 +93,7 @@ def test_a_killed_worker_trial_is_failed_and_requeued(
         try:
             final = wait_status(http, study["id"], ("completed", "failed"))
         finally:
-            rescuer.send_signal(signal.SIGTERM)
-            rescuer.wait(60)
+            stop_process(rescuer)
     assert final["status"] == "completed", final
     trials = trials_of(url, study["id"])
     # Failed after the heartbeat grace period, each re-run once with its parameters.
@@ -197,8 +197,7 @@ def test_training_that_raises_fails_its_trial_and_the_study_completes(tmp_path: 
             final = wait_status(http, study["id"], ("completed", "failed"))
             trials = http.get(f"/v1/studies/{study['id']}/trials").json()["items"]
         finally:
-            worker.send_signal(signal.SIGTERM)
-            worker.wait(60)
+            stop_process(worker)
     assert final["status"] == "completed", final
     failed = [t for t in trials if t["state"] == "fail"]
     assert len(failed) == 2 and len(trials) == 6  # trials 3 and 6 of 6; failures use budget
@@ -218,8 +217,7 @@ def test_out_of_memory_in_the_population_engine_shrinks_the_population(tmp_path:
         try:
             final = wait_status(http, study["id"], ("completed", "failed"))
         finally:
-            worker.send_signal(signal.SIGTERM)
-            worker.wait(60)
+            stop_process(worker)
     assert final["status"] == "completed", final
     assert final["trials"]["complete"] == 6 and final["trials"]["fail"] == 0
     # Every stack of more than one slot runs out of memory: 4 → 2 → 1 slots.
