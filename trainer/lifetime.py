@@ -6,12 +6,13 @@ that call is missing, a thread polls the parent's pid instead. A worker asks for
 graceful stop (its trials go back in the queue); a searcher of ``regtune tune``, whose run
 cannot be resumed without its parent, for SIGKILL.
 
-A process asked to stop hears it whatever it is doing: the signal reaches a thread of its own
-(``stop_on_signals``), never code that takes a lock in the middle of the main thread.
+A process asked to stop hears it whatever it is doing: the signal is relayed to a thread of its
+own (``stop_on_signals``) instead of taking a lock in the middle of the main thread.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import os
@@ -58,24 +59,26 @@ def stop_on_signals(
 ) -> None:
     """On each of ``signals``: ``announce(signum)``, then set ``stopping``. Main thread only.
 
-    Not from a Python signal handler: one runs in the main thread between two of its bytecodes,
-    maybe inside ``stopping.wait()`` at the instant that holds the event's (non-reentrant)
-    lock, and ``stopping.set()`` there waits for that lock for ever (a worker did, after logging
-    that it was stopping). The C-level handler writes the signal's number to a pipe instead
-    (``signal.set_wakeup_fd``, async-signal-safe) and a thread reads it and does the rest.
+    Not in the Python signal handler itself: it runs in the main thread between two of its
+    bytecodes, maybe inside ``stopping.wait()`` at the instant that holds the event's
+    (non-reentrant) lock, and ``stopping.set()`` there waits for that lock for ever (a worker
+    did, after logging that it was stopping). The handler only writes the signal's number to a
+    pipe, which takes no lock; a thread reads it and does the rest.
     """
     read_fd, write_fd = os.pipe()
-    os.set_blocking(write_fd, False)
-    signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+    os.set_blocking(write_fd, False)  # a full pipe drops a repeated signal instead of blocking
+
+    def handler(signum: int, frame: object) -> None:
+        with contextlib.suppress(BlockingIOError):
+            os.write(write_fd, bytes([signum]))
+
     for sig in signals:
-        # A Python handler must exist for the wakeup byte to be written; it has nothing to do.
-        signal.signal(sig, lambda signum, frame: None)
+        signal.signal(sig, handler)
 
     def relay() -> None:
         while True:
             for signum in os.read(read_fd, 64):
-                if signum in signals:
-                    announce(signum)
-                    stopping.set()
+                announce(signum)
+                stopping.set()
 
     threading.Thread(target=relay, name="regtune-signals", daemon=True).start()
