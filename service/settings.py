@@ -75,3 +75,12 @@ class Settings(BaseSettings):
     # PostgreSQL connections per process: many workers must not exhaust the server.
     pool_size: int = Field(2, ge=1)
     max_overflow: int = Field(2, ge=0)
+    # A worker cut off from PostgreSQL in the middle of a transaction keeps its row locks (its
+    # trial's, taken FOR UPDATE by every Optuna write), and the worker that would fail that
+    # trial waits on them, until the server notices the lost client: hours of TCP retries. The
+    # server ends a session idle inside a transaction for this long instead, releasing them.
+    pg_idle_in_transaction_s: float = Field(
+        60.0,
+        gt=0,
+        description="PostgreSQL's idle_in_transaction_session_timeout for regtune's sessions",
+    )

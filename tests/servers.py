@@ -17,6 +17,7 @@ from typing import Any
 
 import httpx
 import optuna
+import psycopg
 import pytest
 
 REGTUNE = [sys.executable, "-m", "service"]
@@ -221,8 +222,6 @@ def tiny_study(**overrides: Any) -> dict[str, Any]:
 
 def postgres_available() -> bool:
     try:
-        import psycopg
-
         with psycopg.connect(PG_ADMIN, connect_timeout=3):
             return True
     except Exception:
@@ -238,8 +237,6 @@ def require_postgres() -> None:
 
 
 def postgres_admin(sql: str) -> None:
-    import psycopg
-
     with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
         conn.execute(sql)  # type: ignore[arg-type]
 

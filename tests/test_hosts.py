@@ -107,6 +107,9 @@ def worker_on(namespace: str, url: str, log: Path) -> Iterator[subprocess.Popen[
             "REGTUNE_DATABASE_URL": url,
             "REGTUNE_WORKERS": "1",
             "REGTUNE_POPULATION": "1",  # one trial at a time: the cut-off one is the one it trains
+            # Cut off mid-transaction, a worker's session holds its trial's row lock until the
+            # server ends it: here after the grace, so the test need not wait the default 60 s.
+            "REGTUNE_PG_IDLE_IN_TRANSACTION_S": str(GRACE_S),
         }
     )
     proc = subprocess.Popen(

@@ -47,11 +47,13 @@ def engine_kwargs(settings: Settings) -> dict[str, Any]:
     """Connection options shared by our engine and Optuna's RDBStorage engine."""
     if is_sqlite(settings.database_url):
         return {"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_S, "check_same_thread": False}}
+    idle_ms = round(settings.pg_idle_in_transaction_s * 1000)
     return {
         "pool_size": settings.pool_size,
         "max_overflow": settings.max_overflow,
         "pool_pre_ping": True,
         "pool_recycle": 1800,
+        "connect_args": {"options": f"-c idle_in_transaction_session_timeout={idle_ms}"},
     }
 
 

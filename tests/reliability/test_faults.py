@@ -21,6 +21,10 @@ from servers import (
     wait_for,
     wait_status,
 )
+from sqlalchemy.exc import DBAPIError
+
+from service.settings import Settings
+from service.store.db import make_engine
 
 pytestmark = pytest.mark.slow
 
@@ -223,3 +227,25 @@ def test_out_of_memory_in_the_population_engine_shrinks_the_population(tmp_path:
     # Every stack of more than one slot runs out of memory: 4 → 2 → 1 slots.
     text = log.read_text()
     assert "retrying them with P ≤ 2" in text and "retrying them with P ≤ 1" in text
+
+
+def test_a_session_cut_off_inside_a_transaction_gives_its_locks_back() -> None:
+    """What a worker cut off from PostgreSQL mid-transaction leaves: a session idle inside its
+    transaction, holding the row it locked. The server ends it after
+    ``pg_idle_in_transaction_s``, and whoever waited for the row gets it."""
+    with fresh_postgres_database() as (url, _name):
+        engine = make_engine(Settings(database_url=url, pg_idle_in_transaction_s=1))
+        try:
+            with engine.connect() as silent, engine.connect() as waiting:
+                silent.exec_driver_sql("CREATE TABLE trial (id int PRIMARY KEY, state text)")
+                silent.exec_driver_sql("INSERT INTO trial VALUES (1, 'RUNNING')")
+                silent.commit()
+                # As Optuna locks a trial before writing to it; then nothing more is heard.
+                silent.exec_driver_sql("SELECT * FROM trial WHERE id = 1 FOR UPDATE")
+                waiting.exec_driver_sql("SET lock_timeout = '20s'")  # a failure, not a hang
+                waiting.exec_driver_sql("UPDATE trial SET state = 'FAIL' WHERE id = 1")
+                waiting.commit()
+                with pytest.raises(DBAPIError, match="idle-in-transaction timeout"):
+                    silent.exec_driver_sql("SELECT 1")
+        finally:
+            engine.dispose()

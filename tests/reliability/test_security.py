@@ -23,6 +23,8 @@ import numpy as np
 import optuna
 import pytest
 from networks_of import build_model, parameter_count
+from optuna.storages import InMemoryStorage
+from optuna_dashboard import wsgi
 from servers import Server, problem, regtune, serving, tiny_study
 from sqlalchemy import create_engine, func, select, update
 
@@ -371,9 +373,6 @@ def test_lists_show_only_the_tenants_own_items(
 
 def dashboard_routes() -> list[tuple[str, str]]:
     """(method, bottle rule) of every route optuna-dashboard serves."""
-    from optuna.storages import InMemoryStorage
-    from optuna_dashboard import wsgi
-
     return [(route.method, route.rule) for route in wsgi(InMemoryStorage()).routes]
 
 
