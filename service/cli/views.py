@@ -8,7 +8,7 @@ from rich.console import Console
 from rich.table import Table
 
 from service.text import MISSING, value_text
-from trainer.records import StudyResult
+from trainer.records import BestTrial, StudyResult
 from trainer.spec import best_first
 
 if TYPE_CHECKING:
@@ -64,9 +64,14 @@ def best_text(study: StudyOut) -> str:
     best = study.best
     if best is None:
         return MISSING
+    return f"{cv_text(best)} (trial {best.number})"
+
+
+def cv_text(best: BestTrial) -> str:
+    """'0.9444 ± 0.0124': the CV mean and its spread over folds (the value where none)."""
     mean = best.cv_mean if best.cv_mean is not None else best.value
     spread = f" ± {best.cv_std:.4f}" if best.cv_std is not None else ""
-    return f"{mean:.4f}{spread} (trial {best.number})"
+    return f"{mean:.4f}{spread}"
 
 
 def hyperparameters(study: StudyOut) -> dict[str, str]:
@@ -163,9 +168,7 @@ def result_table(result: StudyResult) -> Table:
         table.add_row("best", "no trial completed")
         return table
     metric = result.metric
-    mean = best.cv_mean if best.cv_mean is not None else best.value
-    spread = f" ± {best.cv_std:.4f}" if best.cv_std is not None else ""
-    table.add_row(f"CV {metric}", f"{mean:.4f}{spread}")
+    table.add_row(f"CV {metric}", cv_text(best))
     table.add_row("per fold", "  ".join(f"{s:.4f}" for s in best.fold_scores or []))
     if result.test_score is not None:
         table.add_row(f"test {metric}", f"{result.test_score:.4f}")

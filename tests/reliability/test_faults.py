@@ -132,8 +132,7 @@ def test_a_30s_database_outage_under_a_running_worker_loses_no_trial(tmp_path: P
                 final = wait_status(http, study["id"], ("completed", "failed"))
             finally:
                 postgres_admin(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
-                worker.send_signal(signal.SIGTERM)
-                assert worker.wait(60) == 0
+                assert stop_process(worker) == 0
         assert final["status"] == "completed", final
         text = log.read_text()
         assert "database unavailable" in text  # it noticed, waited and came back
