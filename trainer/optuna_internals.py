@@ -50,3 +50,23 @@ def write_attrs(storage: BaseStorage, trial: int, attrs: dict[str, Any]) -> None
     """Set user attributes of trial ``trial`` (a storage id) directly in the storage."""
     for key, value in attrs.items():
         storage.set_trial_user_attr(trial, key, value)
+
+
+def take_queued(study: optuna.Study) -> optuna.Trial | None:
+    """The next queued trial (a re-run or a warm start), now RUNNING; None if none is queued.
+
+    ``study.ask()`` pops the queue, and creates a fresh trial when it is empty: the budget
+    must reserve before that creation and must not when a queued trial is taken, so the two
+    halves of ``ask`` are called apart (Optuna's pop is atomic: of two processes racing for one
+    queued trial, one gets it).
+    """
+    study._thread_local.cached_all_trials = None  # what ask() does: see other processes' trials
+    queued = study._pop_waiting_trial_id()
+    return None if queued is None else optuna.Trial(study, queued)
+
+
+def create_trial(study: optuna.Study) -> optuna.Trial:
+    """A fresh RUNNING trial, never one from the queue: the other half of ``study.ask()``,
+    called only once the budget has reserved it (:func:`take_queued`)."""
+    study._thread_local.cached_all_trials = None
+    return optuna.Trial(study, study._storage.create_new_trial(study._study_id))

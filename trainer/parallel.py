@@ -6,7 +6,8 @@ process share badly. So, as the service's workers do, ``tune`` starts N searcher
 over one Optuna storage; without a ``--storage`` that is a journal file in a temporary
 directory (Optuna's file-locked append-only log, made for several processes). Each process
 runs the same search (:class:`trainer.search.Search`) with its own sampler stream, and the
-budget is counted in the storage, so together they start ``n_trials`` trials. The parent
+budget is one counter in shared memory (:class:`trainer.budget.SharedCounter`) that every
+searcher reserves each fresh trial from, so together they create exactly ``n_trials``. The parent
 shows the progress, then retrains the best trial (:func:`trainer.study.conclude`).
 
 No searcher outlives the parent: they are stopped when it stops (Ctrl-C included), and a
@@ -34,6 +35,7 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
 from trainer import rng
+from trainer.budget import SharedCounter, spent
 from trainer.datasets import Dataset
 from trainer.device import usable_cores
 from trainer.lifetime import on_parent_death
@@ -74,6 +76,7 @@ def searcher(
     compile: bool | None,
     sampler_seed: int,
     parent: int,
+    budget: SharedCounter,
 ) -> None:
     """A searcher process: one torch thread, the study's search, no refit."""
     on_parent_death(parent, signal.SIGKILL)
@@ -89,6 +92,7 @@ def searcher(
         population=population,
         sampler_seed=sampler_seed,
         compile=compile,
+        budget=budget,
     )
 
 
@@ -141,6 +145,7 @@ def run_parallel_study(
         # its own. CUDA cannot be forked into use: a GPU's searcher is spawned.
         method = "fork" if torch.device(device).type == "cpu" else "spawn"
         context: Any = multiprocessing.get_context(method)  # typeshed: BaseContext, no Process
+        budget = SharedCounter.starting_at(spec.n_trials, spent(study), context)
         children: list[BaseProcess] = [
             context.Process(
                 target=searcher,
@@ -151,6 +156,7 @@ def run_parallel_study(
                     "compile": compile,
                     "sampler_seed": rng.derived_seed(spec.seed, rng.SAMPLER_STREAM, i),
                     "parent": os.getpid(),
+                    "budget": budget,
                 },
                 name=f"regtune-searcher-{i}",
                 daemon=True,

@@ -1,9 +1,9 @@
 """The search driver: one loop that asks Optuna for trials, trains them and tells the results.
 
 ``regtune tune`` (:func:`trainer.study.run_study`) and the service's workers both run a
-study through :class:`Search`; they differ only in what they pass: how many trials may
-start (a budget counted in the storage), when to stop, and a guard that beats for running
-trials.
+study through :class:`Search`; they differ only in what they pass: the budget (a
+:class:`trainer.budget.Budget` that reserves each fresh trial atomically, so the study holds
+exactly ``n_trials``), when to stop, and a guard that beats for running trials.
 
 With the population engine a worker keeps P slots of K folds training as one stack
 (:class:`trainer.population.Population`, one per shape when widths, batch size or optimizer
@@ -15,7 +15,7 @@ results as soon as they exist, and a pruned trial costs only its own epochs.
 A pruner can only prune against completed trials, so while fewer than P trials have
 completed the number training at once is the number completed (at least 1): 1, 1, 2, 3, …
 until P. Studies with Wilcoxon pruning, which decides between folds, train one trial at a time
-in the per-trial engine (``size == 0``), through ``study.optimize``.
+in the per-trial engine (``size == 0``), by the same ask-and-tell.
 
 Errors of training never end the search: out of device memory, the stack is rebuilt with
 half the slots (its trials start again from scratch, which gives the same results since a
@@ -40,6 +40,7 @@ import torch
 from optuna.trial import FrozenTrial, TrialState
 
 from trainer import compiled, layout
+from trainer.budget import Budget
 from trainer.config import TrialConfig
 from trainer.datasets import Dataset
 from trainer.engine import DivergedError
@@ -51,7 +52,7 @@ from trainer.objective import (
     suggest,
     trial_seed,
 )
-from trainer.optuna_internals import storage_of, trial_id
+from trainer.optuna_internals import create_trial, storage_of, take_queued, trial_id
 from trainer.population import Population, ShapeKey, SlotEpoch, shape_key
 from trainer.records import TrialRecord
 from trainer.spec import Metric, StudySpec
@@ -75,13 +76,6 @@ def ramped(study: optuna.Study, spec: StudySpec, size: int) -> int:
     return max(1, min(size, len(completed)))
 
 
-def remaining(study: optuna.Study, n_trials: int) -> int:
-    """Trials that may still start for a budget of ``n_trials``: those not yet finished or
-    running (in this process or any other on the same storage)."""
-    states = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING)
-    return max(0, n_trials - len(study.get_trials(deepcopy=False, states=states)))
-
-
 @dataclass
 class Running:
     """A trial asked from Optuna and what it trains."""
@@ -92,12 +86,13 @@ class Running:
 
 @dataclass
 class Search:
-    """Run ``study``'s trials until ``budget()`` says none may start and none is running.
+    """Run ``study``'s trials until ``budget`` grants none and none is running.
 
-    ``budget()`` is how many more trials may start now (asked only when a slot is free);
-    ``deadline`` (epoch seconds) stops new trials, not running ones; ``should_stop`` is polled
-    every epoch; a reason it answers (None: go on) interrupts every running trial
-    (:class:`TrialInterrupted`, with their ids, after they are recorded as failed with it).
+    ``budget`` is asked only when a slot is free: queued re-runs start while it is
+    ``open()``, a fresh trial only once it ``reserve()``s one; ``deadline`` (epoch seconds)
+    stops new trials, not running ones; ``should_stop`` is polled every epoch; a reason it
+    answers (None: go on) interrupts every running trial (:class:`TrialInterrupted`, with
+    their ids, after they are recorded as failed with it).
     """
 
     study: optuna.Study
@@ -106,7 +101,7 @@ class Search:
     splits: Sequence[Split]
     metric: Metric
     size: int  # trials per stack; 0: the per-trial engine
-    budget: Callable[[], int]
+    budget: Budget
     device: torch.device | str = "cpu"
     deadline: float | None = None
     callbacks: Sequence[Callback] = ()
@@ -149,18 +144,38 @@ class Search:
             passthrough=self.passthrough,
             note=layout.per_trial_reason(self.spec, self.dataset),
         )
-        while not self.expired() and self.budget() > 0:
-            try:
-                self.study.optimize(
-                    objective,
-                    n_trials=1,
-                    catch=(DivergedError, TrialFailed),
-                    callbacks=list(self.callbacks),
-                )
-            except optuna.exceptions.UpdateFinishedTrialError as exc:
-                # Declared dead while it trained (a long outage); its parameters are queued
-                # again, so dropping this result loses nothing.
-                log.warning("result dropped: %s", exc)
+        with self.guard(self.live) if self.guard is not None else nullcontext():
+            while (trial := self.next_trial()) is not None:
+                self.told(self.run_one(objective, trial))
+
+    def run_one(self, objective: Objective, trial: optuna.Trial) -> FrozenTrial:
+        """Train one trial in the per-trial engine and tell its outcome (the objective has
+        recorded why it failed, if it did)."""
+        try:
+            value = objective(trial)
+        except optuna.TrialPruned:
+            return self.finish(trial, TrialRecord(), state=TrialState.PRUNED)
+        except (DivergedError, TrialFailed):
+            return self.finish(trial, TrialRecord(), state=TrialState.FAIL)
+        except TrialInterrupted:
+            self.finish(trial, TrialRecord(), state=TrialState.FAIL)
+            raise
+        except optuna.exceptions.UpdateFinishedTrialError:
+            return self.dropped(trial)
+        return self.finish(trial, TrialRecord(), values=value)
+
+    def next_trial(self) -> optuna.Trial | None:
+        """A queued trial (a re-run, a warm start), else a fresh one if the budget reserves
+        it; None when no trial may start."""
+        if self.expired() or not self.budget.open():
+            return None
+        trial = take_queued(self.study)
+        if trial is None:
+            if not self.budget.reserve():
+                return None
+            trial = create_trial(self.study)
+        self.live.append(trial)
+        return trial
 
     # --- the population engine -----------------------------------------------------------
 
@@ -177,12 +192,10 @@ class Search:
         started = False
         while self.pending and len(self.running) < self.capacity():
             started |= self.place(self.pending.popleft())
-        free = self.capacity() - len(self.running) - len(self.pending)
-        if free <= 0 or self.expired():
-            return started
-        for _ in range(min(free, self.budget())):
-            trial = self.study.ask()
-            self.live.append(trial)
+        for _ in range(self.capacity() - len(self.running) - len(self.pending)):
+            trial = self.next_trial()
+            if trial is None:
+                break
             try:
                 config = TrialConfig.from_values(self.spec, suggest(trial, self.spec))
                 TrialRecord(config=config.hyperparameters()).write(trial)

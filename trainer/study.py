@@ -19,6 +19,7 @@ import optuna
 import torch
 
 from trainer import artifact, layout
+from trainer.budget import Budget, SharedCounter, spent
 from trainer.config import TrialConfig
 from trainer.datasets import Dataset, check_for_cv
 from trainer.engine import DivergedError, FittedModel, fold_ensemble
@@ -27,7 +28,7 @@ from trainer.objective import fold_schedule, grid, trial_seed
 from trainer.population import Population
 from trainer.records import BestTrial, StudyResult, TrialRecord
 from trainer.refit import refit
-from trainer.search import Engine, Search, remaining
+from trainer.search import Engine, Search
 from trainer.spec import Metric, SpecError, StudySpec, default_metric, metric_direction
 from trainer.splits import Split, cv_splits, holdout
 
@@ -195,8 +196,12 @@ def run_study(
     engine: Engine = Population,
     sampler_seed: int | None = None,
     compile: bool | None = None,
+    budget: Budget | None = None,
 ) -> StudyOutcome:
     """Search until the study holds ``spec.n_trials`` finished trials (or ``timeout_s``).
+
+    ``budget`` reserves each fresh trial (:mod:`trainer.budget`); processes that search one
+    study share one. By default this process alone counts what the storage already holds.
 
     Diverging trials fail with their reason in ``fail_reason`` and the search goes on.
     ``population`` trials train at once as one stacked model (MLPs and CNNs; by default as
@@ -216,7 +221,7 @@ def run_study(
         protocol.splits,
         metric=protocol.metric,
         size=layout.population_size(spec, dataset, torch.device(device), population),
-        budget=lambda: remaining(study, spec.n_trials),
+        budget=budget or SharedCounter.starting_at(spec.n_trials, spent(study)),
         device=device,
         deadline=None if spec.timeout_s is None else time.time() + spec.timeout_s,
         callbacks=callbacks,

@@ -123,8 +123,9 @@ def submit(
     study.set_user_attr("regtune_id", study_id)
     study.set_metric_names([protocol.metric])  # the dashboard's axis: "accuracy", not "Objective 0"
     try:
+        queued = 0
         if warm is not None:  # the earlier study's best trials come first
-            warmstart.enqueue(study, spec.search_space, warm)
+            queued = len(warmstart.enqueue(study, spec.search_space, warm)["enqueued"])
         with db.write() as session:
             lock_tenant(session, tenant)
             check_active(session, tenant, max_active)  # again, in the inserting transaction
@@ -139,6 +140,7 @@ def submit(
                 metric=protocol.metric,
                 direction=metric_direction(protocol.metric),
                 n_trials=spec.n_trials,
+                reserved=queued,  # the warm start's trials are the budget's first
             )
             session.add(record)
     except Exception:
@@ -274,6 +276,31 @@ def move(
         update(StudyRecord)
         .where(StudyRecord.id == study_id, StudyRecord.status.in_(when))
         .values(**values)
+    )
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+def reserved(session: Session, study_id: str) -> int:
+    """How much of a study's budget is taken (0 for a study deleted meanwhile)."""
+    return session.scalar(select(StudyRecord.reserved).where(StudyRecord.id == study_id)) or 0
+
+
+def reserve_trial(session: Session, study_id: str) -> bool:
+    """Take one trial of a running study's budget, in the caller's transaction; whether it
+    was left (:mod:`trainer.budget`).
+
+    A conditional ``UPDATE … SET reserved = reserved + 1 WHERE reserved < n_trials``: the
+    row's write lock makes racing workers take turns, on SQLite and PostgreSQL, so of two that
+    race for the last trial exactly one gets it.
+    """
+    result = session.execute(
+        update(StudyRecord)
+        .where(
+            StudyRecord.id == study_id,
+            StudyRecord.status == "running",
+            StudyRecord.reserved < StudyRecord.n_trials,
+        )
+        .values(reserved=StudyRecord.reserved + 1)
     )
     return bool(result.rowcount)  # type: ignore[attr-defined]
 

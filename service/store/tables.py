@@ -98,6 +98,9 @@ class StudyRecord(Base):
     optuna_name: Mapped[str] = mapped_column(String(100), unique=True)
     optuna_id: Mapped[int | None] = mapped_column(Integer, index=True)
     n_trials: Mapped[int] = mapped_column(Integer)
+    # Trials of the budget taken so far (fresh ones and warm starts, not re-runs): each is
+    # reserved here by a conditional UPDATE before it is created (lifecycle.reserve_trial).
+    reserved: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     metric: Mapped[str] = mapped_column(String(16))
     direction: Mapped[str] = mapped_column(String(8))
     error: Mapped[str | None] = mapped_column(Text)

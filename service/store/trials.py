@@ -127,14 +127,6 @@ class TrialCounts:
         """Trials that used up budget: completed, pruned, failed for good or cancelled."""
         return self.complete + self.pruned + self.fail + self.cancelled
 
-    def remaining(self, n_trials: int) -> int:
-        """Trials still to start: running and queued ones are already spoken for."""
-        return n_trials - self.finished - self.running - self.waiting
-
-    def startable(self, n_trials: int) -> int:
-        """Trials a worker may start now: queued re-runs first, then fresh budget."""
-        return max(self.remaining(n_trials), 0) + self.waiting
-
     def as_dict(self) -> dict[str, int]:
         counts = {
             "complete": self.complete,

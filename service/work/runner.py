@@ -71,14 +71,7 @@ class StudyRunner:
             ),
             pruner=make_pruner(spec),
         )
-        deadline = _deadline(spec, record)
-        failed = False
-
-        def budget() -> int:
-            nonlocal failed
-            failed = failed or self.failing(record)
-            return 0 if failed else self.runnable(record, deadline)
-
+        budget = StudyBudget(self, record, _deadline(spec, record))
         search = Search(
             study,
             spec,
@@ -88,7 +81,7 @@ class StudyRunner:
             size=layout.population_size(spec, dataset, self.device, self.settings.population),
             budget=budget,
             device=self.device,
-            deadline=deadline,
+            deadline=budget.deadline,
             guard=self.heartbeats,
             should_stop=self.stop_check(record.id),
             passthrough=DATABASE_ERRORS,
@@ -107,7 +100,7 @@ class StudyRunner:
             log.exception("study %s failed", record.id)
             lifecycle.mark(self.db, record.id, "failed", error=f"{exc.__class__.__name__}: {exc}")
             return
-        if not failed:
+        if not budget.failed:
             self.finish(record)
 
     def deleted(self, record: StudyRecord) -> bool:
@@ -142,16 +135,12 @@ class StudyRunner:
         reason = TrialRecord.of(failed[-1]).fail_reason if failed else "none"
         return reason or "no reason recorded"
 
-    def runnable(self, record: StudyRecord, deadline: float | None) -> int:
-        """How many trials this worker may start now (0: stop working on the study)."""
+    def runnable(self, record: StudyRecord, deadline: float | None) -> bool:
+        """Whether this worker may start trials of the study now."""
         if self.stopping.is_set() or (deadline is not None and time.time() > deadline):
-            return 0
+            return False
         with self.db.read() as session:
-            if lifecycle.state_of(session, study_id=record.id) != "running":
-                return 0
-            assert record.optuna_id is not None
-            counts = trials.count_trials(session, record.optuna_id)
-        return counts.startable(record.n_trials)
+            return lifecycle.state_of(session, study_id=record.id) == "running"
 
     def stop_check(self, study_id: str) -> Callable[[], str | None]:
         """A throttled 'why should this trial stop?': shutdown, cancellation or deletion
@@ -224,12 +213,13 @@ class StudyRunner:
         with self.db.read() as session:
             counts = trials.count_trials(session, record.optuna_id)
             status = lifecycle.state_of(session, study_id=record.id)
+            reserved = lifecycle.reserved(session, record.id)
         if status != "running" or counts.running or counts.waiting:
             return
         spec = StudySpec.model_validate(record.spec)
         deadline = _deadline(spec, record)
         timed_out = deadline is not None and time.time() > deadline
-        if counts.remaining(record.n_trials) > 0 and not timed_out:
+        if reserved < record.n_trials and not timed_out:
             return
         if counts.complete == 0:
             failure = f"no trial completed ({counts.as_dict()})"
@@ -276,6 +266,26 @@ class StudyRunner:
         except Exception as exc:
             log.exception("study %s: the final model could not be built", record.id)
             return None, None, f"the final model could not be built: {failure_reason(exc)}"
+
+
+@dataclass
+class StudyBudget:
+    """The study's :class:`trainer.budget.Budget`: open while the study runs, this worker
+    does not stop, its deadline has not passed and its trials do not all fail; each fresh
+    trial reserved on the study's row (:func:`service.store.lifecycle.reserve_trial`)."""
+
+    runner: StudyRunner
+    record: StudyRecord
+    deadline: float | None
+    failed: bool = False  # the study was failed for its failing trials
+
+    def open(self) -> bool:
+        self.failed = self.failed or self.runner.failing(self.record)
+        return not self.failed and self.runner.runnable(self.record, self.deadline)
+
+    def reserve(self) -> bool:
+        with self.runner.db.write() as session:
+            return lifecycle.reserve_trial(session, self.record.id)
 
 
 def _deadline(spec: StudySpec, record: StudyRecord) -> float | None:

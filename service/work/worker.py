@@ -3,16 +3,17 @@
 A study is runnable while it is queued, or running with trials left to start. Claiming
 takes no lock that a trial would hold: the move from ``queued`` to ``running`` is one
 conditional ``UPDATE … WHERE status = 'queued'`` (atomic on SQLite and PostgreSQL alike),
-and several workers (on any number of hosts) may then run the same study. Before it starts a
-trial a worker checks the budget counted across all of them (finished + running + queued
-trials), so together they overshoot ``n_trials`` by at most the trials already running.
+and several workers (on any number of hosts) may then run the same study. Before it creates a
+trial a worker reserves it on the study's row (``lifecycle.reserve_trial``, another
+conditional ``UPDATE``), so together they create exactly ``n_trials``; a dead worker's trials
+run again as re-runs, counted as such.
 
 The trials run through the search driver that ``regtune tune`` uses too
 (:class:`trainer.search.Search`): a stack of trial slots refilled as trials end, with this
-worker's heartbeats for every trial in a slot (the per-trial engine's trials beat through
-``study.optimize``). A trial whose worker died goes silent; the next worker that looks for
-work fails it after the grace period and queues its parameters again
-(``trials.recover_stale``), so the study still gets its full budget.
+worker's heartbeats for every trial in a slot (the per-trial engine's too). A trial whose
+worker died goes silent; the next worker that looks for work fails it after the grace period
+and queues its parameters again (``trials.recover_stale``), so the study still gets its full
+budget.
 """
 
 from __future__ import annotations
@@ -165,7 +166,7 @@ class Worker:
                 # A dead worker's trial goes back in the queue.
                 trials.recover_stale(session, self.storage, study, self.settings.grace_s)
                 counts = trials.count_trials(session, record.optuna_id)
-            if counts.startable(record.n_trials):
+            if counts.waiting or record.reserved < record.n_trials:
                 if lifecycle.mark(self.db, record.id, "running", when=("queued",)):
                     record.status = "running"  # this copy, as the database has it now
                 return record
