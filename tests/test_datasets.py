@@ -119,7 +119,11 @@ def test_npz_roundtrip_with_spatial_shape() -> None:
     ("arrays", "message"),
     [
         ({"X": np.zeros((4, 2))}, r"lacks array\(s\) \['y'\]"),
-        ({"X": np.zeros((4, 2, 2)), "y": np.zeros(4)}, "2-D array"),
+        ({"X": np.zeros(4), "y": np.arange(4) % 2}, r"\[samples, features\] or"),
+        (
+            {"X": np.zeros((4, 2, 2)), "y": np.arange(4) % 2, "input_shape": np.array([4])},
+            r"input_shape \(4,\) disagrees with the shape of each sample in X \(2, 2\)",
+        ),
         ({"X": np.zeros((4, 2)), "y": np.zeros(3)}, "4 rows but the target has 3"),
         ({"X": np.array([[1.0], [np.inf]]), "y": np.array([0, 1])}, "finite"),
         (

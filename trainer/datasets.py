@@ -1,7 +1,8 @@
 """Datasets: the built-ins of the product spec and user arrays from CSV or NPZ.
 
 Every loader ends in :func:`make_dataset`, which validates once for all sources: finite
-numbers, 2-D features, matching lengths, at least two classes, labels mapped to ids.
+numbers, features ``[samples, features]`` or ``[samples, *input_shape]`` (kept flat, the shape
+beside them), matching lengths, at least two classes, labels mapped to ids.
 Whether there are enough samples per class for a given CV protocol is checked by
 :func:`check_for_cv`, because it depends on the study, not on the data alone.
 """
@@ -32,6 +33,7 @@ MNIST1D_DEFAULT_SIZE = 5_000
 MNIST1D_MAX_SIZE = 200_000
 # Labels with at most this many distinct integer values are taken as classes.
 MAX_INFERRED_CLASSES = 100
+MAX_INPUT_DIMS = 8  # axes of one sample (input_shape)
 
 
 class DatasetError(ValueError):
@@ -128,8 +130,13 @@ def make_dataset(
     """Validate raw arrays and return a :class:`Dataset` (labels mapped to ids 0…C−1)."""
     X = np.asarray(X)
     y = np.asarray(y)
+    if X.ndim > 2:  # [n, *input_shape], as image and signal sets are saved
+        X, input_shape = _flat_samples(X, input_shape)
     if X.ndim != 2:
-        raise DatasetError(f"features must be a 2-D array [samples, features], got shape {X.shape}")
+        raise DatasetError(
+            "features must be an array [samples, features] or [samples, *input_shape], got "
+            f"shape {X.shape}"
+        )
     if y.ndim != 1:
         raise DatasetError(f"the target must be a 1-D array, got shape {y.shape}")
     if X.shape[0] != y.shape[0]:
@@ -183,6 +190,25 @@ def make_dataset(
     return Dataset(
         name, X.astype(np.float32), targets, task, shape, (), feature_names, table, dropped_rows
     )
+
+
+def _flat_samples(
+    X: np.ndarray, input_shape: tuple[int, ...] | None
+) -> tuple[np.ndarray, tuple[int, ...]]:
+    """``X`` ``[n, *shape]`` as ``[n, prod(shape)]`` rows and its per-sample shape; an
+    ``input_shape`` given beside it must be that shape."""
+    shape = tuple(int(n) for n in X.shape[1:])
+    if len(shape) > MAX_INPUT_DIMS:
+        raise DatasetError(
+            f"features of shape {X.shape} have {len(shape)} axes per sample; the limit is "
+            f"{MAX_INPUT_DIMS}"
+        )
+    if input_shape is not None and tuple(input_shape) != shape:
+        raise DatasetError(
+            f"input_shape {tuple(input_shape)} disagrees with the shape of each sample in X "
+            f"{shape} (X is {X.shape}): leave input_shape out, or give {shape}"
+        )
+    return X.reshape(X.shape[0], math.prod(shape)), shape
 
 
 def _infer_task(y: np.ndarray) -> Task:
@@ -447,7 +473,6 @@ def load_csv(
 
 
 NPZ_ARRAYS = ("X", "y", "input_shape")
-MAX_INPUT_DIMS = 8
 
 
 def load_npz(
@@ -458,6 +483,10 @@ def load_npz(
     limits: ArrayLimits | None = None,
 ) -> Dataset:
     """Read arrays ``X`` and ``y`` (and optionally ``input_shape``) from an ``.npz`` file.
+
+    ``X`` is ``[n, d]`` (with ``input_shape``, if given, holding ``d`` values) or, as image and
+    signal sets are saved, ``[n, *input_shape]``: the shape is then ``X``'s own, and an
+    ``input_shape`` given beside it must agree.
 
     Each member's ``.npy`` header (shape and dtype) is read and checked against ``limits``
     before its data is decompressed, so a zip bomb is refused unexpanded. Object arrays are

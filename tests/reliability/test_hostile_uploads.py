@@ -238,9 +238,17 @@ CORPUS = [
         "body.file: features have 4 rows but the target has 3 values", id="npz-length-mismatch",
     ),
     pytest.param(
-        "3.npz", npz(X=np.zeros((4, 2, 2)), y=np.arange(4) % 2), {}, 422,
-        "body.file: features must be a 2-D array [samples, features], got shape (4, 2, 2)",
-        id="npz-3d-X",
+        "3.npz", npz(X=np.zeros((4, 2, 2)), y=np.arange(4) % 2, input_shape=np.array([2, 1])),
+        {}, 422,
+        "body.file: input_shape (2, 1) disagrees with the shape of each sample in X (2, 2) "
+        "(X is (4, 2, 2)): leave input_shape out, or give (2, 2)",
+        id="npz-3d-X-with-another-input-shape",
+    ),
+    pytest.param(
+        "1.npz", npz(X=np.zeros(4), y=np.arange(4) % 2), {}, 422,
+        "body.file: features must be an array [samples, features] or [samples, *input_shape], "
+        "got shape (4,)",
+        id="npz-1d-X",
     ),
     pytest.param(
         "2.npz", npz(X=GOOD_X, y=np.zeros((20, 2))), {}, 422,
