@@ -30,7 +30,7 @@ from trainer.records import BestTrial, StudyResult, TrialRecord
 from trainer.refit import refit
 from trainer.search import Engine, Search
 from trainer.spec import Metric, SpecError, StudySpec, default_metric, metric_direction
-from trainer.splits import Split, cv_splits, holdout
+from trainer.splits import Split, SplitRows, cv_splits, holdout
 
 
 def resolve_metric(spec: StudySpec, dataset: Dataset) -> Metric:
@@ -161,10 +161,15 @@ def create_study(
 
 @dataclass
 class StudyOutcome:
+    """A searched study: its best trial, that trial refitted (``fitted``) and packed as a model
+    file (``model``, :mod:`trainer.artifact`; None without a refit), and the protocol's rows."""
+
     study: optuna.Study
     metric: Metric
     best: optuna.trial.FrozenTrial | None
     fitted: FittedModel | None
+    splits: SplitRows
+    model: dict[str, Any] | None = None
 
     @property
     def test_score(self) -> float | None:
@@ -240,17 +245,26 @@ def conclude(
     refit_best: bool = True,
     device: torch.device | str = "cpu",
 ) -> StudyOutcome:
-    """The searched study's outcome: its best trial, retrained and tested if ``refit_best``."""
+    """The searched study's outcome: its best trial, and if ``refit_best`` that trial retrained,
+    tested and packed as a model file by :func:`final_model`, as a served study's is."""
+    splits = SplitRows.of(protocol.test, protocol.splits)
     completed = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     if not completed:
-        return StudyOutcome(study, protocol.metric, None, None)
+        return StudyOutcome(study, protocol.metric, None, None, splits)
     best = study.best_trial
-    fitted = None
-    if refit_best:
-        fitted = refit_trial(spec, dataset, protocol, best, device=device)
-        if fitted.test_score is not None:
-            study.set_user_attr("test_score", fitted.test_score)
-    return StudyOutcome(study, protocol.metric, best, fitted)
+    if not refit_best:
+        return StudyOutcome(study, protocol.metric, best, None, splits)
+    fitted, model = final_model(
+        spec,
+        dataset,
+        protocol,
+        best,
+        device=device,
+        study={"name": study.study_name, "dataset": spec.dataset},
+    )
+    if fitted.test_score is not None:
+        study.set_user_attr("test_score", fitted.test_score)
+    return StudyOutcome(study, protocol.metric, best, fitted, splits, model)
 
 
 def refit_epochs(best_epochs: Sequence[int]) -> int:

@@ -23,7 +23,7 @@ from trainer.study import StudyOutcome, run_study
 if TYPE_CHECKING:
     pass
 from service.cli.root import app, console, fail, read_spec_file
-from service.cli.views import result_table
+from service.cli.views import result_table, write_file
 
 
 def validation_message(exc: ValidationError) -> str:
@@ -94,6 +94,22 @@ def tune(
         ),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the result as JSON")] = False,
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "--output",
+            "-o",
+            help="write the best trial refitted on all non-test rows as a model file "
+            "(trainer.artifact.load_model reads it)",
+        ),
+    ] = None,
+    splits: Annotated[
+        Path | None,
+        typer.Option(
+            help="write the protocol's rows as JSON (test, folds, inner_validation), to score "
+            "a baseline in the very same folds"
+        ),
+    ] = None,
 ) -> None:
     """Run one study on this machine, without a server."""
     study_spec = load_spec(
@@ -108,6 +124,9 @@ def tune(
     )
     if study_spec.warm_start is not None:
         raise fail("warm_start names a study on a server: submit this spec with 'regtune submit'")
+    for path in (output, splits):  # found out now, not after the search
+        if path is not None and not path.parent.is_dir():
+            raise fail(f"cannot write {path}: no directory {path.parent}")
     torch.set_num_threads(threads)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
@@ -173,5 +192,14 @@ def tune(
         sys.stdout.write(result.model_dump_json(indent=2) + "\n")
     else:
         Console().print(result_table(result))
+    if splits is not None:
+        write_file(splits, outcome.splits.model_dump_json().encode())
+    if output is not None and outcome.model is not None:
+        from trainer.artifact import to_bytes
+
+        write_file(output, to_bytes(outcome.model))
+        console.print(f"model written to {output}", highlight=False)
     if outcome.best is None:
+        if output is not None:
+            console.print(f"no trial completed: no model written to {output}", highlight=False)
         raise typer.Exit(1)

@@ -24,6 +24,7 @@ from service.cli.views import (
     result_table,
     status_table,
     study_result,
+    write_file,
 )
 from service.text import value_text
 
@@ -241,6 +242,34 @@ def model_download(
     console.print(
         f"{len(data):,} bytes: {what}, {cv}{test}; retrained for {tuned.epochs} epochs on "
         f"{scores.get('n_train')} rows{ensemble}",
+        highlight=False,
+    )
+
+
+@app.command("splits")
+def splits_download(
+    study_id: str,
+    output: Annotated[
+        Path | None,
+        typer.Option("--output", "-o", help="the JSON file to write (default: stdout)"),
+    ] = None,
+) -> None:
+    """A study's protocol as rows (0-based, into its dataset as stored): {"test": [...],
+    "folds": [[rows fold 1 scores], ...], "inner_validation": [[rows fold 1's early stopping
+    watches], ...]}, to score a baseline in the very same folds."""
+    from service.cli.client import Client
+    from trainer.splits import SplitRows
+
+    with Client() as client:
+        rows = api_call(client.typed, SplitRows, "GET", f"/v1/studies/{study_id}/splits")
+    if output is None:
+        print(rows.model_dump_json())
+        return
+    write_file(output, rows.model_dump_json().encode())
+    print(output)
+    sizes = ", ".join(str(len(fold)) for fold in rows.folds)
+    console.print(
+        f"{len(rows.folds)} folds of {sizes} rows, {len(rows.test)} test rows",
         highlight=False,
     )
 

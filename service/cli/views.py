@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.table import Table
 
+from service.cli.root import fail
 from service.text import MISSING, value_text
 from trainer.records import BestTrial, StudyResult
 from trainer.spec import best_first
@@ -33,6 +35,14 @@ def print_table(table: Table) -> None:
         width = Measurement.get(out, out.options.update_width(10_000), table).maximum
         out = Console(width=max(out.width, width))
     out.print(table)
+
+
+def write_file(path: Path, data: bytes) -> None:
+    """Write what a command was asked to save (``-o``); a path it cannot write is its error."""
+    try:
+        path.write_bytes(data)
+    except OSError as exc:
+        raise fail(f"cannot write {path}: {exc}") from None
 
 
 def duration(seconds: float | None) -> str:

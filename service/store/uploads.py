@@ -157,6 +157,18 @@ def delete(session: Session, tenant: str, dataset_id: str) -> None:
     session.delete(record)
 
 
+def study_dataset(session: Session, record: StudyRecord) -> Dataset:
+    """The dataset a study of ``record`` trains on, as stored; an upload deleted since (a
+    study that ended no longer holds it) is a :class:`Conflict` that says so."""
+    ref = record.spec["dataset"]
+    try:
+        return resolve(session, record.tenant, ref)
+    except DatasetError:
+        raise Conflict(
+            f"study {record.id!r} trained on dataset {ref!r}, which has been deleted since"
+        ) from None
+
+
 @lru_cache(maxsize=16)
 def cached_builtin(ref: str) -> Dataset:
     return load_builtin(ref)

@@ -1,4 +1,5 @@
-"""``/v1/studies``: submit, status, trials, cancel, delete (the logic: ``store.lifecycle``)."""
+"""``/v1/studies``: submit, status, trials, model, splits, report, cancel, delete (the logic:
+``store.lifecycle``)."""
 
 from __future__ import annotations
 
@@ -21,11 +22,13 @@ from service.http.schemas import (
     TrialDetail,
     TrialOut,
 )
-from service.store import lifecycle, stored_models
+from service.store import lifecycle, stored_models, uploads
 from service.store.tables import StudyRecord
 from trainer import networks
 from trainer.datasets import DatasetError
-from trainer.spec import SpecError, StudySpec, stored_model
+from trainer.spec import UNLIMITED, SpecError, StudySpec, stored_model
+from trainer.splits import SplitRows
+from trainer.study import Protocol
 
 router = APIRouter(prefix="/v1/studies", tags=["studies"])
 # Bounded so that the database can take them (SQLite and PostgreSQL integers overflow).
@@ -196,6 +199,19 @@ def get_model(study_id: str, db: DB, tenant: Tenant) -> Response:
         media_type="application/octet-stream",
         headers={"Content-Disposition": f'attachment; filename="regtune-{study_id}.pt"'},
     )
+
+
+@router.get("/{study_id}/splits", response_model=SplitRows, responses=documented(401, 404, 409))
+def get_splits(study_id: str, db: DB, tenant: Tenant) -> SplitRows:
+    """The rows of the study's protocol (0-based, into its dataset as stored): its test rows,
+    each fold's scored rows and the inner-validation rows its early stopping watches, to
+    score a baseline in the very same folds. 409 if its upload has been deleted since."""
+    record = lookup(db, tenant, study_id)
+    spec = StudySpec.model_validate(record.spec, context={"limits": UNLIMITED})
+    with db.read() as session:
+        dataset = uploads.study_dataset(session, record)
+    protocol = Protocol.of(spec, dataset, check_network=False)
+    return SplitRows.of(protocol.test, protocol.splits)
 
 
 REPORT_PAGE: dict[int | str, dict[str, Any]] = {
