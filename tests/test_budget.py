@@ -17,6 +17,7 @@ from typing import Any
 
 import optuna
 import pytest
+from optuna.trial import FrozenTrial, TrialState
 from servers import (
     fresh_postgres_database,
     serving,
@@ -31,7 +32,18 @@ from service.settings import Settings
 from service.store import lifecycle
 from service.store.db import Database
 from service.store.tables import StudyRecord
-from service.store.trials import TrialCounts, eta_seconds
+from service.store.trials import (
+    CANCELLED,
+    TrialCounts,
+    count_trials,
+    eta_seconds,
+    listed_state,
+    make_storage,
+    retried_numbers,
+    retried_of,
+    retry_callback,
+)
+from trainer import optuna_internals
 from trainer.budget import SharedCounter, is_rerun, spent
 from trainer.datasets import Dataset
 from trainer.parallel import run_parallel_study
@@ -191,47 +203,94 @@ def test_served_studies_hold_exactly_n_trials_with_two_workers_of_three_slots(
 ) -> None:
     """Two worker processes, each stacking up to three trials, on studies of 1–5 trials."""
     budgets = (1, 2, 3, 5)
-    with serving(database_url, tmp_path / "serve.log", workers=0) as server:
-        with server.client() as client:
-            ids = []
-            for n_trials in budgets:
-                spec = tiny_spec(n_trials).model_dump(mode="json", exclude_unset=True)
-                response = client.post("/v1/studies", json=spec)
-                assert response.status_code == 201, response.text
-                ids.append(response.json()["id"])
-            workers = [
-                start_worker(database_url, tmp_path / f"worker{i}.log", REGTUNE_POPULATION="3")
-                for i in range(2)
-            ]
-            try:
-                for study_id, n_trials in zip(ids, budgets, strict=True):
-                    body = wait_status(client, study_id, ("completed", "failed"))
-                    assert body["status"] == "completed", body
-                    assert body["trials"]["complete"] == n_trials, body
-                    trials = trials_of(database_url, study_id)
-                    assert len(trials) == n_trials
-                    assert not any(is_rerun(t) for t in trials)
-                    listed = client.get(f"/v1/studies/{study_id}/trials").json()
-                    assert listed["total"] == n_trials == len(listed["items"])
-            finally:
-                for worker in workers:
-                    stop_process(worker)
+    with (
+        serving(database_url, tmp_path / "serve.log", workers=0) as server,
+        server.client() as client,
+    ):
+        ids = []
+        for n_trials in budgets:
+            spec = tiny_spec(n_trials).model_dump(mode="json", exclude_unset=True)
+            response = client.post("/v1/studies", json=spec)
+            assert response.status_code == 201, response.text
+            ids.append(response.json()["id"])
+        workers = [
+            start_worker(database_url, tmp_path / f"worker{i}.log", REGTUNE_POPULATION="3")
+            for i in range(2)
+        ]
+        try:
+            for study_id, n_trials in zip(ids, budgets, strict=True):
+                body = wait_status(client, study_id, ("completed", "failed"))
+                assert body["status"] == "completed", body
+                assert body["trials"]["complete"] == n_trials, body
+                trials = trials_of(database_url, study_id)
+                assert len(trials) == n_trials
+                assert not any(is_rerun(t) for t in trials)
+                listed = client.get(f"/v1/studies/{study_id}/trials").json()
+                assert listed["total"] == n_trials == len(listed["items"])
+        finally:
+            for worker in workers:
+                stop_process(worker)
 
 
-def test_retried_and_cancelled_trials_are_counted_apart() -> None:
-    # Four trials failed in Optuna's terms: two were re-queued with their parameters (their
-    # re-runs count instead), one failed for good, one was stopped by its study's cancel.
-    counts = TrialCounts(complete=5, pruned=2, fail=1, running=2, waiting=1, retried=2, cancelled=1)
-    assert counts.finished == 5 + 2 + 1 + 1
-    assert counts.as_dict() == {
-        "complete": 5,
-        "pruned": 2,
+def test_sql_counts_listing_states_and_loaded_counts_agree(database_url: str) -> None:
+    """The status counts (SQL), the trial list's states and the report's counts (loaded
+    trials) follow one rule: a re-queued failure is ``retried`` (twice for a re-run that failed
+    again), one stopped with its study ``cancelled``, and the list holds every trial."""
+    db = Database(Settings(database_url=database_url))
+    db.migrate()
+    storage = make_storage(Settings(database_url=database_url))
+    study = optuna.create_study(storage=storage, study_name="counted")
+    x = optuna.distributions.FloatDistribution(0, 1)
+
+    def add(state: TrialState, **attrs: Any) -> FrozenTrial:
+        value = 0.5 if state == TrialState.COMPLETE else None
+        study.add_trial(
+            optuna.trial.create_trial(
+                state=state, value=value, params={"x": 0.5}, distributions={"x": x}, **attrs
+            )
+        )
+        return study.trials[-1]
+
+    add(TrialState.COMPLETE)
+    add(TrialState.PRUNED, intermediate_values={0: 0.1})
+    add(TrialState.FAIL, user_attrs={"fail_reason": "boom"})
+    add(TrialState.FAIL, user_attrs={"fail_reason": CANCELLED})
+    add(TrialState.RUNNING)
+    dead = add(TrialState.FAIL, user_attrs={"fail_reason": "its worker stopped"})
+    retry_callback()(study, dead)  # re-run 1 (waiting) ...
+    rerun = study.trials[-1]
+    storage.set_trial_state_values(rerun._trial_id, TrialState.RUNNING)
+    storage.set_trial_state_values(rerun._trial_id, TrialState.FAIL)
+    retry_callback()(study, study.trials[-1])  # ... failed too: re-run 2 waits
+
+    trials = study.get_trials()
+    with db.read() as session:
+        counted = count_trials(session, optuna_internals.study_id(study))
+        retried = retried_numbers(session, optuna_internals.study_id(study))
+    assert retried == retried_of(trials) == {dead.number, rerun.number}
+    assert counted == TrialCounts.of(trials)
+    assert counted.as_dict() == {
+        "complete": 1,
+        "pruned": 1,
         "fail": 1,
-        "running": 2,
+        "running": 1,
         "waiting": 1,
         "retried": 2,
         "cancelled": 1,
     }
+    assert counted.finished == 4 and counted.total == len(trials) == 8
+    states = [listed_state(t, retried) for t in trials]
+    assert states == [
+        "complete",
+        "pruned",
+        "fail",
+        "cancelled",
+        "running",
+        "retried",
+        "retried",
+        "waiting",
+    ]
+    db.dispose()
 
 
 def test_eta_is_remaining_trials_at_the_observed_rate() -> None:

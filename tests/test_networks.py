@@ -13,6 +13,7 @@ import numpy as np
 import optuna
 import pytest
 import torch
+from equivalence import assert_close
 from pydantic import ValidationError
 from torch import nn
 
@@ -248,15 +249,7 @@ def test_layer_networks_train_stacked_as_alone(name: str) -> None:
     together = train_population(data, configs, splits, seeds=[1, 2], metric="accuracy")
     for config, seed, result in zip(configs, [1, 2], together, strict=True):
         alone = cross_validate(data, config, splits, metric="accuracy", seed=seed)
-        assert_close_results(result, alone, rel=1e-3)
-
-
-def assert_close_results(a: Any, b: Any, rel: float) -> None:
-    for fa, fb in zip(a.folds, b.folds, strict=True):
-        assert (fa.epochs, fa.best_epoch) == (fb.epochs, fb.best_epoch)
-        assert fa.score == pytest.approx(fb.score, rel=rel, abs=rel)
-        np.testing.assert_allclose(fa.val_loss, fb.val_loss, rtol=rel, atol=1e-6)
-        np.testing.assert_allclose(fa.train_loss, fb.train_loss, rtol=rel, atol=1e-6)
+        assert_close(result, alone)
 
 
 def test_per_group_dropout_reaches_its_layers_and_not_the_neighbours() -> None:
@@ -281,7 +274,7 @@ def test_per_group_dropout_reaches_its_layers_and_not_the_neighbours() -> None:
     # Equal up to float order: torch's BatchNorm kernel vectorizes across the stack's M·C
     # channels, and 24 or 48 of them (12 per model) leave different tails (relative 7e-5
     # after three epochs here; 0 with the masked arithmetic, whose sums run per model).
-    assert_close_results(alone, crowd[1], rel=1e-3)
+    assert_close(alone, crowd[1])
     pop = Population(data, splits, target, slots=2, metric="accuracy")
     pop.assign(1, target, 5)
     assert pop.groups == [None, "input", "deep"]
@@ -345,7 +338,7 @@ def test_a_plugin_network_trains_stacked_as_alone(installed: None, digits: Datas
     together = train_population(digits, configs, splits, seeds=[3, 4], metric="accuracy")
     for config, seed, result in zip(configs, [3, 4], together, strict=True):
         alone = cross_validate(digits, config, splits, metric="accuracy", seed=seed)
-        assert_close_results(result, alone, rel=1e-3)
+        assert_close(result, alone)
 
 
 def test_an_unstackable_plugin_trains_per_trial_and_says_why(installed: None, tmp_path) -> None:

@@ -103,7 +103,12 @@ def test_cancel_stops_a_running_study(tmp_path: Path) -> None:
             timeout=30,
             what="the running trials to stop as cancelled",
         )
+        listed = http.get(f"/v1/studies/{study['id']}/trials").json()
     assert final["status"] == "cancelled"
+    # The trial list names them as the counts do.
+    states = [t["state"] for t in listed["items"]]
+    assert states.count("cancelled") == final["trials"]["cancelled"] and "fail" not in states
+    assert listed["total"] == len(listed["items"]) == sum(final["trials"].values())
     assert len(trials_of(url, study["id"])) < 50
     assert final["trials"]["fail"] == 0, final
     log = (tmp_path / "serve.log").read_text()

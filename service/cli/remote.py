@@ -20,6 +20,7 @@ from service.cli.views import (
     compare_table,
     done_trials,
     duration,
+    page_title,
     print_table,
     result_table,
     status_table,
@@ -172,7 +173,7 @@ def trials(
     if as_json:
         print(page.model_dump_json())
         return
-    table = Table(title=f"trials {offset}–{offset + len(page.items)} of {page.total}")
+    table = Table(title=page_title(page))
     for column in ("#", "state", "value", "± std", "diagnosis", "params"):
         table.add_column(column)
     for t in page.items:

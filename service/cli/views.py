@@ -14,7 +14,7 @@ from trainer.records import BestTrial, StudyResult
 from trainer.spec import best_first
 
 if TYPE_CHECKING:
-    from service.http.schemas import StudyOut
+    from service.http.schemas import Page, StudyOut, TrialOut
 
 
 # --- the HTTP client ------------------------------------------------------------------------
@@ -190,3 +190,10 @@ def result_table(result: StudyResult) -> Table:
         table.add_row("L1 sparsity", f"{best.l1_sparsity:.1%}")
     table.add_row("diagnosis", value_text(best.diagnosis))
     return table
+
+
+def page_title(page: Page[TrialOut]) -> str:
+    """'trials 0–8 of 9': the numbers of the first and last row shown, of all the study's."""
+    if not page.items:
+        return f"no trials from {page.offset} (the study has {page.total})"
+    return f"trials {page.offset}–{page.offset + len(page.items) - 1} of {page.total}"

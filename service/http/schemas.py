@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any, Generic, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 
-from optuna.trial import FrozenTrial
 from pydantic import BaseModel, ConfigDict, Field
 
 from trainer.records import BestTrial, TrialRecord
+
+if TYPE_CHECKING:  # the CLI's HTTP client parses these models: it must not load Optuna
+    from optuna.trial import FrozenTrial
 
 T = TypeVar("T")
 
@@ -72,7 +74,11 @@ def utc(local: datetime | None) -> datetime | None:
 
 class TrialOut(BaseModel):
     number: int
-    state: str
+    state: str = Field(
+        description="complete, pruned, fail, running, waiting; retried (failed, then its "
+        "parameters queued again: its re-run is another trial) or cancelled (stopped with "
+        "its study)"
+    )
     value: float | None
     params: dict[str, Any]
     cv_std: float | None
@@ -83,10 +89,11 @@ class TrialOut(BaseModel):
     duration_s: float | None
 
     @classmethod
-    def of(cls, trial: FrozenTrial) -> TrialOut:
+    def of(cls, trial: FrozenTrial, state: str) -> TrialOut:
+        """``state``: the trial's listed state (``service.store.trials.listed_state``)."""
         return cls(
             number=trial.number,
-            state=trial.state.name.lower(),
+            state=state,
             value=trial.value,
             params=trial.params,
             **TrialRecord.of(trial).fields_of(TrialOut),
@@ -112,8 +119,8 @@ class TrialDetail(TrialOut):
     intermediate_values: dict[int, float]
 
     @classmethod
-    def of(cls, trial: FrozenTrial) -> TrialDetail:
-        listed = TrialOut.of(trial).model_dump()
+    def of(cls, trial: FrozenTrial, state: str) -> TrialDetail:
+        listed = TrialOut.of(trial, state).model_dump()
         recorded = TrialRecord.of(trial).fields_of(TrialDetail)
         return cls(**(listed | recorded), intermediate_values=trial.intermediate_values)
 

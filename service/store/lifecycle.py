@@ -203,20 +203,26 @@ def status(session: Session, storage: RDBStorage, record: StudyRecord) -> StudyP
 
 def trial_page(
     session: Session, record: StudyRecord, offset: int, limit: int
-) -> tuple[int, list[FrozenTrial]]:
+) -> tuple[int, list[tuple[FrozenTrial, str]]]:
+    """How many trials the study holds, and a page of them, each with its listed state."""
     assert record.optuna_id is not None
-    counts = trials.count_trials(session, record.optuna_id)
-    total = counts.complete + counts.pruned + counts.fail + counts.running + counts.waiting
+    total = trials.count_trials(session, record.optuna_id).total
+    retried = trials.retried_numbers(session, record.optuna_id)
     ids = trials.trial_ids_page(session, record.optuna_id, offset, limit)
-    return total, trials.trial_summaries(session, ids)
+    page = trials.trial_summaries(session, ids)
+    return total, [(t, trials.listed_state(t, retried)) for t in page]
 
 
-def trial(session: Session, storage: RDBStorage, record: StudyRecord, number: int) -> FrozenTrial:
+def trial(
+    session: Session, storage: RDBStorage, record: StudyRecord, number: int
+) -> tuple[FrozenTrial, str]:
+    """One trial, whole, with its listed state."""
     assert record.optuna_id is not None
     trial_id = trials.trial_id_of(session, record.optuna_id, number)
     if trial_id is None:
         raise NotFound(f"study {record.id!r} has no trial {number}")
-    return storage.get_trial(trial_id)
+    found = storage.get_trial(trial_id)
+    return found, trials.listed_state(found, trials.retried_numbers(session, record.optuna_id))
 
 
 def all_trials(storage: RDBStorage, record: StudyRecord) -> list[FrozenTrial]:

@@ -12,7 +12,8 @@ import copy
 import json
 import logging
 import warnings
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -110,9 +111,44 @@ def retry_callback() -> RetryHeartbeatStaleTrialCallback:
         return CleanRetry(max_retry=MAX_RETRIES)
 
 
+# Optuna's RetryFailedTrialCallback keeps on each re-run the numbers of the attempts it repeats.
+RETRY_HISTORY = "retry_history"
+
+
+def listed_state(trial: FrozenTrial, retried: Collection[int]) -> str:
+    """A trial's state as users see it (the trial list, the counts, the report): Optuna's,
+    except that a failed trial whose parameters were queued again (its worker died or stopped)
+    is ``retried``, and one stopped by its study's cancel is ``cancelled``."""
+    if trial.state == TrialState.FAIL:
+        if trial.number in retried:
+            return "retried"
+        if TrialRecord.of(trial).fail_reason == CANCELLED:
+            return "cancelled"
+    return trial.state.name.lower()
+
+
+def retried_of(trials: Iterable[FrozenTrial]) -> set[int]:
+    """Numbers of the trials whose parameters were queued again, from their re-runs."""
+    return {int(n) for t in trials for n in t.system_attrs.get(RETRY_HISTORY, ())}
+
+
+def retried_numbers(session: Session, study_id: int) -> set[int]:
+    """:func:`retried_of` in one query, for a study too large to load."""
+    joined = trial_system_attributes.join(
+        trials, trials.c.trial_id == trial_system_attributes.c.trial_id
+    )
+    histories = session.scalars(
+        select(trial_system_attributes.c.value_json)
+        .select_from(joined)
+        .where(trials.c.study_id == study_id, trial_system_attributes.c.key == RETRY_HISTORY)
+    )
+    return {int(n) for history in histories for n in json.loads(history)}
+
+
 @dataclass(frozen=True)
 class TrialCounts:
-    """Trials of one study by state; ``retried`` failures were re-queued and do not count."""
+    """Trials of one study by :func:`listed_state`; ``retried`` failures were re-queued and
+    cost no budget (their re-runs count instead)."""
 
     complete: int = 0
     pruned: int = 0
@@ -122,10 +158,22 @@ class TrialCounts:
     retried: int = 0  # failed, then queued again (their re-run counts instead)
     cancelled: int = 0  # stopped because their study was cancelled
 
+    @classmethod
+    def of(cls, trials: Sequence[FrozenTrial]) -> TrialCounts:
+        """The counts of loaded trials (the report's); :func:`count_trials` is the same rule
+        in SQL, for the status of a study of any size."""
+        retried = retried_of(trials)
+        return cls(**Counter(listed_state(t, retried) for t in trials))
+
     @property
     def finished(self) -> int:
         """Trials that used up budget: completed, pruned, failed for good or cancelled."""
         return self.complete + self.pruned + self.fail + self.cancelled
+
+    @property
+    def total(self) -> int:
+        """Every trial the study holds, as its trial list shows them (re-run attempts too)."""
+        return self.finished + self.running + self.waiting + self.retried
 
     def as_dict(self) -> dict[str, int]:
         counts = {

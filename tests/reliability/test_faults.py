@@ -38,9 +38,11 @@ ENGINES = {
 
 
 def assert_full_budget_without_duplicates(trials: list[optuna.trial.FrozenTrial], n: int) -> None:
-    """n finished trials; every failure re-run at most once, with its parameters."""
+    """n finished trials; every failure re-run at most once, with its parameters; nothing but
+    the budget and the re-runs in the storage."""
     complete = [t for t in trials if t.state == COMPLETE]
     assert len(complete) == n, [(t.number, t.state) for t in trials]
+    assert len(trials) == n + sum(t.state == FAIL for t in trials)
     for dead in (t for t in trials if t.state == FAIL):
         retries = [t for t in trials if t.system_attrs.get("failed_trial") == dead.number]
         assert len(retries) == 1 and retries[0].params == dead.params
@@ -98,11 +100,21 @@ def test_a_killed_worker_trial_is_failed_and_requeued(
             final = wait_status(http, study["id"], ("completed", "failed"))
         finally:
             stop_process(rescuer)
+        listed = http.get(f"/v1/studies/{study['id']}/trials").json()
+        report = http.get(f"/v1/studies/{study['id']}/report").text
     assert final["status"] == "completed", final
     trials = trials_of(url, study["id"])
     # Failed after the heartbeat grace period, each re-run once with its parameters.
     assert {t.number for t in trials if t.state == FAIL} == set(killed)
     assert_full_budget_without_duplicates(trials, 3)
+    # Every count a user sees says the same: the status, the trial list and the report.
+    assert final["trials"] == {"complete": 3, "pruned": 0, "fail": 0, "running": 0} | {
+        "waiting": 0,
+        "retried": running,
+    }
+    assert listed["total"] == len(listed["items"]) == len(trials) == 3 + running
+    assert sorted(t["number"] for t in listed["items"] if t["state"] == "retried") == killed
+    assert f"3 finished of 3 (3 complete, 0 pruned, 0 failed, {running} retried" in report
 
 
 def test_a_30s_database_outage_under_a_running_worker_loses_no_trial(tmp_path: Path) -> None:

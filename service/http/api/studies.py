@@ -162,7 +162,7 @@ def trial_page(db: DB, tenant: str, study_id: str, offset: int, limit: int) -> P
     with db.read() as session:
         total, page = lifecycle.trial_page(session, record, offset, limit)
     return Page[TrialOut](
-        items=[TrialOut.of(t) for t in page], total=total, offset=offset, limit=limit
+        items=[TrialOut.of(t, state) for t, state in page], total=total, offset=offset, limit=limit
     )
 
 
@@ -174,7 +174,7 @@ def get_trial(
 ) -> TrialDetail:
     record = lookup(db, tenant, study_id)
     with db.read() as session:
-        return TrialDetail.of(lifecycle.trial(session, storage, record, number))
+        return TrialDetail.of(*lifecycle.trial(session, storage, record, number))
 
 
 MODEL_FILE: dict[int | str, dict[str, Any]] = {

@@ -14,7 +14,6 @@ Nothing here touches HTTP or the database: the router reads the record and the t
 from __future__ import annotations
 
 import logging
-from collections import Counter
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
@@ -23,7 +22,7 @@ from optuna.trial import FrozenTrial
 
 from service.http.report.html import STYLE, esc, para, section, shown
 from service.http.report.importance import importance_section
-from service.http.report.reading import STATES, StudyLike, best_of, completed, finished
+from service.http.report.reading import StudyLike, best_of, completed
 from service.http.report.sections import (
     MEANINGS,
     axis_scale,
@@ -34,7 +33,9 @@ from service.http.report.sections import (
     header,
     learning_curves,
     score_section,
+    trial_counts,
 )
+from service.store.trials import TrialCounts
 
 log = logging.getLogger("regtune.report")
 
@@ -43,7 +44,6 @@ __all__ = [
     "StudyLike",
     "axis_scale",
     "esc",
-    "finished",
     "render",
     "shown",
 ]
@@ -71,14 +71,14 @@ def render(
     best = best_of(trials, record.direction)
     parts = [header(record, trials)]
     if best is None:
-        states = Counter(STATES.get(t.state, "other") for t in finished(trials))
+        counts = TrialCounts.of(trials)
         parts.append(
             section(
                 "no-completed-trial",
                 "No completed trial yet",
                 f'<p class="empty">No trial of this study has completed, so there is no best '
-                f"configuration, CV table or learning curve to show yet ({states['pruned']} "
-                f"pruned, {states['fail']} failed so far).</p>",
+                f"configuration, CV table or learning curve to show yet ({trial_counts(counts)} "
+                "so far).</p>",
             )
         )
     else:

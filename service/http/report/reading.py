@@ -15,8 +15,6 @@ from trainer.spec import best_first
 
 log = logging.getLogger("regtune.report")
 
-STATES = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned", TrialState.FAIL: "fail"}
-
 
 class StudyLike(Protocol):
     """What the report reads of a study: ``service.store.tables.StudyRecord`` has all of it."""
@@ -38,10 +36,6 @@ class StudyLike(Protocol):
 # --- reading the trials -----------------------------------------------------------------------
 
 
-def finished(trials: Sequence[FrozenTrial]) -> list[FrozenTrial]:
-    return [t for t in trials if t.state in STATES]
-
-
 def completed(trials: Sequence[FrozenTrial]) -> list[FrozenTrial]:
     return [
         t
@@ -57,15 +51,6 @@ def best_of(trials: Sequence[FrozenTrial], direction: str) -> FrozenTrial | None
         return None
     sign = best_first(direction)
     return min(done, key=lambda t: (sign * float(t.value or 0.0), t.number))
-
-
-def retried_numbers(trials: Sequence[FrozenTrial]) -> set[int]:
-    """Failed trials whose parameters were re-queued (a worker died): they cost no budget."""
-    return {
-        int(t.system_attrs["failed_trial"])
-        for t in trials
-        if isinstance(t.system_attrs.get("failed_trial"), int)
-    }
 
 
 def metric_label(record: StudyLike) -> str:

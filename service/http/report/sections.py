@@ -21,7 +21,8 @@ from optuna.trial import FrozenTrial, TrialState
 from service.http.report.figures import plot
 from service.http.report.html import esc, floats, para, percent, section, shown, table
 from service.http.report.importance import varying_params
-from service.http.report.reading import STATES, StudyLike, finished, metric_label, retried_numbers
+from service.http.report.reading import StudyLike, metric_label
+from service.store.trials import TrialCounts, listed_state, retried_of
 from service.text import MISSING
 from trainer import networks
 from trainer.diagnosis import (
@@ -61,7 +62,7 @@ PROGRESS_NOTES = {
 def header(record: StudyLike, trials: Sequence[FrozenTrial]) -> str:
     spec = record.spec or {}
     cv = spec.get("cv") or {}
-    counts = Counter(STATES.get(t.state, t.state.name.lower()) for t in trials)
+    counts = TrialCounts.of(trials)
     facts = [
         ("Study", f"{esc(record.name)} <code>{esc(record.id)}</code>"),
         ("Status", f'<span class="status">{esc(record.status)}</span>'),
@@ -71,10 +72,7 @@ def header(record: StudyLike, trials: Sequence[FrozenTrial]) -> str:
         ("Cross-validation", f"{esc(cv.get('folds', '?'))} folds"),
         (
             "Trials",
-            f"{len(finished(trials))} finished of {esc(record.n_trials)} "
-            f"({counts['complete']} complete, {counts['pruned']} pruned, {counts['fail']} failed"
-            + (f", {counts['running']} running" if counts["running"] else "")
-            + ")",
+            f"{counts.finished} finished of {esc(record.n_trials)} ({trial_counts(counts)})",
         ),
         ("Created", esc(_when(record.created_at))),
         ("Finished", esc(_when(record.finished_at))),
@@ -412,22 +410,38 @@ def score_section(record: StudyLike, done: Sequence[FrozenTrial], best: FrozenTr
     return section("scores", "Score against each hyperparameter", body + svg)
 
 
-def budget_section(record: StudyLike, trials: Sequence[FrozenTrial]) -> str:
-    retried = retried_numbers(trials)
-    ended = [t for t in finished(trials) if t.datetime_complete is not None]
-    counts = Counter(STATES[t.state] for t in finished(trials))
-    running = sum(1 for t in trials if t.state == TrialState.RUNNING)
-    waiting = sum(1 for t in trials if t.state == TrialState.WAITING)
-    rows = [
-        ["complete", str(counts["complete"])],
-        ["pruned", str(counts["pruned"])],
-        ["failed", str(counts["fail"])],
+def trial_counts(counts: TrialCounts) -> str:
+    """'5 complete, 2 pruned, 1 failed' and each other state that has trials, as the trial
+    list names them."""
+    named = [
+        (counts.complete, "complete"),
+        (counts.pruned, "pruned"),
+        (counts.fail, "failed"),
+        (counts.cancelled, "cancelled"),
+        (counts.running, "running"),
+        (counts.waiting, "queued"),
+        (counts.retried, "retried (failed, then run again)"),
     ]
-    if retried:
-        rows.append(["failed, then re-queued (a worker died)", str(len(retried))])
-    if running or waiting:
-        rows.append(["running", str(running)])
-        rows.append(["queued", str(waiting)])
+    return ", ".join(f"{n} {label}" for i, (n, label) in enumerate(named) if n or i < 3)
+
+
+def budget_section(record: StudyLike, trials: Sequence[FrozenTrial]) -> str:
+    retried = retried_of(trials)
+    states = {t.number: listed_state(t, retried) for t in trials}
+    ended = [t for t in trials if t.datetime_complete is not None]
+    counts = TrialCounts.of(trials)
+    rows = [
+        ["complete", str(counts.complete)],
+        ["pruned", str(counts.pruned)],
+        ["failed", str(counts.fail)],
+    ]
+    if counts.cancelled:
+        rows.append(["cancelled with the study", str(counts.cancelled)])
+    if counts.retried:
+        rows.append(["failed, then run again (its worker stopped)", str(counts.retried)])
+    if counts.running or counts.waiting:
+        rows.append(["running", str(counts.running)])
+        rows.append(["queued", str(counts.waiting)])
     starts = [t.datetime_start for t in trials if t.datetime_start is not None]
     body = para(
         f"How the study spent its budget of {esc(record.n_trials)} trials: pruned trials were "
@@ -454,7 +468,7 @@ def budget_section(record: StudyLike, trials: Sequence[FrozenTrial]) -> str:
                 times = sorted(
                     elapsed(t.datetime_complete)  # type: ignore[arg-type]
                     for t in ended
-                    if STATES[t.state] == state
+                    if states[t.number] == state
                 )
                 if not times:
                     continue
