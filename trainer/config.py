@@ -63,7 +63,10 @@ class TrialConfig:
         del values["model"], values["training"], values["groups"]
         if not self.model.shares_dropout():
             del values["dropout"]  # every dropout has its group's p
-        values["hidden"] = list(self.hidden)
+        if "hidden" in networks.TEMPLATE_FIELDS.get(self.model.kind, ()):
+            values["hidden"] = list(self.hidden)
+        else:  # a layers stack or a plugin has no template widths
+            del values["hidden"]
         return values | {f"dropout.{g}": p for g, p in self.groups}
 
     def network(self, input_shape: tuple[int, ...], n_outputs: int) -> nn.Module:

@@ -48,6 +48,14 @@ class NetworkError(SpecError):
         super().__init__(message, field)
 
 
+# The spec fields each built-in template is built from: what the API, the CLI and the report
+# show of it (an MLP has no channels; a layers stack or a plugin none of these).
+TEMPLATE_FIELDS: dict[str, tuple[str, ...]] = {
+    "mlp": ("hidden", "batch_norm", "dropout_groups"),
+    "cnn": ("channels", "kernel_size", "stride", "hidden", "batch_norm", "dropout_groups"),
+}
+
+
 def _block(group: str | None, batch_norm: bool) -> list[Layer]:
     """BatchNorm → ReLU → Dropout: what follows every hidden layer of a template."""
     norm: list[Layer] = [NormLayer(type="batchnorm")] if batch_norm else []
@@ -263,14 +271,4 @@ def describe(spec: ModelSpec) -> dict[str, Any]:
             "kind": "layers",
             "layers": [x.model_dump(exclude_none=True) for x in spec.layers or []],
         }
-    return spec.model_dump(
-        include={
-            "kind",
-            "hidden",
-            "batch_norm",
-            "channels",
-            "kernel_size",
-            "stride",
-            "dropout_groups",
-        }
-    )
+    return spec.model_dump(include={"kind", *TEMPLATE_FIELDS[spec.kind]})
