@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -170,3 +171,37 @@ def test_a_killed_tune_leaves_no_searcher_behind(tmp_path: Path) -> None:
     while any(alive(c) for c in children) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not any(alive(c) for c in children)
+
+
+@pytest.mark.parametrize("processes", ["1", "2"])
+def test_tune_off_a_terminal_prints_a_line_per_change(tmp_path: Path, processes: str) -> None:
+    """Searched in this process or by two searchers, the progress reads as ``submit --wait``'s:
+    done out of the budget, counts by state, best and ETA; and the result table's title keeps
+    a study's long name whole."""
+    name = "wine-" + "0123456789abcdef" * 4  # longer than the table is wide
+    done = regtune(
+        "tune",
+        "--dataset",
+        "builtin:wine",
+        "--trials",
+        "2",
+        "--folds",
+        "2",
+        "--max-epochs",
+        "2",
+        "--processes",
+        processes,
+        "--study-name",
+        name,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr
+    shown = re.compile(
+        r"tuning: (\d)/2 trials done \((\d) complete, (\d) pruned, (\d) fail, (\d) running\), "
+        r"(no best yet|best [01]\.\d{4})(, ETA \S+)?"
+    )
+    lines = done.stderr.splitlines()
+    assert lines and all(shown.fullmatch(line) for line in lines), done.stderr
+    assert all(a != b for a, b in itertools.pairwise(lines))  # a line per change, no repeats
+    assert lines[-1].startswith("tuning: 2/2 trials done (2 complete, 0 pruned, 0 fail, 0 ")
+    assert f"study {name}: best of 2 trials" in done.stdout.splitlines()[0], done.stdout

@@ -45,7 +45,7 @@ from trainer.spec import StudySpec
 from trainer.study import Protocol, StudyOutcome, conclude, create_study, run_study
 
 POLL_S = 0.25
-Progress = Callable[[int, float | None], None]  # (finished trials, best value so far)
+Progress = Callable[[optuna.Study], None]  # shown the study as its trials finish
 StorageRef = str | Path  # a database URL, or a journal file
 
 
@@ -105,16 +105,6 @@ def fail_leftovers(study: optuna.Study, reason: str) -> None:
         storage.set_trial_state_values(key, TrialState.FAIL)
 
 
-def report(study: optuna.Study, progress: Progress) -> None:
-    trials = study.get_trials(deepcopy=False)
-    finished = sum(t.state.is_finished() for t in trials)
-    try:
-        best: float | None = study.best_value
-    except ValueError:  # no completed trial yet
-        best = None
-    progress(finished, best)
-
-
 def run_parallel_study(
     spec: StudySpec,
     dataset: Dataset,
@@ -131,7 +121,7 @@ def run_parallel_study(
 ) -> StudyOutcome:
     """:func:`trainer.study.run_study` with ``processes`` searcher processes.
 
-    ``progress(finished, best)`` is called as trials finish, inside ``display`` (a progress
+    ``progress(study)`` is called as trials finish, inside ``display`` (a progress
     bar, entered once the searchers have started: a forked process must not inherit its
     drawing thread)."""
     protocol = Protocol.of(spec, dataset)
@@ -169,10 +159,10 @@ def run_parallel_study(
             with display if display is not None else nullcontext():
                 while any(child.is_alive() for child in children):
                     if progress is not None:
-                        report(study, progress)
+                        progress(study)
                     time.sleep(POLL_S)
                 if progress is not None:
-                    report(study, progress)
+                    progress(study)
         finally:
             for child in children:
                 if child.is_alive():

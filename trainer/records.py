@@ -10,14 +10,16 @@ and ``regtune tune --json`` alike), inside :class:`StudyResult`, what a finished
 from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
-from optuna.trial import FrozenTrial
 from pydantic import BaseModel
 
-from trainer.config import TrialConfig
-from trainer.engine import CVResult
+if TYPE_CHECKING:  # the HTTP client reads these records: it must not load torch or Optuna
+    from optuna.trial import FrozenTrial
+
+    from trainer.config import TrialConfig
+    from trainer.engine import CVResult
 
 SIGNIFICANT_DIGITS = 5
 

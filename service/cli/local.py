@@ -3,27 +3,24 @@
 from __future__ import annotations
 
 import sys
+import time
+from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
-import optuna
-import torch
 import typer
 from pydantic import ValidationError
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from trainer.datasets import DatasetError, load_dataset
-from trainer.device import configure, resolve_device, usable_cores
-from trainer.parallel import run_parallel_study
 from trainer.spec import SpecError, StudySpec
 from trainer.spec_base import field_problem
-from trainer.study import StudyOutcome, run_study
 
 if TYPE_CHECKING:
-    pass
+    import optuna
+
+    from trainer.study import StudyOutcome
+from service.cli.progress import Snapshot, StudyProgress
 from service.cli.root import app, console, fail, read_spec_file
-from service.cli.views import result_table, write_file
+from service.cli.views import print_table, result_table, write_file
 
 
 def validation_message(exc: ValidationError) -> str:
@@ -49,6 +46,26 @@ def load_spec(path: Path | None, overrides: dict[str, Any]) -> StudySpec:
         return StudySpec.model_validate(data)
     except ValidationError as exc:
         raise fail(validation_message(exc)) from None
+
+
+def searched(study: optuna.Study, n_trials: int, elapsed_s: float) -> Snapshot:
+    """The study this process searches, as the progress display shows it; its ETA is the
+    trials left at the rate seen so far (which reflects every searcher process)."""
+    trials = study.get_trials(deepcopy=False)
+    done = sum(t.state.is_finished() for t in trials)
+    try:
+        best: float | None = study.best_value
+    except ValueError:  # no completed trial yet
+        best = None
+    left = max(n_trials - done, 0)
+    return Snapshot(
+        status="tuning",
+        done=done,
+        total=n_trials,
+        trials=Counter(t.state.name.lower() for t in trials),
+        best=best,
+        eta_s=left * elapsed_s / done if done and left else None,
+    )
 
 
 @app.command()
@@ -127,6 +144,15 @@ def tune(
     for path in (output, splits):  # found out now, not after the search
         if path is not None and not path.parent.is_dir():
             raise fail(f"cannot write {path}: no directory {path.parent}")
+    # The search's libraries load here, not with the command line: --help answers at once.
+    import optuna
+    import torch
+
+    from trainer.datasets import DatasetError, load_dataset
+    from trainer.device import configure, resolve_device, usable_cores
+    from trainer.parallel import run_parallel_study
+    from trainer.study import run_study
+
     torch.set_num_threads(threads)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
@@ -136,28 +162,13 @@ def tune(
     except (DatasetError, ValueError) as exc:
         raise fail(str(exc)) from None
 
-    progress = Progress(
-        TextColumn("[bold]tuning"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TextColumn("{task.fields[best]}"),
-        console=console,
-        disable=as_json,
-    )
     if processes is None:
         processes = max(1, usable_cores() // threads) if where.type == "cpu" else 1
-    bar = progress.add_task("trials", total=study_spec.n_trials, best="")
+    progress = StudyProgress(console, quiet=as_json)
+    started = time.monotonic()
 
-    def show(finished: int, best: float | None) -> None:
-        progress.update(bar, completed=finished, best="" if best is None else f"best {best:.4f}")
-
-    def advance(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        try:
-            best: float | None = study.best_value
-        except ValueError:  # no completed trial yet
-            best = None
-        show(len([t for t in study.get_trials(deepcopy=False) if t.state.is_finished()]), best)
+    def show(study: optuna.Study) -> None:
+        progress.show(searched(study, study_spec.n_trials, time.monotonic() - started))
 
     try:
         if processes > 1:
@@ -181,7 +192,7 @@ def tune(
                     storage=storage,
                     study_name=study_name,
                     device=where,
-                    callbacks=[advance],
+                    callbacks=[lambda study, trial: show(study)],
                     population=population,
                     compile=compile_step,
                 )
@@ -191,7 +202,7 @@ def tune(
     if as_json:
         sys.stdout.write(result.model_dump_json(indent=2) + "\n")
     else:
-        Console().print(result_table(result))
+        print_table(result_table(result))
     if splits is not None:
         write_file(splits, outcome.splits.model_dump_json().encode())
     if output is not None and outcome.model is not None:

@@ -8,23 +8,23 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 if TYPE_CHECKING:
     from service.cli.client import Client
     from service.http.schemas import StudyOut
+from service.cli.progress import Snapshot, StudyProgress
 from service.cli.root import app, console, fail, read_spec_file
 from service.cli.views import (
     ACTIVE_STATES,
     compare_table,
     done_trials,
-    duration,
     page_title,
     print_table,
     result_table,
     status_table,
     study_result,
+    titled,
     write_file,
 )
 from service.text import value_text
@@ -39,45 +39,25 @@ def api_call(call: Any, *args: Any, **kwargs: Any) -> Any:
         raise fail(str(exc)) from None
 
 
+def served(study: StudyOut) -> Snapshot:
+    """A polled study as the progress display shows it."""
+    return Snapshot(
+        status=study.status,
+        done=done_trials(study),
+        total=study.n_trials,
+        trials=study.trials,
+        best=None if study.best is None else study.best.value,
+        eta_s=study.eta_s if study.status in ACTIVE_STATES else None,
+    )
+
+
 def follow(client: Client, study_id: str, quiet: bool) -> StudyOut:
     """Poll the study until it ends: a live bar on a terminal, one line per change off it."""
-    live = not quiet and console.is_terminal
-    progress = Progress(
-        TextColumn("[bold]{task.fields[status]:<9}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[counts]}"),
-        TextColumn("{task.fields[best]}"),
-        TextColumn("{task.fields[eta]}"),
-        TimeElapsedColumn(),
-        console=console,
-        disable=not live,
-    )
-    last = ""
-
-    def update(study: StudyOut) -> None:
-        nonlocal last
-        pruned, failed = study.trials.get("pruned", 0), study.trials.get("fail", 0)
-        fields: dict[str, Any] = {
-            "status": study.status,
-            "counts": f"{pruned} pruned, {failed} failed",
-            "best": f"best {study.best.value:.4f}" if study.best else "no best yet",
-            "eta": f"ETA {duration(study.eta_s)}" if study.status in ACTIVE_STATES else "",
-        }
-        progress.update(bar, total=study.n_trials, completed=done_trials(study), **fields)
-        line = (
-            f"{study.status}: {done_trials(study)}/{study.n_trials} trials done "
-            f"({fields['counts']}), {fields['best']}"
-            + (f", {fields['eta']}" if fields["eta"] else "")
-        )
-        if not quiet and not live and line != last:
-            console.print(line, highlight=False)
-        last = line
-
-    with progress:
-        bar = progress.add_task("study", total=None, status="queued", counts="", best="", eta="")
+    with StudyProgress(console, quiet=quiet) as progress:
         try:
-            return api_call(client.wait, study_id, poll_s=1.0, on_update=update)
+            return api_call(
+                client.wait, study_id, poll_s=1.0, on_update=lambda s: progress.show(served(s))
+            )
         except KeyboardInterrupt:
             progress.stop()
             console.print(
@@ -346,7 +326,7 @@ def datasets_show(
     if as_json:
         print(record.model_dump_json())
         return
-    table = Table(title=f"dataset {record.id}", show_header=False)
+    table = titled(f"dataset {record.id}", show_header=False)
     table.add_column(style="bold")
     table.add_column()
     table.add_row("name", record.name)

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.table import Table
@@ -60,8 +61,20 @@ def done_trials(study: StudyOut) -> int:
     return round(study.progress * study.n_trials)
 
 
-def state_counts(study: StudyOut) -> str:
-    return ", ".join(f"{n} {state}" for state, n in study.trials.items())
+MAIN_STATES = ("complete", "pruned", "fail", "running")
+
+
+def state_counts(trials: Mapping[str, int], always: tuple[str, ...] = MAIN_STATES) -> str:
+    """'3 complete, 1 pruned, 0 fail, 1 running': the states ``always`` shown, then the others
+    as given."""
+    counts = dict.fromkeys(always, 0) | dict(trials)
+    return ", ".join(f"{n} {state}" for state, n in counts.items())
+
+
+def titled(title: str, **options: Any) -> Table:
+    """A table whose title keeps to one line wherever the console is that wide: rich wraps a
+    title to its table's width, which would fold a study's id in two."""
+    return Table(title=title, min_width=len(title), **options)
 
 
 def styled_status(study: StudyOut) -> str:
@@ -110,13 +123,13 @@ def study_result(study: StudyOut) -> StudyResult:
 
 
 def status_table(study: StudyOut) -> Table:
-    table = Table(title=f"study {study.id}", show_header=False)
+    table = titled(f"study {study.id}", show_header=False)
     table.add_column(style="bold")
     table.add_column()
     table.add_row("name", study.name)
     table.add_row("dataset", study.dataset)
     table.add_row("status", styled_status(study))
-    table.add_row("trials", state_counts(study))
+    table.add_row("trials", state_counts(study.trials))
     table.add_row(
         "progress", f"{done_trials(study)}/{study.n_trials} trials ({study.progress:.0%})"
     )
@@ -154,7 +167,7 @@ def compare_table(studies: list[StudyOut]) -> Table:
     row("dataset", [s.dataset for s in studies])
     row("metric", [f"{s.metric} ({s.direction})" for s in studies])
     row("status", [styled_status(s) for s in studies])
-    row("trials", [f"{done_trials(s)}/{s.n_trials}: {state_counts(s)}" for s in studies])
+    row("trials", [f"{done_trials(s)}/{s.n_trials}: {state_counts(s.trials)}" for s in studies])
     row(
         "best CV mean ± std",
         [best_text(s) + (" ◀ best" if s is marked else "") for s in studies],
@@ -170,10 +183,10 @@ def compare_table(studies: list[StudyOut]) -> Table:
 
 def result_table(result: StudyResult) -> Table:
     best = result.best
-    table = Table(title=f"study {result.study}: best of {sum(result.trials.values())} trials")
+    table = titled(f"study {result.study}: best of {sum(result.trials.values())} trials")
     table.add_column("", style="bold")
     table.add_column("value")
-    table.add_row("trials", ", ".join(f"{n} {state}" for state, n in result.trials.items()))
+    table.add_row("trials", state_counts(result.trials, always=()))
     if best is None:
         table.add_row("best", "no trial completed")
         return table
