@@ -4,7 +4,10 @@ as the model in memory did, with its preprocessing, labels and scores."""
 from __future__ import annotations
 
 import io
+import json
 import re
+import subprocess
+import sys
 from typing import Any
 
 import numpy as np
@@ -17,7 +20,7 @@ from trainer import artifact
 from trainer import study as study_module
 from trainer.artifact import ArtifactError, load_model
 from trainer.config import TrialConfig
-from trainer.datasets import Dataset, make_dataset
+from trainer.datasets import Dataset, load_csv, make_dataset
 from trainer.engine import DivergedError, FittedModel, predict
 from trainer.refit import refit
 from trainer.spec import StudySpec
@@ -151,6 +154,44 @@ def test_a_cnn_round_trips_and_takes_flat_or_shaped_inputs(digits) -> None:
     assert model.input_shape == (1, 8, 8)
     assert torch.equal(model.outputs(X), in_memory_outputs(fitted, X))
     assert list(model.predict(X.reshape(-1, 1, 8, 8))) == list(model.predict(X))
+
+
+def test_a_table_model_predicts_without_pandas(tmp_path) -> None:
+    """pandas is no dependency of regtune (``make serve`` leaves it out, and no module of
+    trainer/ or service/ imports it): in a process where ``import pandas`` fails, the service
+    and the CLI import and a table's model file predicts raw rows (dicts, or lists in column
+    order). A DataFrame, which only a user with pandas holds, is read as its records."""
+    rng = np.random.default_rng(0)
+    lines = ["colour,size,label"] + [
+        f"{rng.choice(['red', 'blue', ''])},{rng.normal():.3f},{'yes' if i % 3 else 'no'}"
+        for i in range(60)
+    ]
+    data = load_csv("\n".join(lines).encode(), "label")
+    spec = StudySpec(dataset="t.csv", model={"hidden": [8]}, cv={"folds": 2, "test_fraction": 0.2})
+    fitted, protocol = fit(data, spec, epochs=2)
+    (tmp_path / "model.pt").write_bytes(artifact.to_bytes(packed(fitted, data, protocol)))
+    rows = [
+        {"colour": "red", "size": 0.5},
+        {"colour": "", "size": ""},  # blanks, imputed as in training
+        {"colour": "mauve", "size": -1.0},  # a level never seen
+    ]
+    script = (
+        "import json, sys\n"
+        "sys.modules['pandas'] = None  # import pandas raises ImportError\n"
+        "import service.cli, service.http.app, service.work.worker\n"
+        "from trainer.artifact import load_model\n"
+        "model = load_model('model.pt')\n"
+        f"rows = {rows!r}\n"
+        "print(json.dumps([model.predict(rows).tolist(),\n"
+        "    model.predict([[r['colour'], r['size']] for r in rows]).tolist()]))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    by_dicts, by_lists = json.loads(done.stdout)
+    expected = load_model(tmp_path / "model.pt").predict(rows).tolist()
+    assert by_dicts == by_lists == expected and set(expected) <= {"yes", "no"}
 
 
 def test_the_refit_trains_for_the_median_best_epoch() -> None:

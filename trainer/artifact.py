@@ -43,6 +43,9 @@ Loading::
     labels = model.predict(X)  # X: raw rows as uploaded: a DataFrame, a list of dicts, or
                                # [n, n_features] numbers in the training columns' order
     folds = load_model("model.pt", ensemble=True)  # the K fold models, averaged
+
+regtune does not depend on pandas: a DataFrame (which a user's own pandas made) is read as its
+records, duck-typed (:meth:`trainer.tabular.TableLayout.read`).
 """
 
 from __future__ import annotations
