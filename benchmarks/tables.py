@@ -9,9 +9,11 @@ with an indicator, each fitted per fold).
 
 The baseline is logistic regression (``C`` = 1) in a scikit-learn pipeline doing the same
 preprocessing (``SimpleImputer(median, add_indicator)``, ``OneHotEncoder(handle_unknown=
-"ignore")``, ``StandardScaler``), fitted in the same folds: on each fold's training part
-(regtune's fit and inner-validation rows, which a model without early stopping would train
-on), scored on the fold's scored rows; its test score after a fit on all non-test rows.
+"ignore")``, ``StandardScaler``), fitted in the very same folds, read from the study's splits
+record as a user reads it (``regtune tune --splits``, ``GET /v1/studies/{id}/splits``): on each
+fold's training part (every non-test row the fold does not score: regtune's fit and
+inner-validation rows, which a model without early stopping would train on), scored on the
+fold's rows; its test score after a fit on all non-test rows.
 
     .venv/bin/python benchmarks/tables.py --append BENCHMARKS.md
 """
@@ -36,7 +38,8 @@ from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
 from trainer.datasets import load_csv
 from trainer.spec import StudySpec
-from trainer.study import Protocol, run_study
+from trainer.splits import SplitRows
+from trainer.study import run_study
 
 TABLE = Path(__file__).parent / "data" / "titanic.csv"
 TARGET = "survived"
@@ -68,8 +71,8 @@ def _is_number(cell: str) -> bool:
     return True
 
 
-def baseline(protocol: Protocol) -> tuple[list[float], float]:
-    """Logistic regression's accuracy per fold and on the test rows."""
+def baseline(rows: SplitRows) -> tuple[list[float], float]:
+    """Logistic regression's accuracy per fold and on the test rows of ``rows``."""
     X, numeric, _, y = raw_columns()
     n_num = len(numeric)
 
@@ -88,12 +91,13 @@ def baseline(protocol: Protocol) -> tuple[list[float], float]:
             encode, StandardScaler(with_mean=False), LogisticRegression(max_iter=2000)
         )
 
+    pool = np.setdiff1d(np.arange(len(y)), rows.test)
     scores = []
-    for split in protocol.splits:
-        train = np.concatenate([split.fit, split.val])
+    for fold in rows.folds:
+        train = np.setdiff1d(pool, fold)
         fitted = model().fit(X[train], y[train])
-        scores.append(float(fitted.score(X[split.score], y[split.score])))
-    test = model().fit(X[protocol.pool], y[protocol.pool]).score(X[protocol.test], y[protocol.test])
+        scores.append(float(fitted.score(X[fold], y[fold])))
+    test = model().fit(X[pool], y[pool]).score(X[rows.test], y[rows.test])
     return scores, float(test)
 
 
@@ -117,14 +121,14 @@ def main() -> None:
             "cv": {"folds": 5, "test_fraction": 0.2},
         }
     )
-    protocol = Protocol.of(spec, data)
     start = time.perf_counter()
     outcome = run_study(spec, data)
     wall = time.perf_counter() - start
     best = outcome.best
     assert best is not None and outcome.fitted is not None
     folds = [float(v) for v in best.user_attrs["fold_scores"]]
-    base_folds, base_test = baseline(protocol)
+    rows = outcome.splits
+    base_folds, base_test = baseline(rows)
     columns = ", ".join(
         f"{c.name} ({c.kind}{f', {c.blanks} blank' if c.blanks else ''})"
         for c in data.table.layout.columns  # type: ignore[union-attr]
@@ -136,8 +140,8 @@ def main() -> None:
         f"- device: {machine()}; commit `{git_commit()}`",
         f"- data: Titanic passengers (`benchmarks/data/titanic.csv`), {data.n_samples} rows, "
         f"target `{TARGET}`; columns: {columns}; {data.n_features} network inputs after encoding",
-        f"- protocol: 5 stratified folds of the {len(protocol.pool)} non-test rows, "
-        f"{len(protocol.test)} held-out test rows (seed 0); regtune: MLP 64-64 (BN), "
+        f"- protocol: 5 stratified folds of the {data.n_samples - len(rows.test)} non-test "
+        f"rows, {len(rows.test)} held-out test rows (seed 0); regtune: MLP 64-64 (BN), "
         f"{args.trials} trials (TPE, median pruner), ≤ 60 epochs, the five regularization "
         f"hyperparameters searched, best trial refitted on all non-test rows ({wall:.0f} s); "
         "baseline: logistic regression (C = 1), same preprocessing, fitted per fold",
