@@ -165,6 +165,18 @@ def problem(response: httpx.Response) -> str:
     return "\n".join(".".join(str(p) for p in e["loc"]) + ": " + e["msg"] for e in detail)
 
 
+def hidden_from(other: httpx.Client, path: str, study_id: str) -> None:
+    """Another tenant's study at ``path`` (``{id}`` in it) is a 404 worded as for an id that
+    does not exist: nothing tells ``other`` that it exists."""
+    nobody_id = uuid.uuid4().hex
+    theirs = other.get(path.format(id=study_id))
+    nobody = other.get(path.format(id=nobody_id))
+    assert theirs.status_code == nobody.status_code == 404, theirs.text
+    assert theirs.json()["detail"].replace(study_id, "ID") == nobody.json()["detail"].replace(
+        nobody_id, "ID"
+    )
+
+
 def wait_for(
     predicate: Any, timeout: float = 120.0, interval: float = 0.3, what: str = "condition"
 ) -> Any:

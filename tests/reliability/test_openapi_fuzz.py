@@ -51,6 +51,7 @@ EXPECTED = {
     "GET /v1/studies/{study_id}/trials",
     "GET /v1/studies/{study_id}/trials/{number}",
     "GET /v1/studies/{study_id}/model",
+    "GET /v1/studies/{study_id}/splits",
     "GET /v1/studies/{study_id}/report",
     "POST /v1/studies/{study_id}/cancel",
 }
