@@ -55,12 +55,24 @@ def command_line() -> str:
     return shlex.join([shown, *sys.argv])
 
 
+# BENCHMARKS.md opens with the latest figure of each workload (kept by hand), then the history
+# of every run as recorded, oldest first: a new run goes at the end, into the history.
+NEW_LOG = """# Benchmarks
+
+The latest figure for each workload, then the history: every run as recorded, oldest first.
+
+## Latest figures
+
+None yet: copy a run's figure here from the history, with its command, machine and commit.
+
+## History
+"""
+
+
 def append_section(path: Path, text: str) -> None:
+    """Add a run's section at the end of the log's history (a new log is started first)."""
     if not path.exists():
-        path.write_text(
-            "# Benchmarks\n\nMeasured figures for regtune; each section records the command, "
-            "machine and commit that produced it.\n"
-        )
+        path.write_text(NEW_LOG)
     with path.open("a") as handle:
         handle.write("\n" + text)
 
