@@ -37,8 +37,8 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
 from trainer.datasets import load_csv
+from trainer.records import SplitRows
 from trainer.spec import StudySpec
-from trainer.splits import SplitRows
 from trainer.study import run_study
 
 TABLE = Path(__file__).parent / "data" / "titanic.csv"

@@ -10,11 +10,12 @@ from typing import Any
 import numpy as np
 import pytest
 from servers import hidden_from, regtune, serving, tiny_study
+from test_cli_imports import heavy_imports
 
 from trainer.artifact import load_model
 from trainer.datasets import load_builtin, load_csv
+from trainer.records import SplitRows
 from trainer.spec import StudySpec
-from trainer.splits import SplitRows
 from trainer.study import Protocol
 
 
@@ -96,8 +97,11 @@ def test_the_splits_of_a_study_over_http_and_the_cli(tmp_path: Path) -> None:
         assert saved.returncode == 0, saved.stderr
         assert json.loads((tmp_path / "splits.json").read_text()) == rows
         assert "3 folds of" in saved.stderr and f"{len(rows['test'])} test rows" in saved.stderr
-        printed = cli("splits", study_id)
-        assert printed.returncode == 0 and json.loads(printed.stdout) == rows
+        # Without -o it prints them, and like every client command loads no torch or sklearn.
+        env = {"REGTUNE_URL": server.url, "REGTUNE_TOKEN": alice}
+        imported, printed = heavy_imports(["splits", study_id], tmp_path, env)
+        assert printed.returncode == 0 and json.loads(printed.stdout) == rows, printed.stderr
+        assert imported == [], imported
 
         hidden_from(other, "/v1/studies/{id}/splits", study_id)
         stolen = cli("splits", study_id, "-o", "stolen.json", token=bob)

@@ -5,21 +5,25 @@ regtune reads and writes them through :class:`TrialRecord`, so a field has one n
 type and one meaning everywhere (the engine that writes it, the API, the report, the refit),
 and :class:`BestTrial` is the one summary of a study's best trial (``GET /v1/studies/{id}``
 and ``regtune tune --json`` alike), inside :class:`StudyResult`, what a finished study shows.
+:class:`SplitRows` is a study's protocol as rows (``GET /v1/studies/{id}/splits``, ``regtune
+splits``, ``regtune tune --splits``), to score a baseline in the very same folds.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, fields, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 if TYPE_CHECKING:  # the HTTP client reads these records: it must not load torch or Optuna
     from optuna.trial import FrozenTrial
 
     from trainer.config import TrialConfig
     from trainer.engine import CVResult
+    from trainer.splits import Split
 
 SIGNIFICANT_DIGITS = 5
 
@@ -147,3 +151,27 @@ class StudyResult(BaseModel):
     trials: dict[str, int]  # finished and pending trials by state, states with none left out
     best: BestTrial | None
     test_score: float | None
+
+
+Rows = list[int]
+
+
+class SplitRows(BaseModel):
+    """A study's protocol as 0-based row indices into its dataset as stored (an upload after
+    ``missing_target=drop``): fold k trains on every row that is neither test nor in
+    ``folds[k]``, of which ``inner_validation[k]`` drive its early stopping."""
+
+    test: Rows = Field(description="the held-out test rows ([] without test_fraction)")
+    folds: list[Rows] = Field(description="per fold, the rows it scores")
+    inner_validation: list[Rows] = Field(
+        description="per fold, the rows of its training part that its early stopping watches"
+    )
+
+    @classmethod
+    def of(cls, test: np.ndarray, splits: Sequence[Split]) -> SplitRows:
+        """The rows of a protocol's test split and folds (:mod:`trainer.splits`)."""
+        return cls(
+            test=test.tolist(),
+            folds=[split.score.tolist() for split in splits],
+            inner_validation=[split.val.tolist() for split in splits],
+        )

@@ -2,17 +2,14 @@
 
 All splits are index arrays into the dataset and depend only on the study's seed, so every
 trial of a study is scored on the same folds (which paired tests such as Wilcoxon need).
-:class:`SplitRows` is the protocol as a user reads it (``GET /v1/studies/{id}/splits``,
-``regtune splits``, ``regtune tune --splits``), to score a baseline in the very same folds.
+:class:`trainer.records.SplitRows` is the protocol as a user reads it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from pydantic import BaseModel, Field
 from sklearn.model_selection import KFold, StratifiedKFold, train_test_split
 
 from trainer.spec import Task
@@ -78,26 +75,3 @@ def cv_splits(
         fit, val = inner_split(pool[train], y, task, inner_validation, seed + k)
         splits.append(Split(fit, val, np.sort(pool[scored])))
     return splits
-
-
-Rows = list[int]
-
-
-class SplitRows(BaseModel):
-    """A study's protocol as 0-based row indices into its dataset as stored (an upload after
-    ``missing_target=drop``): fold k trains on every row that is neither test nor in
-    ``folds[k]``, of which ``inner_validation[k]`` drive its early stopping."""
-
-    test: Rows = Field(description="the held-out test rows ([] without test_fraction)")
-    folds: list[Rows] = Field(description="per fold, the rows it scores")
-    inner_validation: list[Rows] = Field(
-        description="per fold, the rows of its training part that its early stopping watches"
-    )
-
-    @classmethod
-    def of(cls, test: np.ndarray, splits: Sequence[Split]) -> SplitRows:
-        return cls(
-            test=test.tolist(),
-            folds=[split.score.tolist() for split in splits],
-            inner_validation=[split.val.tolist() for split in splits],
-        )

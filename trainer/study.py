@@ -26,11 +26,11 @@ from trainer.engine import DivergedError, FittedModel, fold_ensemble
 from trainer.networks import footprint
 from trainer.objective import fold_schedule, grid, trial_seed
 from trainer.population import Population
-from trainer.records import BestTrial, StudyResult, TrialRecord
+from trainer.records import BestTrial, SplitRows, StudyResult, TrialRecord
 from trainer.refit import refit
 from trainer.search import Engine, Search
 from trainer.spec import Metric, SpecError, StudySpec, default_metric, metric_direction
-from trainer.splits import Split, SplitRows, cv_splits, holdout
+from trainer.splits import Split, cv_splits, holdout
 
 
 def resolve_metric(spec: StudySpec, dataset: Dataset) -> Metric:

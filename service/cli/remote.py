@@ -239,7 +239,7 @@ def splits_download(
     "folds": [[rows fold 1 scores], ...], "inner_validation": [[rows fold 1's early stopping
     watches], ...]}, to score a baseline in the very same folds."""
     from service.cli.client import Client
-    from trainer.splits import SplitRows
+    from trainer.records import SplitRows
 
     with Client() as client:
         rows = api_call(client.typed, SplitRows, "GET", f"/v1/studies/{study_id}/splits")

@@ -26,8 +26,8 @@ from service.store import lifecycle, stored_models, uploads
 from service.store.tables import StudyRecord
 from trainer import networks
 from trainer.datasets import DatasetError
+from trainer.records import SplitRows
 from trainer.spec import UNLIMITED, SpecError, StudySpec, stored_model
-from trainer.splits import SplitRows
 from trainer.study import Protocol
 
 router = APIRouter(prefix="/v1/studies", tags=["studies"])
