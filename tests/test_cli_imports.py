@@ -81,7 +81,16 @@ def test_help_of_every_command_imports_no_torch(tmp_path: Path) -> None:
 
 def test_an_unreachable_server_is_reported_without_torch(tmp_path: Path) -> None:
     env = {"REGTUNE_URL": "http://127.0.0.1:9"}
-    for args in (["status", "some-id"], ["trials", "some-id"], ["datasets", "list"]):
+    commands = (
+        ["status", "some-id"],
+        ["trials", "some-id"],
+        ["compare", "some-id", "other-id"],
+        ["cancel", "some-id"],
+        ["splits", "some-id"],
+        ["datasets", "list"],
+        ["datasets", "show", "some-id"],
+    )
+    for args in commands:
         imported, done = heavy_imports(args, tmp_path, env)
         assert done.returncode == 2 and "cannot reach http://127.0.0.1:9" in done.stderr
         assert imported == [], f"regtune {' '.join(args)} imported {imported}"
