@@ -31,9 +31,12 @@ $(STAMP): $(RUNTIME)
 
 install: $(STAMP)
 
-# The service on http://127.0.0.1:8000 with the embedded SQLite database ./regtune.db.
+# The service on http://127.0.0.1:8000 with the embedded SQLite database ./regtune.db;
+# `make serve PORT=8765` for another port. `exec`: the server replaces the recipe's shell, so
+# the SIGTERM that make passes on when it is stopped reaches the server itself.
+PORT ?=
 serve: $(RUNTIME)
-	$(VENV)/bin/regtune serve
+	exec $(VENV)/bin/regtune serve $(if $(PORT),--port $(PORT))
 
 # The browser tests drive Debian's Chromium (Playwright's own browser download does not work
 # on a closed network).
