@@ -214,7 +214,7 @@ def test_a_study_without_a_completed_trial_says_so(spec: StudySpec) -> None:
     page = report.render(record_of(spec, None, status="running", finished_at=None), trials)
     assert 'id="no-completed-trial"' in page
     assert "No trial of this study has completed" in page
-    assert "1 pruned, 1 failed so far" in page
+    assert "(0 complete, 1 pruned, 1 failed, 1 running so far)" in page
     assert 'id="in-progress"' in page and "still running" in page
     assert "fold 0 diverged at epoch 3" in section_of(page, "budget")
     assert "best-configuration" not in page
@@ -301,10 +301,12 @@ def test_trials_with_retries_are_counted_once(spec: StudySpec) -> None:
         value=0.9,
         params={"weight_decay": 1e-3, "patience": 5},
         distributions=SPACE,
-        system_attrs={"failed_trial": 0},
+        system_attrs={"failed_trial": 0, "retry_history": [0]},  # as Optuna's retry writes them
     )
     page = report.render(record_of(spec, None), numbered([failed, rerun]))
-    assert "<td>failed, then re-queued (a worker died)</td><td>1</td>" in page
+    assert "<td>failed, then run again (its worker stopped)</td><td>1</td>" in page
+    assert "<td>failed</td><td>0</td>" in page
+    assert "1 finished of 10 (1 complete, 0 pruned, 0 failed, 1 retried" in page
 
 
 # --- over HTTP ----------------------------------------------------------------------------------
