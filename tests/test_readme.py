@@ -134,6 +134,19 @@ exit $status
 """
 
 
+def start(args: list[str], cwd: Path, env: dict[str, str]) -> subprocess.Popen[str]:
+    """A process in a group of its own (a test can end all of it), its output read as one."""
+    return subprocess.Popen(
+        args,
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+
+
 def run_readme(markdown: str, root: Path) -> subprocess.CompletedProcess[str]:
     throwaway_venv(root)
     user_files(root)
@@ -148,15 +161,7 @@ def run_readme(markdown: str, root: Path) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("REGTUNE_", "VIRTUAL_ENV"))}
     env["PATH"] = os.pathsep.join(p for p in env["PATH"].split(os.pathsep) if p != suite_bin)
     env |= {"PIP_NO_INDEX": "1", "PIP_NO_BUILD_ISOLATION": "0"}  # pip's "no": off
-    proc = subprocess.Popen(
-        [*namespace, "bash", "driver.sh"],
-        cwd=root,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
+    proc = start([*namespace, "bash", "driver.sh"], root, env)
     try:
         out, _ = proc.communicate(timeout=SESSION_TIMEOUT_S)
     except subprocess.TimeoutExpired:
@@ -260,15 +265,7 @@ def test_make_serve_takes_a_port_and_stops_cleanly_on_sigterm(tmp_path: Path) ->
     recipe does."""
     port = free_port()
     env = os.environ | {"REGTUNE_DATABASE_URL": f"sqlite:///{tmp_path / 'regtune.db'}"}
-    make = subprocess.Popen(
-        ["make", "--no-print-directory", "serve", f"PORT={port}"],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
+    make = start(["make", "--no-print-directory", "serve", f"PORT={port}"], ROOT, env)
     try:
         healthy = wait_healthy(f"http://127.0.0.1:{port}", make)
         (server,) = children_of(make.pid)
