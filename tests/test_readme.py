@@ -253,11 +253,6 @@ def test_the_old_plugin_layout_fails_the_readme_test(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="`regtune serve` exits 128 + 15 on SIGTERM (service/cli/serve.py), which make reports "
-    "as 'Error 143'; a requested stop should exit 0, as `regtune worker` does",
-)
 def test_make_serve_takes_a_port_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
     """`make serve PORT=N` serves on N; SIGTERM to make reaches the server (the recipe execs
     it), which stops its workers and exits 0, so make prints no error. make itself then ends

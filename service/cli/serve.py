@@ -170,8 +170,9 @@ def serve(settings: Settings) -> None:
     app = create_app(settings)
     # uvicorn stops on SIGTERM, then raises the signal again once it has shut down; with the
     # default action that would end this process before it stops its workers. As SystemExit
-    # it unwinds through the finally below.
-    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    # it unwinds through the finally below, with status 0: a stop that was asked for is no
+    # failure (make would print "Error 143", Kubernetes would mark the pod failed).
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
     workers = start_workers(settings)
     log.info(
         "regtune on http://%s:%d (dashboard at /dashboard), %d worker(s)",
