@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import pytest
 from pydantic import ValidationError
+from servers import regtune
 
 from trainer.spec import Limits, Range, StudySpec
+
+OUT = {"type": "linear"}  # a network's output layer
 
 
 def errors(data: dict[str, Any], **context: Any) -> list[tuple[str, str]]:
@@ -160,3 +165,105 @@ def test_fixed_values_and_choices_are_accepted() -> None:
     )
     assert spec.search_space.weight_decay == 0
     assert spec.search_space.hidden == [[32], [64, 64]]
+
+
+@pytest.mark.parametrize("groups", [5, [1], "dropout.a", True, 0, [], ""])
+def test_groups_of_the_wrong_type_are_refused_by_name(groups: object) -> None:
+    """``search_space.groups`` is validated as the mapping it is (5 and [1] raised a
+    TypeError: a 500 over HTTP), falsy values included."""
+    found = errors({"dataset": "builtin:digits", "search_space": {"groups": groups}})
+    assert [loc for loc, _ in found] == ["search_space.groups"], found
+    assert "dropout group ranges are written 'dropout.<group>'" in found[0][1], found
+
+
+@pytest.mark.parametrize(
+    ("data", "field"),
+    [
+        ({"n_trials": True}, "n_trials"),
+        ({"n_trials": "5"}, "n_trials"),
+        ({"seed": False}, "seed"),
+        ({"cv": {"folds": 3.0}}, "cv.folds"),
+        ({"cv": {"shuffle": "yes"}}, "cv.shuffle"),
+        ({"cv": {"shuffle": 1}}, "cv.shuffle"),
+        ({"training": {"lr": "0.01"}}, "training.lr"),
+        ({"training": {"batch_size": True}}, "training.batch_size"),
+        ({"training": {"grad_clip": False}}, "training.grad_clip"),
+        ({"model": {"hidden": ["16"]}}, "model.hidden.0"),
+        ({"model": {"batch_norm": "false"}}, "model.batch_norm"),
+        ({"timeout_s": "60"}, "timeout_s"),
+        ({"final_model": {"ensemble": 1}}, "final_model.ensemble"),
+    ],
+)
+def test_a_value_of_another_json_type_is_refused_not_coerced(data: dict, field: str) -> None:
+    """A number as text, a boolean as a number or a number as a boolean is the wrong type:
+    refused naming the field, never silently read as another value (true as 1 trial)."""
+    found = errors({"dataset": "builtin:digits"} | data)
+    assert [loc for loc, _ in found] == [field], found
+
+
+@pytest.mark.parametrize(
+    ("data", "field", "message"),
+    [
+        ({"training": {"max_epoch": 3}}, "training.max_epoch", "'training.max_epochs'?"),
+        ({"n_trial": 3}, "n_trial", "'n_trials'?"),
+        ({"search_space": {"dropuot": 0.1}}, "search_space.dropuot", "'search_space.dropout'?"),
+        ({"cv": {"fold": 5}}, "cv.fold", "'cv.folds'?"),
+        ({"sampler": {"knd": "tpe"}}, "sampler.knd", "'sampler.kind'?"),
+        (
+            {"model": {"kind": "layers", "layers": [{"type": "linear", "outt": 4}, OUT]}},
+            "model.layers.0.linear.outt",
+            "'model.layers.0.linear.out'?",
+        ),
+        (  # a range is parsed apart (a parameter may be a range, choices or a number)
+            {"search_space": {"lr": {"low": 0.1, "hihg": 1}}},
+            "search_space.lr",
+            "Value error, high: Field required; "
+            "hihg: Extra inputs are not permitted; did you mean 'high'?",
+        ),
+    ],
+)
+def test_an_unknown_key_close_to_a_known_one_gets_a_suggestion(
+    data: dict, field: str, message: str
+) -> None:
+    found = errors({"dataset": "builtin:digits"} | data)
+    assert [loc for loc, _ in found] == [field], found
+    if not message.startswith("Value error"):
+        message = f"Extra inputs are not permitted; did you mean {message}"
+    assert found[0][1] == message, found
+
+
+def test_an_unknown_key_far_from_every_known_one_gets_no_suggestion() -> None:
+    found = errors({"dataset": "builtin:digits", "training": {"colour": "blue"}})
+    assert found == [("training.colour", "Extra inputs are not permitted")], found
+
+
+def test_a_suggestion_comes_with_every_other_problem_of_the_spec() -> None:
+    """The other errors keep their place, type and message beside the suggestion."""
+    with pytest.raises(ValidationError) as info:
+        StudySpec.model_validate(
+            {"dataset": "builtin:digits", "cv": {"folds": 1, "shufle": True}, "n_trials": 0}
+        )
+    found = {(".".join(map(str, e["loc"])), e["type"], e["msg"]) for e in info.value.errors()}
+    assert found == {
+        ("n_trials", "greater_than_equal", "Input should be greater than or equal to 1"),
+        ("cv.folds", "greater_than_equal", "Input should be greater than or equal to 2"),
+        (
+            "cv.shufle",
+            "extra_forbidden",
+            "Extra inputs are not permitted; did you mean 'cv.shuffle'?",
+        ),
+    }, found
+
+
+def test_regtune_tune_names_the_close_key_too(tmp_path: Path) -> None:
+    """The CLI reads the suggestion from the same validation as the API (a real process)."""
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps({"dataset": "builtin:wine", "training": {"max_epoch": 3}}))
+    run = regtune(
+        "tune", "--spec", str(spec), database_url=f"sqlite:///{tmp_path / 'x.db'}", COLUMNS="200"
+    )
+    assert run.returncode != 0
+    assert (
+        "training.max_epoch: Extra inputs are not permitted; did you mean "
+        "'training.max_epochs'?" in run.stderr
+    ), run.stderr

@@ -210,16 +210,22 @@ class SearchSpace(Strict):
         if not isinstance(data, dict):
             return data
         data = dict(data)
-        groups = dict(data.pop("groups", None) or {})
-        for key in [k for k in data if isinstance(k, str) and k.startswith("dropout.")]:
-            groups[key.removeprefix("dropout.")] = data.pop(key)
-        return data | ({"groups": groups} if groups else {})
+        dotted = [k for k in data if isinstance(k, str) and k.startswith("dropout.")]
+        gathered = {key.removeprefix("dropout."): data.pop(key) for key in dotted}
+        groups = data.get("groups", {})
+        if gathered and isinstance(groups, dict):
+            data["groups"] = groups | gathered
+        # Otherwise ``groups`` stays as given: its own validator refuses a non-mapping.
+        return data
 
     @field_validator("groups", mode="before")
     @classmethod
     def _group_ranges(cls, value: Any) -> dict[str, Param]:
         if not isinstance(value, dict):
-            raise ValueError("dropout group ranges are written 'dropout.<group>'")
+            raise ValueError(
+                f"must be an object of dropout groups' ranges, got {type(value).__name__} "
+                "(dropout group ranges are written 'dropout.<group>')"
+            )
         parsed: dict[str, Param] = {}
         for group, entry in value.items():
             if not re.fullmatch(GROUP_NAME, str(group)):

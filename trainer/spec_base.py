@@ -6,14 +6,21 @@ as validation context, ``StudySpec.model_validate(data, context={"limits": limit
 
 from __future__ import annotations
 
+import difflib
+import typing
 from typing import Any
 
 from pydantic import (
     AfterValidator,
     BaseModel,
     ConfigDict,
+    ModelWrapValidatorHandler,
+    ValidationError,
     ValidationInfo,
+    model_validator,
 )
+from pydantic_core import ErrorDetails, InitErrorDetails, PydanticCustomError
+from pydantic_core.core_schema import ErrorType
 
 
 class SpecError(ValueError):
@@ -65,8 +72,25 @@ def at_most(limit: str) -> AfterValidator:
 
 
 class Strict(BaseModel):
-    # JSON has no NaN/Infinity, but Python's parser accepts them: refuse them in every number.
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    """A spec model: unknown keys refused (with the closest known key when one is near),
+    every value of its own JSON type (``"5"`` or ``true`` is no integer), no NaN/Infinity
+    (JSON has none, but Python's parser accepts them)."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, strict=True)
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _did_you_mean(cls, data: Any, handler: ModelWrapValidatorHandler[Any]) -> Any:
+        try:
+            return handler(data)
+        except ValidationError as exc:
+            errors = exc.errors()
+            if not any(_suggestion(cls, e) or _suggested(e) for e in errors):
+                raise
+            # Each model on the way up renames its descendants' suggestions, so that the
+            # outermost one (the spec) names them from its root: 'training.max_epochs'.
+            rebuilt = [_with_suggestion(e, _suggestion(cls, e)) for e in errors]
+            raise ValidationError.from_exception_data(exc.title, rebuilt) from None
 
 
 def check_widths(widths: list[int], limits: Limits) -> None:
@@ -82,3 +106,38 @@ def field_problem(error: Any, where_empty: str = "") -> str:
     where = ".".join(str(p) for p in error["loc"]) or where_empty
     message = str(error["msg"]).removeprefix("Value error, ")
     return f"{where}: {message}" if where else message
+
+
+EXTRA = "extra_forbidden"
+DID_YOU_MEAN = "Extra inputs are not permitted; did you mean '{did_you_mean}'?"
+BUILTIN_ERRORS = frozenset(typing.get_args(ErrorType))
+
+
+def _suggestion(model: type[BaseModel], error: ErrorDetails) -> str | None:
+    """The field of ``model`` closest to an unknown key of its own, if one is close."""
+    if error["type"] != EXTRA or len(error["loc"]) != 1 or _suggested(error):
+        return None
+    close = difflib.get_close_matches(str(error["loc"][0]), list(model.model_fields), n=1)
+    return close[0] if close else None
+
+
+def _suggested(error: ErrorDetails) -> bool:
+    return "suggestion" in error.get("ctx", {})
+
+
+def _with_suggestion(error: ErrorDetails, suggestion: str | None) -> InitErrorDetails:
+    """``error`` as pydantic takes it back, its suggestion (new or inherited) named in full."""
+    ctx = dict(error.get("ctx", {}))
+    kind: str | PydanticCustomError
+    if suggestion is not None or _suggested(error):
+        ctx["suggestion"] = key = suggestion or ctx["suggestion"]
+        ctx["did_you_mean"] = ".".join(map(str, [*error["loc"][:-1], key]))
+        kind = PydanticCustomError(EXTRA, DID_YOU_MEAN, ctx)
+    elif error["type"] in BUILTIN_ERRORS:
+        kind = error["type"]
+    else:  # a custom error: its message as rendered (no context left to fill in)
+        kind, ctx = PydanticCustomError(error["type"], error["msg"]), {}
+    rebuilt = InitErrorDetails(type=kind, loc=error["loc"], input=error["input"])
+    if ctx and isinstance(kind, str):
+        rebuilt["ctx"] = ctx
+    return rebuilt

@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
+from spec_strategies import FIELDS, fits_schema, json_values, place, section_of
 
 from trainer.spec import DOMAINS, SEARCHABLE, Limits, Range, SearchSpace, StudySpec
 
@@ -219,57 +220,25 @@ def test_layers_and_widths_over_their_limits_are_refused(
             assert [e["loc"] for e in errors] == [loc] and fragment in errors[0]["msg"], errors
 
 
-# --- junk --------------------------------------------------------------------------------
-
-scalars = (
-    st.none()
-    | st.booleans()
-    | st.integers(min_value=-(10**30), max_value=10**30)
-    | st.integers().map(lambda n: n * 10**400)
-    | st.floats()
-    | st.text(max_size=20)
-    | st.sampled_from(["builtin:wine", "adam", "mlp", "tpe", "log", "low", "high"])
-)
-junk = st.recursive(
-    scalars,
-    lambda children: (
-        st.lists(children, max_size=4)
-        | st.dictionaries(
-            st.sampled_from(["low", "high", "log", "kind", "folds", "x"]) | st.text(max_size=5),
-            children,
-            max_size=4,
-        )
-    ),
-    max_leaves=12,
-)
+# --- junk ---------------------------------------------------------------------------------
 
 
-def section(*keys: str) -> st.SearchStrategy[dict[str, Any]]:
-    return st.dictionaries(st.sampled_from(keys) | st.text(max_size=4), junk, max_size=4)
+def section(model: type[BaseModel]) -> st.SearchStrategy[dict[str, Any]]:
+    return st.dictionaries(
+        st.sampled_from(list(model.model_fields)) | st.text(max_size=4), json_values, max_size=4
+    )
 
 
-# Junk under the real keys, so that it reaches every nested model and custom validator.
+# Junk under the real keys (read from the models), so that it reaches every nested model and
+# custom validator; a valid dataset often, so that the spec-wide checks run too.
 junk_specs = st.fixed_dictionaries(
     {},
     optional={
-        "name": junk,
-        "dataset": junk | st.just("builtin:wine"),
-        "task": junk,
-        "n_trials": junk,
-        "timeout_s": junk,
-        "seed": junk,
-        "model": section("kind", "hidden", "batch_norm", "channels", "kernel_size", "stride"),
-        "training": section(
-            "optimizer", "lr", "momentum", "batch_size", "max_epochs", "l2_mode", "min_delta",
-            "grad_clip", "regularize_bias_and_bn",
-        ),
-        "search_space": section(*SEARCHABLE, "hidden"),
-        "cv": section("folds", "shuffle", "inner_validation", "test_fraction"),
-        "objective": section("metric"),
-        "sampler": section("kind", "n_startup_trials", "grid_points"),
-        "pruner": section("kind", "n_startup_trials", "n_warmup_steps", "reduction_factor"),
-    },
-)  # fmt: skip
+        name: section(model) if (model := section_of(name)) is not None else json_values
+        for name in StudySpec.model_fields
+    }
+    | {"dataset": json_values | st.just("builtin:wine")},
+)
 
 
 def validate_or_refuse(data: Any) -> None:
@@ -286,7 +255,7 @@ def validate_or_refuse(data: Any) -> None:
 
 
 @settings(PROFILE, max_examples=400)
-@given(junk)
+@given(json_values)
 def test_arbitrary_junk_only_ever_raises_a_validation_error(data: Any) -> None:
     validate_or_refuse(data)
 
@@ -303,3 +272,20 @@ def test_integers_too_large_for_a_float_are_refused(name: str, huge: int) -> Non
     for value in (huge, [huge], {"low": 1, "high": huge}):
         with pytest.raises(ValidationError):
             SearchSpace.model_validate({name: value})
+
+
+@settings(PROFILE, max_examples=1_000)
+@given(st.sampled_from(FIELDS), json_values)
+def test_a_value_the_schema_does_not_allow_is_refused_naming_its_field(
+    path: tuple[str, ...], value: Any
+) -> None:
+    """Any JSON at any field of the spec: a ValidationError or a valid spec, never another
+    exception; a value outside the field's JSON schema is refused at that field."""
+    data = {"dataset": "builtin:wine", **place(path, value)}
+    validate_or_refuse(data)
+    if not fits_schema(path, value):
+        with pytest.raises(ValidationError) as caught:
+            StudySpec.model_validate(data)
+        assert any(e["loc"][: len(path)] == path for e in caught.value.errors()), (
+            caught.value.errors()
+        )
