@@ -16,7 +16,7 @@ from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
-from starlette.routing import Match, Mount
+from starlette.routing import Match, Mount, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.http.api import datasets, studies
@@ -132,32 +132,37 @@ async def http_errors(request: Request, exc: HTTPException) -> Response:
     return await http_exception_handler(request, exc)
 
 
-ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+class ApiFallback:
+    """What no route of the API (``/v1``, ``/healthz``) answers: JSON 405 (with ``Allow``)
+    when the path exists with other methods, else 404, never the dashboard's pages or its
+    "read-only" 403 (it owns the rest of the root). An ASGI app, not a function, so that its
+    route takes every method, TRACE included (a function's route takes only GET)."""
 
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.answer(Request(scope, receive))(scope, receive, send)
 
-def v1_fallback(request: Request) -> JSONResponse:
-    """What no ``/v1`` route answers: JSON 405 (with ``Allow``) when the path exists with
-    other methods, else 404, never the dashboard's pages (it owns the rest of the root)."""
-    path = request.url.path
-    allowed = [
-        method
-        for method in ("DELETE", "GET", "PATCH", "POST", "PUT")
-        if any(
-            route.matches({**request.scope, "method": method})[0] == Match.FULL
-            for route in request.app.router.routes
-            if not isinstance(route, Mount) and getattr(route, "endpoint", None) is not v1_fallback
-        )
-    ]
-    if allowed:
+    def answer(self, request: Request) -> JSONResponse:
+        path = request.url.path
+        allowed = [
+            method
+            for method in ("DELETE", "GET", "PATCH", "POST", "PUT")
+            if any(
+                route.matches({**request.scope, "method": method})[0] == Match.FULL
+                for route in request.app.router.routes
+                if not isinstance(route, Mount)
+                and not isinstance(getattr(route, "endpoint", None), ApiFallback)
+            )
+        ]
+        if allowed:
+            return JSONResponse(
+                {"detail": f"{request.method} is not allowed on {path}; use {', '.join(allowed)}"},
+                status_code=405,
+                headers={"Allow": ", ".join(allowed)},
+            )
         return JSONResponse(
-            {"detail": f"{request.method} is not allowed on {path}; use {', '.join(allowed)}"},
-            status_code=405,
-            headers={"Allow": ", ".join(allowed)},
+            {"detail": f"no such path {path} in the API (its paths are listed at /docs)"},
+            status_code=404,
         )
-    return JSONResponse(
-        {"detail": f"no such path {path} in the API (its paths are listed at /docs)"},
-        status_code=404,
-    )
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -196,6 +201,8 @@ def create_app(settings: Settings) -> FastAPI:
     def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
+    app.router.routes.append(Route("/healthz", ApiFallback(), include_in_schema=False))
+
     # Starlette types a handler as taking any Exception; these take their own subclass.
     app.add_exception_handler(RequestValidationError, validation_errors)  # type: ignore[arg-type]
     app.add_exception_handler(HTTPException, http_errors)  # type: ignore[arg-type]
@@ -222,8 +229,8 @@ def create_app(settings: Settings) -> FastAPI:
 
     app.include_router(datasets.router)
     app.include_router(studies.router)
-    app.add_api_route("/v1", v1_fallback, methods=ALL_METHODS, include_in_schema=False)
-    app.add_api_route("/v1/{rest:path}", v1_fallback, methods=ALL_METHODS, include_in_schema=False)
+    for path in ("/v1", "/v1/{rest:path}"):  # after every /v1 route: what they leave
+        app.router.routes.append(Route(path, ApiFallback(), include_in_schema=False))
     # optuna-dashboard requests /api/* and /static/* from the root, so it takes the rest.
     app.mount("/", dashboard_app(db, storage))
     app.add_middleware(BodyLimit, limit=settings.max_upload_bytes + UPLOAD_OVERHEAD)
