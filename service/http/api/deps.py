@@ -43,19 +43,20 @@ class Authenticator:
     """Token → tenant, with the lookups pollers repeat kept for ``auth_cache_s``.
 
     Once a token exists the API is closed for good (tokens are never deleted through the
-    service), so "are there tokens?" is asked only until the answer is yes (and while it is
-    no, at most once per ``auth_cache_s``). Keys are token hashes: the cache holds no secret.
+    service), so "are there tokens?" is asked only until the answer is yes. It is asked on
+    every request until then, not cached: the first token (made by ``regtune token create``
+    in another process) must close the API at once, not one cache period later. Keys are token
+    hashes: the cache holds no secret.
     """
 
     def __init__(self, db: Database, ttl_s: float) -> None:
         self.db, self.cache = db, TTLCache[str | None](ttl_s)
-        self.opened = TTLCache[bool](ttl_s)
         self.closed = False
 
     def __call__(self, token: str | None) -> str | None:
         """The caller's tenant; the open tenant while no token exists; None if refused."""
         if not self.closed:
-            self.closed = not self.opened.get(OPEN_TENANT, self.without_tokens)
+            self.closed = not self.without_tokens()
             if not self.closed:
                 return OPEN_TENANT
         if not token:
