@@ -37,8 +37,8 @@ def test_two_workers_share_one_study_without_overshooting(tmp_path: Path) -> Non
         done = wait_status(http, study["id"], ("completed", "failed"))
     assert done["status"] == "completed", done
     trials = trials_of(url, study["id"])
-    # Each worker checks the shared budget before a trial: at most the running ones overshoot.
-    assert 16 <= len(trials) <= 16 + 1
+    # Each worker reserves its trials on the study's row: exactly the budget.
+    assert len(trials) == 16
     assert done["trials"]["complete"] + done["trials"]["pruned"] == len(trials)
     text = log.read_text()
     workers = {line.split()[4] for line in text.splitlines() if "runs study" in line}

@@ -387,6 +387,8 @@ class StudySpec(Strict):
     n_trials: Annotated[int, Field(ge=1), at_most("max_trials")] = 50
     timeout_s: Annotated[float | None, Field(gt=0), at_most("max_timeout_s")] = None
     seed: int = Field(0, ge=0, lt=2**32)
+    # Orders a tenant's own studies on shared workers (higher first); never another tenant's.
+    priority: int = Field(0, ge=-1000, le=1000)
     model: ModelSpec = ModelSpec()
     training: TrainingSpec = TrainingSpec()
     search_space: SearchSpace = SearchSpace()

@@ -122,6 +122,16 @@ def study_result(study: StudyOut) -> StudyResult:
     )
 
 
+def share_text(study: StudyOut) -> str:
+    """'2 serving it', or 'none yet: number 3 in its tenant's queue (priority 5)'."""
+    text = f"{study.workers} serving it" if study.workers else "none yet"
+    if study.queue_position is not None:
+        text += f": number {study.queue_position} in its tenant's queue"
+    if study.priority:
+        text += f" (priority {study.priority})"
+    return text
+
+
 def status_table(study: StudyOut) -> Table:
     table = titled(f"study {study.id}", show_header=False)
     table.add_column(style="bold")
@@ -135,6 +145,7 @@ def status_table(study: StudyOut) -> Table:
     )
     if study.status in ACTIVE_STATES:
         table.add_row("ETA", duration(study.eta_s))
+        table.add_row("workers", share_text(study))
     table.add_row(f"best CV {study.metric}", best_text(study))
     if study.best is not None and study.best.fold_scores:
         table.add_row("per fold", "  ".join(f"{s:.4f}" for s in study.best.fold_scores))

@@ -140,6 +140,13 @@ class StudyOut(BaseModel):
     trials: dict[str, int]
     progress: float
     eta_s: float | None
+    queue_position: int | None = Field(
+        None,
+        description="a queued study's place in its tenant's queue (1: next; by priority, then "
+        "age); null once it runs",
+    )
+    workers: int = Field(0, description="workers serving the study now")
+    priority: int = Field(0, description="the spec's priority among the tenant's studies")
     best: BestTrial | None
     test_score: float | None
     error: str | None

@@ -19,7 +19,7 @@ from sqlalchemy import delete as sa_delete
 from sqlalchemy import func, select, text, update
 from sqlalchemy.orm import Session
 
-from service.store import trials, uploads, warmstart
+from service.store import scheduling, trials, uploads, warmstart
 from service.store.db import Database
 from service.store.errors import Conflict, NotFound
 from service.store.tables import ACTIVE, FINAL, ArtifactRecord, StudyRecord, StudyStatus, utcnow
@@ -141,6 +141,7 @@ def submit(
                 direction=metric_direction(protocol.metric),
                 n_trials=spec.n_trials,
                 reserved=queued,  # the warm start's trials are the budget's first
+                priority=spec.priority,
             )
             session.add(record)
     except Exception:
@@ -172,17 +173,26 @@ def list_for(session: Session, tenant: str, offset: int, limit: int) -> list[Stu
 
 @dataclass
 class StudyProgress:
-    """A study as ``GET /v1/studies/{id}`` shows it: trial counts, progress, ETA, best."""
+    """A study as ``GET /v1/studies/{id}`` shows it: trial counts, progress, ETA, best, and
+    its share of the workers (its place in its tenant's queue; the workers serving it)."""
 
     record: StudyRecord
     counts: trials.TrialCounts
     progress: float
     eta_s: float | None
     best: FrozenTrial | None
+    queue_position: int | None
+    workers: int
 
 
-def status(session: Session, storage: RDBStorage, record: StudyRecord) -> StudyProgress:
-    """Counts, progress, ETA and the best trial from aggregate queries (fast at 10k trials)."""
+def status(
+    session: Session, storage: RDBStorage, record: StudyRecord, alive_s: float
+) -> StudyProgress:
+    """Counts, progress, ETA and the best trial from aggregate queries (fast at 10k trials);
+    a worker counts as serving the study while its row beat within ``alive_s`` seconds.
+
+    The ETA is the remaining trials at the rate the study has had so far, so it reflects the
+    share of the workers it got; a queued study has no ETA until its first trial ends."""
     study_id = record.optuna_id
     assert study_id is not None
     counts = trials.count_trials(session, study_id)
@@ -198,6 +208,8 @@ def status(session: Session, storage: RDBStorage, record: StudyRecord) -> StudyP
         if record.status not in ACTIVE
         else trials.eta_seconds(counts, record.n_trials, done, first, last),
         best=best,
+        queue_position=scheduling.queue_position(session, record),
+        workers=scheduling.serving_workers(session, record.id, alive_s),
     )
 
 

@@ -101,6 +101,8 @@ class StudyRecord(Base):
     # Trials of the budget taken so far (fresh ones and warm starts, not re-runs): each is
     # reserved here by a conditional UPDATE before it is created (lifecycle.reserve_trial).
     reserved: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # The spec's priority: orders this tenant's studies for the workers (scheduling.py).
+    priority: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     metric: Mapped[str] = mapped_column(String(16))
     direction: Mapped[str] = mapped_column(String(8))
     error: Mapped[str | None] = mapped_column(Text)

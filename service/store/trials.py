@@ -217,8 +217,9 @@ def count_trials(session: Session, study_id: int) -> TrialCounts:
     )
 
 
-def stale_trial_ids(session: Session, study_id: int, grace_s: float) -> list[int]:
-    """Running trials silent for longer than ``grace_s``.
+def stale_trials(session: Session, grace_s: float) -> dict[int, list[int]]:
+    """Running trials silent for longer than ``grace_s``, of every study: trial ids by the
+    id of their Optuna study (one query, for the workers' periodic sweep).
 
     Optuna's own ``fail_stale_trials`` skips a trial that has no heartbeat yet, so a worker
     killed in the instant between starting a trial and its first beat would leave that trial
@@ -229,27 +230,35 @@ def stale_trial_ids(session: Session, study_id: int, grace_s: float) -> list[int
     now_db = now_db.replace(tzinfo=None)  # heartbeats are the database's naive now()
     now_local = datetime.now()  # datetime_start is the worker's naive local time (Optuna's)
     rows = session.execute(
-        select(trials.c.trial_id, trials.c.datetime_start, trial_heartbeats.c.heartbeat)
+        select(
+            trials.c.study_id,
+            trials.c.trial_id,
+            trials.c.datetime_start,
+            trial_heartbeats.c.heartbeat,
+        )
         .outerjoin(trial_heartbeats, trial_heartbeats.c.trial_id == trials.c.trial_id)
-        .where(trials.c.study_id == study_id, trials.c.state == TrialState.RUNNING)
+        .where(trials.c.state == TrialState.RUNNING)
     ).all()
-    stale = []
-    for trial_id, started, beat in rows:
+    stale: dict[int, list[int]] = {}
+    for study_id, trial_id, started, beat in rows:
         silent = (now_db - beat) if beat is not None else (now_local - started)
         if silent.total_seconds() > grace_s:
-            stale.append(trial_id)
+            stale.setdefault(study_id, []).append(trial_id)
     return stale
 
 
-def recover_stale(
-    session: Session, storage: RDBStorage, study: optuna.Study, grace_s: float
-) -> int:
-    """Fail stale trials and queue their parameters again; return how many."""
+def recover_stale(storage: RDBStorage, study: optuna.Study, trial_ids: Sequence[int]) -> int:
+    """Fail the study's stale trials ``trial_ids`` and queue their parameters again; return
+    how many this call recovered (of several workers racing, each trial goes to one)."""
     recovered = 0
-    for trial_id in stale_trial_ids(session, optuna_internals.study_id(study), grace_s):
+    for trial_id in trial_ids:
         mark_stale(storage, trial_id)
         # Only the worker whose update wins re-queues it, however many race here.
-        if storage.set_trial_state_values(trial_id, state=TrialState.FAIL):
+        try:
+            won = storage.set_trial_state_values(trial_id, state=TrialState.FAIL)
+        except UpdateFinishedTrialError:  # another worker failed it first
+            continue
+        if won:
             retry_callback()(study, storage.get_trial(trial_id))
             recovered += 1
     return recovered

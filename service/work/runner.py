@@ -20,11 +20,12 @@ import optuna
 import torch
 from optuna.storages import RDBStorage
 from pydantic import ValidationError
+from sqlalchemy import update
 
 from service.settings import Settings
-from service.store import lifecycle, stored_models, trials, uploads
+from service.store import lifecycle, scheduling, stored_models, trials, uploads
 from service.store.db import DATABASE_ERRORS, Database
-from service.store.tables import StudyRecord
+from service.store.tables import StudyRecord, WorkerRecord, utcnow
 from trainer import artifact, layout, rng
 from trainer.datasets import DatasetError
 from trainer.objective import TrialInterrupted, failure_reason
@@ -50,6 +51,9 @@ class StudyRunner:
     storage: RDBStorage
     worker_id: str
     stopping: threading.Event
+    # The worker's sweep for dead workers' trials, run between trials too: a busy worker
+    # recovers them as soon as an idle one would.
+    sweep: Callable[[], None] = lambda: None
 
     def run(self, record: StudyRecord) -> None:
         """Run ``record``'s search until its budget is spent or it stops; then, if it is done,
@@ -196,6 +200,7 @@ class StudyRunner:
                     # told so at its next epoch, stops.
                     with contextlib.suppress(KeyError):
                         storage.record_heartbeat(optuna_trial_id(trial))
+                self.beat_row()
                 if stop.wait(self.settings.heartbeat_s):
                     return
 
@@ -206,6 +211,16 @@ class StudyRunner:
         finally:
             stop.set()
             thread.join()
+
+    def beat_row(self) -> None:
+        """The worker's own row says it is alive while it trains (a study's status counts the
+        workers serving it by these rows); a missed beat is only a late one."""
+        with contextlib.suppress(*DATABASE_ERRORS), self.db.write() as session:
+            session.execute(
+                update(WorkerRecord)
+                .where(WorkerRecord.id == self.worker_id)
+                .values(heartbeat_at=utcnow())
+            )
 
     def finish(self, record: StudyRecord) -> None:
         """Mark the study completed once its budget is spent and no trial is still running."""
@@ -271,17 +286,30 @@ class StudyRunner:
 @dataclass
 class StudyBudget:
     """The study's :class:`trainer.budget.Budget`: open while the study runs, this worker
-    does not stop, its deadline has not passed and its trials do not all fail; each fresh
-    trial reserved on the study's row (:func:`service.store.lifecycle.reserve_trial`)."""
+    does not stop, its deadline has not passed, its trials do not all fail and no other study
+    comes first (:mod:`service.store.scheduling`); each fresh trial reserved on the study's
+    row (:func:`service.store.lifecycle.reserve_trial`)."""
 
     runner: StudyRunner
     record: StudyRecord
     deadline: float | None
     failed: bool = False  # the study was failed for its failing trials
 
+    switching: bool = False  # another study comes first: the running trials drain
+
     def open(self) -> bool:
+        """Also False while another study comes first in the fair order: the worker then lets
+        its running trials finish and claims again (a tie keeps it here)."""
+        self.runner.sweep()
         self.failed = self.failed or self.runner.failing(self.record)
-        return not self.failed and self.runner.runnable(self.record, self.deadline)
+        if self.failed or not self.runner.runnable(self.record, self.deadline):
+            return False
+        with self.runner.db.read() as session:
+            keeps = scheduling.keeps(session, self.record.id)
+        if not keeps and not self.switching:
+            log.info("study %s: another study comes first; this worker switches", self.record.id)
+        self.switching = not keeps
+        return keeps
 
     def reserve(self) -> bool:
         with self.runner.db.write() as session:

@@ -1,9 +1,12 @@
 """Workers: claim runnable studies and run their trials until the budget is spent.
 
-A study is runnable while it is queued, or running with trials left to start. Claiming
-takes no lock that a trial would hold: the move from ``queued`` to ``running`` is one
-conditional ``UPDATE … WHERE status = 'queued'`` (atomic on SQLite and PostgreSQL alike),
-and several workers (on any number of hosts) may then run the same study. Before it creates a
+A study is runnable while it is queued, or running with trials left to start. Workers are
+shared fairly (``service.store.scheduling``): a worker claims the study whose tenant runs the
+fewest trials now, and when one of its slots frees while another study comes first, it stops
+taking trials of its study, lets its running ones finish and claims again. Claiming takes no
+lock that a trial would hold: the move from ``queued`` to ``running`` is one conditional
+``UPDATE … WHERE status = 'queued'`` (atomic on SQLite and PostgreSQL alike), and several
+workers (on any number of hosts) may then run the same study. Before it creates a
 trial a worker reserves it on the study's row (``lifecycle.reserve_trial``, another
 conditional ``UPDATE``), so together they create exactly ``n_trials``; a dead worker's trials
 run again as re-runs, counted as such.
@@ -11,14 +14,15 @@ run again as re-runs, counted as such.
 The trials run through the search driver that ``regtune tune`` uses too
 (:class:`trainer.search.Search`): a stack of trial slots refilled as trials end, with this
 worker's heartbeats for every trial in a slot (the per-trial engine's too). A trial whose
-worker died goes silent; the next worker that looks for work fails it after the grace period
-and queues its parameters again (``trials.recover_stale``), so the study still gets its full
-budget.
+worker died goes silent; a periodic sweep of every worker (``Worker.sweep``) fails it after
+the grace period and queues its parameters again (``trials.recover_stale``), so the study
+still gets its full budget.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import socket
 import threading
@@ -32,9 +36,9 @@ from optuna.storages import RDBStorage
 from sqlalchemy import select, update
 
 from service.settings import Settings
-from service.store import lifecycle, trials
+from service.store import lifecycle, scheduling, trials
 from service.store.db import DATABASE_ERRORS, Database
-from service.store.tables import ACTIVE, StudyRecord, WorkerRecord, utcnow
+from service.store.tables import StudyRecord, WorkerRecord, utcnow
 from service.work.runner import StudyRunner
 from trainer.device import configure, resolve_device
 from trainer.lifetime import stop_on_signals
@@ -54,6 +58,7 @@ class Worker:
         self.id = uuid.uuid4().hex
         self.stopping = threading.Event()
         self.beaten = 0.0  # when the worker's row last beat (monotonic)
+        self.swept = -math.inf  # when dead workers' trials were last looked for (monotonic)
         # The worker beats for its trials itself (Worker.heartbeats), so Optuna's warning at
         # every ask that heartbeats belong to Study.optimize does not apply to it.
         warnings.filterwarnings("ignore", HEARTBEAT_WARNING, UserWarning)
@@ -150,29 +155,53 @@ class Worker:
     # --- claiming ---------------------------------------------------------------------------
 
     def claim(self) -> StudyRecord | None:
-        """The oldest queued or running study with budget left, marked running."""
+        """The study the fair order gives this worker (``service.store.scheduling``), marked
+        running; None when no active study has work left."""
+        self.sweep()
         with self.db.read() as session:
-            candidates = list(
-                session.scalars(
-                    select(StudyRecord)
-                    .where(StudyRecord.status.in_(ACTIVE))
-                    .order_by(StudyRecord.created_at)
+            pick = scheduling.next_study(session)
+        if pick is None:
+            return None
+        lifecycle.mark(self.db, pick.id, "running", when=("queued",))
+        with self.db.read() as session:
+            # As the database has it now: running, or cancelled meanwhile (the runner stops).
+            return session.get(StudyRecord, pick.id)
+
+    def sweep(self) -> None:
+        """Every ``heartbeat_s``: fail the trials of dead workers and queue their parameters
+        again, and complete the studies that have nothing left to run (their last trial ended
+        in a worker that then died, or in a retry that was the last)."""
+        now = time.monotonic()
+        if now - self.swept < self.settings.heartbeat_s:
+            return
+        self.swept = now
+        with self.db.read() as session:
+            stale = trials.stale_trials(session, self.settings.grace_s)
+            rows = session.execute(
+                select(StudyRecord.optuna_id, StudyRecord.optuna_name).where(
+                    StudyRecord.optuna_id.in_(list(stale))
                 )
-            )
-        for record in candidates:
-            assert record.optuna_id is not None
-            study = optuna.load_study(study_name=record.optuna_name, storage=self.storage)
+            ).all()
+            names = {optuna_id: name for optuna_id, name in rows}
+            idle = [
+                c.id for c in scheduling.candidates(session) if not c.has_work and c.running == 0
+            ]
+        for optuna_id, trial_ids in stale.items():
+            if optuna_id not in names:
+                continue  # a study deleted meanwhile
+            study = optuna.load_study(study_name=names[optuna_id], storage=self.storage)
+            recovered = trials.recover_stale(self.storage, study, trial_ids)
+            if recovered:
+                log.warning(
+                    "%d trial(s) of %s failed: their worker stopped beating",
+                    recovered,
+                    names[optuna_id],
+                )
+        for done in idle:
             with self.db.read() as session:
-                # A dead worker's trial goes back in the queue.
-                trials.recover_stale(session, self.storage, study, self.settings.grace_s)
-                counts = trials.count_trials(session, record.optuna_id)
-            if counts.waiting or record.reserved < record.n_trials:
-                if lifecycle.mark(self.db, record.id, "running", when=("queued",)):
-                    record.status = "running"  # this copy, as the database has it now
-                return record
-            if counts.running == 0:
+                record = session.get(StudyRecord, done)
+            if record is not None and record.status == "running":
                 self.runner().finish(record)
-        return None
 
     # --- running ----------------------------------------------------------------------------
 
@@ -186,7 +215,7 @@ class Worker:
 
     def runner(self) -> StudyRunner:
         return StudyRunner(
-            self.settings, self.device, self.db, self.storage, self.id, self.stopping
+            self.settings, self.device, self.db, self.storage, self.id, self.stopping, self.sweep
         )
 
     def set_current(self, study_id: str | None) -> None:

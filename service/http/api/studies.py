@@ -103,19 +103,25 @@ def cached_json(body: bytes) -> Response:
 
 @router.get("/{study_id}", response_model=StudyOut, responses=documented(401, 404))
 async def get_study(
-    study_id: str, db: DB, storage: Storage, tenant: Tenant, cache: StatusCache
+    study_id: str,
+    db: DB,
+    storage: Storage,
+    tenant: Tenant,
+    cache: StatusCache,
+    settings: AppSettings,
 ) -> Response:
     # Keyed by tenant: another tenant's request computes (and 404s) for itself.
     body = await cache.aget(
-        (tenant, study_id), lambda: json_body(study_status(db, storage, tenant, study_id))
+        (tenant, study_id),
+        lambda: json_body(study_status(db, storage, tenant, study_id, settings.grace_s)),
     )
     return cached_json(body)
 
 
-def study_status(db: DB, storage: Storage, tenant: str, study_id: str) -> StudyOut:
+def study_status(db: DB, storage: Storage, tenant: str, study_id: str, alive_s: float) -> StudyOut:
     record = lookup(db, tenant, study_id)
     with db.read() as session:
-        state = lifecycle.status(session, storage, record)
+        state = lifecycle.status(session, storage, record, alive_s)
     best = None
     if state.best is not None and state.best.value is not None:
         best = BestTrial.of(state.best)
@@ -131,6 +137,9 @@ def study_status(db: DB, storage: Storage, tenant: str, study_id: str) -> StudyO
         trials=state.counts.as_dict(),
         progress=state.progress,
         eta_s=state.eta_s,
+        queue_position=state.queue_position,
+        workers=state.workers,
+        priority=record.priority,
         best=best,
         test_score=record.test_score,
         error=record.error,
