@@ -67,7 +67,7 @@ def test_command_line_client(tmp_path: Path) -> None:
         status = regtune("status", study_id, "--json", database_url=url, **env)
         assert json.loads(status.stdout)["status"] == "completed"
         listed = regtune("trials", study_id, database_url=url, **env)
-        assert listed.returncode == 0 and "trials 0–2 of 2" in listed.stdout
+        assert listed.returncode == 0 and "trials 0–1 of 2" in listed.stdout  # rows 0 and 1
         again = regtune("cancel", study_id, database_url=url, **env)
         assert again.returncode == 2 and "409" in again.stderr and "completed" in again.stderr
         upload = regtune(
