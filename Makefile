@@ -67,13 +67,15 @@ lint: $(STAMP)
 # The reference workload as users run it (textbook loop, `regtune tune`, `regtune serve`),
 # then engine throughput side by side (textbook loop, per-trial engine, population engine)
 # for the MLP, a `layers` CNN and a plugin network,
-# then a real mixed-type table next to a scikit-learn baseline.
+# then a real mixed-type table next to a scikit-learn baseline, then how workers are shared
+# between tenants (each tenant's share over a minute, the claim time).
 bench: $(STAMP)
 	$(PY) benchmarks/workflows.py --append BENCHMARKS.md
 	$(PY) benchmarks/engines.py --append BENCHMARKS.md
 	$(PY) benchmarks/engines.py --model layers-cnn --trials 4 --epochs 5 --threads 1 --append BENCHMARKS.md
 	$(PY) benchmarks/engines.py --model plugin --trials 4 --epochs 5 --threads 1 --append BENCHMARKS.md
 	$(PY) benchmarks/tables.py --append BENCHMARKS.md
+	$(PY) benchmarks/fair_share.py --append BENCHMARKS.md
 
 # Search quality on the built-in datasets (long: tens of minutes on 2 cores).
 quality: $(STAMP)

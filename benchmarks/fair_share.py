@@ -42,6 +42,39 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
+def trained(
+    path: Path, spec: StudySpec, tenants: dict[str, int], seconds: float
+) -> tuple[Counter[str], Settings]:
+    """Submit ``tenants[t]`` studies for each tenant t on a new SQLite database, run
+    ``regtune worker --device cpu`` (a process per core) on it for ``seconds``: the trials
+    each tenant started."""
+    settings = Settings(database_url=f"sqlite:///{path}")
+    db = Database(settings)
+    db.migrate()
+    storage = trials.make_storage(settings)
+    for tenant, count in tenants.items():
+        for i in range(count):
+            lifecycle.submit(db, storage, tenant, spec.model_copy(update={"name": f"{tenant}-{i}"}))
+    env = os.environ | {"REGTUNE_DATABASE_URL": settings.database_url, "REGTUNE_THREADS": "1"}
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "service", "worker", "--device", "cpu"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        time.sleep(seconds)
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        worker.wait(120)
+    with db.read() as session:
+        tenant_of = dict(session.execute(select(StudyRecord.optuna_id, StudyRecord.tenant)).all())
+        per_study = session.scalars(select(trials.trials.c.study_id)).all()
+    db.dispose()
+    storage.engine.dispose()
+    return Counter(tenant_of[study_id] for study_id in per_study), settings
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=60.0)
@@ -60,34 +93,11 @@ def main() -> None:
         }
     )
     with tempfile.TemporaryDirectory() as tmp:
-        url = f"sqlite:///{Path(tmp) / 'fair.db'}"
-        settings = Settings(database_url=url)
-        db = Database(settings)
-        db.migrate()
-        storage = trials.make_storage(settings)
-        for tenant, count in TENANTS.items():
-            for i in range(count):
-                named = spec.model_copy(update={"name": f"{tenant}-{i}"})
-                lifecycle.submit(db, storage, tenant, named)
-        env = os.environ | {"REGTUNE_DATABASE_URL": url, "REGTUNE_THREADS": "1"}
-        worker = subprocess.Popen(
-            [sys.executable, "-m", "service", "worker", "--device", "cpu"],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        try:
-            time.sleep(args.seconds)
-        finally:
-            worker.send_signal(signal.SIGTERM)
-            worker.wait(120)
-        with db.read() as session:
-            tenant_of = dict(
-                session.execute(select(StudyRecord.optuna_id, StudyRecord.tenant)).all()
-            )
-            per_study = session.scalars(select(trials.trials.c.study_id)).all()
-        started_trials = Counter(tenant_of[study_id] for study_id in per_study)
+        # The reference: the same workers on one study alone (no switching at all).
+        alone, _ = trained(Path(tmp) / "alone.db", spec, {"t1": 1}, args.seconds)
+        started_trials, settings = trained(Path(tmp) / "fair.db", spec, TENANTS, args.seconds)
         total = sum(started_trials.values())
+        db = Database(settings)
 
         claimer = Worker(settings)
         claimer.connect()
@@ -104,7 +114,7 @@ def main() -> None:
         with db.read() as session:
             active = len(scheduling.candidates(session))
         claimer.unregister()
-        n_trials = len(per_study)
+        n_trials = total
 
     lines = [
         f"\n## Fair share of the workers, 50 studies of 5 tenants ({started:%Y-%m-%d %H:%M} UTC)\n",
@@ -131,6 +141,10 @@ def main() -> None:
         ),
     )
     lines += [
+        "",
+        f"All trials in the minute: {total} shared out, {sum(alone.values())} by the same workers "
+        f"on one study alone (no switching): the switching costs "
+        f"{1 - total / max(sum(alone.values()), 1):.0%} of the throughput on trials this short.",
         "",
         f"Then, on that database ({active} active studies, {n_trials} trials), "
         f"{args.claims} times each:",
