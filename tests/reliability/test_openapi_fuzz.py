@@ -29,7 +29,7 @@ pytestmark = pytest.mark.slow
 SCHEMATHESIS = Path(sys.executable).with_name("schemathesis")
 # Cases per operation in the fuzzing phase, and scenarios in the stateful one (the coverage
 # phase makes every case the schema's boundaries and types call for, whatever this says).
-EXAMPLES = 150
+EXAMPLES = 100
 STUDIES = 3  # existing studies whose ids the path parameters draw from (so not only 404s)
 # Every check but positive_data_acceptance: the document cannot say that a dataset must
 # exist or that a range's low must be below its high, so some schema-valid specs get a 422.
