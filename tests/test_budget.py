@@ -48,6 +48,7 @@ from trainer.budget import SharedCounter, is_rerun, spent
 from trainer.datasets import Dataset
 from trainer.parallel import run_parallel_study
 from trainer.spec import StudySpec
+from trainer.study import StudyOutcome
 
 FORK = multiprocessing.get_context("fork")
 RACERS = 4
@@ -149,6 +150,19 @@ def tiny_spec(n_trials: int, **overrides: Any) -> StudySpec:
     )
 
 
+def two_searchers(n_trials: int, data: Dataset, url: str | None, name: str) -> StudyOutcome:
+    """``regtune tune``'s search with two searcher processes of three slots each."""
+    return run_parallel_study(
+        tiny_spec(n_trials),
+        data,
+        processes=2,
+        population=3,
+        storage=url,
+        study_name=name,
+        refit_best=False,
+    )
+
+
 @pytest.mark.parametrize("storage", ["journal", "sqlite", "postgresql"])
 def test_tune_searchers_with_several_slots_create_exactly_n_trials(
     storage: str, wine: Dataset, tmp_path: Path, request: pytest.FixtureRequest
@@ -161,15 +175,7 @@ def test_tune_searchers_with_several_slots_create_exactly_n_trials(
             url = f"sqlite:///{tmp_path / f'tune-{n_trials}.db'}"
         elif storage == "postgresql":
             url = request.getfixturevalue("postgres_url")
-        outcome = run_parallel_study(
-            tiny_spec(n_trials),
-            wine,
-            processes=2,
-            population=3,
-            storage=url,
-            study_name=f"race-{n_trials}-{uuid.uuid4().hex[:6]}",
-            refit_best=False,
-        )
+        outcome = two_searchers(n_trials, wine, url, f"race-{n_trials}-{uuid.uuid4().hex[:6]}")
         states = [t.state for t in outcome.study.get_trials(deepcopy=False)]
         assert len(states) == n_trials, (n_trials, states)
         assert states.count(optuna.trial.TrialState.COMPLETE) == n_trials
@@ -178,15 +184,7 @@ def test_tune_searchers_with_several_slots_create_exactly_n_trials(
 def test_a_resumed_tune_runs_only_the_trials_it_lacks(wine: Dataset, tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'resume.db'}"
     for n_trials in (2, 5):  # the same study, its budget raised from 2 to 5
-        outcome = run_parallel_study(
-            tiny_spec(n_trials),
-            wine,
-            processes=2,
-            population=3,
-            storage=url,
-            study_name="resumed",
-            refit_best=False,
-        )
+        outcome = two_searchers(n_trials, wine, url, "resumed")
     assert len(outcome.study.trials) == 5
     assert spent(optuna.load_study(study_name="resumed", storage=url)) == 5
 
