@@ -85,7 +85,7 @@ def main() -> None:
     spec = StudySpec.model_validate(
         {
             "dataset": "builtin:wine",
-            "n_trials": 1000,
+            "n_trials": 10_000,  # more than a minute can spend, alone too
             "model": {"hidden": [16]},
             "training": {"max_epochs": 3},
             "cv": {"folds": 2},
@@ -122,7 +122,7 @@ def main() -> None:
         f"- device: CPU: {machine()}; commit `{commit}`",
         f"- workload: `regtune worker --device cpu` (one 1-thread process per core) for "
         f"{args.seconds:.0f} s on SQLite; 50 active studies (wine, MLP 16, 2 folds, 3 epochs, "
-        "budget 1000 each) held by five tenants as 20, 15, 10, 4 and 1 studies",
+        "budget 10,000 each) held by five tenants as 20, 15, 10, 4 and 1 studies",
         "",
     ]
     lines += markdown_table(
