@@ -75,9 +75,9 @@ def candidates(session: Session) -> list[Candidate]:
             StudyRecord.created_at,
             StudyRecord.reserved,
             StudyRecord.n_trials,
-            running,
-            waiting,
-            func.max(trials.c.datetime_start),
+            running.label("running"),
+            waiting.label("waiting"),
+            func.max(trials.c.datetime_start).label("last_start"),
         )
         .outerjoin(trials, trials.c.study_id == StudyRecord.optuna_id)
         .where(StudyRecord.status.in_(ACTIVE))
@@ -86,19 +86,19 @@ def candidates(session: Session) -> list[Candidate]:
     per_tenant: dict[str, int] = {}
     tenant_last: dict[str, datetime] = {}
     for row in rows:
-        per_tenant[row.tenant] = per_tenant.get(row.tenant, 0) + int(row[6])
-        tenant_last[row.tenant] = max(tenant_last.get(row.tenant, NEVER), row[8] or NEVER)
+        per_tenant[row.tenant] = per_tenant.get(row.tenant, 0) + int(row.running)
+        tenant_last[row.tenant] = max(tenant_last.get(row.tenant, NEVER), row.last_start or NEVER)
     return [
         Candidate(
             id=row.id,
             tenant=row.tenant,
             priority=row.priority,
             created_at=row.created_at,
-            running=int(row[6]),
+            running=int(row.running),
             tenant_running=per_tenant[row.tenant],
-            last_start=row[8] or NEVER,
+            last_start=row.last_start or NEVER,
             tenant_last_start=tenant_last[row.tenant],
-            has_work=row.reserved < row.n_trials or int(row[7]) > 0,
+            has_work=row.reserved < row.n_trials or int(row.waiting) > 0,
         )
         for row in rows
     ]
