@@ -13,7 +13,7 @@ seed. The engines:
   (c) population: regtune's stacked engine, all P × 5 models as one (``--population-trials``
       sets P; default ``--trials``), eager and compiled (``torch.compile``; CUDA graphs on a
       GPU), in each ``--precision`` (fp32: TF32 matmuls on a GPU; bf16: autocast);
-  (d) population, one trial per stack: the layout ``trainer.layout`` picks on a CPU;
+  (d) population, one trial per stack: the layout ``trainer.engines.layout`` picks on a CPU;
   (e) (d) in one 1-thread process per core, as ``regtune serve``/``regtune worker`` run it on
       a CPU machine (the processes are started before the clock, as long-lived workers are).
 
@@ -48,16 +48,20 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 from torch.utils.flop_counter import FlopCounterMode
 
-from trainer import layout, networks
-from trainer.config import TrialConfig
-from trainer.datasets import Dataset, load_builtin
-from trainer.device import configure
-from trainer.engine import cross_validate
-from trainer.objective import suggest
-from trainer.population import train_population
-from trainer.spec import StudySpec
-from trainer.splits import Split
-from trainer.study import Protocol
+from trainer import (
+    Dataset,
+    Protocol,
+    Split,
+    StudySpec,
+    TrialConfig,
+    configure_device,
+    cross_validate,
+    load_builtin,
+    networks,
+    population_size,
+    suggest,
+    train_population,
+)
 
 WORKLOADS = {
     "mlp": "MLP 64-256-256-10 (BN, dropout)",
@@ -329,7 +333,7 @@ def main() -> None:
     commit = git_commit()
     started = datetime.now(UTC)
     device = args.device
-    configure(torch.device(device))
+    configure_device(torch.device(device))
     cuda = device.startswith("cuda")
 
     data = load_builtin("builtin:digits")
@@ -356,7 +360,7 @@ def main() -> None:
         )
     pool = None
     if not cuda:
-        cpu_size = layout.population_size(spec, data, torch.device("cpu"))
+        cpu_size = population_size(spec, data, torch.device("cpu"))
         pool = ProcessPoolExecutor(cores, mp_context=get_context("spawn"), initializer=_one_thread)
         list(pool.map(_one_thread_ready, range(cores)))  # start the processes before any clock
         engines[f"population P={cpu_size}"] = (population_of(cpu_size), args.trials, "fp32")

@@ -32,7 +32,7 @@ from service.store import lifecycle, scheduling, trials
 from service.store.db import Database
 from service.store.tables import StudyRecord
 from service.work.worker import Worker
-from trainer.spec import StudySpec
+from trainer import StudySpec
 
 TENANTS = {"t1": 20, "t2": 15, "t3": 10, "t4": 4, "t5": 1}
 

@@ -19,10 +19,7 @@ from engines import MODELS, draw_configs, reference, sync
 from provenance import command_line, git_commit, machine, markdown_table, publish
 from torch.profiler import ProfilerActivity, profile
 
-from trainer.datasets import load_builtin
-from trainer.device import configure
-from trainer.population import Population
-from trainer.study import Protocol
+from trainer import Population, Protocol, configure_device, load_builtin
 
 MATMUL = ("bmm", "baddbmm", "addmm", "mm", "matmul", "convolution", "conv")
 MOVEMENT = ("copy_", "index", "gather", "cat", "stack", "pad", "to", "_to_copy", "clone")
@@ -53,7 +50,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    configure(device)
+    configure_device(device)
     started = datetime.now(UTC)
     data = load_builtin("builtin:digits")
     spec = reference(args.epochs, args.model)

@@ -22,9 +22,7 @@ import optuna
 import torch
 from provenance import command_line, git_commit, machine, markdown_table, publish
 
-from trainer.datasets import load_builtin
-from trainer.spec import StudySpec
-from trainer.study import run_study
+from trainer import StudySpec, load_builtin, run_study
 
 COMPLETE, PRUNED = optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED
 

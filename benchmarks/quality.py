@@ -1,6 +1,6 @@
 """Search quality on the built-in datasets: does tuning the regularization find good models?
 
-Each case runs a whole study through :func:`trainer.study.run_study` (the same code path as
+Each case runs a whole study through :func:`trainer.tuning.study.run_study` (the same code path as
 ``regtune tune``) and reports the trial counts, the best trial's CV mean ± std and per-fold
 scores, its diagnosis, the held-out test score where the case has a test split, and the wall
 time, next to a target or a published figure. The results are printed as markdown and, with
@@ -47,9 +47,7 @@ import optuna  # noqa: E402
 import torch  # noqa: E402
 from provenance import append_section, command_line, git_commit, machine  # noqa: E402
 
-from trainer.datasets import Dataset, load_builtin  # noqa: E402
-from trainer.spec import StudySpec  # noqa: E402
-from trainer.study import Protocol, StudyOutcome, refit_trial, run_study  # noqa: E402
+from trainer import Dataset, Protocol, StudyOutcome, StudySpec, load_builtin, refit_trial, run_study  # noqa: E402
 
 DEFAULT_TRIALS = 30
 DEFAULT_MAX_EPOCHS = 100

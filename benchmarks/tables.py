@@ -36,10 +36,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
-from trainer.datasets import load_csv
-from trainer.records import SplitRows
-from trainer.spec import StudySpec
-from trainer.study import run_study
+from trainer import SplitRows, StudySpec, load_csv, run_study
 
 TABLE = Path(__file__).parent / "data" / "titanic.csv"
 TARGET = "survived"
@@ -106,7 +103,7 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=30)
     parser.add_argument("--append", type=Path)
     args = parser.parse_args()
-    torch.set_num_threads(1)  # one process per core searches: see trainer.parallel
+    torch.set_num_threads(1)  # one process per core searches: see trainer.tuning.parallel
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     started = datetime.now(UTC)
     data = load_csv(TABLE, TARGET, name="titanic.csv")

@@ -39,10 +39,7 @@ import torch
 from engines import Workload, textbook
 from provenance import ROOT, command_line, git_commit, machine, markdown_table, publish
 
-from trainer.config import TrialConfig
-from trainer.datasets import load_builtin
-from trainer.spec import StudySpec
-from trainer.study import Protocol
+from trainer import Protocol, StudySpec, TrialConfig, load_builtin
 
 REGTUNE = [sys.executable, "-m", "service"]
 

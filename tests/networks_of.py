@@ -6,8 +6,8 @@ from collections.abc import Sequence
 
 from torch import nn
 
-from trainer import networks
-from trainer.spec import ModelSpec
+from trainer.nets import networks
+from trainer.specs.study_spec import ModelSpec
 
 
 def build_model(

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from jsonschema import Draft202012Validator
 from pydantic import BaseModel
 
-from trainer.spec import StudySpec
+from trainer.specs.study_spec import StudySpec
 
 
 def _members(annotation: Any) -> Iterator[Any]:

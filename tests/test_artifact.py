@@ -1,4 +1,4 @@
-"""The tuned model's file (trainer.artifact): a weights-only round trip that predicts exactly
+"""The tuned model's file (trainer.model_file): a weights-only round trip that predicts exactly
 as the model in memory did, with its preprocessing, labels and scores."""
 
 from __future__ import annotations
@@ -16,15 +16,15 @@ import pytest
 import torch
 from servers import tiny_study
 
-from trainer import artifact
-from trainer import study as study_module
-from trainer.artifact import ArtifactError, load_model
-from trainer.config import TrialConfig
-from trainer.datasets import Dataset, load_csv, make_dataset
-from trainer.engine import DivergedError, FittedModel, predict
-from trainer.refit import refit
-from trainer.spec import StudySpec
-from trainer.study import Protocol, final_model, refit_epochs, run_study
+from trainer.data.datasets import Dataset, load_csv, make_dataset
+from trainer.engines.per_trial import DivergedError, FittedModel, predict
+from trainer.engines.trial_config import TrialConfig
+from trainer.model_file import artifact
+from trainer.model_file.artifact import ArtifactError, load_model
+from trainer.specs.study_spec import StudySpec
+from trainer.tuning import study as study_module
+from trainer.tuning.refit import refit
+from trainer.tuning.study import Protocol, final_model, refit_epochs, run_study
 
 BASE = {"weight_decay": 1e-4, "l1": 1e-6, "dropout": 0.1, "bn_momentum": 0.2, "patience": 3}
 
@@ -179,7 +179,7 @@ def test_a_table_model_predicts_without_pandas(tmp_path) -> None:
         "import json, sys\n"
         "sys.modules['pandas'] = None  # import pandas raises ImportError\n"
         "import service.cli, service.http.app, service.work.worker\n"
-        "from trainer.artifact import load_model\n"
+        "from trainer.model_file.artifact import load_model\n"
         "model = load_model('model.pt')\n"
         f"rows = {rows!r}\n"
         "print(json.dumps([model.predict(rows).tolist(),\n"

@@ -43,12 +43,12 @@ from service.store.trials import (
     retried_of,
     retry_callback,
 )
-from trainer import optuna_internals
-from trainer.budget import SharedCounter, is_rerun, spent
-from trainer.datasets import Dataset
-from trainer.parallel import run_parallel_study
-from trainer.spec import StudySpec
-from trainer.study import StudyOutcome
+from trainer.data.datasets import Dataset
+from trainer.specs.study_spec import StudySpec
+from trainer.tuning import optuna_internals
+from trainer.tuning.budget import SharedCounter, is_rerun, spent
+from trainer.tuning.parallel import run_parallel_study
+from trainer.tuning.study import StudyOutcome
 
 FORK = multiprocessing.get_context("fork")
 RACERS = 4

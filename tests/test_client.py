@@ -20,7 +20,7 @@ from servers import Server, regtune, serving, tiny_study
 from service.cli.client import ApiError, Client
 from service.http.schemas import DatasetOut, Page, StudyItem, StudyOut, TrialDetail, TrialOut
 from service.store.warmstart import fitting
-from trainer.spec import SearchSpace
+from trainer.specs.study_spec import SearchSpace
 
 pytestmark = pytest.mark.slow
 

@@ -8,11 +8,11 @@ import pytest
 import torch
 from torch._dynamo.utils import counters
 
-from trainer import compiled
-from trainer.config import TrialConfig
-from trainer.population import Population
-from trainer.spec import StudySpec
-from trainer.study import Protocol
+from trainer.engines import compiled
+from trainer.engines.population import Population
+from trainer.engines.trial_config import TrialConfig
+from trainer.specs.study_spec import StudySpec
+from trainer.tuning.study import Protocol
 
 pytestmark = pytest.mark.skipif(
     not compiled.available(torch.device("cpu")), reason="torch.compile has no C++ compiler here"

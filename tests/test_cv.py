@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from trainer.config import TrialConfig
-from trainer.datasets import make_dataset
-from trainer.engine import cross_validate
-from trainer.refit import refit
-from trainer.spec import StudySpec
-from trainer.splits import cv_splits, holdout
-from trainer.study import Protocol
+from trainer.data.datasets import make_dataset
+from trainer.data.splits import cv_splits, holdout
+from trainer.engines.per_trial import cross_validate
+from trainer.engines.trial_config import TrialConfig
+from trainer.specs.study_spec import StudySpec
+from trainer.tuning.refit import refit
+from trainer.tuning.study import Protocol
 
 
 def config_for(spec: StudySpec, **values: float) -> TrialConfig:

@@ -7,7 +7,7 @@ import io
 import numpy as np
 import pytest
 
-from trainer.datasets import (
+from trainer.data.datasets import (
     DatasetError,
     check_for_cv,
     load_builtin,
@@ -16,7 +16,7 @@ from trainer.datasets import (
     load_npz,
     make_dataset,
 )
-from trainer.mnist1d import make_mnist1d
+from trainer.data.mnist1d import make_mnist1d
 
 
 @pytest.mark.parametrize(

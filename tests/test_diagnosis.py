@@ -1,15 +1,15 @@
-"""The curve diagnosis follows the train-vs-validation rules of trainer/diagnosis.py."""
+"""The curve diagnosis follows the train-vs-validation rules of trainer/engines/diagnosis.py."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from trainer.config import TrialConfig
-from trainer.diagnosis import diagnose_fold, diagnose_trial
-from trainer.engine import cross_validate
-from trainer.spec import StudySpec
-from trainer.study import Protocol
+from trainer.engines.diagnosis import diagnose_fold, diagnose_trial
+from trainer.engines.per_trial import cross_validate
+from trainer.engines.trial_config import TrialConfig
+from trainer.specs.study_spec import StudySpec
+from trainer.tuning.study import Protocol
 
 LN10 = float(np.log(10))
 

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from trainer.config import TrialConfig
-from trainer.early_stopping import EarlyStopping
-from trainer.engine import FoldRun
-from trainer.spec import StudySpec
-from trainer.splits import cv_splits
+from trainer.data.splits import cv_splits
+from trainer.engines.early_stopping import EarlyStopping
+from trainer.engines.per_trial import FoldRun
+from trainer.engines.trial_config import TrialConfig
+from trainer.specs.study_spec import StudySpec
 
 
 def run(losses: list[float], patience: int, min_delta: float = 0.0) -> tuple[int, int]:

@@ -7,10 +7,11 @@ import pytest
 import torch
 from networks_of import build_model, parameter_count
 
-from trainer import layout, networks
-from trainer.networks import count_parameters
-from trainer.search import ramped
-from trainer.spec import StudySpec
+from trainer.engines import layout
+from trainer.nets import networks
+from trainer.nets.networks import count_parameters
+from trainer.specs.study_spec import StudySpec
+from trainer.tuning.search import ramped
 
 
 def spec(**extra: object) -> StudySpec:

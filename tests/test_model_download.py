@@ -33,10 +33,10 @@ from service.store.tables import ArtifactRecord
 from service.store.trials import make_storage
 from service.work import runner as runner_module
 from service.work.worker import Worker
-from trainer.artifact import ArtifactError, load_model
-from trainer.datasets import load_builtin
-from trainer.spec import StudySpec
-from trainer.study import Protocol
+from trainer.data.datasets import load_builtin
+from trainer.model_file.artifact import ArtifactError, load_model
+from trainer.specs.study_spec import StudySpec
+from trainer.tuning.study import Protocol
 
 ROOT = Path(__file__).resolve().parents[1]
 # Population training in a worker warns that heartbeats belong to Study.optimize (they beat).

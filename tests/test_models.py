@@ -9,8 +9,8 @@ import torch
 from networks_of import build_model
 from torch import nn
 
-from trainer.networks import NetworkError
-from trainer.spec import ModelSpec
+from trainer.nets.networks import NetworkError
+from trainer.specs.study_spec import ModelSpec
 
 
 def test_batchnorm_running_stats_follow_pytorch_momentum() -> None:

@@ -17,15 +17,16 @@ from equivalence import assert_close
 from pydantic import ValidationError
 from torch import nn
 
-from trainer import layout, networks, plugins, stacking
-from trainer.artifact import ArtifactError, load_model, pack, to_bytes
-from trainer.config import TrialConfig
-from trainer.datasets import Dataset, load_builtin, make_dataset
-from trainer.engine import cross_validate
-from trainer.objective import suggest
-from trainer.population import Pass, Population, train_population
-from trainer.spec import StudySpec
-from trainer.study import Protocol, run_study
+from trainer.data.datasets import Dataset, load_builtin, make_dataset
+from trainer.engines import layout, stacking
+from trainer.engines.per_trial import cross_validate
+from trainer.engines.population import Pass, Population, train_population
+from trainer.engines.trial_config import TrialConfig
+from trainer.model_file.artifact import ArtifactError, load_model, pack, to_bytes
+from trainer.nets import networks, plugins
+from trainer.specs.study_spec import StudySpec
+from trainer.tuning.objective import suggest
+from trainer.tuning.study import Protocol, run_study
 
 DEVICE = os.environ.get("REGTUNE_TEST_DEVICE", "cpu")
 PLUGINS = os.path.join(os.path.dirname(__file__), "plugins")

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from servers import problem, regtune, serving, tiny_study, wait_status
 
-from trainer.artifact import load_model
-from trainer.datasets import DatasetError, load_builtin, load_npz
+from trainer.data.datasets import DatasetError, load_builtin, load_npz
+from trainer.model_file.artifact import load_model
 
 
 def npz(**arrays: np.ndarray) -> bytes:

@@ -13,13 +13,13 @@ from equivalence import REASSOCIATED, assert_close, assert_identical
 from servers import tiny_study
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from trainer import objective
-from trainer.config import TrialConfig
-from trainer.datasets import load_builtin
-from trainer.engine import FoldRun, cross_validate, fold_seed
-from trainer.population import Population, train_population
-from trainer.spec import StudySpec
-from trainer.study import Protocol, run_study
+from trainer.data.datasets import load_builtin
+from trainer.engines.per_trial import FoldRun, cross_validate, fold_seed
+from trainer.engines.population import Population, train_population
+from trainer.engines.trial_config import TrialConfig
+from trainer.specs.study_spec import StudySpec
+from trainer.tuning import objective
+from trainer.tuning.study import Protocol, run_study
 
 # benchmarks/gpu_check.sh runs these equivalence tests on the GPU.
 DEVICE = os.environ.get("REGTUNE_TEST_DEVICE", "cpu")

@@ -10,8 +10,8 @@ from networks_of import build_model
 from torch import nn
 from torch.nn import functional as F
 
-from trainer.regularizers import make_optimizer, split_parameters
-from trainer.spec import ModelSpec
+from trainer.engines.regularizers import make_optimizer, split_parameters
+from trainer.specs.study_spec import ModelSpec
 
 
 def two_layer() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:

@@ -22,8 +22,8 @@ from servers import regtune, serving, tiny_study, wait_status
 from service.http import report
 from service.http.report import sections
 from service.store.tables import StudyRecord
-from trainer.spec import StudySpec
-from trainer.study import StudyOutcome, run_study
+from trainer.specs.study_spec import StudySpec
+from trainer.tuning.study import StudyOutcome, run_study
 
 NAME = '<script>alert("x")</script> & co'
 SECTIONS = {

@@ -10,7 +10,7 @@ import pytest
 from pydantic import ValidationError
 from servers import regtune
 
-from trainer.spec import Limits, Range, StudySpec
+from trainer.specs.study_spec import Limits, Range, StudySpec
 
 OUT = {"type": "linear"}  # a network's output layer
 

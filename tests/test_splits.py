@@ -12,11 +12,11 @@ import pytest
 from servers import hidden_from, regtune, serving, tiny_study
 from test_cli_imports import heavy_imports
 
-from trainer.artifact import load_model
-from trainer.datasets import load_builtin, load_csv
-from trainer.records import SplitRows
-from trainer.spec import StudySpec
-from trainer.study import Protocol
+from trainer.data.datasets import load_builtin, load_csv
+from trainer.model_file.artifact import load_model
+from trainer.specs.study_spec import StudySpec
+from trainer.tuning.records import SplitRows
+from trainer.tuning.study import Protocol
 
 
 def blank_target_csv(n: int = 90) -> bytes:

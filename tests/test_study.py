@@ -9,11 +9,11 @@ import optuna
 import pytest
 import torch
 
-from trainer.config import TrialConfig
-from trainer.datasets import load_builtin
-from trainer.engine import DivergedError, FoldRun, cross_validate
-from trainer.spec import StudySpec
-from trainer.study import Protocol, SpecError, make_pruner, run_study
+from trainer.data.datasets import load_builtin
+from trainer.engines.per_trial import DivergedError, FoldRun, cross_validate
+from trainer.engines.trial_config import TrialConfig
+from trainer.specs.study_spec import StudySpec
+from trainer.tuning.study import Protocol, SpecError, make_pruner, run_study
 
 TINY = {"hidden": [16]}
 

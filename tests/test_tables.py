@@ -15,14 +15,14 @@ import pandas as pd
 import pytest
 from servers import regtune, serving, tiny_study, wait_status
 
-from trainer import artifact
-from trainer.config import TrialConfig
-from trainer.datasets import Dataset, DatasetError, load_builtin, load_csv
-from trainer.engine import FittedModel, cross_validate
-from trainer.population import train_population
-from trainer.refit import refit
-from trainer.spec import StudySpec
-from trainer.study import Protocol
+from trainer.data.datasets import Dataset, DatasetError, load_builtin, load_csv
+from trainer.engines.per_trial import FittedModel, cross_validate
+from trainer.engines.population import train_population
+from trainer.engines.trial_config import TrialConfig
+from trainer.model_file import artifact
+from trainer.specs.study_spec import StudySpec
+from trainer.tuning.refit import refit
+from trainer.tuning.study import Protocol
 
 BASE = {"weight_decay": 1e-4, "l1": 0.0, "dropout": 0.1, "bn_momentum": 0.2, "patience": 3}
 

@@ -11,7 +11,7 @@ from sqlalchemy import event
 from sqlalchemy.orm import Session
 
 from service.store.trials import trial_ids_page, trial_summaries
-from trainer.records import LISTED
+from trainer.tuning.records import LISTED
 
 
 def fill(storage: RDBStorage) -> optuna.Study:

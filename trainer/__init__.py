@@ -1,0 +1,187 @@
+"""regtune's trainer: the machine learning, pure (numpy, torch, Optuna, scikit-learn).
+
+The front door: ``service/``, the benchmarks and users import from ``trainer`` itself, never
+from a part. The parts, from the ground up, each importing only those below it:
+
+* ``specs``: what a study may ask for (pydantic only);
+* ``data``: datasets, readers, tables, splits, per-fold preprocessing;
+* ``nets``: templates, layer stacks and plugins, built by one path;
+* ``engines``: what trains a trial's folds (the per-trial and the population engine);
+* ``model_file``: the tuned model as a file;
+* ``tuning``: Optuna around the engines, from a spec to the chosen model.
+
+``device``, ``lifetime`` and ``rng`` sit at the top level, below every part, with
+``torch_internals`` (torch's private APIs, fenced).
+
+Names load lazily (PEP 562): ``import trainer`` imports no part, and ``trainer.StudySpec``
+imports only ``trainer.specs``, so a command line that needs the spec never pays for torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+# Each public name and the module that defines it (a module's own path: the module itself).
+_HOME: dict[str, str] = {
+    # specs
+    "DOMAINS": "trainer.specs.study_spec",
+    "Limits": "trainer.specs.study_spec",
+    "Metric": "trainer.specs.study_spec",
+    "Range": "trainer.specs.study_spec",
+    "SEARCHABLE": "trainer.specs.study_spec",
+    "SearchSpace": "trainer.specs.study_spec",
+    "SpecError": "trainer.specs.study_spec",
+    "StudySpec": "trainer.specs.study_spec",
+    "Task": "trainer.specs.study_spec",
+    "UNLIMITED": "trainer.specs.study_spec",
+    "best_first": "trainer.specs.study_spec",
+    "field_problem": "trainer.specs.spec_base",
+    "metric_direction": "trainer.specs.study_spec",
+    "stored_model": "trainer.specs.study_spec",
+    # data
+    "ArrayLimits": "trainer.data.datasets",
+    "Dataset": "trainer.data.datasets",
+    "DatasetError": "trainer.data.datasets",
+    "DatasetTooLarge": "trainer.data.datasets",
+    "MissingTarget": "trainer.data.datasets",
+    "Split": "trainer.data.splits",
+    "Table": "trainer.data.tabular",
+    "TableLayout": "trainer.data.tabular",
+    "load_builtin": "trainer.data.datasets",
+    "load_csv": "trainer.data.datasets",
+    "load_dataset": "trainer.data.datasets",
+    "load_npz": "trainer.data.datasets",
+    # nets (a namespace: build, describe, summary)
+    "networks": "trainer.nets.networks",
+    # engines
+    "DIAGNOSES": "trainer.engines.diagnosis",
+    "OVERFIT_RISE": "trainer.engines.diagnosis",
+    "RECENT_FRACTION": "trainer.engines.diagnosis",
+    "STILL_IMPROVING_DROP": "trainer.engines.diagnosis",
+    "UNDERFIT_RATIO": "trainer.engines.diagnosis",
+    "Population": "trainer.engines.population",
+    "TrialConfig": "trainer.engines.trial_config",
+    "cross_validate": "trainer.engines.per_trial",
+    "population_size": "trainer.engines.layout",
+    "train_population": "trainer.engines.population",
+    # model file
+    "ArtifactError": "trainer.model_file.artifact",
+    "load_model": "trainer.model_file.artifact",
+    "to_bytes": "trainer.model_file.artifact",
+    # tuning
+    "BestTrial": "trainer.tuning.records",
+    "LISTED": "trainer.tuning.records",
+    "Protocol": "trainer.tuning.study",
+    "Search": "trainer.tuning.search",
+    "SplitRows": "trainer.tuning.records",
+    "StudyOutcome": "trainer.tuning.study",
+    "StudyResult": "trainer.tuning.records",
+    "TrialInterrupted": "trainer.tuning.objective",
+    "TrialRecord": "trainer.tuning.records",
+    "failure_reason": "trainer.tuning.objective",
+    "final_model": "trainer.tuning.study",
+    "hidden_key": "trainer.tuning.objective",
+    "make_pruner": "trainer.tuning.study",
+    "make_sampler": "trainer.tuning.study",
+    "network_sizes": "trainer.tuning.study",
+    "optuna_internals": "trainer.tuning.optuna_internals",  # a namespace: Optuna's tables
+    "refit_trial": "trainer.tuning.study",
+    "run_parallel_study": "trainer.tuning.parallel",
+    "run_study": "trainer.tuning.study",
+    "suggest": "trainer.tuning.objective",
+    # the ground floor
+    "SAMPLER_STREAM": "trainer.rng",
+    "derived_seed": "trainer.rng",
+    "configure_device": "trainer.device",
+    "resolve_device": "trainer.device",
+    "usable_cores": "trainer.device",
+    "on_parent_death": "trainer.lifetime",
+    "stop_on_signals": "trainer.lifetime",
+}
+__all__ = sorted(_HOME)
+
+
+def __getattr__(name: str) -> Any:
+    """Import a public name's module on first use, then keep the name here."""
+    home = _HOME.get(name)
+    if home is None:
+        raise AttributeError(f"module 'trainer' has no attribute {name!r}")
+    module = importlib.import_module(home)
+    value: Any = module if module.__name__.endswith("." + name) else getattr(module, name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__
+
+
+if TYPE_CHECKING:  # what type checkers see; tests/test_architecture.py keeps it equal to _HOME
+    from trainer.data.datasets import ArrayLimits as ArrayLimits
+    from trainer.data.datasets import Dataset as Dataset
+    from trainer.data.datasets import DatasetError as DatasetError
+    from trainer.data.datasets import DatasetTooLarge as DatasetTooLarge
+    from trainer.data.datasets import MissingTarget as MissingTarget
+    from trainer.data.datasets import load_builtin as load_builtin
+    from trainer.data.datasets import load_csv as load_csv
+    from trainer.data.datasets import load_dataset as load_dataset
+    from trainer.data.datasets import load_npz as load_npz
+    from trainer.data.splits import Split as Split
+    from trainer.data.tabular import Table as Table
+    from trainer.data.tabular import TableLayout as TableLayout
+    from trainer.device import configure_device as configure_device
+    from trainer.device import resolve_device as resolve_device
+    from trainer.device import usable_cores as usable_cores
+    from trainer.engines.diagnosis import DIAGNOSES as DIAGNOSES
+    from trainer.engines.diagnosis import OVERFIT_RISE as OVERFIT_RISE
+    from trainer.engines.diagnosis import RECENT_FRACTION as RECENT_FRACTION
+    from trainer.engines.diagnosis import STILL_IMPROVING_DROP as STILL_IMPROVING_DROP
+    from trainer.engines.diagnosis import UNDERFIT_RATIO as UNDERFIT_RATIO
+    from trainer.engines.layout import population_size as population_size
+    from trainer.engines.per_trial import cross_validate as cross_validate
+    from trainer.engines.population import Population as Population
+    from trainer.engines.population import train_population as train_population
+    from trainer.engines.trial_config import TrialConfig as TrialConfig
+    from trainer.lifetime import on_parent_death as on_parent_death
+    from trainer.lifetime import stop_on_signals as stop_on_signals
+    from trainer.model_file.artifact import ArtifactError as ArtifactError
+    from trainer.model_file.artifact import load_model as load_model
+    from trainer.model_file.artifact import to_bytes as to_bytes
+    from trainer.nets import networks as networks
+    from trainer.rng import SAMPLER_STREAM as SAMPLER_STREAM
+    from trainer.rng import derived_seed as derived_seed
+    from trainer.specs.spec_base import field_problem as field_problem
+    from trainer.specs.study_spec import DOMAINS as DOMAINS
+    from trainer.specs.study_spec import SEARCHABLE as SEARCHABLE
+    from trainer.specs.study_spec import UNLIMITED as UNLIMITED
+    from trainer.specs.study_spec import Limits as Limits
+    from trainer.specs.study_spec import Metric as Metric
+    from trainer.specs.study_spec import Range as Range
+    from trainer.specs.study_spec import SearchSpace as SearchSpace
+    from trainer.specs.study_spec import SpecError as SpecError
+    from trainer.specs.study_spec import StudySpec as StudySpec
+    from trainer.specs.study_spec import Task as Task
+    from trainer.specs.study_spec import best_first as best_first
+    from trainer.specs.study_spec import metric_direction as metric_direction
+    from trainer.specs.study_spec import stored_model as stored_model
+    from trainer.tuning import optuna_internals as optuna_internals
+    from trainer.tuning.objective import TrialInterrupted as TrialInterrupted
+    from trainer.tuning.objective import failure_reason as failure_reason
+    from trainer.tuning.objective import hidden_key as hidden_key
+    from trainer.tuning.objective import suggest as suggest
+    from trainer.tuning.parallel import run_parallel_study as run_parallel_study
+    from trainer.tuning.records import LISTED as LISTED
+    from trainer.tuning.records import BestTrial as BestTrial
+    from trainer.tuning.records import SplitRows as SplitRows
+    from trainer.tuning.records import StudyResult as StudyResult
+    from trainer.tuning.records import TrialRecord as TrialRecord
+    from trainer.tuning.search import Search as Search
+    from trainer.tuning.study import Protocol as Protocol
+    from trainer.tuning.study import StudyOutcome as StudyOutcome
+    from trainer.tuning.study import final_model as final_model
+    from trainer.tuning.study import make_pruner as make_pruner
+    from trainer.tuning.study import make_sampler as make_sampler
+    from trainer.tuning.study import network_sizes as network_sizes
+    from trainer.tuning.study import refit_trial as refit_trial
+    from trainer.tuning.study import run_study as run_study

@@ -22,7 +22,7 @@ def usable_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def configure(device: torch.device) -> None:
+def configure_device(device: torch.device) -> None:
     """Process-wide settings for fast training on ``device``: TF32 matmuls and convolutions on
     a CUDA GPU (10-bit mantissa products with float32 accumulation; the stacked models'
     results stay within float noise of full float32 at this size)."""

@@ -9,7 +9,7 @@ Methods return the API's own response models (``service.http.schemas``), parsed 
         study = client.wait(created.id)  # a StudyOut once it is no longer queued or running
         if study.best is not None:
             print(study.best.value, study.best.params)
-        if study.status == "completed":  # the final model, for trainer.artifact.load_model
+        if study.status == "completed":  # the final model, for trainer's load_model
             Path("model.pt").write_bytes(client.model(created.id))
 
 An error answer raises :class:`ApiError` with the server's ``detail``.
@@ -27,8 +27,7 @@ import httpx
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from service.http import schemas
-from trainer.spec import StudySpec
-from trainer.spec_base import field_problem
+from trainer import StudySpec, field_problem
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 ACTIVE = ("queued", "running")
@@ -160,7 +159,7 @@ class Client:
         return self.typed(schemas.TrialDetail, "GET", f"/v1/studies/{study_id}/trials/{number}")
 
     def model(self, study_id: str) -> bytes:
-        """The study's final model file (load it with ``trainer.artifact.load_model``).
+        """The study's final model file (load it with ``trainer.model_file.artifact.load_model``).
 
         Raises ``ApiError`` 409 while the study has not completed, 404 for an unknown id.
         """

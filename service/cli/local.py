@@ -11,13 +11,12 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from pydantic import ValidationError
 
-from trainer.spec import SpecError, StudySpec
-from trainer.spec_base import field_problem
+from trainer import SpecError, StudySpec, field_problem
 
 if TYPE_CHECKING:
     import optuna
 
-    from trainer.study import StudyOutcome
+    from trainer import StudyOutcome
 from service.cli.progress import Snapshot, StudyProgress
 from service.cli.root import app, console, fail, read_spec_file
 from service.cli.views import print_table, result_table, write_file
@@ -117,7 +116,7 @@ def tune(
             "--output",
             "-o",
             help="write the best trial refitted on all non-test rows as a model file "
-            "(trainer.artifact.load_model reads it)",
+            "(trainer.model_file.artifact.load_model reads it)",
         ),
     ] = None,
     splits: Annotated[
@@ -148,17 +147,22 @@ def tune(
     import optuna
     import torch
 
-    from trainer.datasets import DatasetError, load_dataset
-    from trainer.device import configure, resolve_device, usable_cores
-    from trainer.parallel import run_parallel_study
-    from trainer.study import run_study
+    from trainer import (
+        DatasetError,
+        configure_device,
+        load_dataset,
+        resolve_device,
+        run_parallel_study,
+        run_study,
+        usable_cores,
+    )
 
     torch.set_num_threads(threads)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
         data = load_dataset(study_spec.dataset, target=target, task=study_spec.task)
         where = resolve_device(device)
-        configure(where)
+        configure_device(where)
     except (DatasetError, ValueError) as exc:
         raise fail(str(exc)) from None
 
@@ -206,7 +210,7 @@ def tune(
     if splits is not None:
         write_file(splits, outcome.splits.model_dump_json().encode())
     if output is not None and outcome.model is not None:
-        from trainer.artifact import to_bytes
+        from trainer import to_bytes
 
         write_file(output, to_bytes(outcome.model))
         console.print(f"model written to {output}", highlight=False)

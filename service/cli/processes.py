@@ -58,7 +58,7 @@ def worker(
     """A worker process: claims studies from the database and runs their trials."""
     from service.cli.serve import PARENT_ENV, start_workers, stop_workers, worker_devices
     from service.work.worker import Worker
-    from trainer.lifetime import on_parent_death
+    from trainer import on_parent_death
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     if PARENT_ENV in os.environ:  # started by serve or a fanned-out worker: stop with it

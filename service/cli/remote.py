@@ -190,9 +190,9 @@ def model_download(
     ] = None,
 ) -> None:
     """Download a completed study's final model: a torch.save file, ready for
-    trainer.artifact.load_model (see the README, 'Using the tuned model')."""
+    trainer.model_file.artifact.load_model (see the README, 'Using the tuned model')."""
     from service.cli.client import Client
-    from trainer.artifact import ArtifactError, load_model
+    from trainer import ArtifactError, load_model
 
     with Client() as client:
         data = api_call(client.model, study_id)
@@ -239,7 +239,7 @@ def splits_download(
     "folds": [[rows fold 1 scores], ...], "inner_validation": [[rows fold 1's early stopping
     watches], ...]}, to score a baseline in the very same folds."""
     from service.cli.client import Client
-    from trainer.records import SplitRows
+    from trainer import SplitRows
 
     with Client() as client:
         rows = api_call(client.typed, SplitRows, "GET", f"/v1/studies/{study_id}/splits")

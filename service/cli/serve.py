@@ -22,7 +22,7 @@ from service.http.app import create_app
 from service.settings import Settings
 from service.store.auth import any_tokens, is_loopback
 from service.store.db import Database
-from trainer.device import usable_cores
+from trainer import usable_cores
 
 log = logging.getLogger("regtune")
 WORKER_STOP_TIMEOUT_S = 60

@@ -11,8 +11,7 @@ from rich.table import Table
 
 from service.cli.root import fail
 from service.text import MISSING, value_text
-from trainer.records import BestTrial, StudyResult
-from trainer.spec import best_first
+from trainer import BestTrial, StudyResult, best_first
 
 if TYPE_CHECKING:
     from service.http.schemas import Page, StudyOut, TrialOut

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from trainer.records import BestTrial, TrialRecord
+from trainer import BestTrial, TrialRecord
 
 if TYPE_CHECKING:  # the CLI's HTTP client parses these models: it must not load Optuna
     from optuna.trial import FrozenTrial

@@ -23,10 +23,16 @@ from service.store import scheduling, trials, uploads, warmstart
 from service.store.db import Database
 from service.store.errors import Conflict, NotFound
 from service.store.tables import ACTIVE, FINAL, ArtifactRecord, StudyRecord, StudyStatus, utcnow
-from trainer.datasets import Dataset
-from trainer.optuna_internals import study_id as study_id_of
-from trainer.spec import Limits, SpecError, StudySpec, metric_direction
-from trainer.study import Protocol, network_sizes
+from trainer import (
+    Dataset,
+    Limits,
+    Protocol,
+    SpecError,
+    StudySpec,
+    metric_direction,
+    network_sizes,
+    optuna_internals,
+)
 
 
 class ModelTooLarge(SpecError):
@@ -136,7 +142,7 @@ def submit(
                 spec=spec.model_dump(mode="json"),
                 status="queued",
                 optuna_name=name,
-                optuna_id=study_id_of(study),
+                optuna_id=optuna_internals.study_id(study),
                 metric=protocol.metric,
                 direction=metric_direction(protocol.metric),
                 n_trials=spec.n_trials,
@@ -305,7 +311,7 @@ def reserved(session: Session, study_id: str) -> int:
 
 def reserve_trial(session: Session, study_id: str) -> bool:
     """Take one trial of a running study's budget, in the caller's transaction; whether it
-    was left (:mod:`trainer.budget`).
+    was left (:mod:`trainer.tuning.budget`).
 
     A conditional ``UPDATE … SET reserved = reserved + 1 WHERE reserved < n_trials``: the
     row's write lock makes racing workers take turns, on SQLite and PostgreSQL, so of two that

@@ -1,6 +1,6 @@
 """A study's stored files: its final model, written in the transaction that completes it.
 
-The model (``trainer.artifact``: a ``torch.save`` file that ``torch.load(weights_only=True)``
+The model (``trainer.model_file``: a ``torch.save`` file that ``torch.load(weights_only=True)``
 reads) lives in ``regtune_artifacts`` in the one database, so every worker and API process
 reaches it without a shared filesystem; it is deleted with its study (``ON DELETE CASCADE``,
 and explicitly by ``lifecycle.delete``). Routers call these functions; they hold no HTTP types.

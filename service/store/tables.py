@@ -114,7 +114,7 @@ class StudyRecord(Base):
 
 class ArtifactRecord(Base):
     """A file a study produced, e.g. its final model (``kind`` "model": a ``torch.save`` file
-    of trainer.artifact). In the database, so that every worker and API process reaches it;
+    of trainer.model_file). In the database, so that every worker and API process reaches it;
     deleted with its study."""
 
     __tablename__ = "regtune_artifacts"

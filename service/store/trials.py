@@ -31,9 +31,7 @@ from sqlalchemy.orm import Session
 
 from service.settings import Settings
 from service.store.db import DATABASE_ERRORS, engine_kwargs
-from trainer import optuna_internals
-from trainer.records import LISTED, TrialRecord
-from trainer.spec import best_first
+from trainer import LISTED, TrialRecord, best_first, optuna_internals
 
 log = logging.getLogger("regtune.trials")
 

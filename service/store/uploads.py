@@ -16,18 +16,19 @@ from sqlalchemy.orm import Session
 from service.settings import Settings
 from service.store.errors import Conflict, NotFound
 from service.store.tables import ACTIVE, DatasetRecord, StudyRecord
-from trainer.datasets import (
+from trainer import (
     ArrayLimits,
     Dataset,
     DatasetError,
     DatasetTooLarge,
     MissingTarget,
+    Table,
+    TableLayout,
+    Task,
     load_builtin,
     load_csv,
     load_npz,
 )
-from trainer.spec import Task
-from trainer.tabular import Table, TableLayout
 
 
 class UploadTooLarge(DatasetTooLarge):

@@ -22,9 +22,16 @@ from sqlalchemy.orm import Session
 
 from service.store.tables import StudyRecord
 from service.store.trials import top_trial_ids
-from trainer.objective import hidden_key
-from trainer.records import TrialRecord
-from trainer.spec import DOMAINS, SEARCHABLE, Range, SearchSpace, SpecError, StudySpec
+from trainer import (
+    DOMAINS,
+    SEARCHABLE,
+    Range,
+    SearchSpace,
+    SpecError,
+    StudySpec,
+    TrialRecord,
+    hidden_key,
+)
 
 log = logging.getLogger("regtune.warmstart")
 FIELD = "warm_start.study"

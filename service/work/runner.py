@@ -1,6 +1,6 @@
 """Running one claimed study: its search, its failure policy, its end and its final model.
 
-A :class:`StudyRunner` runs the study's trials through :class:`trainer.search.Search` with
+A :class:`StudyRunner` runs the study's trials through :class:`trainer.tuning.search.Search` with
 this worker's heartbeats, stops them when the study is cancelled, deleted or its worker
 stops, fails the study when its first trials all fail, and, once the budget is spent and no
 trial is running, retrains the best trial and completes the study with its model.
@@ -26,15 +26,24 @@ from service.settings import Settings
 from service.store import lifecycle, scheduling, stored_models, trials, uploads
 from service.store.db import DATABASE_ERRORS, Database
 from service.store.tables import StudyRecord, WorkerRecord, utcnow
-from trainer import artifact, layout, rng
-from trainer.datasets import DatasetError
-from trainer.objective import TrialInterrupted, failure_reason
-from trainer.optuna_internals import storage_of
-from trainer.optuna_internals import trial_id as optuna_trial_id
-from trainer.records import TrialRecord
-from trainer.search import Search
-from trainer.spec import SpecError, StudySpec
-from trainer.study import Protocol, final_model, make_pruner, make_sampler
+from trainer import (
+    SAMPLER_STREAM,
+    DatasetError,
+    Protocol,
+    Search,
+    SpecError,
+    StudySpec,
+    TrialInterrupted,
+    TrialRecord,
+    derived_seed,
+    failure_reason,
+    final_model,
+    make_pruner,
+    make_sampler,
+    optuna_internals,
+    population_size,
+    to_bytes,
+)
 
 log = logging.getLogger("regtune.worker")
 FAILED_TRIALS_LIMIT = 5  # failed trials, none completed: the study fails
@@ -82,7 +91,7 @@ class StudyRunner:
             dataset,
             protocol.splits,
             metric=protocol.metric,
-            size=layout.population_size(spec, dataset, self.device, self.settings.population),
+            size=population_size(spec, dataset, self.device, self.settings.population),
             budget=budget,
             device=self.device,
             deadline=budget.deadline,
@@ -184,7 +193,7 @@ class StudyRunner:
             return
         retry = trials.retry_callback()
         for trial_id in trial_ids:
-            retry(study, storage_of(study).get_trial(trial_id))
+            retry(study, optuna_internals.storage_of(study).get_trial(trial_id))
 
     @contextmanager
     def heartbeats(self, running: Sequence[optuna.Trial]) -> Iterator[None]:
@@ -199,7 +208,7 @@ class StudyRunner:
                     # A study deleted meanwhile has no trial left to beat for: the search,
                     # told so at its next epoch, stops.
                     with contextlib.suppress(KeyError):
-                        storage.record_heartbeat(optuna_trial_id(trial))
+                        storage.record_heartbeat(optuna_internals.trial_id(trial))
                 self.beat_row()
                 if stop.wait(self.settings.heartbeat_s):
                     return
@@ -275,7 +284,7 @@ class StudyRunner:
                 device=self.device,
                 study={"id": record.id, "name": record.name, "dataset": spec.dataset},
             )
-            return fitted.test_score, artifact.to_bytes(packed), None
+            return fitted.test_score, to_bytes(packed), None
         except DATABASE_ERRORS:
             raise
         except Exception as exc:
@@ -285,7 +294,7 @@ class StudyRunner:
 
 @dataclass
 class StudyBudget:
-    """The study's :class:`trainer.budget.Budget`: open while the study runs, this worker
+    """The study's :class:`trainer.tuning.budget.Budget`: open while the study runs, this worker
     does not stop, its deadline has not passed, its trials do not all fail and no other study
     comes first (:mod:`service.store.scheduling`); each fresh trial reserved on the study's
     row (:func:`service.store.lifecycle.reserve_trial`)."""
@@ -325,4 +334,4 @@ def _deadline(spec: StudySpec, record: StudyRecord) -> float | None:
 
 def sampler_seed(seed: int, worker_id: str) -> int:
     """This worker's own sampler stream for a study of ``seed`` (its id names the stream)."""
-    return rng.derived_seed(seed, rng.SAMPLER_STREAM, int(worker_id[:8], 16))
+    return derived_seed(seed, SAMPLER_STREAM, int(worker_id[:8], 16))

@@ -12,7 +12,7 @@ conditional ``UPDATE``), so together they create exactly ``n_trials``; a dead wo
 run again as re-runs, counted as such.
 
 The trials run through the search driver that ``regtune tune`` uses too
-(:class:`trainer.search.Search`): a stack of trial slots refilled as trials end, with this
+(:class:`trainer.tuning.search.Search`): a stack of trial slots refilled as trials end, with this
 worker's heartbeats for every trial in a slot (the per-trial engine's too). A trial whose
 worker died goes silent; a periodic sweep of every worker (``Worker.sweep``) fails it after
 the grace period and queues its parameters again (``trials.recover_stale``), so the study
@@ -40,8 +40,7 @@ from service.store import lifecycle, scheduling, trials
 from service.store.db import DATABASE_ERRORS, Database
 from service.store.tables import StudyRecord, WorkerRecord, utcnow
 from service.work.runner import StudyRunner
-from trainer.device import configure, resolve_device
-from trainer.lifetime import stop_on_signals
+from trainer import configure_device, resolve_device, stop_on_signals
 
 log = logging.getLogger("regtune.worker")
 MAX_BACKOFF_S = 60.0
@@ -52,7 +51,7 @@ class Worker:
     def __init__(self, settings: Settings, device: str = "cpu") -> None:
         self.settings = settings
         self.device = resolve_device(device)
-        configure(self.device)
+        configure_device(self.device)
         self.db = Database(settings)
         self._storage: RDBStorage | None = None  # connected on the first claim
         self.id = uuid.uuid4().hex

@@ -32,8 +32,8 @@ from service.settings import Settings
 from service.store.auth import create_token
 from service.store.db import Database
 from service.store.tables import ApiToken, DatasetRecord, StudyRecord
-from trainer.networks import count_parameters
-from trainer.spec import ModelSpec
+from trainer.nets.networks import count_parameters
+from trainer.specs.study_spec import ModelSpec
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -796,7 +796,7 @@ FILE_ACCESS = {
     "shutil.copyfile",
     "shutil.rmtree",
     "tempfile.NamedTemporaryFile",
-    "trainer.datasets.load_dataset",
+    "trainer.data.datasets.load_dataset",
 }
 PATH_METHODS = {"read_bytes", "read_text", "write_bytes", "write_text", "open", "unlink"}
 

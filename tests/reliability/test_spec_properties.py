@@ -1,4 +1,4 @@
-"""Properties of the spec validators (``trainer/spec.py``), checked with Hypothesis.
+"""Properties of the spec validators (``trainer/specs/study_spec.py``), checked with Hypothesis.
 
 Derandomized and bounded, so that the file runs in seconds and every run checks the same
 examples.
@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from pydantic import BaseModel, ValidationError
 from spec_strategies import FIELDS, fits_schema, json_values, place, section_of
 
-from trainer.spec import DOMAINS, SEARCHABLE, Limits, Range, SearchSpace, StudySpec
+from trainer.specs.study_spec import DOMAINS, SEARCHABLE, Limits, Range, SearchSpace, StudySpec
 
 PROFILE = settings(
     max_examples=150,

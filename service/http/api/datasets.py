@@ -14,7 +14,7 @@ from service.http.api.responses import documented, not_found, too_large, unproce
 from service.http.schemas import DatasetOut
 from service.store import uploads
 from service.store.tables import DatasetRecord
-from trainer.datasets import DatasetError, DatasetTooLarge
+from trainer import DatasetError, DatasetTooLarge
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
 MAX_NAME = 200  # the length of the name and target columns

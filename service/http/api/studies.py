@@ -24,11 +24,16 @@ from service.http.schemas import (
 )
 from service.store import lifecycle, stored_models, uploads
 from service.store.tables import StudyRecord
-from trainer import networks
-from trainer.datasets import DatasetError
-from trainer.records import SplitRows
-from trainer.spec import UNLIMITED, SpecError, StudySpec, stored_model
-from trainer.study import Protocol
+from trainer import (
+    UNLIMITED,
+    DatasetError,
+    Protocol,
+    SpecError,
+    SplitRows,
+    StudySpec,
+    networks,
+    stored_model,
+)
 
 router = APIRouter(prefix="/v1/studies", tags=["studies"])
 # Bounded so that the database can take them (SQLite and PostgreSQL integers overflow).
@@ -189,7 +194,7 @@ def get_trial(
 MODEL_FILE: dict[int | str, dict[str, Any]] = {
     200: {
         "description": "The best configuration retrained on all non-test rows: a torch.save "
-        "file that torch.load(..., weights_only=True) reads (trainer.artifact.load_model "
+        "file that torch.load(..., weights_only=True) reads (trainer.load_model "
         "rebuilds it for prediction)",
         "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
     }

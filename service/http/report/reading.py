@@ -11,7 +11,7 @@ from typing import Any, Protocol
 from optuna.trial import FrozenTrial, TrialState
 
 from service.store.tables import StudyStatus
-from trainer.spec import best_first
+from trainer import best_first
 
 log = logging.getLogger("regtune.report")
 

@@ -24,16 +24,17 @@ from service.http.report.importance import varying_params
 from service.http.report.reading import StudyLike, metric_label
 from service.store.trials import TrialCounts, listed_state, retried_of
 from service.text import MISSING
-from trainer import networks
-from trainer.diagnosis import (
+from trainer import (
     DIAGNOSES,
     OVERFIT_RISE,
     RECENT_FRACTION,
     STILL_IMPROVING_DROP,
     UNDERFIT_RATIO,
+    TrialRecord,
+    best_first,
+    networks,
+    stored_model,
 )
-from trainer.records import TrialRecord
-from trainer.spec import best_first, stored_model
 
 log = logging.getLogger("regtune.report")
 
@@ -256,8 +257,8 @@ def learning_curves(best: FrozenTrial) -> str:
     return section("learning-curves", "Learning curves of the best trial", body + svg)
 
 
-# What each reading means and what to try; the rules are in trainer/diagnosis.py.
-# What each reading means, in the thresholds trainer/diagnosis.py applies, and what to try.
+# What each reading means and what to try; the rules are in trainer/engines/diagnosis.py.
+# What each reading means, in the thresholds trainer/engines/diagnosis.py applies, and what to try.
 MEANINGS = {
     "over-fitting": (
         f"After its best epoch the validation loss rose by more than {OVERFIT_RISE:.0%} while "

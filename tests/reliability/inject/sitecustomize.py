@@ -16,7 +16,7 @@ FAULT = os.environ.get("REGTUNE_INJECT")
 if FAULT:
     import torch
 
-    from trainer.population import Population
+    from trainer.engines.population import Population
 
     real_assign, real_train = Population.assign, Population.train_epoch
     assigned = 0

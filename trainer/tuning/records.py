@@ -21,9 +21,9 @@ from pydantic import BaseModel, Field
 if TYPE_CHECKING:  # the HTTP client reads these records: it must not load torch or Optuna
     from optuna.trial import FrozenTrial
 
-    from trainer.config import TrialConfig
-    from trainer.engine import CVResult
-    from trainer.splits import Split
+    from trainer.data.splits import Split
+    from trainer.engines.per_trial import CVResult
+    from trainer.engines.trial_config import TrialConfig
 
 SIGNIFICANT_DIGITS = 5
 
@@ -60,7 +60,7 @@ class TrialRecord:
     l1_sparsity: float | None = None  # fraction of regularized weights with |θ| < 1e-3
     n_params: int | None = None
     wall_time_s: float | None = None
-    diagnosis: str | None = None  # of the trial (trainer.diagnosis)
+    diagnosis: str | None = None  # of the trial (trainer.engines.diagnosis)
     fold_diagnoses: list[str] | None = None
     engine: str | None = None  # "population" or "per-trial"
     engine_note: str | None = None  # why the trial did not train stacked
@@ -169,7 +169,7 @@ class SplitRows(BaseModel):
 
     @classmethod
     def of(cls, test: np.ndarray, splits: Sequence[Split]) -> SplitRows:
-        """The rows of a protocol's test split and folds (:mod:`trainer.splits`)."""
+        """The rows of a protocol's test split and folds (:mod:`trainer.data.splits`)."""
         return cls(
             test=test.tolist(),
             folds=[split.score.tolist() for split in splits],

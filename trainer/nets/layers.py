@@ -2,10 +2,11 @@
 
 A shape here is one sample's, without the batch axis: ``(features,)`` for a flat input,
 ``(C, L)`` for a 1-D signal, ``(C, H, W)`` for an image. :func:`walk` follows a stack of
-layer specs (:data:`trainer.spec.Layer`) from the data's input shape, checking each layer
-against the shape it receives, so that a bad stack is refused at submission with the layer
-and the problem named, before anything is allocated. The same walk counts the parameters and
-the activations (for the memory model of :mod:`trainer.layout`) and builds the modules, so
+layer specs (:data:`trainer.specs.network_spec.Layer`) from the data's input shape, checking
+each layer against the shape it receives, so that a bad stack is refused at submission with the
+layer and the problem named, before anything is allocated. The same walk counts the parameters
+and the activations (for the memory model of :mod:`trainer.engines.layout`) and builds the
+modules, so
 the check, the count and the network can never disagree.
 
 Per layer, with n an input length, k the kernel, s the stride and p the padding:
@@ -24,7 +25,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from trainer.network_spec import (
+from trainer.specs.network_spec import (
     ActivationLayer,
     ConvLayer,
     DropoutLayer,
@@ -36,7 +37,7 @@ from trainer.network_spec import (
     ResidualLayer,
     ShapeLayer,
 )
-from trainer.spec_base import SpecError
+from trainer.specs.spec_base import SpecError
 
 Shape = tuple[int, ...]
 ACTIVATIONS: dict[str, type[nn.Module]] = {
@@ -150,7 +151,7 @@ def _step(layer: Layer, shape: Shape, n_outputs: int, where: str, final: bool, b
         if not build:
             return shape, 0, []
         dropout = nn.Dropout()
-        dropout.group = layer.group  # type: ignore[assignment]  # read by trainer.networks
+        dropout.group = layer.group  # type: ignore[assignment]  # read by trainer.nets.networks
         return shape, 0, [dropout]
     if isinstance(layer, ActivationLayer | LeakyReLULayer):
         if not build:

@@ -10,13 +10,13 @@ import optuna
 import torch
 
 from trainer import rng
-from trainer.config import TrialConfig
-from trainer.datasets import Dataset
-from trainer.engine import DivergedError, Schedule, cross_validate
-from trainer.optuna_internals import trial_id
-from trainer.records import TrialRecord
-from trainer.spec import DOMAINS, SEARCHABLE, Metric, Param, Range, StudySpec
-from trainer.splits import Split
+from trainer.data.datasets import Dataset
+from trainer.data.splits import Split
+from trainer.engines.per_trial import DivergedError, Schedule, cross_validate
+from trainer.engines.trial_config import TrialConfig
+from trainer.specs.study_spec import DOMAINS, SEARCHABLE, Metric, Param, Range, StudySpec
+from trainer.tuning.optuna_internals import trial_id
+from trainer.tuning.records import TrialRecord
 
 
 def hidden_key(widths: Sequence[int]) -> str:

@@ -14,11 +14,11 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from trainer.datasets import Dataset
-from trainer.diagnosis import trivial_loss
-from trainer.preprocessing import Standardizer
-from trainer.splits import Split
-from trainer.tabular import TableEncoder
+from trainer.data.datasets import Dataset
+from trainer.data.preprocessing import Standardizer
+from trainer.data.splits import Split
+from trainer.data.tabular import TableEncoder
+from trainer.engines.diagnosis import trivial_loss
 
 
 def _padded(indices: Sequence[np.ndarray], device: torch.device) -> tuple[torch.Tensor, list[int]]:

@@ -12,16 +12,16 @@ from typing import cast
 import torch
 from torch import nn
 
-from trainer import stacking
-from trainer.config import TrialConfig
-from trainer.diagnosis import diagnose_fold
-from trainer.engine import CVResult, FoldResult
-from trainer.preprocessing import Standardizer
-from trainer.regularizers import SPARSITY_THRESHOLD
-from trainer.spec import Metric, TrainingSpec
-from trainer.splits import Split
-from trainer.stacked_layers import NormLayer, WeightLayer
-from trainer.tabular import TableEncoder
+from trainer.data.preprocessing import Standardizer
+from trainer.data.splits import Split
+from trainer.data.tabular import TableEncoder
+from trainer.engines import stacking
+from trainer.engines.diagnosis import diagnose_fold
+from trainer.engines.per_trial import CVResult, FoldResult
+from trainer.engines.regularizers import SPARSITY_THRESHOLD
+from trainer.engines.stacked_layers import NormLayer, WeightLayer
+from trainer.engines.trial_config import TrialConfig
+from trainer.specs.study_spec import Metric, TrainingSpec
 
 
 class StackedResults:

@@ -29,11 +29,12 @@ import math
 
 import torch
 
-from trainer import networks, stacking
-from trainer.datasets import Dataset
-from trainer.networks import footprint
-from trainer.plugins import PluginError
-from trainer.spec import Range, SpecError, StudySpec
+from trainer.data.datasets import Dataset
+from trainer.engines import stacking
+from trainer.nets import networks
+from trainer.nets.networks import footprint
+from trainer.nets.plugins import PluginError
+from trainer.specs.study_spec import Range, SpecError, StudySpec
 
 MEMORY_SHARE = 0.5  # of the free device memory; the rest is for the allocator's slack
 MAX_POPULATION = 256  # beyond this a step is long enough that the GPU is busy anyway
@@ -45,7 +46,7 @@ def per_trial_reason(spec: StudySpec, dataset: Dataset) -> str | None:
     """Why a study's trials train one at a time in the per-trial engine (None: they stack).
 
     Stacking needs epoch-wise pruning (Wilcoxon pruning decides between folds, one by one)
-    and a network the population engine can run stacked (:mod:`trainer.stacking`). The
+    and a network the population engine can run stacked (:mod:`trainer.engines.stacking`). The
     network is built on the meta device, which allocates nothing, under a forked RNG.
     """
     if spec.pruner.between_folds:

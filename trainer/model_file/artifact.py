@@ -8,7 +8,7 @@ unpickling any class::
     state_dict           the network's weights and BatchNorm buffers (CPU tensors)
     architecture         model (ModelSpec as JSON), hidden, dropout, groups (a dropout
                          group's own p), bn_momentum, input_shape, n_outputs: enough for
-                         trainer.networks.build; network: what the network is (for a
+                         trainer.nets.networks.build; network: what the network is (for a
                          plugin its name, options, package and version)
     preprocessing        encoder (a CSV table's encoding: its columns' treatments, the
                          imputation medians and the levels seen in training, as plain values;
@@ -37,7 +37,7 @@ unpickling any class::
 
 Loading::
 
-    from trainer.artifact import load_model
+    from trainer.model_file.artifact import load_model
 
     model = load_model("model.pt")
     labels = model.predict(X)  # X: raw rows as uploaded: a DataFrame, a list of dicts, or
@@ -45,7 +45,7 @@ Loading::
     folds = load_model("model.pt", ensemble=True)  # the K fold models, averaged
 
 regtune does not depend on pandas: a DataFrame (which a user's own pandas made) is read as its
-records, duck-typed (:meth:`trainer.tabular.TableLayout.read`).
+records, duck-typed (:meth:`trainer.data.tabular.TableLayout.read`).
 """
 
 from __future__ import annotations
@@ -61,12 +61,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from trainer import networks, plugins
-from trainer.datasets import Dataset, Label
-from trainer.engine import FittedModel, FoldEnsemble, predict
-from trainer.preprocessing import Standardizer
-from trainer.spec import UNLIMITED, ModelSpec
-from trainer.tabular import TableEncoder
+from trainer.data.datasets import Dataset, Label
+from trainer.data.preprocessing import Standardizer
+from trainer.data.tabular import TableEncoder
+from trainer.engines.per_trial import FittedModel, FoldEnsemble, predict
+from trainer.nets import networks, plugins
+from trainer.specs.study_spec import UNLIMITED, ModelSpec
 
 FORMAT = "regtune-model"
 VERSION = 1
@@ -290,7 +290,7 @@ class TunedModel:
 @dataclass
 class EnsembleModel:
     """The K fold models of an artifact, predicting by their average (see
-    :func:`trainer.engine.fold_ensemble` for the maths)."""
+    :func:`trainer.engines.per_trial.fold_ensemble` for the maths)."""
 
     members: list[TunedModel]
     test_score: float | None

@@ -9,7 +9,7 @@ Two kinds of trial need no reservation, because they were counted when they were
 re-runs (the parameters of a trial whose worker died or was stopped, queued again by
 Optuna's ``RetryFailedTrialCallback``; the failed attempt and its re-run are both kept, and
 shown as such) and trials a warm start queued. A search takes those from Optuna's queue first
-(:func:`trainer.optuna_internals.take_queued`); only then does it reserve a fresh one.
+(:func:`trainer.tuning.optuna_internals.take_queued`); only then does it reserve a fresh one.
 
 Backends of :class:`Budget`: :class:`SharedCounter`, one integer in shared memory under its
 lock, for ``regtune tune``'s searcher processes (children of one parent); the service's

@@ -1,7 +1,7 @@
 """The network of a study: a template, a declarative layer stack, or a plugin, as specs.
 
 A layer stack is validated here for its own sake (known types, bounds, nesting, size); its
-shapes against the data are checked by :mod:`trainer.layers` once the dataset is known.
+shapes against the data are checked by :mod:`trainer.nets.layers` once the dataset is known.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pydantic import (
     model_validator,
 )
 
-from trainer.spec_base import Strict, _limits, at_most, check_widths
+from trainer.specs.spec_base import Strict, _limits, at_most, check_widths
 
 MAX_KERNEL = 64
 MAX_STRIDE = 16
@@ -141,7 +141,7 @@ class ModelSpec(Strict):
     ``mlp``: per hidden layer Linear → BatchNorm1d → ReLU → Dropout, then a Linear head;
     ``hidden: []`` is a linear model. ``cnn``: per entry of ``channels`` Conv (``kernel_size``,
     ``stride``, padding ⌊kernel/2⌋) → BatchNorm → ReLU → Dropout, flatten, then the MLP head.
-    Both are layer stacks under the hood (:mod:`trainer.layers`). ``dropout_groups:
+    Both are layer stacks under the hood (:mod:`trainer.nets.layers`). ``dropout_groups:
     "per_layer"`` gives each of a template's dropouts its own p (groups ``layer1``, …).
     ``layers``: the list of ``layers``, checked against the data's shape at submission.
     ``plugin``: ``name`` is an entry point of the group ``regtune.networks`` installed on the

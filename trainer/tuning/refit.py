@@ -1,6 +1,6 @@
 """The refit: the chosen configuration retrained on every non-test row, scored on the test rows.
 
-It trains by the population engine (:mod:`trainer.population`) as a stack of one model whose
+It trains by the population engine (:mod:`trainer.engines.population`) as a stack of one model whose
 one "fold" fits the whole pool and has no validation rows: the epoch count comes from
 cross-validation (the folds' median best epoch), as is usual when a model is refitted on all
 its data, so no row is held back for early stopping and the last weights are the model. The
@@ -15,13 +15,13 @@ from dataclasses import replace
 import numpy as np
 import torch
 
-from trainer.config import TrialConfig
-from trainer.datasets import Dataset
-from trainer.engine import DivergedError, FittedModel, FoldRun, fold_seed
-from trainer.population import Population
-from trainer.spec import Metric
-from trainer.splits import Split
-from trainer.stacking import Unstackable
+from trainer.data.datasets import Dataset
+from trainer.data.splits import Split
+from trainer.engines.per_trial import DivergedError, FittedModel, FoldRun, fold_seed
+from trainer.engines.population import Population
+from trainer.engines.stacking import Unstackable
+from trainer.engines.trial_config import TrialConfig
+from trainer.specs.study_spec import Metric
 
 REFIT_STREAM = 2**31 - 1  # the refit draws its own seed, apart from every fold's
 

@@ -7,8 +7,8 @@ from typing import Any
 
 from torch import nn
 
-from trainer import networks
-from trainer.spec import ModelSpec, StudySpec, TrainingSpec
+from trainer.nets import networks
+from trainer.specs.study_spec import ModelSpec, StudySpec, TrainingSpec
 
 
 @dataclass(frozen=True)

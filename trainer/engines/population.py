@@ -3,10 +3,10 @@
 None of the searched regularization hyperparameters changes a tensor's shape, so M = P·K
 models are stacked along a leading axis and trained by batched kernels, each model exactly as
 it would train alone. The stack is in parts: its rows (each model's fold of the data,
-:mod:`trainer.stacked_data`), its layers (batched Linear, grouped convolutions, per-model
-BatchNorm and keyed dropout, :mod:`trainer.stacked_layers`, run in the order the traced
-network gives, :mod:`trainer.stacking`), its optimizer step (per-model L1, L2 and Adam or SGD,
-:mod:`trainer.stacked_optim`), and here the slots, the epoch loop and the results. Per model:
+:mod:`.stacked_rows`), its layers (batched Linear, grouped convolutions, per-model
+BatchNorm and keyed dropout, :mod:`.stacked_layers`, run in the order the traced
+network gives, :mod:`.stacking`), its optimizer step (per-model L1, L2 and Adam or SGD,
+:mod:`.stacked_optim`), and here the slots, the epoch loop and the results. Per model:
 
 * loss: its own mean over its batch; the population's loss is the *sum* over models, so each
   model's gradient is exactly its own (a mean would scale every gradient by 1/M);
@@ -14,7 +14,7 @@ network gives, :mod:`trainer.stacking`), its optimizer step (per-model L1, L2 an
 
 Slots are refilled: when a trial ends, :meth:`Population.assign` puts the next one in its
 rows at the next epoch boundary, initialised exactly as its network alone under its seed. Shapes
-never change, so the step can be compiled once (:mod:`trainer.compiled`).
+never change, so the step can be compiled once (:mod:`trainer.engines.compiled`).
 
 Inside an epoch nothing waits for the host. Batch orders, dropout keys and the per-step
 "who steps" masks are device tensors made at the epoch's start, and which steps exist at all
@@ -36,22 +36,23 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from trainer import compiled, rng, stacking
-from trainer.config import TrialConfig
-from trainer.datasets import Dataset
-from trainer.engine import CVResult, DivergedError, fold_seed
-from trainer.networks import count_parameters
-from trainer.spec import Metric
-from trainer.splits import Split
-from trainer.stacked_data import StackedRows
-from trainer.stacked_layers import ConvShape, Pass, StackedLayers, per_model
-from trainer.stacked_optim import (
+from trainer import rng
+from trainer.data.datasets import Dataset
+from trainer.data.splits import Split
+from trainer.engines import compiled, stacking
+from trainer.engines.per_trial import CVResult, DivergedError, fold_seed
+from trainer.engines.stacked_layers import ConvShape, Pass, StackedLayers, per_model
+from trainer.engines.stacked_optim import (
     decay_decoupled,
     fused_adam_rows,
     regularized_gradients,
     stacked_update,
 )
-from trainer.stacked_results import StackedResults
+from trainer.engines.stacked_results import StackedResults
+from trainer.engines.stacked_rows import StackedRows
+from trainer.engines.trial_config import TrialConfig
+from trainer.nets.networks import count_parameters
+from trainer.specs.study_spec import Metric
 
 ShapeKey = tuple[tuple[int, ...], int, str]
 
@@ -522,7 +523,7 @@ def step_loss(
     full: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-model training loss ``[M]`` on the batch at ``position`` and its row counts: the
-    fixed-shape part of a step that :mod:`trainer.compiled` compiles (backward included)."""
+    fixed-shape part of a step that :mod:`trainer.engines.compiled` compiles (backward included)."""
     p = population
     valid = position < p.fit_len[:, None]
     index = p.fit_index.gather(1, position.clamp(max=p.n_max - 1))
@@ -552,7 +553,7 @@ def train_population(
 
     ``on_epoch(trial, epoch, fold_mean)`` is called per trial after every epoch in which it
     trained; returning True prunes it (its outcome is None). The search itself refills slots
-    as trials end (:mod:`trainer.search`); this runs a fixed set, for tests and benchmarks.
+    as trials end (:mod:`trainer.tuning.search`); this runs a fixed set, for tests and benchmarks.
     """
     population = Population(
         dataset,

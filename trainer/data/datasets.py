@@ -22,10 +22,10 @@ from typing import IO, Any, Literal
 import numpy as np
 from sklearn import datasets as skdatasets
 
-from trainer.mnist1d import make_mnist1d
-from trainer.poly import make_poly
-from trainer.spec import Task
-from trainer.tabular import MAX_LEVELS, Table, TableColumn, TableEncoder, TableLayout, is_blank
+from trainer.data.mnist1d import make_mnist1d
+from trainer.data.poly import make_poly
+from trainer.data.tabular import MAX_LEVELS, Table, TableColumn, TableEncoder, TableLayout, is_blank
+from trainer.specs.study_spec import Task
 
 Label = int | float | str
 
@@ -380,10 +380,10 @@ def load_csv(
 ) -> Dataset:
     """Read a CSV with a header row; ``target`` names the label column, all others are features.
 
-    Feature columns are numeric, categorical or dropped (:mod:`trainer.tabular`). A blank target
-    cell is refused, naming its lines, unless ``missing_target="drop"`` drops those rows
-    (``Dataset.dropped_rows`` counts them). Cells are kept as numbers and small level codes
-    (12 bytes a cell, not a Python object), and ``limits`` are checked as the rows come.
+    Feature columns are numeric, categorical or dropped (:mod:`trainer.data.tabular`).
+    A blank target cell is refused, naming its lines, unless ``missing_target="drop"`` drops
+    those rows (``Dataset.dropped_rows`` counts them). Cells are kept as numbers and small
+    level codes (12 bytes a cell, not a Python object), and ``limits`` are checked as the rows come.
     """
     limits = limits or ArrayLimits()
     reader = csv.reader(io.StringIO(_read_text(source)))

@@ -1,8 +1,8 @@
 """The stacked layers with weights: M models' Linear, Conv, BatchNorm and dropout at once.
 
 A stacked value is ``[M, B, *shape]``: model m's batch of B samples in row m. The population
-engine (:mod:`trainer.population`) holds the M models' tensors and runs a traced network
-(:mod:`trainer.stacking`) through these methods:
+engine (:mod:`trainer.engines.population`) holds the M models' tensors and runs a traced network
+(:mod:`trainer.engines.stacking`) through these methods:
 
 * Linear: one ``torch.baddbmm`` over weights ``[M, in, out]``;
 * convolution: one grouped convolution with M groups over the models' channels side by side
@@ -24,7 +24,8 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from trainer import rng, stacking
+from trainer import rng
+from trainer.engines import stacking
 
 WeightLayer = nn.Linear | nn.Conv1d | nn.Conv2d
 NormLayer = nn.BatchNorm1d | nn.BatchNorm2d
@@ -60,7 +61,7 @@ def per_model(column: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 
 
 class StackedLayers:
-    """The layer arithmetic of a stack; :class:`trainer.population.Population` holds the
+    """The layer arithmetic of a stack; :class:`trainer.engines.population.Population` holds the
     tensors it reads (one row per model) and mixes it in."""
 
     program: stacking.Program

@@ -18,19 +18,20 @@ import numpy as np
 import optuna
 import torch
 
-from trainer import artifact, layout
-from trainer.budget import Budget, SharedCounter, spent
-from trainer.config import TrialConfig
-from trainer.datasets import Dataset, check_for_cv
-from trainer.engine import DivergedError, FittedModel, fold_ensemble
-from trainer.networks import footprint
-from trainer.objective import fold_schedule, grid, trial_seed
-from trainer.population import Population
-from trainer.records import BestTrial, SplitRows, StudyResult, TrialRecord
-from trainer.refit import refit
-from trainer.search import Engine, Search
-from trainer.spec import Metric, SpecError, StudySpec, default_metric, metric_direction
-from trainer.splits import Split, cv_splits, holdout
+from trainer.data.datasets import Dataset, check_for_cv
+from trainer.data.splits import Split, cv_splits, holdout
+from trainer.engines import layout
+from trainer.engines.per_trial import DivergedError, FittedModel, fold_ensemble
+from trainer.engines.population import Population
+from trainer.engines.trial_config import TrialConfig
+from trainer.model_file import artifact
+from trainer.nets.networks import footprint
+from trainer.specs.study_spec import Metric, SpecError, StudySpec, default_metric, metric_direction
+from trainer.tuning.budget import Budget, SharedCounter, spent
+from trainer.tuning.objective import fold_schedule, grid, trial_seed
+from trainer.tuning.records import BestTrial, SplitRows, StudyResult, TrialRecord
+from trainer.tuning.refit import refit
+from trainer.tuning.search import Engine, Search
 
 
 def resolve_metric(spec: StudySpec, dataset: Dataset) -> Metric:
@@ -47,7 +48,7 @@ def resolve_metric(spec: StudySpec, dataset: Dataset) -> Metric:
 
 def network_sizes(spec: StudySpec, dataset: Dataset) -> list[tuple[str, list[int] | None, int]]:
     """Every network the search may build, checked against the data's shape (a
-    :class:`~trainer.layers.LayerError` names the layer that does not fit): per choice
+    :class:`~trainer.nets.layers.LayerError` names the layer that does not fit): per choice
     of ``search_space.hidden`` (or the model alone), its field, widths and parameter count."""
     choices: list[tuple[str, list[int] | None]] = [("model", None)]
     if spec.search_space.hidden is not None:
@@ -162,7 +163,8 @@ def create_study(
 @dataclass
 class StudyOutcome:
     """A searched study: its best trial, that trial refitted (``fitted``) and packed as a model
-    file (``model``, :mod:`trainer.artifact`; None without a refit), and the protocol's rows."""
+    file (``model``, :mod:`trainer.model_file`; None without a refit), and the protocol's
+    rows."""
 
     study: optuna.Study
     metric: Metric
@@ -205,14 +207,14 @@ def run_study(
 ) -> StudyOutcome:
     """Search until the study holds ``spec.n_trials`` finished trials (or ``timeout_s``).
 
-    ``budget`` reserves each fresh trial (:mod:`trainer.budget`); processes that search one
+    ``budget`` reserves each fresh trial (:mod:`trainer.tuning.budget`); processes that search one
     study share one. By default this process alone counts what the storage already holds.
 
     Diverging trials fail with their reason in ``fail_reason`` and the search goes on.
     ``population`` trials train at once as one stacked model (MLPs and CNNs; by default as
-    many as suit the device: :func:`trainer.layout.population_size`); studies with Wilcoxon
+    many as suit the device: :func:`trainer.engines.layout.population_size`); studies with Wilcoxon
     pruning, which decides between folds, train one trial at a time. ``engine`` builds the
-    stacks (:class:`trainer.search.Search`; tests pass one that fails on purpose);
+    stacks (:class:`trainer.tuning.search.Search`; tests pass one that fails on purpose);
     ``compile`` puts their step under ``torch.compile`` (default: on a GPU only).
     """
     protocol = Protocol.of(spec, dataset)
@@ -318,7 +320,7 @@ def final_model(
     device: torch.device | str = "cpu",
     study: dict[str, Any] | None = None,
 ) -> tuple[FittedModel, dict[str, Any]]:
-    """:func:`refit_trial`, and the refitted model packed as a file (:mod:`trainer.artifact`)
+    """:func:`refit_trial`, and the refitted model packed as a file (:mod:`trainer.model_file`)
     with the trial's CV scores, its test score and ``study`` metadata; with
     ``spec.final_model.ensemble`` the file also holds the trial's K fold models. A fold
     that diverges when retrained costs the ensemble, not the model: the file then says why

@@ -3,12 +3,12 @@
 Networks take flat features ``[batch, n_features]`` (what the engines hold on the device) and
 view them as ``[batch, *input_shape]`` with a leading ``nn.Unflatten`` where the shape has
 axes. The built-in templates are layer stacks (:func:`template_layers`); a ``layers`` spec is
-built by :mod:`trainer.layers`; a ``plugin`` by its entry point (:mod:`trainer.plugins`).
+built by :mod:`trainer.nets.layers`; a ``plugin`` by its entry point (:mod:`trainer.nets.plugins`).
 
 The trial's regularization reaches any of them the same way (:func:`configure`): every
 Dropout (``Dropout1d/2d`` too) gets the trial's p, or its group's when the module carries a
 ``group`` attribute (as ``layers`` dropouts with a group do), and every BatchNorm the trial's
-momentum. L2 and L1 apply to the parameters of rank ≥ 2 (:mod:`trainer.regularizers`).
+momentum. L2 and L1 apply to the parameters of rank ≥ 2 (:mod:`trainer.engines.regularizers`).
 """
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from trainer import plugins
-from trainer.layers import Walked, walk
-from trainer.network_spec import (
+from trainer.nets import plugins
+from trainer.nets.layers import Walked, walk
+from trainer.specs.network_spec import (
     ActivationLayer,
     ConvLayer,
     DropoutLayer,
@@ -34,7 +34,7 @@ from trainer.network_spec import (
     ResidualLayer,
     ShapeLayer,
 )
-from trainer.spec_base import SpecError
+from trainer.specs.spec_base import SpecError
 
 DROPOUTS = (nn.Dropout, nn.Dropout1d, nn.Dropout2d)
 NORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
@@ -42,7 +42,7 @@ NORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
 
 class NetworkError(SpecError):
     """The network does not fit the data, or its plugin cannot be built; ``field`` names
-    where. (A layer that does not fit is a :class:`~trainer.layers.LayerError`.)"""
+    where. (A layer that does not fit is a :class:`~trainer.nets.layers.LayerError`.)"""
 
     def __init__(self, field: str, message: str) -> None:
         super().__init__(message, field)
@@ -121,7 +121,7 @@ def footprint(
 ) -> Walked:
     """The network's parameters and activations per sample, without allocating it (a
     plugin is built on the ``meta`` device, which allocates nothing). Raises
-    :class:`~trainer.layers.LayerError` naming the layer that does not fit the data."""
+    :class:`~trainer.nets.layers.LayerError` naming the layer that does not fit the data."""
     if spec.kind == "layers":
         return walk(spec.layers or [], input_shape, n_outputs)
     if spec.kind == "plugin":

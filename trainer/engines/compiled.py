@@ -57,13 +57,13 @@ def _compile(function: Callable[..., Any], device: torch.device) -> Callable[...
 
 @cache
 def step_loss(device: torch.device) -> Callable[..., Any]:
-    from trainer.population import step_loss as eager
+    from trainer.engines.population import step_loss as eager
 
     return _compile(eager, device)
 
 
 @cache
 def stacked_update(device: torch.device) -> Callable[..., Any]:
-    from trainer.stacked_optim import stacked_update as eager
+    from trainer.engines.stacked_optim import stacked_update as eager
 
     return _compile(eager, device)

@@ -23,16 +23,16 @@ from torch import nn
 from torch.nn import functional as F
 
 from trainer import rng
-from trainer.config import TrialConfig
-from trainer.datasets import Dataset
-from trainer.diagnosis import Diagnosis, diagnose_fold, diagnose_trial, trivial_loss
-from trainer.early_stopping import EarlyStopping
-from trainer.networks import count_parameters
-from trainer.preprocessing import Standardizer
-from trainer.regularizers import make_optimizer
-from trainer.spec import Metric, Task
-from trainer.splits import Split
-from trainer.tabular import TableEncoder
+from trainer.data.datasets import Dataset
+from trainer.data.preprocessing import Standardizer
+from trainer.data.splits import Split
+from trainer.data.tabular import TableEncoder
+from trainer.engines.diagnosis import Diagnosis, diagnose_fold, diagnose_trial, trivial_loss
+from trainer.engines.early_stopping import EarlyStopping
+from trainer.engines.regularizers import make_optimizer
+from trainer.engines.trial_config import TrialConfig
+from trainer.nets.networks import count_parameters
+from trainer.specs.study_spec import Metric, Task
 
 EVAL_CHUNK = 8192
 Schedule = Literal["lockstep", "sequential"]

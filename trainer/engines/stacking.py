@@ -5,7 +5,7 @@ kernels over values shaped ``[M, B, *shape]``. Any network whose graph is made o
 below can be run that way: :func:`program` traces the template with ``torch.fx`` and turns
 every node into an operation on stacked values. Layers with weights (Linear, Conv1d/2d,
 BatchNorm1d/2d) and dropout call back into the stack that holds the M models' tensors
-(:class:`Stack`, implemented by :class:`trainer.population.Population`), so each of them has
+(:class:`Stack`, implemented by :class:`trainer.engines.population.Population`), so each of them has
 exactly one stacked implementation; parameter-free layers run as they are, on the stacked
 value (elementwise ones) or on ``[M·B, …]`` (pooling).
 
@@ -32,7 +32,7 @@ import torch
 from torch import fx, nn
 from torch.nn import functional as F
 
-from trainer.networks import DROPOUTS, NORMS
+from trainer.nets.networks import DROPOUTS, NORMS
 
 Op = Callable[["Stack", Any, tuple[Any, ...], dict[str, Any]], Any]
 Arguments = Callable[

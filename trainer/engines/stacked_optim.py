@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from trainer.stacked_layers import per_model
+from trainer.engines.stacked_layers import per_model
 
 ADAM_BETAS = (0.9, 0.999)
 ADAM_EPS = 1e-8

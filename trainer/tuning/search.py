@@ -1,12 +1,12 @@
 """The search driver: one loop that asks Optuna for trials, trains them and tells the results.
 
-``regtune tune`` (:func:`trainer.study.run_study`) and the service's workers both run a
+``regtune tune`` (:func:`trainer.tuning.study.run_study`) and the service's workers both run a
 study through :class:`Search`; they differ only in what they pass: the budget (a
-:class:`trainer.budget.Budget` that reserves each fresh trial atomically, so the study holds
+:class:`trainer.tuning.budget.Budget` that reserves each fresh trial atomically, so the study holds
 exactly ``n_trials``), when to stop, and a guard that beats for running trials.
 
 With the population engine a worker keeps P slots of K folds training as one stack
-(:class:`trainer.population.Population`, one per shape when widths, batch size or optimizer
+(:class:`trainer.engines.population.Population`, one per shape when widths, batch size or optimizer
 are searched). After every epoch each trial that trained is told its fold-mean value
 (``trial.report``); a trial that completes, is pruned or fails is told to Optuna at once and
 its slot takes the next asked trial at the next epoch boundary. The pruner therefore sees
@@ -39,12 +39,15 @@ import optuna
 import torch
 from optuna.trial import FrozenTrial, TrialState
 
-from trainer import compiled, layout
-from trainer.budget import Budget
-from trainer.config import TrialConfig
-from trainer.datasets import Dataset
-from trainer.engine import DivergedError
-from trainer.objective import (
+from trainer.data.datasets import Dataset
+from trainer.data.splits import Split
+from trainer.engines import compiled, layout
+from trainer.engines.per_trial import DivergedError
+from trainer.engines.population import Population, ShapeKey, SlotEpoch, shape_key
+from trainer.engines.trial_config import TrialConfig
+from trainer.specs.study_spec import Metric, StudySpec
+from trainer.tuning.budget import Budget
+from trainer.tuning.objective import (
     Objective,
     TrialFailed,
     TrialInterrupted,
@@ -52,11 +55,8 @@ from trainer.objective import (
     suggest,
     trial_seed,
 )
-from trainer.optuna_internals import create_trial, storage_of, take_queued, trial_id
-from trainer.population import Population, ShapeKey, SlotEpoch, shape_key
-from trainer.records import TrialRecord
-from trainer.spec import Metric, StudySpec
-from trainer.splits import Split
+from trainer.tuning.optuna_internals import create_trial, storage_of, take_queued, trial_id
+from trainer.tuning.records import TrialRecord
 
 log = logging.getLogger("regtune.trainer")
 

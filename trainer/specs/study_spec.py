@@ -2,7 +2,7 @@
 
 The same pydantic models validate a spec file for ``regtune tune`` and a request body at
 the service's HTTP boundary, so an error names the offending field the same way in both.
-The operator's limits come as validation context (``trainer.spec_base``).
+The operator's limits come as validation context (``trainer.specs.spec_base``).
 """
 
 from __future__ import annotations
@@ -24,11 +24,11 @@ from pydantic import (
     model_validator,
 )
 
-from trainer.network_spec import (
+from trainer.specs.network_spec import (
     GROUP_NAME,
     ModelSpec,
 )
-from trainer.spec_base import (
+from trainer.specs.spec_base import (
     UNLIMITED,
     Limits,
     SpecError,

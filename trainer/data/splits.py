@@ -2,7 +2,7 @@
 
 All splits are index arrays into the dataset and depend only on the study's seed, so every
 trial of a study is scored on the same folds (which paired tests such as Wilcoxon need).
-:class:`trainer.records.SplitRows` is the protocol as a user reads it.
+:class:`trainer.tuning.records.SplitRows` is the protocol as a user reads it.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 from sklearn.model_selection import KFold, StratifiedKFold, train_test_split
 
-from trainer.spec import Task
+from trainer.specs.study_spec import Task
 
 
 @dataclass(frozen=True)

@@ -5,10 +5,10 @@ Small models train fastest on a CPU as one 1-thread process per core (BENCHMARKS
 process share badly. So, as the service's workers do, ``tune`` starts N searcher processes
 over one Optuna storage; without a ``--storage`` that is a journal file in a temporary
 directory (Optuna's file-locked append-only log, made for several processes). Each process
-runs the same search (:class:`trainer.search.Search`) with its own sampler stream, and the
-budget is one counter in shared memory (:class:`trainer.budget.SharedCounter`) that every
+runs the same search (:class:`trainer.tuning.search.Search`) with its own sampler stream, and the
+budget is one counter in shared memory (:class:`trainer.tuning.budget.SharedCounter`) that every
 searcher reserves each fresh trial from, so together they create exactly ``n_trials``. The parent
-shows the progress, then retrains the best trial (:func:`trainer.study.conclude`).
+shows the progress, then retrains the best trial (:func:`trainer.tuning.study.conclude`).
 
 No searcher outlives the parent: they are stopped when it stops (Ctrl-C included), and a
 searcher whose parent died (SIGKILL) exits by itself within a second.
@@ -35,14 +35,14 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
 from trainer import rng
-from trainer.budget import SharedCounter, spent
-from trainer.datasets import Dataset
+from trainer.data.datasets import Dataset
 from trainer.device import usable_cores
 from trainer.lifetime import on_parent_death
-from trainer.optuna_internals import storage_of, trial_id, write_attrs
-from trainer.records import TrialRecord
-from trainer.spec import StudySpec
-from trainer.study import Protocol, StudyOutcome, conclude, create_study, run_study
+from trainer.specs.study_spec import StudySpec
+from trainer.tuning.budget import SharedCounter, spent
+from trainer.tuning.optuna_internals import storage_of, trial_id, write_attrs
+from trainer.tuning.records import TrialRecord
+from trainer.tuning.study import Protocol, StudyOutcome, conclude, create_study, run_study
 
 POLL_S = 0.25
 Progress = Callable[[optuna.Study], None]  # shown the study as its trials finish
@@ -119,7 +119,7 @@ def run_parallel_study(
     display: AbstractContextManager[object] | None = None,
     refit_best: bool = True,
 ) -> StudyOutcome:
-    """:func:`trainer.study.run_study` with ``processes`` searcher processes.
+    """:func:`trainer.tuning.study.run_study` with ``processes`` searcher processes.
 
     ``progress(study)`` is called as trials finish, inside ``display`` (a progress
     bar, entered once the searchers have started: a forked process must not inherit its
