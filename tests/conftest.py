@@ -10,7 +10,7 @@ import pytest
 import torch
 from servers import fresh_postgres_database
 
-from trainer.data.datasets import load_builtin
+from trainer.data.builtin_sets import load_builtin
 
 torch.set_num_threads(1)
 optuna.logging.set_verbosity(optuna.logging.WARNING)

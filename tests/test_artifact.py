@@ -16,7 +16,8 @@ import pytest
 import torch
 from servers import tiny_study
 
-from trainer.data.datasets import Dataset, load_csv, make_dataset
+from trainer.data.datasets import Dataset, make_dataset
+from trainer.data.readers import load_csv
 from trainer.engines.per_trial import DivergedError, FittedModel, predict
 from trainer.engines.trial_config import TrialConfig
 from trainer.model_file import artifact

@@ -7,16 +7,10 @@ import io
 import numpy as np
 import pytest
 
-from trainer.data.datasets import (
-    DatasetError,
-    check_for_cv,
-    load_builtin,
-    load_csv,
-    load_dataset,
-    load_npz,
-    make_dataset,
-)
+from trainer.data.builtin_sets import load_builtin
+from trainer.data.datasets import DatasetError, check_for_cv, make_dataset
 from trainer.data.mnist1d import make_mnist1d
+from trainer.data.readers import load_csv, load_dataset, load_npz
 
 
 @pytest.mark.parametrize(

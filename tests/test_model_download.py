@@ -33,7 +33,7 @@ from service.store.tables import ArtifactRecord
 from service.store.trials import make_storage
 from service.work import runner as runner_module
 from service.work.worker import Worker
-from trainer.data.datasets import load_builtin
+from trainer.data.builtin_sets import load_builtin
 from trainer.model_file.artifact import ArtifactError, load_model
 from trainer.specs.study_spec import StudySpec
 from trainer.tuning.study import Protocol

@@ -17,7 +17,8 @@ from equivalence import assert_close
 from pydantic import ValidationError
 from torch import nn
 
-from trainer.data.datasets import Dataset, load_builtin, make_dataset
+from trainer.data.builtin_sets import load_builtin
+from trainer.data.datasets import Dataset, make_dataset
 from trainer.engines import layout, stacking
 from trainer.engines.per_trial import cross_validate
 from trainer.engines.population import Pass, Population, train_population

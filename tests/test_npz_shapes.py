@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 from servers import problem, regtune, serving, tiny_study, wait_status
 
-from trainer.data.datasets import DatasetError, load_builtin, load_npz
+from trainer.data.builtin_sets import load_builtin
+from trainer.data.datasets import DatasetError
+from trainer.data.readers import load_npz
 from trainer.model_file.artifact import load_model
 
 

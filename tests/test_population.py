@@ -13,7 +13,7 @@ from equivalence import REASSOCIATED, assert_close, assert_identical
 from servers import tiny_study
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from trainer.data.datasets import load_builtin
+from trainer.data.builtin_sets import load_builtin
 from trainer.engines.per_trial import FoldRun, cross_validate, fold_seed
 from trainer.engines.population import Population, train_population
 from trainer.engines.trial_config import TrialConfig

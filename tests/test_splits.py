@@ -12,7 +12,8 @@ import pytest
 from servers import hidden_from, regtune, serving, tiny_study
 from test_cli_imports import heavy_imports
 
-from trainer.data.datasets import load_builtin, load_csv
+from trainer.data.builtin_sets import load_builtin
+from trainer.data.readers import load_csv
 from trainer.model_file.artifact import load_model
 from trainer.specs.study_spec import StudySpec
 from trainer.tuning.records import SplitRows

@@ -9,7 +9,7 @@ import optuna
 import pytest
 import torch
 
-from trainer.data.datasets import load_builtin
+from trainer.data.builtin_sets import load_builtin
 from trainer.engines.per_trial import DivergedError, FoldRun, cross_validate
 from trainer.engines.trial_config import TrialConfig
 from trainer.specs.study_spec import StudySpec

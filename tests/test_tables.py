@@ -15,7 +15,9 @@ import pandas as pd
 import pytest
 from servers import regtune, serving, tiny_study, wait_status
 
-from trainer.data.datasets import Dataset, DatasetError, load_builtin, load_csv
+from trainer.data.builtin_sets import load_builtin
+from trainer.data.datasets import Dataset, DatasetError
+from trainer.data.readers import load_csv
 from trainer.engines.per_trial import FittedModel, cross_validate
 from trainer.engines.population import train_population
 from trainer.engines.trial_config import TrialConfig

@@ -44,14 +44,14 @@ _HOME: dict[str, str] = {
     "Dataset": "trainer.data.datasets",
     "DatasetError": "trainer.data.datasets",
     "DatasetTooLarge": "trainer.data.datasets",
-    "MissingTarget": "trainer.data.datasets",
+    "MissingTarget": "trainer.data.readers",
     "Split": "trainer.data.splits",
     "Table": "trainer.data.tabular",
     "TableLayout": "trainer.data.tabular",
-    "load_builtin": "trainer.data.datasets",
-    "load_csv": "trainer.data.datasets",
-    "load_dataset": "trainer.data.datasets",
-    "load_npz": "trainer.data.datasets",
+    "load_builtin": "trainer.data.builtin_sets",
+    "load_csv": "trainer.data.readers",
+    "load_dataset": "trainer.data.readers",
+    "load_npz": "trainer.data.readers",
     # nets (a namespace: build, describe, summary)
     "networks": "trainer.nets.networks",
     # engines
@@ -118,15 +118,15 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # what type checkers see; tests/test_architecture.py keeps it equal to _HOME
+    from trainer.data.builtin_sets import load_builtin as load_builtin
     from trainer.data.datasets import ArrayLimits as ArrayLimits
     from trainer.data.datasets import Dataset as Dataset
     from trainer.data.datasets import DatasetError as DatasetError
     from trainer.data.datasets import DatasetTooLarge as DatasetTooLarge
-    from trainer.data.datasets import MissingTarget as MissingTarget
-    from trainer.data.datasets import load_builtin as load_builtin
-    from trainer.data.datasets import load_csv as load_csv
-    from trainer.data.datasets import load_dataset as load_dataset
-    from trainer.data.datasets import load_npz as load_npz
+    from trainer.data.readers import MissingTarget as MissingTarget
+    from trainer.data.readers import load_csv as load_csv
+    from trainer.data.readers import load_dataset as load_dataset
+    from trainer.data.readers import load_npz as load_npz
     from trainer.data.splits import Split as Split
     from trainer.data.tabular import Table as Table
     from trainer.data.tabular import TableLayout as TableLayout

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from servers import Server, problem, sqlite_rows, workerless_server
 
-from trainer.data.datasets import load_npz
+from trainer.data.readers import load_npz
 
 pytestmark = pytest.mark.slow
 

@@ -796,7 +796,7 @@ FILE_ACCESS = {
     "shutil.copyfile",
     "shutil.rmtree",
     "tempfile.NamedTemporaryFile",
-    "trainer.data.datasets.load_dataset",
+    "trainer.data.readers.load_dataset",
 }
 PATH_METHODS = {"read_bytes", "read_text", "write_bytes", "write_text", "open", "unlink"}
 
