@@ -35,7 +35,6 @@ _HOME: dict[str, str] = {
     "StudySpec": "trainer.specs.study_spec",
     "Task": "trainer.specs.study_spec",
     "UNLIMITED": "trainer.specs.study_spec",
-    "best_first": "trainer.specs.study_spec",
     "field_problem": "trainer.specs.spec_base",
     "metric_direction": "trainer.specs.study_spec",
     "stored_model": "trainer.specs.study_spec",
@@ -79,6 +78,7 @@ _HOME: dict[str, str] = {
     "StudyResult": "trainer.tuning.records",
     "TrialInterrupted": "trainer.tuning.objective",
     "TrialRecord": "trainer.tuning.records",
+    "best_first": "trainer.tuning.records",
     "failure_reason": "trainer.tuning.objective",
     "final_model": "trainer.tuning.study",
     "hidden_key": "trainer.tuning.objective",
@@ -162,7 +162,6 @@ if TYPE_CHECKING:  # what type checkers see; tests/test_architecture.py keeps it
     from trainer.specs.study_spec import SpecError as SpecError
     from trainer.specs.study_spec import StudySpec as StudySpec
     from trainer.specs.study_spec import Task as Task
-    from trainer.specs.study_spec import best_first as best_first
     from trainer.specs.study_spec import metric_direction as metric_direction
     from trainer.specs.study_spec import stored_model as stored_model
     from trainer.tuning import optuna_internals as optuna_internals
@@ -176,6 +175,7 @@ if TYPE_CHECKING:  # what type checkers see; tests/test_architecture.py keeps it
     from trainer.tuning.records import SplitRows as SplitRows
     from trainer.tuning.records import StudyResult as StudyResult
     from trainer.tuning.records import TrialRecord as TrialRecord
+    from trainer.tuning.records import best_first as best_first
     from trainer.tuning.search import Search as Search
     from trainer.tuning.study import Protocol as Protocol
     from trainer.tuning.study import StudyOutcome as StudyOutcome

@@ -451,9 +451,3 @@ def default_metric(task: Task) -> Metric:
 
 def metric_direction(metric: Metric) -> Literal["maximize", "minimize"]:
     return "maximize" if metric == "accuracy" else "minimize"
-
-
-def best_first(direction: str) -> float:
-    """The sign s for which ascending s·value puts the best value first: −1 when the study
-    maximizes, +1 when it minimizes (the one ranking rule of the API, the report, the CLI)."""
-    return -1.0 if direction == "maximize" else 1.0

@@ -5,6 +5,8 @@ regtune reads and writes them through :class:`TrialRecord`, so a field has one n
 type and one meaning everywhere (the engine that writes it, the API, the report, the refit),
 and :class:`BestTrial` is the one summary of a study's best trial (``GET /v1/studies/{id}``
 and ``regtune tune --json`` alike), inside :class:`StudyResult`, what a finished study shows.
+How trials are shown is ruled here too: ``LISTED``, the attributes a trial list fetches, and
+:func:`best_first`, the one order of trials by value (the API, the report and the CLI).
 :class:`SplitRows` is a study's protocol as rows (``GET /v1/studies/{id}/splits``, ``regtune
 splits``, ``regtune tune --splits``), to score a baseline in the very same folds.
 """
@@ -118,6 +120,12 @@ class TrialRecord:
 FIELDS = {f.name: f for f in fields(TrialRecord)}
 # The attributes a trial list shows (fetched alone by the listing query).
 LISTED = ("cv_std", "diagnosis", "fail_reason")
+
+
+def best_first(direction: str) -> float:
+    """The sign s for which ascending s·value puts the best value first: −1 when the study
+    maximizes, +1 when it minimizes (the one ranking rule of the API, the report, the CLI)."""
+    return -1.0 if direction == "maximize" else 1.0
 
 
 class BestTrial(BaseModel):
