@@ -28,7 +28,6 @@ precision (a training step's FLOPs per sample, forward and backward, as torch's
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
@@ -42,15 +41,15 @@ from pathlib import Path
 import numpy as np
 import optuna
 import torch
-from provenance import command_line, git_commit, machine, markdown_table, publish
+from provenance import benchmark_parser, command_line, git_commit, machine, markdown_table, publish
 from sklearn.preprocessing import StandardScaler
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 from torch.utils.flop_counter import FlopCounterMode
 
 from trainer import (
+    CVProtocol,
     Dataset,
-    Protocol,
     Split,
     StudySpec,
     TrialConfig,
@@ -121,7 +120,7 @@ class Workload:
     """What every engine is given besides its trials (each trial's epochs: its ``training``)."""
 
     data: Dataset
-    protocol: Protocol
+    protocol: CVProtocol
     device: str = "cpu"
 
 
@@ -306,7 +305,7 @@ def sync(device: str) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = benchmark_parser(__doc__)
     parser.add_argument("--trials", type=int, default=8)
     parser.add_argument(
         "--population-trials",
@@ -322,7 +321,6 @@ def main() -> None:
     parser.add_argument(
         "--threads", help="comma-separated torch thread counts to try on a CPU (default: 1,all)"
     )
-    parser.add_argument("--append", type=Path)
     args = parser.parse_args()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     if args.model == "plugin":
@@ -338,7 +336,7 @@ def main() -> None:
 
     data = load_builtin("builtin:digits")
     spec = reference(args.epochs, args.model)
-    protocol = Protocol.of(spec, data)
+    protocol = CVProtocol.of(spec, data)
     big = args.population_trials or args.trials
     configs = draw_configs(spec, max(args.trials, big), seed=0)
     fit_rows = sum(len(s.fit) for s in protocol.splits) / len(protocol.splits)

@@ -12,7 +12,6 @@ trials, each repeated.
 
 from __future__ import annotations
 
-import argparse
 import os
 import signal
 import statistics
@@ -24,7 +23,7 @@ from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
 
-from provenance import command_line, git_commit, machine, markdown_table, publish
+from provenance import benchmark_parser, command_line, git_commit, machine, markdown_table, publish
 from sqlalchemy import select
 
 from service.settings import Settings
@@ -76,10 +75,9 @@ def trained(
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = benchmark_parser(__doc__)
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--claims", type=int, default=300)
-    parser.add_argument("--append", type=Path)
     args = parser.parse_args()
     started, commit = datetime.now(UTC), git_commit()
     spec = StudySpec.model_validate(

@@ -25,7 +25,6 @@ and copies it for every later run (``make load`` does this and captures):
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import csv
 import gc
@@ -54,7 +53,7 @@ from optuna.distributions import FloatDistribution, IntDistribution
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 import wire
-from provenance import append_section, command_line, git_commit, machine
+from provenance import append_section, benchmark_parser, command_line, git_commit, machine
 from servers import Server, regtune  # the test suite's real-process helpers
 
 from service.settings import Settings
@@ -371,7 +370,7 @@ def table(load: Load, seconds: float) -> list[str]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = benchmark_parser(__doc__)
     parser.add_argument("--trials", type=int, default=10_000, help="trials of the filled study")
     parser.add_argument("--clients", type=int, default=200)
     parser.add_argument("--seconds", type=float, default=60.0, help="measured time")
@@ -380,7 +379,6 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=10.0, help="client timeout, seconds")
     parser.add_argument("--seeded", type=Path, help="keep/reuse the filled database here")
     parser.add_argument("--label", default="", help="a note for the section's title")
-    parser.add_argument("--append", type=Path, help="append the result to this markdown file")
     parser.add_argument(
         "--capture",
         action="store_true",

@@ -8,18 +8,16 @@ products, elementwise work, data movement and the rest.
 
 from __future__ import annotations
 
-import argparse
 import time
 from collections import defaultdict
 from datetime import UTC, datetime
-from pathlib import Path
 
 import torch
 from engines import MODELS, draw_configs, reference, sync
-from provenance import command_line, git_commit, machine, markdown_table, publish
+from provenance import benchmark_parser, command_line, git_commit, machine, markdown_table, publish
 from torch.profiler import ProfilerActivity, profile
 
-from trainer import Population, Protocol, configure_device, load_builtin
+from trainer import CVProtocol, Population, configure_device, load_builtin
 
 MATMUL = ("bmm", "baddbmm", "addmm", "mm", "matmul", "convolution", "conv")
 MOVEMENT = ("copy_", "index", "gather", "cat", "stack", "pad", "to", "_to_copy", "clone")
@@ -37,7 +35,7 @@ def kind(name: str) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = benchmark_parser(__doc__)
     parser.add_argument("--trials", type=int, default=1)
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--model", choices=sorted(MODELS), default="mlp")
@@ -46,7 +44,6 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--rows", type=int, default=20, help="operators listed")
-    parser.add_argument("--append", type=Path)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -54,7 +51,7 @@ def main() -> None:
     started = datetime.now(UTC)
     data = load_builtin("builtin:digits")
     spec = reference(args.epochs, args.model)
-    protocol = Protocol.of(spec, data)
+    protocol = CVProtocol.of(spec, data)
     configs = draw_configs(spec, args.trials, seed=0)
     population = Population(
         data,

@@ -3,6 +3,7 @@ where it goes."""
 
 from __future__ import annotations
 
+import argparse
 import os
 import platform
 import shlex
@@ -90,6 +91,14 @@ def markdown_table(
             raise ValueError(f"a row of {len(row)} cells under {len(header)} columns: {row}")
         lines.append(f"| {' | '.join(map(str, row))} |")
     return lines
+
+
+def benchmark_parser(doc: str | None) -> argparse.ArgumentParser:
+    """A benchmark's command line: its docstring's first line as the description, and
+    ``--append FILE`` (see :func:`publish`)."""
+    parser = argparse.ArgumentParser(description=(doc or "").splitlines()[0])
+    parser.add_argument("--append", type=Path, help="append the markdown section to this file")
+    return parser
 
 
 def publish(lines: list[str], append: Path | None) -> None:

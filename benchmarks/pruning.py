@@ -11,7 +11,6 @@ The figures come from the storage's own timestamps: (datetime_complete − datet
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import tempfile
 import time
@@ -20,7 +19,7 @@ from pathlib import Path
 
 import optuna
 import torch
-from provenance import command_line, git_commit, machine, markdown_table, publish
+from provenance import benchmark_parser, command_line, git_commit, machine, markdown_table, publish
 
 from trainer import StudySpec, load_builtin, run_study
 
@@ -34,11 +33,10 @@ def per_epoch(trial: optuna.trial.FrozenTrial) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = benchmark_parser(__doc__)
     parser.add_argument("--population", type=int, default=8)
     parser.add_argument("--trials", type=int, default=40)
     parser.add_argument("--epochs", type=int, default=20)
-    parser.add_argument("--append", type=Path)
     args = parser.parse_args()
     torch.set_num_threads(1)
     optuna.logging.set_verbosity(optuna.logging.WARNING)

@@ -47,7 +47,15 @@ import optuna  # noqa: E402
 import torch  # noqa: E402
 from provenance import append_section, command_line, git_commit, machine  # noqa: E402
 
-from trainer import Dataset, Protocol, StudyOutcome, StudySpec, load_builtin, refit_trial, run_study  # noqa: E402
+from trainer import (  # noqa: E402
+    CVProtocol,
+    Dataset,
+    StudyOutcome,
+    StudySpec,
+    load_builtin,
+    refit_trial,
+    run_study,
+)
 
 DEFAULT_TRIALS = 30
 DEFAULT_MAX_EPOCHS = 100
@@ -285,7 +293,7 @@ def refit_seeds(spec: StudySpec, dataset: Dataset, outcome: StudyOutcome, n: int
     """Retrain the best configuration on all non-test rows with seeds 1…n; test scores."""
     if n < 1 or outcome.best is None or spec.cv.test_fraction == 0:
         return []
-    protocol = Protocol.of(spec, dataset)
+    protocol = CVProtocol.of(spec, dataset)
     scores = []
     for seed in range(1, n + 1):
         fitted = refit_trial(spec, dataset, protocol, outcome.best, seed=seed)

@@ -20,7 +20,6 @@ fold's rows; its test score after a fit on all non-test rows.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import time
 from datetime import UTC, datetime
@@ -29,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import optuna
 import torch
-from provenance import command_line, git_commit, machine, markdown_table, publish
+from provenance import benchmark_parser, command_line, git_commit, machine, markdown_table, publish
 from sklearn.compose import ColumnTransformer
 from sklearn.impute import SimpleImputer
 from sklearn.linear_model import LogisticRegression
@@ -99,9 +98,8 @@ def baseline(rows: SplitRows) -> tuple[list[float], float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = benchmark_parser(__doc__)
     parser.add_argument("--trials", type=int, default=30)
-    parser.add_argument("--append", type=Path)
     args = parser.parse_args()
     torch.set_num_threads(1)  # one process per core searches: see trainer.tuning.parallel
     optuna.logging.set_verbosity(optuna.logging.WARNING)

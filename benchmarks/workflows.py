@@ -20,7 +20,6 @@ the regularization is searched in the default space.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import signal
@@ -37,9 +36,17 @@ import httpx
 import optuna
 import torch
 from engines import Workload, textbook
-from provenance import ROOT, command_line, git_commit, machine, markdown_table, publish
+from provenance import (
+    ROOT,
+    benchmark_parser,
+    command_line,
+    git_commit,
+    machine,
+    markdown_table,
+    publish,
+)
 
-from trainer import Protocol, StudySpec, TrialConfig, load_builtin
+from trainer import CVProtocol, StudySpec, TrialConfig, load_builtin
 
 REGTUNE = [sys.executable, "-m", "service"]
 
@@ -126,7 +133,7 @@ def run_textbook(spec: dict[str, Any], configs: list[dict]) -> tuple[float, int,
     """(wall seconds, threads, best CV accuracy) of the textbook loop at its best thread count."""
     study_spec = StudySpec.model_validate(spec)
     data = load_builtin(study_spec.dataset)
-    protocol = Protocol.of(study_spec, data)
+    protocol = CVProtocol.of(study_spec, data)
     trial_configs = [TrialConfig.from_values(study_spec, c) for c in configs]
     best: tuple[float, int, float] | None = None
     for threads in sorted({1, os.cpu_count() or 1}):
@@ -142,10 +149,9 @@ def run_textbook(spec: dict[str, Any], configs: list[dict]) -> tuple[float, int,
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = benchmark_parser(__doc__)
     parser.add_argument("--trials", type=int, default=8)
     parser.add_argument("--epochs", type=int, default=20)
-    parser.add_argument("--append", type=Path)
     args = parser.parse_args()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     commit, started = git_commit(), datetime.now(UTC)

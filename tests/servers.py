@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -55,6 +56,19 @@ def regtune(
         text=True,
         timeout=120,
     )
+
+
+def tune_json(cwd: Path, spec: dict[str, Any], *args: str) -> dict[str, Any]:
+    """``regtune tune --spec spec.json --processes 1 --json ARGS`` in ``cwd`` on an in-memory
+    database, after writing ``spec`` there: the result it prints (it must succeed)."""
+    (cwd / "spec.json").write_text(json.dumps(spec))
+    done = regtune(
+        "tune", "--spec", "spec.json", "--processes", "1", "--json", *args,
+        database_url="sqlite://", cwd=cwd,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    result: dict[str, Any] = json.loads(done.stdout)
+    return result
 
 
 class Server:

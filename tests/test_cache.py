@@ -18,20 +18,26 @@ class Clock:
         return self.now
 
 
+class Counted:
+    """A computation that returns how many times it ran, and records when each run was."""
+
+    def __init__(self, clock: Clock) -> None:
+        self.clock, self.calls = clock, list[float]()
+
+    def __call__(self) -> int:
+        self.calls.append(self.clock.now)
+        return len(self.calls)
+
+
 def test_a_value_is_reused_within_the_ttl_and_recomputed_after() -> None:
-    clock, calls = Clock(), []
-    cache = TTLCache[int](ttl_s=1.0, clock=clock)
-
-    def compute() -> int:
-        calls.append(clock.now)
-        return len(calls)
-
+    clock = Clock()
+    cache, compute = TTLCache[int](ttl_s=1.0, clock=clock), Counted(clock)
     assert cache.get("a", compute) == 1
     clock.now = 0.99
     assert cache.get("a", compute) == 1
     clock.now = 1.0
     assert cache.get("a", compute) == 2
-    assert calls == [0.0, 1.0]
+    assert compute.calls == [0.0, 1.0]
 
 
 def test_keys_with_another_tenant_never_see_each_others_values() -> None:
@@ -96,12 +102,8 @@ def test_one_caller_recomputes_an_expired_entry_while_the_others_get_the_last_va
 
 
 def test_the_event_loop_gets_recent_values_at_once_and_they_refresh_behind_it() -> None:
-    clock, calls = Clock(), []
-    cache = TTLCache[int](ttl_s=1.0, clock=clock)
-
-    def compute() -> int:
-        calls.append(clock.now)
-        return len(calls)
+    clock = Clock()
+    cache, compute = TTLCache[int](ttl_s=1.0, clock=clock), Counted(clock)
 
     async def scenario() -> list[int]:
         seen = [await cache.aget("k", compute)]  # missing: computed, awaited
@@ -118,4 +120,4 @@ def test_the_event_loop_gets_recent_values_at_once_and_they_refresh_behind_it() 
         return seen
 
     assert asyncio.run(scenario()) == [1, 1, 1, 1, 2, 3]
-    assert calls == [0.0, 1.5, 10.0]
+    assert compute.calls == [0.0, 1.5, 10.0]

@@ -181,16 +181,18 @@ def cancel(study_id: str) -> None:
     console.print(f"study {study.id} {study.status}")
 
 
+def saved_to(what: str) -> Any:
+    """The ``--output``/``-o`` option of a command that downloads ``what``."""
+    return typer.Option("--output", "-o", help=f"write {what}")
+
+
 @app.command("model")
 def model_download(
     study_id: str,
-    output: Annotated[
-        Path | None,
-        typer.Option("--output", "-o", help="the file to write (default: regtune-ID.pt)"),
-    ] = None,
+    output: Annotated[Path | None, saved_to("the file (default: regtune-ID.pt)")] = None,
 ) -> None:
     """Download a completed study's final model: a torch.save file, ready for
-    trainer.model_file.artifact.load_model (see the README, 'Using the tuned model')."""
+    trainer.model_file.loading.load_model (see the README, 'Using the tuned model')."""
     from service.cli.client import Client
     from trainer import ArtifactError, load_model
 
@@ -201,10 +203,7 @@ def model_download(
     except ArtifactError as exc:
         raise fail(f"the server sent no model file: {exc}") from None
     target = output or Path(f"regtune-{study_id}.pt")
-    try:
-        target.write_bytes(data)
-    except OSError as exc:
-        raise fail(f"cannot write {target}: {exc}") from None
+    write_file(target, data)
     print(target)
     scores = tuned.scores
     what = f"{len(tuned.classes)} classes" if tuned.task == "classification" else "regression"
@@ -230,10 +229,7 @@ def model_download(
 @app.command("splits")
 def splits_download(
     study_id: str,
-    output: Annotated[
-        Path | None,
-        typer.Option("--output", "-o", help="the JSON file to write (default: stdout)"),
-    ] = None,
+    output: Annotated[Path | None, saved_to("the JSON file (default: stdout)")] = None,
 ) -> None:
     """A study's protocol as rows (0-based, into its dataset as stored): {"test": [...],
     "folds": [[rows fold 1 scores], ...], "inner_validation": [[rows fold 1's early stopping

@@ -21,6 +21,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.http.api import datasets, studies
 from service.http.api.deps import Authenticator
+from service.http.asgi import HTTPMiddleware
 from service.http.cache import TTLCache
 from service.http.dashboard import dashboard_app
 from service.settings import Settings
@@ -34,16 +35,14 @@ UPLOAD_OVERHEAD = 64 * 1024  # multipart framing and form fields around the file
 DATABASE_RETRY_AFTER_S = 5
 
 
-class BodyLimit:
+class BodyLimit(HTTPMiddleware):
     """Refuse request bodies over ``limit`` bytes with 413 before they are parsed or spooled."""
 
     def __init__(self, app: ASGIApp, limit: int) -> None:
-        self.app, self.limit = app, limit
+        super().__init__(app)
+        self.limit = limit
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
         length = dict(scope["headers"]).get(b"content-length")
         if length is not None and int(length) > self.limit:
             await self.refuse(scope, receive, send)
@@ -74,18 +73,12 @@ class BodyTooLarge(Exception):
     pass
 
 
-class ServerTiming:
+class ServerTiming(HTTPMiddleware):
     """``Server-Timing: app;dur=<ms>`` on every response: the time from the request's arrival
     in the app to its response headers, so that a client (the load script, a browser's
     network tab) can tell the server's share of a latency from the network's and its own."""
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
         start = time.perf_counter()
 
         async def timed(message: Message) -> None:

@@ -24,6 +24,7 @@ from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Re
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.http.api.deps import TOKEN_COOKIE, authenticate, presented_token
+from service.http.asgi import HTTPMiddleware
 from service.store.auth import tenant_of
 from service.store.db import Database
 from service.store.tables import StudyRecord
@@ -41,14 +42,12 @@ def dashboard_app(db: Database, storage: RDBStorage) -> ASGIApp:
     return DashboardGuard(WSGIMiddleware(wsgi(storage)), db)  # type: ignore[arg-type]
 
 
-class DashboardGuard:
+class DashboardGuard(HTTPMiddleware):
     def __init__(self, app: ASGIApp, db: Database) -> None:
-        self.app, self.db = app, db
+        super().__init__(app)
+        self.db = db
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
         request = Request(scope)
         verdict = await self.check(request)
         if isinstance(verdict, Response):
