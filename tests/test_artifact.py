@@ -23,15 +23,17 @@ from trainer.engines.trial_config import TrialConfig
 from trainer.model_file import artifact
 from trainer.model_file.artifact import ArtifactError, load_model
 from trainer.specs.study_spec import StudySpec
-from trainer.tuning import study as study_module
+from trainer.tuning import tuned_model as tuned_model_module
+from trainer.tuning.cv_protocol import CVProtocol
 from trainer.tuning.refit import refit
-from trainer.tuning.study import Protocol, final_model, refit_epochs, run_study
+from trainer.tuning.study import run_study
+from trainer.tuning.tuned_model import final_model, refit_epochs
 
 BASE = {"weight_decay": 1e-4, "l1": 1e-6, "dropout": 0.1, "bn_momentum": 0.2, "patience": 3}
 
 
-def fit(dataset: Dataset, spec: StudySpec, epochs: int = 5) -> tuple[FittedModel, Protocol]:
-    protocol = Protocol.of(spec, dataset)
+def fit(dataset: Dataset, spec: StudySpec, epochs: int = 5) -> tuple[FittedModel, CVProtocol]:
+    protocol = CVProtocol.of(spec, dataset)
     config = TrialConfig.from_values(spec, BASE)
     fitted = refit(
         dataset, config, protocol.pool, protocol.test, metric=protocol.metric, epochs=epochs
@@ -39,7 +41,7 @@ def fit(dataset: Dataset, spec: StudySpec, epochs: int = 5) -> tuple[FittedModel
     return fitted, protocol
 
 
-def packed(fitted: FittedModel, dataset: Dataset, protocol: Protocol) -> dict[str, Any]:
+def packed(fitted: FittedModel, dataset: Dataset, protocol: CVProtocol) -> dict[str, Any]:
     return artifact.pack(
         fitted,
         dataset,
@@ -210,7 +212,7 @@ def test_final_model_packs_the_best_trial(wine) -> None:
     )
     outcome = run_study(spec, wine, refit_best=False)
     assert outcome.best is not None
-    protocol = Protocol.of(spec, wine)
+    protocol = CVProtocol.of(spec, wine)
     fitted, packed_model = final_model(spec, wine, protocol, outcome.best, study={"id": "s1"})
     attrs = outcome.best.user_attrs
     assert fitted.epochs == refit_epochs(attrs["best_epochs"])
@@ -245,7 +247,7 @@ def test_files_that_are_not_regtune_models_are_refused(tmp_path) -> None:
 
 def ensemble_study(
     dataset: Dataset, **spec: Any
-) -> tuple[Protocol, optuna.trial.FrozenTrial, bytes]:
+) -> tuple[CVProtocol, optuna.trial.FrozenTrial, bytes]:
     """A small study with ``final_model.ensemble`` and its best trial's packed file."""
     study_spec = StudySpec.model_validate(
         {
@@ -260,7 +262,7 @@ def ensemble_study(
     )
     outcome = run_study(study_spec, dataset, refit_best=False)
     assert outcome.best is not None
-    protocol = Protocol.of(study_spec, dataset)
+    protocol = CVProtocol.of(study_spec, dataset)
     _, packed_model = final_model(study_spec, dataset, protocol, outcome.best)
     return protocol, outcome.best, artifact.to_bytes(packed_model)
 
@@ -325,7 +327,7 @@ def test_a_fold_that_diverges_costs_the_ensemble_not_the_model(wine, monkeypatch
     def diverges(*args: Any, **kwargs: Any) -> Any:  # injected: the retrained fold 1 diverges
         raise DivergedError("fold 1 diverged at epoch 3: training loss nan")
 
-    monkeypatch.setattr(study_module, "fold_ensemble", diverges)
+    monkeypatch.setattr(tuned_model_module, "fold_ensemble", diverges)
     _, _, data = ensemble_study(wine)
     model = load_model(data)
     assert model.test_score is not None

@@ -12,7 +12,7 @@ from trainer.engines import compiled
 from trainer.engines.population import Population
 from trainer.engines.trial_config import TrialConfig
 from trainer.specs.study_spec import StudySpec
-from trainer.tuning.study import Protocol
+from trainer.tuning.cv_protocol import CVProtocol
 
 pytestmark = pytest.mark.skipif(
     not compiled.available(torch.device("cpu")), reason="torch.compile has no C++ compiler here"
@@ -33,7 +33,7 @@ def cfg(**values: float) -> TrialConfig:
 
 def run(wine, *, compile: bool) -> dict[int, object]:
     """Slot 1's first trial is pruned after two epochs; the slot takes a third trial."""
-    splits = Protocol.of(SPEC, wine).splits
+    splits = CVProtocol.of(SPEC, wine).splits
     population = Population(wine, splits, cfg(), slots=2, metric="accuracy", compile=compile)
     population.assign(0, cfg(), 1)
     population.assign(1, cfg(dropout=0.0, lr=3e-3), 2)

@@ -11,8 +11,8 @@ from trainer.data.splits import cv_splits, holdout
 from trainer.engines.per_trial import cross_validate
 from trainer.engines.trial_config import TrialConfig
 from trainer.specs.study_spec import StudySpec
+from trainer.tuning.cv_protocol import CVProtocol
 from trainer.tuning.refit import refit
-from trainer.tuning.study import Protocol
 
 
 def config_for(spec: StudySpec, **values: float) -> TrialConfig:
@@ -41,7 +41,7 @@ def test_folds_partition_the_pool_and_test_rows_stay_out(digits) -> None:
 
 def test_every_sample_is_scored_once_per_trial(wine) -> None:
     spec = StudySpec(dataset="builtin:wine", training={"max_epochs": 2}, cv={"folds": 4})
-    protocol = Protocol.of(spec, wine)
+    protocol = CVProtocol.of(spec, wine)
     result = cross_validate(wine, config_for(spec), protocol.splits, metric="accuracy")
     scored = np.concatenate([f.scored for f in result.folds])
     assert np.array_equal(np.sort(scored), np.arange(wine.n_samples))
@@ -71,7 +71,7 @@ def test_refit_trains_on_every_pool_row_and_scores_the_test_rows(wine) -> None:
     spec = StudySpec(
         dataset="builtin:wine", training={"max_epochs": 50}, cv={"folds": 3, "test_fraction": 0.25}
     )
-    protocol = Protocol.of(spec, wine)
+    protocol = CVProtocol.of(spec, wine)
     fitted = refit(
         wine, config_for(spec), protocol.pool, protocol.test, metric="accuracy", epochs=7
     )
@@ -97,7 +97,7 @@ def test_regression_mse_is_reported_in_the_targets_units() -> None:
         training={"max_epochs": 1, "lr": 1e-4},
         cv={"folds": 3},
     )
-    protocol = Protocol.of(spec, data)
+    protocol = CVProtocol.of(spec, data)
     config = config_for(spec, dropout=0.0)
     mse = cross_validate(data, config, protocol.splits, metric="mse")
     loss = cross_validate(data, config, protocol.splits, metric="loss")

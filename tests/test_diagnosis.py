@@ -9,7 +9,7 @@ from trainer.engines.diagnosis import diagnose_fold, diagnose_trial
 from trainer.engines.per_trial import cross_validate
 from trainer.engines.trial_config import TrialConfig
 from trainer.specs.study_spec import StudySpec
-from trainer.tuning.study import Protocol
+from trainer.tuning.cv_protocol import CVProtocol
 
 LN10 = float(np.log(10))
 
@@ -64,5 +64,5 @@ def test_real_training_curves_are_read_correctly(wine, values: dict, expected: s
         cv={"folds": 3},
     )
     config = TrialConfig.from_values(spec, {"bn_momentum": 0.1} | values)
-    result = cross_validate(wine, config, Protocol.of(spec, wine).splits, metric="accuracy")
+    result = cross_validate(wine, config, CVProtocol.of(spec, wine).splits, metric="accuracy")
     assert result.diagnosis == expected, [f.diagnosis for f in result.folds]

@@ -36,7 +36,7 @@ from service.work.worker import Worker
 from trainer.data.builtin_sets import load_builtin
 from trainer.model_file.artifact import ArtifactError, load_model
 from trainer.specs.study_spec import StudySpec
-from trainer.tuning.study import Protocol
+from trainer.tuning.cv_protocol import CVProtocol
 
 ROOT = Path(__file__).resolve().parents[1]
 # Population training in a worker warns that heartbeats belong to Study.optimize (they beat).
@@ -62,7 +62,7 @@ def readme_snippet() -> str:
 def held_out_rows(spec: dict[str, Any]) -> tuple[np.ndarray, list[str], list[Any]]:
     """The study's test rows as its protocol draws them: features, their names, true labels."""
     dataset = load_builtin(spec["dataset"])
-    protocol = Protocol.of(StudySpec.model_validate(spec), dataset)
+    protocol = CVProtocol.of(StudySpec.model_validate(spec), dataset)
     labels = [dataset.classes[i] for i in dataset.y[protocol.test]]
     return dataset.X[protocol.test], list(dataset.feature_names), labels
 

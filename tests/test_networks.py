@@ -26,8 +26,9 @@ from trainer.engines.trial_config import TrialConfig
 from trainer.model_file.artifact import ArtifactError, load_model, pack, to_bytes
 from trainer.nets import networks, plugins
 from trainer.specs.study_spec import StudySpec
+from trainer.tuning.cv_protocol import CVProtocol
 from trainer.tuning.objective import suggest
-from trainer.tuning.study import Protocol, run_study
+from trainer.tuning.study import run_study
 
 DEVICE = os.environ.get("REGTUNE_TEST_DEVICE", "cpu")
 PLUGINS = os.path.join(os.path.dirname(__file__), "plugins")
@@ -145,7 +146,7 @@ def test_every_layer_runs_stacked_as_its_torch_module(name: str) -> None:
     shape, layers = LAYER_NETWORKS[name]
     data = data_of(shape)
     spec = layers_spec(data, layers)
-    splits = Protocol.of(spec, data).splits
+    splits = CVProtocol.of(spec, data).splits
     pop = Population(data, splits, trial(spec), slots=2, metric="accuracy", device=DEVICE)
     pop.assign(0, trial(spec, bn_momentum=0.2), 3)
     pop.assign(1, trial(spec, bn_momentum=0.7), 4)
@@ -184,7 +185,9 @@ def test_stacked_dropout_zeroes_p_and_scales_by_the_inverse_keep(kind: str, p: f
     as ``nn.Dropout2d``), the rest scaled by 1/(1 − p); the identity in evaluation."""
     data = data_of((4, 8, 8), n=40)
     spec = layers_spec(data, [{"type": "flatten"}, LINEAR])
-    pop = Population(data, Protocol.of(spec, data).splits, trial(spec), slots=1, metric="accuracy")
+    pop = Population(
+        data, CVProtocol.of(spec, data).splits, trial(spec), slots=1, metric="accuracy"
+    )
     pop.assign(0, trial(spec, dropout=p), 1)
     pop.program.dropouts = [("d", None, kind == "dropout2d")]  # the layer under test
     pop.group_of = [0]
@@ -246,7 +249,7 @@ def test_layer_networks_train_stacked_as_alone(name: str) -> None:
     shape, layers = EQUIVALENT[name]
     data = data_of(shape, n=120)
     spec = layers_spec(data, layers, training={"optimizer": "sgd", "lr": 0.05})
-    splits = Protocol.of(spec, data).splits
+    splits = CVProtocol.of(spec, data).splits
     configs = [trial(spec, bn_momentum=0.3), trial(spec, weight_decay=5e-2, bn_momentum=0.9)]
     together = train_population(data, configs, splits, seeds=[1, 2], metric="accuracy")
     for config, seed, result in zip(configs, [1, 2], together, strict=True):
@@ -269,7 +272,7 @@ def test_per_group_dropout_reaches_its_layers_and_not_the_neighbours() -> None:
     net = target.network(data.input_shape, data.n_outputs)
     ps = {getattr(m, "group", None): m.p for m in net.modules() if isinstance(m, nn.Dropout)}
     assert ps == {"input": 0.05, "deep": 0.5, None: 0.1}
-    splits = Protocol.of(spec, data).splits
+    splits = CVProtocol.of(spec, data).splits
     neighbour = trial(spec, dropout=0.6, **{"dropout.input": 0.4, "dropout.deep": 0.1})
     alone = train_population(data, [target], splits, seeds=[5], metric="accuracy")[0]
     crowd = train_population(data, [neighbour, target], splits, seeds=[6, 5], metric="accuracy")
@@ -335,7 +338,7 @@ def test_a_plugin_network_trains_stacked_as_alone(installed: None, digits: Datas
         cv={"folds": 2},
     )
     assert layout.per_trial_reason(spec, digits) is None
-    splits = Protocol.of(spec, digits).splits
+    splits = CVProtocol.of(spec, digits).splits
     configs = [trial(spec), trial(spec, weight_decay=1e-2, bn_momentum=0.8)]
     together = train_population(digits, configs, splits, seeds=[3, 4], metric="accuracy")
     for config, seed, result in zip(configs, [3, 4], together, strict=True):
@@ -363,7 +366,7 @@ def test_a_plugin_model_file_names_the_plugin_and_loads_where_installed(
     )
     outcome = run_study(spec, digits)
     assert outcome.fitted is not None
-    protocol = Protocol.of(spec, digits)
+    protocol = CVProtocol.of(spec, digits)
     artifact = pack(outcome.fitted, digits, metric="accuracy", n_train=len(protocol.pool), n_test=1)
     network = artifact["architecture"]["network"]
     assert network == {
@@ -410,7 +413,7 @@ def test_unknown_and_broken_plugins_are_refused_naming_the_field(
     def refused(model: dict) -> networks.NetworkError:
         spec = StudySpec(dataset=digits.name, model=model)
         with pytest.raises(networks.NetworkError) as caught:
-            Protocol.of(spec, digits)
+            CVProtocol.of(spec, digits)
         return caught.value
 
     missing = refused({"kind": "plugin", "name": "resnet9000"})
@@ -453,7 +456,7 @@ def test_the_readme_network_examples_are_what_they_say(digits: Dataset) -> None:
     """The README's `layers` spec fits digits and stacks; its plugin example stacks."""
     (spec_text,) = readme_blocks("json")
     spec = StudySpec.model_validate(json.loads(spec_text))
-    Protocol.of(spec, digits)
+    CVProtocol.of(spec, digits)
     assert spec.model.groups() == ["conv", "head"]
     assert layout.per_trial_reason(spec, digits) is None
     (plugin_text,) = readme_blocks("python")

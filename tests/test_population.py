@@ -19,7 +19,8 @@ from trainer.engines.population import Population, train_population
 from trainer.engines.trial_config import TrialConfig
 from trainer.specs.study_spec import StudySpec
 from trainer.tuning import objective
-from trainer.tuning.study import Protocol, run_study
+from trainer.tuning.cv_protocol import CVProtocol
+from trainer.tuning.study import run_study
 
 # benchmarks/gpu_check.sh runs these equivalence tests on the GPU.
 DEVICE = os.environ.get("REGTUNE_TEST_DEVICE", "cpu")
@@ -72,7 +73,7 @@ def test_population_matches_the_per_trial_engine_without_dropout(
         training=training,
         cv={"folds": 3},
     )
-    protocol = Protocol.of(spec, data)
+    protocol = CVProtocol.of(spec, data)
     configs = [
         config(spec, weight_decay=1e-3, bn_momentum=0.3),
         config(spec, weight_decay=5e-2, l1=1e-4, bn_momentum=0.9, patience=2),
@@ -111,7 +112,7 @@ def test_stacked_cnns_match_the_per_trial_engine(
         training=training | {"max_epochs": 3},
         cv={"folds": 2},
     )
-    splits = Protocol.of(spec, data).splits
+    splits = CVProtocol.of(spec, data).splits
     configs = [
         config(spec, weight_decay=1e-3, bn_momentum=0.3),
         config(spec, weight_decay=5e-2, l1=1e-4, bn_momentum=0.9),
@@ -141,7 +142,7 @@ def test_an_exported_fold_module_scores_as_its_stack_row(dataset: str, model: di
     data = load_builtin(dataset)
     metric = "accuracy" if data.task == "classification" else "mse"
     spec = StudySpec(dataset=data.name, model=model, training={"max_epochs": 4}, cv={"folds": 3})
-    splits = Protocol.of(spec, data).splits
+    splits = CVProtocol.of(spec, data).splits
     population = Population(data, splits, config(spec), slots=2, metric=metric, device=DEVICE)
     population.assign(0, config(spec, dropout=0.2), 1)
     population.assign(1, config(spec, dropout=0.1, bn_momentum=0.7), 2)
@@ -172,7 +173,7 @@ def test_a_stacked_cnn_does_not_depend_on_its_neighbours_with_dropout(digits) ->
         training={"max_epochs": 3},
         cv={"folds": 2},
     )
-    splits = Protocol.of(spec, digits).splits
+    splits = CVProtocol.of(spec, digits).splits
     target = config(spec, dropout=0.3)
     neighbour = config(spec, dropout=0.6, weight_decay=0.1, bn_momentum=0.9)
     alone = train_population(digits, [target], splits, seeds=[5], metric="accuracy", device=DEVICE)[
@@ -198,7 +199,7 @@ def test_a_model_does_not_depend_on_its_neighbours_even_with_dropout(wine) -> No
     spec = StudySpec(
         dataset="builtin:wine", model={"hidden": [16]}, training={"max_epochs": 6}, cv={"folds": 3}
     )
-    splits = Protocol.of(spec, wine).splits
+    splits = CVProtocol.of(spec, wine).splits
     target = config(spec, dropout=0.3)
     neighbours = [
         config(spec, dropout=0.6, weight_decay=0.1),
@@ -232,7 +233,7 @@ def test_pruning_and_divergence_are_per_trial(diabetes_data) -> None:
         training={"optimizer": "sgd", "max_epochs": 5},
         cv={"folds": 2},
     )
-    splits = Protocol.of(spec, diabetes_data).splits
+    splits = CVProtocol.of(spec, diabetes_data).splits
     fine, exploding, pruned = (
         config(spec, lr=1e-3),
         config(spec, lr=5.0),
@@ -272,7 +273,7 @@ def test_stacked_batchnorm_running_statistics(wine) -> None:
         training={"max_epochs": 1, "optimizer": "sgd"},
         cv={"folds": 2},
     )
-    splits = Protocol.of(spec, wine).splits
+    splits = CVProtocol.of(spec, wine).splits
 
     cfgs = [config(spec, bn_momentum=0.1), config(spec, bn_momentum=0.7)]
     seeds = [3, 4]
@@ -324,7 +325,7 @@ def test_a_refilled_slot_trains_its_trial_exactly_as_alone(wine) -> None:
     spec = StudySpec(
         dataset="builtin:wine", model={"hidden": [16]}, training={"max_epochs": 7}, cv={"folds": 3}
     )
-    splits = Protocol.of(spec, wine).splits
+    splits = CVProtocol.of(spec, wine).splits
     long, short, late = (
         config(spec, dropout=0.2, patience=50),
         config(spec, dropout=0.5, lr=0.05),
@@ -393,7 +394,7 @@ def test_an_epoch_waits_for_the_host_once(wine) -> None:
         training={"max_epochs": 4, "grad_clip": 1.0},
         cv={"folds": 3},
     )
-    splits = Protocol.of(spec, wine).splits
+    splits = CVProtocol.of(spec, wine).splits
     population = Population(wine, splits, config(spec), slots=4, metric="accuracy")
     for slot in range(3):  # one slot left empty
         population.assign(slot, config(spec, dropout=0.1 * slot, l1=1e-4), slot)
@@ -514,7 +515,7 @@ def test_the_fused_cpu_adam_takes_the_stacked_update_step(wine, l2_mode: str) ->
         training={"max_epochs": 5, "l2_mode": l2_mode, "grad_clip": 2.0},
         cv={"folds": 3},
     )
-    splits = Protocol.of(spec, wine).splits
+    splits = CVProtocol.of(spec, wine).splits
     configs = [config(spec, dropout=0.2, lr=3e-3), config(spec, weight_decay=0.05, lr=1e-3)]
     results = []
     for fused in (True, False):

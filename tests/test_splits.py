@@ -16,8 +16,8 @@ from trainer.data.builtin_sets import load_builtin
 from trainer.data.readers import load_csv
 from trainer.model_file.artifact import load_model
 from trainer.specs.study_spec import StudySpec
+from trainer.tuning.cv_protocol import CVProtocol
 from trainer.tuning.records import SplitRows
-from trainer.tuning.study import Protocol
 
 
 def blank_target_csv(n: int = 90) -> bytes:
@@ -42,7 +42,7 @@ def check_partition(rows: dict[str, Any], n: int) -> None:
         assert inner and set(inner) <= pool - fold
 
 
-def check_same_as(rows: dict[str, Any], protocol: Protocol) -> None:
+def check_same_as(rows: dict[str, Any], protocol: CVProtocol) -> None:
     """Exactly the rows of the protocol objects the trainer searches with."""
     assert rows["test"] == protocol.test.tolist()
     assert rows["folds"] == [split.score.tolist() for split in protocol.splits]
@@ -83,7 +83,7 @@ def test_the_splits_of_a_study_over_http_and_the_cli(tmp_path: Path) -> None:
         assert set(rows) == {"test", "folds", "inner_validation"}
         check_partition(rows, stored["n_samples"])
         data = load_csv(content, "label", missing_target="drop")
-        check_same_as(rows, Protocol.of(StudySpec.model_validate(spec), data))
+        check_same_as(rows, CVProtocol.of(StudySpec.model_validate(spec), data))
 
         def cli(*args: str, token: str = alice) -> Any:
             return regtune(
@@ -149,7 +149,7 @@ def test_tune_writes_its_refit_model_and_its_splits(tmp_path: Path) -> None:
     result = json.loads(done.stdout)
     rows = json.loads((tmp_path / "splits.json").read_text())
     wine = load_builtin("builtin:wine")
-    protocol = Protocol.of(StudySpec.model_validate(spec), wine)
+    protocol = CVProtocol.of(StudySpec.model_validate(spec), wine)
     check_same_as(rows, protocol)
     check_partition(rows, wine.n_samples)
     assert SplitRows.model_validate(rows) == SplitRows.of(protocol.test, protocol.splits)

@@ -12,8 +12,10 @@ import torch
 from trainer.data.builtin_sets import load_builtin
 from trainer.engines.per_trial import DivergedError, FoldRun, cross_validate
 from trainer.engines.trial_config import TrialConfig
-from trainer.specs.study_spec import StudySpec
-from trainer.tuning.study import Protocol, SpecError, make_pruner, run_study
+from trainer.specs.study_spec import SpecError, StudySpec
+from trainer.tuning.cv_protocol import CVProtocol
+from trainer.tuning.optuna_study import make_pruner
+from trainer.tuning.study import run_study
 
 TINY = {"hidden": [16]}
 
@@ -112,7 +114,7 @@ def test_divergence_is_detected_at_the_epoch_it_happens(diabetes) -> None:
         spec, {"weight_decay": 0, "l1": 0, "dropout": 0, "bn_momentum": 0.1, "patience": 50}
     )
     with pytest.raises(DivergedError, match=r"fold 0 diverged at epoch \d"):
-        cross_validate(diabetes, config, Protocol.of(spec, diabetes).splits, metric="mse")
+        cross_validate(diabetes, config, CVProtocol.of(spec, diabetes).splits, metric="mse")
 
 
 @pytest.mark.parametrize("kind", ["tpe", "random", "gp", "cmaes", "grid"])
@@ -166,11 +168,11 @@ def test_resuming_a_stored_study_runs_only_the_missing_trials(wine, tmp_path) ->
 
 def test_spec_must_fit_the_dataset(wine) -> None:
     with pytest.raises(SpecError, match="needs a regression dataset"):
-        Protocol.of(StudySpec(dataset="builtin:wine", objective={"metric": "mse"}), wine)
+        CVProtocol.of(StudySpec(dataset="builtin:wine", objective={"metric": "mse"}), wine)
     with pytest.raises(SpecError, match="regression"):
-        Protocol.of(StudySpec(dataset="builtin:wine", task="regression"), wine)
+        CVProtocol.of(StudySpec(dataset="builtin:wine", task="regression"), wine)
     with pytest.raises(SpecError, match="cnn"):
-        Protocol.of(StudySpec(dataset="builtin:wine", model={"kind": "cnn"}), wine)
+        CVProtocol.of(StudySpec(dataset="builtin:wine", model={"kind": "cnn"}), wine)
 
 
 def test_loss_metric_is_minimized(wine) -> None:
@@ -223,7 +225,7 @@ def test_gradient_clipping_bounds_each_update(wine) -> None:
     config = TrialConfig.from_values(
         spec, {"weight_decay": 0, "l1": 0, "dropout": 0, "bn_momentum": 0.1, "patience": 5}
     )
-    split = Protocol.of(spec, wine).splits[0]
+    split = CVProtocol.of(spec, wine).splits[0]
     fold = FoldRun(0, wine, config, split, metric="accuracy", device="cpu", seed=0)
     before = torch.cat([p.detach().flatten().clone() for p in fold.model.parameters()])
     fold.train_epoch()  # one step: the batch holds every fit row

@@ -23,8 +23,8 @@ from trainer.engines.population import train_population
 from trainer.engines.trial_config import TrialConfig
 from trainer.model_file import artifact
 from trainer.specs.study_spec import StudySpec
+from trainer.tuning.cv_protocol import CVProtocol
 from trainer.tuning.refit import refit
-from trainer.tuning.study import Protocol
 
 BASE = {"weight_decay": 1e-4, "l1": 0.0, "dropout": 0.1, "bn_momentum": 0.2, "patience": 3}
 
@@ -61,10 +61,10 @@ def study_spec(data: Dataset, **cv: Any) -> StudySpec:
 
 def refitted_model(
     data: Dataset, *, epochs: int
-) -> tuple[FittedModel, artifact.TunedModel, Protocol]:
+) -> tuple[FittedModel, artifact.TunedModel, CVProtocol]:
     """The refit of ``BASE`` on ``data`` (a quarter held out), and its model file loaded back."""
     spec = study_spec(data, test_fraction=0.25)
-    protocol = Protocol.of(spec, data)
+    protocol = CVProtocol.of(spec, data)
     config = TrialConfig.from_values(spec, BASE)
     fitted = refit(data, config, protocol.pool, protocol.test, metric="accuracy", epochs=epochs)
     packed = artifact.pack(fitted, data, metric="accuracy", n_train=1, n_test=1)
@@ -104,12 +104,12 @@ def test_a_fold_never_fits_its_encoding_on_its_scored_rows() -> None:
     per-trial engine, in the population engine and in the refit (fitted on the pool only)."""
     probe = load_csv(mixed_csv(), "label")
     spec = study_spec(probe, test_fraction=0.2)
-    protocol = Protocol.of(spec, probe)
+    protocol = CVProtocol.of(spec, probe)
     scored_0 = protocol.splits[0].score[:3]
     test_rows = protocol.test[:3]
     planted = {int(i): "violet" for i in scored_0} | {int(i): "teal" for i in test_rows}
     data = load_csv(mixed_csv(planted=planted), "label")
-    protocol = Protocol.of(spec, data)  # the same rows: the split depends on labels and seed
+    protocol = CVProtocol.of(spec, data)  # the same rows: the split depends on labels and seed
     assert (protocol.splits[0].score[:3] == scored_0).all()
     assert data.table is not None
     levels = data.table.layout.kept[0].levels
@@ -260,7 +260,7 @@ def test_a_mixed_table_uploads_tunes_and_predicts_over_http(tmp_path: Path) -> N
         assert again.returncode == 2 and "404" in again.stderr
 
     data = load_csv(text, "label")
-    protocol = Protocol.of(StudySpec.model_validate(spec), data)
+    protocol = CVProtocol.of(StudySpec.model_validate(spec), data)
     rows = list(csv.DictReader(io.StringIO(text.decode())))
     test_rows = [rows[i] for i in protocol.test]
     labels = model.predict(test_rows)

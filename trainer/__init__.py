@@ -70,8 +70,8 @@ _HOME: dict[str, str] = {
     "to_bytes": "trainer.model_file.artifact",
     # tuning
     "BestTrial": "trainer.tuning.records",
+    "CVProtocol": "trainer.tuning.cv_protocol",
     "LISTED": "trainer.tuning.records",
-    "Protocol": "trainer.tuning.study",
     "Search": "trainer.tuning.search",
     "SplitRows": "trainer.tuning.records",
     "StudyOutcome": "trainer.tuning.study",
@@ -80,13 +80,13 @@ _HOME: dict[str, str] = {
     "TrialRecord": "trainer.tuning.records",
     "best_first": "trainer.tuning.records",
     "failure_reason": "trainer.tuning.objective",
-    "final_model": "trainer.tuning.study",
+    "final_model": "trainer.tuning.tuned_model",
     "hidden_key": "trainer.tuning.objective",
-    "make_pruner": "trainer.tuning.study",
-    "make_sampler": "trainer.tuning.study",
-    "network_sizes": "trainer.tuning.study",
+    "make_pruner": "trainer.tuning.optuna_study",
+    "make_sampler": "trainer.tuning.optuna_study",
+    "network_sizes": "trainer.tuning.cv_protocol",
     "optuna_internals": "trainer.tuning.optuna_internals",  # a namespace: Optuna's tables
-    "refit_trial": "trainer.tuning.study",
+    "refit_trial": "trainer.tuning.tuned_model",
     "run_parallel_study": "trainer.tuning.parallel",
     "run_study": "trainer.tuning.study",
     "suggest": "trainer.tuning.objective",
@@ -165,10 +165,14 @@ if TYPE_CHECKING:  # what type checkers see; tests/test_architecture.py keeps it
     from trainer.specs.study_spec import metric_direction as metric_direction
     from trainer.specs.study_spec import stored_model as stored_model
     from trainer.tuning import optuna_internals as optuna_internals
+    from trainer.tuning.cv_protocol import CVProtocol as CVProtocol
+    from trainer.tuning.cv_protocol import network_sizes as network_sizes
     from trainer.tuning.objective import TrialInterrupted as TrialInterrupted
     from trainer.tuning.objective import failure_reason as failure_reason
     from trainer.tuning.objective import hidden_key as hidden_key
     from trainer.tuning.objective import suggest as suggest
+    from trainer.tuning.optuna_study import make_pruner as make_pruner
+    from trainer.tuning.optuna_study import make_sampler as make_sampler
     from trainer.tuning.parallel import run_parallel_study as run_parallel_study
     from trainer.tuning.records import LISTED as LISTED
     from trainer.tuning.records import BestTrial as BestTrial
@@ -177,11 +181,7 @@ if TYPE_CHECKING:  # what type checkers see; tests/test_architecture.py keeps it
     from trainer.tuning.records import TrialRecord as TrialRecord
     from trainer.tuning.records import best_first as best_first
     from trainer.tuning.search import Search as Search
-    from trainer.tuning.study import Protocol as Protocol
     from trainer.tuning.study import StudyOutcome as StudyOutcome
-    from trainer.tuning.study import final_model as final_model
-    from trainer.tuning.study import make_pruner as make_pruner
-    from trainer.tuning.study import make_sampler as make_sampler
-    from trainer.tuning.study import network_sizes as network_sizes
-    from trainer.tuning.study import refit_trial as refit_trial
     from trainer.tuning.study import run_study as run_study
+    from trainer.tuning.tuned_model import final_model as final_model
+    from trainer.tuning.tuned_model import refit_trial as refit_trial

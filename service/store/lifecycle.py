@@ -24,9 +24,9 @@ from service.store.db import Database
 from service.store.errors import Conflict, NotFound
 from service.store.tables import ACTIVE, FINAL, ArtifactRecord, StudyRecord, StudyStatus, utcnow
 from trainer import (
+    CVProtocol,
     Dataset,
     Limits,
-    Protocol,
     SpecError,
     StudySpec,
     metric_direction,
@@ -119,7 +119,7 @@ def submit(
         check_active(session, tenant, max_active)  # cheap, before the dataset is loaded
         dataset = uploads.resolve(session, tenant, spec.dataset)
         warm = warmstart.plan(session, storage, tenant, spec)  # WarmStartError
-    protocol = Protocol.of(spec, dataset, check_network=False)  # check_parameters does it
+    protocol = CVProtocol.of(spec, dataset, check_network=False)  # check_parameters does it
     check_parameters(spec, dataset, limits or Limits())
     study_id = uuid.uuid4().hex
     name = optuna_name(study_id, spec.name)

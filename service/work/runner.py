@@ -28,8 +28,8 @@ from service.store.db import DATABASE_ERRORS, Database
 from service.store.tables import StudyRecord, WorkerRecord, utcnow
 from trainer import (
     SAMPLER_STREAM,
+    CVProtocol,
     DatasetError,
-    Protocol,
     Search,
     SpecError,
     StudySpec,
@@ -71,7 +71,7 @@ class StudyRunner:
             spec = StudySpec.model_validate(record.spec, context={"limits": self.settings.limits})
             with self.db.read() as session:
                 dataset = uploads.resolve(session, record.tenant, spec.dataset)
-            protocol = Protocol.of(spec, dataset, check_network=False)
+            protocol = CVProtocol.of(spec, dataset, check_network=False)
         except (ValidationError, DatasetError, SpecError) as exc:
             lifecycle.mark(self.db, record.id, "failed", error=f"cannot run this study: {exc}")
             return
@@ -274,7 +274,7 @@ class StudyRunner:
         try:
             with self.db.read() as session:
                 dataset = uploads.resolve(session, record.tenant, spec.dataset)
-            protocol = Protocol.of(spec, dataset, check_network=False)
+            protocol = CVProtocol.of(spec, dataset, check_network=False)
             study = optuna.load_study(study_name=record.optuna_name, storage=self.storage)
             fitted, packed = final_model(
                 spec,

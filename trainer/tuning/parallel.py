@@ -40,9 +40,11 @@ from trainer.device import usable_cores
 from trainer.lifetime import on_parent_death
 from trainer.specs.study_spec import StudySpec
 from trainer.tuning.budget import SharedCounter, spent
+from trainer.tuning.cv_protocol import CVProtocol
 from trainer.tuning.optuna_internals import storage_of, trial_id, write_attrs
+from trainer.tuning.optuna_study import create_study
 from trainer.tuning.records import TrialRecord
-from trainer.tuning.study import Protocol, StudyOutcome, conclude, create_study, run_study
+from trainer.tuning.study import StudyOutcome, conclude, run_study
 
 POLL_S = 0.25
 Progress = Callable[[optuna.Study], None]  # shown the study as its trials finish
@@ -124,7 +126,7 @@ def run_parallel_study(
     ``progress(study)`` is called as trials finish, inside ``display`` (a progress
     bar, entered once the searchers have started: a forked process must not inherit its
     drawing thread)."""
-    protocol = Protocol.of(spec, dataset)
+    protocol = CVProtocol.of(spec, dataset)
     # The searchers must open one study by name; Optuna names an unnamed one the same way.
     name = study_name or spec.name or f"no-name-{uuid.uuid4()}"
     with storage_for(storage) as ref:

@@ -26,8 +26,8 @@ from service.store import lifecycle, stored_models, uploads
 from service.store.tables import StudyRecord
 from trainer import (
     UNLIMITED,
+    CVProtocol,
     DatasetError,
-    Protocol,
     SpecError,
     SplitRows,
     StudySpec,
@@ -224,7 +224,7 @@ def get_splits(study_id: str, db: DB, tenant: Tenant) -> SplitRows:
     spec = StudySpec.model_validate(record.spec, context={"limits": UNLIMITED})
     with db.read() as session:
         dataset = uploads.study_dataset(session, record)
-    protocol = Protocol.of(spec, dataset, check_network=False)
+    protocol = CVProtocol.of(spec, dataset, check_network=False)
     return SplitRows.of(protocol.test, protocol.splits)
 
 

@@ -1,0 +1,77 @@
+"""A spec's Optuna study: the sampler that proposes trials, the pruner that stops them early,
+the direction of the metric, and the study created (or opened, to resume) with them.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import optuna
+
+from trainer.specs.study_spec import Metric, StudySpec, metric_direction
+from trainer.tuning.objective import grid
+
+
+def make_sampler(spec: StudySpec) -> optuna.samplers.BaseSampler:
+    s = spec.sampler
+    if s.kind == "tpe":
+        # constant_liar keeps concurrent workers from proposing the same point.
+        return optuna.samplers.TPESampler(
+            seed=spec.seed,
+            n_startup_trials=s.n_startup_trials,
+            multivariate=True,
+            constant_liar=True,
+        )
+    if s.kind == "random":
+        return optuna.samplers.RandomSampler(seed=spec.seed)
+    if s.kind == "gp":
+        return optuna.samplers.GPSampler(seed=spec.seed, n_startup_trials=s.n_startup_trials)
+    if s.kind == "cmaes":
+        return optuna.samplers.CmaEsSampler(seed=spec.seed, n_startup_trials=s.n_startup_trials)
+    return optuna.samplers.GridSampler(grid(spec, s.grid_points), seed=spec.seed)
+
+
+def make_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
+    p = spec.pruner
+    if p.kind == "median":
+        # A fixed warm-up would judge long runs (thousands of epochs) on their first few.
+        warmup = p.n_warmup_steps
+        if warmup is None:
+            warmup = max(5, spec.training.max_epochs // 10)
+        return optuna.pruners.MedianPruner(
+            n_startup_trials=p.n_startup_trials, n_warmup_steps=warmup
+        )
+    if p.kind == "hyperband":
+        return optuna.pruners.HyperbandPruner(
+            min_resource=1,
+            max_resource=spec.training.max_epochs,
+            reduction_factor=p.reduction_factor,
+        )
+    if p.kind == "wilcoxon":
+        with warnings.catch_warnings():  # experimental in Optuna, and we mean to use it
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.pruners.WilcoxonPruner(p_threshold=p.p_threshold)
+    return optuna.pruners.NopPruner()
+
+
+def create_study(
+    spec: StudySpec,
+    metric: Metric,
+    *,
+    storage: str | optuna.storages.BaseStorage | None = None,
+    study_name: str | None = None,
+    sampler_seed: int | None = None,
+) -> optuna.Study:
+    """A new Optuna study for ``spec``, or the existing one of that name (to resume).
+
+    ``sampler_seed`` replaces the spec's seed in the sampler only: processes searching one
+    study each need their own random stream, or they would propose alike."""
+    sampling = spec if sampler_seed is None else spec.model_copy(update={"seed": sampler_seed})
+    return optuna.create_study(
+        storage=storage,
+        study_name=study_name or spec.name,
+        sampler=make_sampler(sampling),
+        pruner=make_pruner(spec),
+        direction=metric_direction(metric),
+        load_if_exists=True,
+    )
