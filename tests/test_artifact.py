@@ -8,6 +8,7 @@ import json
 import re
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -20,8 +21,9 @@ from trainer.data.datasets import Dataset, make_dataset
 from trainer.data.readers import load_csv
 from trainer.engines.per_trial import DivergedError, FittedModel, predict
 from trainer.engines.trial_config import TrialConfig
-from trainer.model_file import artifact
-from trainer.model_file.artifact import ArtifactError, load_model
+from trainer.model_file import packing
+from trainer.model_file.loading import load_model, read
+from trainer.model_file.model_format import FORMAT_VERSION, ArtifactError, ModelFile
 from trainer.specs.study_spec import StudySpec
 from trainer.tuning import tuned_model as tuned_model_module
 from trainer.tuning.cv_protocol import CVProtocol
@@ -29,6 +31,10 @@ from trainer.tuning.refit import refit
 from trainer.tuning.study import run_study
 from trainer.tuning.tuned_model import final_model, refit_epochs
 
+# A model file of format version 1, written by the regtune of its day
+# (tests/data/write_model_v1.py), and what that regtune predicted from it (model_v1.json).
+V1_FILE = Path(__file__).parent / "data" / "model_v1.pt"
+V1_PREDICTIONS = V1_FILE.with_suffix(".json")
 BASE = {"weight_decay": 1e-4, "l1": 1e-6, "dropout": 0.1, "bn_momentum": 0.2, "patience": 3}
 
 
@@ -42,7 +48,7 @@ def fit(dataset: Dataset, spec: StudySpec, epochs: int = 5) -> tuple[FittedModel
 
 
 def packed(fitted: FittedModel, dataset: Dataset, protocol: CVProtocol) -> dict[str, Any]:
-    return artifact.pack(
+    return packing.pack(
         fitted,
         dataset,
         metric=protocol.metric,
@@ -81,7 +87,7 @@ def test_a_classifier_round_trips_through_a_weights_only_file(wine, tmp_path) ->
     )
     fitted, protocol = fit(wine, spec)
     path = tmp_path / "model.pt"
-    path.write_bytes(artifact.to_bytes(packed(fitted, wine, protocol)))
+    path.write_bytes(packing.to_bytes(packed(fitted, wine, protocol)))
 
     raw = torch.load(path, weights_only=True)  # no class is unpickled
     plain_values_only(raw)
@@ -131,7 +137,7 @@ def test_a_regression_model_predicts_in_the_targets_units(tmp_path) -> None:
         cv={"folds": 3, "test_fraction": 0.2},
     )
     fitted, protocol = fit(data, spec, epochs=30)
-    model = load_model(artifact.to_bytes(packed(fitted, data, protocol)))
+    model = load_model(packing.to_bytes(packed(fitted, data, protocol)))
     X_test, y_test = data.X[protocol.test], data.y[protocol.test]
     predicted = model.predict(X_test)
     assert fitted.y_scaler is not None
@@ -152,7 +158,7 @@ def test_a_cnn_round_trips_and_takes_flat_or_shaped_inputs(digits) -> None:
         cv={"folds": 2, "test_fraction": 0.1},
     )
     fitted, protocol = fit(digits, spec, epochs=1)
-    model = load_model(artifact.to_bytes(packed(fitted, digits, protocol)))
+    model = load_model(packing.to_bytes(packed(fitted, digits, protocol)))
     X = digits.X[protocol.test]
     assert model.input_shape == (1, 8, 8)
     assert torch.equal(model.outputs(X), in_memory_outputs(fitted, X))
@@ -172,7 +178,7 @@ def test_a_table_model_predicts_without_pandas(tmp_path) -> None:
     data = load_csv("\n".join(lines).encode(), "label")
     spec = StudySpec(dataset="t.csv", model={"hidden": [8]}, cv={"folds": 2, "test_fraction": 0.2})
     fitted, protocol = fit(data, spec, epochs=2)
-    (tmp_path / "model.pt").write_bytes(artifact.to_bytes(packed(fitted, data, protocol)))
+    (tmp_path / "model.pt").write_bytes(packing.to_bytes(packed(fitted, data, protocol)))
     rows = [
         {"colour": "red", "size": 0.5},
         {"colour": "", "size": ""},  # blanks, imputed as in training
@@ -182,7 +188,7 @@ def test_a_table_model_predicts_without_pandas(tmp_path) -> None:
         "import json, sys\n"
         "sys.modules['pandas'] = None  # import pandas raises ImportError\n"
         "import service.cli, service.http.app, service.work.worker\n"
-        "from trainer.model_file.artifact import load_model\n"
+        "from trainer.model_file.loading import load_model\n"
         "model = load_model('model.pt')\n"
         f"rows = {rows!r}\n"
         "print(json.dumps([model.predict(rows).tolist(),\n"
@@ -216,7 +222,7 @@ def test_final_model_packs_the_best_trial(wine) -> None:
     fitted, packed_model = final_model(spec, wine, protocol, outcome.best, study={"id": "s1"})
     attrs = outcome.best.user_attrs
     assert fitted.epochs == refit_epochs(attrs["best_epochs"])
-    model = load_model(artifact.to_bytes(packed_model))
+    model = load_model(packing.to_bytes(packed_model))
     assert model.scores["cv_mean"] == attrs["cv_mean"]
     assert model.scores["fold_scores"] == attrs["fold_scores"]
     assert model.hyperparameters == attrs["config"]
@@ -245,6 +251,68 @@ def test_files_that_are_not_regtune_models_are_refused(tmp_path) -> None:
         load_model(newer.getvalue())
 
 
+def test_the_writer_writes_the_current_format_and_version_1_is_read_as_it(wine) -> None:
+    fitted, protocol = fit(wine, StudySpec(dataset="builtin:wine"), epochs=1)
+    data = packing.to_bytes(packed(fitted, wine, protocol))
+    written = torch.load(io.BytesIO(data), weights_only=True)
+    assert written["format_version"] == FORMAT_VERSION == 2
+    assert written["version"] == 1  # what readers from before format_version check
+    assert set(written) == ModelFile.__required_keys__  # the one definition, no key more or less
+
+    def layout(file: dict[str, Any]) -> list[set[str]]:
+        return [set(file), set(file["architecture"]), set(file["preprocessing"])]
+
+    old = torch.load(V1_FILE, weights_only=True)
+    assert "format_version" not in old and old["version"] == 1
+    upgraded = read(V1_FILE)
+    assert upgraded["format_version"] == FORMAT_VERSION
+    assert layout(dict(upgraded)) == layout(written)
+
+
+def test_a_file_of_format_version_1_loads_and_predicts_as_it_did() -> None:
+    """A table model with a fold ensemble, written by regtune before format_version: today's
+    reader predicts its raw rows (blanks, an unseen level) as the model did then."""
+    expected = json.loads(V1_PREDICTIONS.read_text())
+    rows = expected["rows"]
+    model = load_model(V1_FILE)
+    np.testing.assert_allclose(model.outputs(rows).numpy(), expected["outputs"], rtol=1e-5)
+    assert model.predict(rows).tolist() == expected["labels"]
+    folds = load_model(V1_FILE, ensemble=True)
+    probabilities = folds.predict_proba(rows)
+    np.testing.assert_allclose(probabilities, expected["ensemble_probabilities"], rtol=1e-5)
+    assert folds.predict(rows).tolist() == expected["ensemble_labels"]
+
+
+def test_a_version_1_file_from_before_groups_and_ensembles_still_loads() -> None:
+    """Version-1 files written before regtune stored dropout groups, the network's description
+    and fold ensembles lack those keys; they read as none of each."""
+    old = torch.load(V1_FILE, weights_only=True)
+    for key in ("encoded_feature_names", "ensemble", "ensemble_error"):
+        del old[key]
+    del old["architecture"]["groups"], old["architecture"]["network"]
+    buffer = io.BytesIO()
+    torch.save(old, buffer)
+    expected = json.loads(V1_PREDICTIONS.read_text())
+    model = load_model(buffer.getvalue())
+    assert model.predict(expected["rows"]).tolist() == expected["labels"]
+    assert model.metadata["ensemble"] is None and model.metadata["ensemble_error"] is None
+    assert model.metadata["encoded_feature_names"] == model.feature_names
+    with pytest.raises(ArtifactError, match="holds no fold ensemble"):
+        load_model(buffer.getvalue(), ensemble=True)
+
+
+def test_a_file_of_a_newer_format_is_refused_naming_both_versions() -> None:
+    newer = torch.load(V1_FILE, weights_only=True) | {"format_version": FORMAT_VERSION + 1}
+    buffer = io.BytesIO()
+    torch.save(newer, buffer)
+    message = (
+        f"this model file is format version {FORMAT_VERSION + 1}, newer than this regtune "
+        f"reads (format version {FORMAT_VERSION} and older): upgrade regtune to load it"
+    )
+    with pytest.raises(ArtifactError, match=re.escape(message)):
+        load_model(buffer.getvalue())
+
+
 def ensemble_study(
     dataset: Dataset, **spec: Any
 ) -> tuple[CVProtocol, optuna.trial.FrozenTrial, bytes]:
@@ -264,7 +332,7 @@ def ensemble_study(
     assert outcome.best is not None
     protocol = CVProtocol.of(study_spec, dataset)
     _, packed_model = final_model(study_spec, dataset, protocol, outcome.best)
-    return protocol, outcome.best, artifact.to_bytes(packed_model)
+    return protocol, outcome.best, packing.to_bytes(packed_model)
 
 
 def test_the_fold_ensemble_holds_the_best_trials_own_fold_models(wine) -> None:
@@ -318,7 +386,7 @@ def test_a_regression_ensemble_averages_in_the_targets_units() -> None:
 
 def test_a_file_without_an_ensemble_says_how_to_get_one(wine) -> None:
     fitted, protocol = fit(wine, StudySpec(dataset="builtin:wine"), epochs=2)
-    data = artifact.to_bytes(packed(fitted, wine, protocol))
+    data = packing.to_bytes(packed(fitted, wine, protocol))
     with pytest.raises(ArtifactError, match=re.escape('"final_model": {"ensemble": true}')):
         load_model(data, ensemble=True)
 

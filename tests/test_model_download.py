@@ -34,7 +34,8 @@ from service.store.trials import make_storage
 from service.work import runner as runner_module
 from service.work.worker import Worker
 from trainer.data.builtin_sets import load_builtin
-from trainer.model_file.artifact import ArtifactError, load_model
+from trainer.model_file.loading import load_model
+from trainer.model_file.model_format import ArtifactError
 from trainer.specs.study_spec import StudySpec
 from trainer.tuning.cv_protocol import CVProtocol
 

@@ -23,7 +23,9 @@ from trainer.engines import layout, stacking
 from trainer.engines.per_trial import cross_validate
 from trainer.engines.population import Pass, Population, train_population
 from trainer.engines.trial_config import TrialConfig
-from trainer.model_file.artifact import ArtifactError, load_model, pack, to_bytes
+from trainer.model_file.loading import load_model
+from trainer.model_file.model_format import ArtifactError
+from trainer.model_file.packing import pack, to_bytes
 from trainer.nets import networks, plugins
 from trainer.specs.study_spec import StudySpec
 from trainer.tuning.cv_protocol import CVProtocol

@@ -14,7 +14,7 @@ from servers import problem, regtune, serving, tiny_study, wait_status
 from trainer.data.builtin_sets import load_builtin
 from trainer.data.datasets import DatasetError
 from trainer.data.readers import load_npz
-from trainer.model_file.artifact import load_model
+from trainer.model_file.loading import load_model
 
 
 def npz(**arrays: np.ndarray) -> bytes:

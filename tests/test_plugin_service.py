@@ -13,7 +13,7 @@ import pytest
 import torch
 from servers import serving, start_worker, tiny_study, wait_for, wait_status
 
-from trainer.model_file.artifact import load_model
+from trainer.model_file.loading import load_model
 
 pytestmark = pytest.mark.slow
 

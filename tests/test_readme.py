@@ -36,7 +36,7 @@ from markdown_code import Block, blocks
 from servers import children_of, free_port, trials_of, workerless_server
 from sklearn.datasets import load_digits, load_wine
 
-from trainer.model_file.artifact import load_model
+from trainer.model_file.loading import load_model
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"

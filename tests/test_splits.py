@@ -14,7 +14,7 @@ from test_cli_imports import heavy_imports
 
 from trainer.data.builtin_sets import load_builtin
 from trainer.data.readers import load_csv
-from trainer.model_file.artifact import load_model
+from trainer.model_file.loading import load_model
 from trainer.specs.study_spec import StudySpec
 from trainer.tuning.cv_protocol import CVProtocol
 from trainer.tuning.records import SplitRows

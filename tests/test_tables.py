@@ -21,7 +21,7 @@ from trainer.data.readers import load_csv
 from trainer.engines.per_trial import FittedModel, cross_validate
 from trainer.engines.population import train_population
 from trainer.engines.trial_config import TrialConfig
-from trainer.model_file import artifact
+from trainer.model_file import loading, packing
 from trainer.specs.study_spec import StudySpec
 from trainer.tuning.cv_protocol import CVProtocol
 from trainer.tuning.refit import refit
@@ -61,14 +61,14 @@ def study_spec(data: Dataset, **cv: Any) -> StudySpec:
 
 def refitted_model(
     data: Dataset, *, epochs: int
-) -> tuple[FittedModel, artifact.TunedModel, CVProtocol]:
+) -> tuple[FittedModel, loading.TunedModel, CVProtocol]:
     """The refit of ``BASE`` on ``data`` (a quarter held out), and its model file loaded back."""
     spec = study_spec(data, test_fraction=0.25)
     protocol = CVProtocol.of(spec, data)
     config = TrialConfig.from_values(spec, BASE)
     fitted = refit(data, config, protocol.pool, protocol.test, metric="accuracy", epochs=epochs)
-    packed = artifact.pack(fitted, data, metric="accuracy", n_train=1, n_test=1)
-    return fitted, artifact.load_model(artifact.to_bytes(packed)), protocol
+    packed = packing.pack(fitted, data, metric="accuracy", n_train=1, n_test=1)
+    return fitted, loading.load_model(packing.to_bytes(packed)), protocol
 
 
 def test_each_column_gets_a_treatment_and_the_summary_says_which() -> None:
@@ -241,7 +241,7 @@ def test_a_mixed_table_uploads_tunes_and_predicts_over_http(tmp_path: Path) -> N
         )
         study = wait_status(http, study["id"], ("completed", "failed"))
         assert study["status"] == "completed" and study["error"] is None, study
-        model = artifact.load_model(http.get(f"/v1/studies/{study['id']}/model").content)
+        model = loading.load_model(http.get(f"/v1/studies/{study['id']}/model").content)
 
         def cli(*args: str) -> subprocess.CompletedProcess[str]:
             return regtune(*args, database_url=url, REGTUNE_URL=server.url)

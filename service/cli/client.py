@@ -159,7 +159,7 @@ class Client:
         return self.typed(schemas.TrialDetail, "GET", f"/v1/studies/{study_id}/trials/{number}")
 
     def model(self, study_id: str) -> bytes:
-        """The study's final model file (load it with ``trainer.model_file.artifact.load_model``).
+        """The study's final model file (load it with ``trainer.load_model``).
 
         Raises ``ApiError`` 409 while the study has not completed, 404 for an unknown id.
         """

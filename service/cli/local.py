@@ -116,7 +116,7 @@ def tune(
             "--output",
             "-o",
             help="write the best trial refitted on all non-test rows as a model file "
-            "(trainer.model_file.artifact.load_model reads it)",
+            "(trainer.load_model reads it)",
         ),
     ] = None,
     splits: Annotated[

@@ -192,7 +192,7 @@ def model_download(
     output: Annotated[Path | None, saved_to("the file (default: regtune-ID.pt)")] = None,
 ) -> None:
     """Download a completed study's final model: a torch.save file, ready for
-    trainer.model_file.loading.load_model (see the README, 'Using the tuned model')."""
+    trainer.load_model (see the README, 'Using the tuned model')."""
     from service.cli.client import Client
     from trainer import ArtifactError, load_model
 
