@@ -65,9 +65,9 @@ _HOME: dict[str, str] = {
     "population_size": "trainer.engines.layout",
     "train_population": "trainer.engines.population",
     # model file
-    "ArtifactError": "trainer.model_file.artifact",
-    "load_model": "trainer.model_file.artifact",
-    "to_bytes": "trainer.model_file.artifact",
+    "ArtifactError": "trainer.model_file.model_format",
+    "load_model": "trainer.model_file.loading",
+    "to_bytes": "trainer.model_file.packing",
     # tuning
     "BestTrial": "trainer.tuning.records",
     "CVProtocol": "trainer.tuning.cv_protocol",
@@ -145,9 +145,9 @@ if TYPE_CHECKING:  # what type checkers see; tests/test_architecture.py keeps it
     from trainer.engines.trial_config import TrialConfig as TrialConfig
     from trainer.lifetime import on_parent_death as on_parent_death
     from trainer.lifetime import stop_on_signals as stop_on_signals
-    from trainer.model_file.artifact import ArtifactError as ArtifactError
-    from trainer.model_file.artifact import load_model as load_model
-    from trainer.model_file.artifact import to_bytes as to_bytes
+    from trainer.model_file.loading import load_model as load_model
+    from trainer.model_file.model_format import ArtifactError as ArtifactError
+    from trainer.model_file.packing import to_bytes as to_bytes
     from trainer.nets import networks as networks
     from trainer.rng import SAMPLER_STREAM as SAMPLER_STREAM
     from trainer.rng import derived_seed as derived_seed
