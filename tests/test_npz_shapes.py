@@ -4,12 +4,11 @@
 from __future__ import annotations
 
 import io
-import json
 from pathlib import Path
 
 import numpy as np
 import pytest
-from servers import problem, regtune, serving, tiny_study, wait_status
+from servers import problem, serving, tiny_study, tune_json, wait_status
 
 from trainer.data.builtin_sets import load_builtin
 from trainer.data.datasets import DatasetError
@@ -63,23 +62,7 @@ def test_tune_trains_a_cnn_on_an_image_npz(tmp_path: Path) -> None:
         training={"max_epochs": 3},
         cv={"folds": 2, "test_fraction": 0.2},
     )
-    (tmp_path / "spec.json").write_text(json.dumps(spec))
-    done = regtune(
-        "tune",
-        "--spec",
-        "spec.json",
-        "--dataset",
-        "images.npz",
-        "--processes",
-        "1",
-        "--output",
-        "model.pt",
-        "--json",
-        database_url="sqlite://",
-        cwd=tmp_path,
-    )
-    assert done.returncode == 0, done.stderr
-    result = json.loads(done.stdout)
+    result = tune_json(tmp_path, spec, "--dataset", "images.npz", "--output", "model.pt")
     assert result["trials"] == {"complete": 2}, result
     model = load_model(tmp_path / "model.pt")
     assert model.input_shape == (1, 8, 8)

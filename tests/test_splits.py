@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from servers import hidden_from, regtune, serving, tiny_study
+from servers import hidden_from, regtune, serving, tiny_study, tune_json
 from test_cli_imports import heavy_imports
 
 from trainer.data.builtin_sets import load_builtin
@@ -130,23 +130,7 @@ def test_tune_writes_its_refit_model_and_its_splits(tmp_path: Path) -> None:
         training={"max_epochs": 4},
         cv={"folds": 3, "test_fraction": 0.25},
     )
-    (tmp_path / "spec.json").write_text(json.dumps(spec))
-    done = regtune(
-        "tune",
-        "--spec",
-        "spec.json",
-        "--processes",
-        "1",
-        "--output",
-        "model.pt",
-        "--splits",
-        "splits.json",
-        "--json",
-        database_url="sqlite://",
-        cwd=tmp_path,
-    )
-    assert done.returncode == 0, done.stderr
-    result = json.loads(done.stdout)
+    result = tune_json(tmp_path, spec, "--output", "model.pt", "--splits", "splits.json")
     rows = json.loads((tmp_path / "splits.json").read_text())
     wine = load_builtin("builtin:wine")
     protocol = CVProtocol.of(StudySpec.model_validate(spec), wine)
