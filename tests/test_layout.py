@@ -11,7 +11,7 @@ from trainer.engines import layout
 from trainer.nets import networks
 from trainer.nets.networks import count_parameters
 from trainer.specs.study_spec import StudySpec
-from trainer.tuning.search import ramped
+from trainer.tuning.population_search import trials_at_once
 
 
 def spec(**extra: object) -> StudySpec:
@@ -76,7 +76,7 @@ def test_populations_grow_with_the_completed_trials_while_a_pruner_waits_for_the
     pruned = spec(pruner={"kind": "median"})
     sizes = []
     for n in range(6):
-        sizes.append(ramped(study, pruned, 4))
+        sizes.append(trials_at_once(study, pruned, 4))
         study.add_trial(optuna.trial.create_trial(value=0.5 + n / 100))
     assert sizes == [1, 1, 2, 3, 4, 4]
-    assert ramped(optuna.create_study(), spec(pruner={"kind": "none"}), 4) == 4
+    assert trials_at_once(optuna.create_study(), spec(pruner={"kind": "none"}), 4) == 4

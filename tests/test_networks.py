@@ -29,7 +29,7 @@ from trainer.model_file.packing import pack, to_bytes
 from trainer.nets import networks, plugins
 from trainer.specs.study_spec import StudySpec
 from trainer.tuning.cv_protocol import CVProtocol
-from trainer.tuning.objective import suggest
+from trainer.tuning.space import suggest
 from trainer.tuning.study import run_study
 
 DEVICE = os.environ.get("REGTUNE_TEST_DEVICE", "cpu")

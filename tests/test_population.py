@@ -441,7 +441,9 @@ def test_out_of_memory_halves_the_population_and_loses_no_trial(wine) -> None:
                 raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
             super().train_epoch()
 
-    outcome = run_study(fault_study(8), wine, population=4, refit_best=False, engine=SmallDevice)
+    outcome = run_study(
+        fault_study(8), wine, population=4, refit_best=False, build_stack=SmallDevice
+    )
     states = [t.state for t in outcome.study.trials]
     assert states == [optuna.trial.TrialState.COMPLETE] * 8
     # The stack of 4 fails once; its trials start again in stacks of 2, and so do all after.
@@ -454,7 +456,7 @@ def test_a_trial_that_does_not_fit_alone_fails_with_the_reason(wine) -> None:
         def train_epoch(self) -> None:
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 80.00 GiB")
 
-    outcome = run_study(fault_study(3), wine, population=2, refit_best=False, engine=NoMemory)
+    outcome = run_study(fault_study(3), wine, population=2, refit_best=False, build_stack=NoMemory)
     assert [t.state for t in outcome.study.trials] == [optuna.trial.TrialState.FAIL] * 3
     assert all("OutOfMemoryError" in t.user_attrs["fail_reason"] for t in outcome.study.trials)
     assert outcome.best is None
@@ -475,7 +477,7 @@ def test_a_training_error_fails_its_trials_and_the_search_goes_on(wine) -> None:
                 raise RuntimeError("cuDNN error: CUDNN_STATUS_INTERNAL_ERROR")
             super().train_epoch()
 
-    outcome = run_study(fault_study(4), wine, population=1, refit_best=False, engine=Flaky)
+    outcome = run_study(fault_study(4), wine, population=1, refit_best=False, build_stack=Flaky)
     trials = outcome.study.trials
     assert [t.state for t in trials].count(optuna.trial.TrialState.COMPLETE) == 3
     assert trials[1].state == optuna.trial.TrialState.FAIL

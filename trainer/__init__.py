@@ -76,12 +76,14 @@ _HOME: dict[str, str] = {
     "SplitRows": "trainer.tuning.records",
     "StudyOutcome": "trainer.tuning.study",
     "StudyResult": "trainer.tuning.records",
-    "TrialInterrupted": "trainer.tuning.objective",
+    "TrialInterrupted": "trainer.tuning.trial_errors",
     "TrialRecord": "trainer.tuning.records",
+    "TrialTraining": "trainer.tuning.trial_training",
     "best_first": "trainer.tuning.records",
-    "failure_reason": "trainer.tuning.objective",
+    "choose_engine": "trainer.tuning.search",
+    "failure_reason": "trainer.tuning.trial_errors",
     "final_model": "trainer.tuning.tuned_model",
-    "hidden_key": "trainer.tuning.objective",
+    "hidden_key": "trainer.tuning.space",
     "make_pruner": "trainer.tuning.optuna_study",
     "make_sampler": "trainer.tuning.optuna_study",
     "network_sizes": "trainer.tuning.cv_protocol",
@@ -89,7 +91,7 @@ _HOME: dict[str, str] = {
     "refit_trial": "trainer.tuning.tuned_model",
     "run_parallel_study": "trainer.tuning.parallel",
     "run_study": "trainer.tuning.study",
-    "suggest": "trainer.tuning.objective",
+    "suggest": "trainer.tuning.space",
     # the ground floor
     "SAMPLER_STREAM": "trainer.rng",
     "derived_seed": "trainer.rng",
@@ -167,10 +169,6 @@ if TYPE_CHECKING:  # what type checkers see; tests/test_architecture.py keeps it
     from trainer.tuning import optuna_internals as optuna_internals
     from trainer.tuning.cv_protocol import CVProtocol as CVProtocol
     from trainer.tuning.cv_protocol import network_sizes as network_sizes
-    from trainer.tuning.objective import TrialInterrupted as TrialInterrupted
-    from trainer.tuning.objective import failure_reason as failure_reason
-    from trainer.tuning.objective import hidden_key as hidden_key
-    from trainer.tuning.objective import suggest as suggest
     from trainer.tuning.optuna_study import make_pruner as make_pruner
     from trainer.tuning.optuna_study import make_sampler as make_sampler
     from trainer.tuning.parallel import run_parallel_study as run_parallel_study
@@ -181,7 +179,13 @@ if TYPE_CHECKING:  # what type checkers see; tests/test_architecture.py keeps it
     from trainer.tuning.records import TrialRecord as TrialRecord
     from trainer.tuning.records import best_first as best_first
     from trainer.tuning.search import Search as Search
+    from trainer.tuning.search import choose_engine as choose_engine
+    from trainer.tuning.space import hidden_key as hidden_key
+    from trainer.tuning.space import suggest as suggest
     from trainer.tuning.study import StudyOutcome as StudyOutcome
     from trainer.tuning.study import run_study as run_study
+    from trainer.tuning.trial_errors import TrialInterrupted as TrialInterrupted
+    from trainer.tuning.trial_errors import failure_reason as failure_reason
+    from trainer.tuning.trial_training import TrialTraining as TrialTraining
     from trainer.tuning.tuned_model import final_model as final_model
     from trainer.tuning.tuned_model import refit_trial as refit_trial

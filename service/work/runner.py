@@ -35,13 +35,14 @@ from trainer import (
     StudySpec,
     TrialInterrupted,
     TrialRecord,
+    TrialTraining,
+    choose_engine,
     derived_seed,
     failure_reason,
     final_model,
     make_pruner,
     make_sampler,
     optuna_internals,
-    population_size,
     to_bytes,
 )
 
@@ -85,21 +86,18 @@ class StudyRunner:
             pruner=make_pruner(spec),
         )
         budget = StudyBudget(self, record, _deadline(spec, record))
-        search = Search(
-            study,
+        training = TrialTraining(
             spec,
             dataset,
-            protocol.splits,
-            metric=protocol.metric,
-            size=population_size(spec, dataset, self.device, self.settings.population),
-            budget=budget,
+            protocol,
             device=self.device,
-            deadline=budget.deadline,
-            guard=self.heartbeats,
             should_stop=self.stop_check(record.id),
             passthrough=DATABASE_ERRORS,
-            compile=self.settings.compile,
         )
+        engine = choose_engine(
+            training, population=self.settings.population, compile=self.settings.compile
+        )
+        search = Search(study, engine, budget, deadline=budget.deadline, guard=self.heartbeats)
         try:
             search.run()
         except TrialInterrupted as exc:

@@ -9,7 +9,7 @@ import warnings
 import optuna
 
 from trainer.specs.study_spec import Metric, StudySpec, metric_direction
-from trainer.tuning.objective import grid
+from trainer.tuning.space import grid
 
 
 def make_sampler(spec: StudySpec) -> optuna.samplers.BaseSampler:

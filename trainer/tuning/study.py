@@ -19,7 +19,6 @@ import optuna
 import torch
 
 from trainer.data.datasets import Dataset
-from trainer.engines import layout
 from trainer.engines.per_trial import FittedModel
 from trainer.engines.population import Population
 from trainer.model_file.model_format import ModelFile
@@ -27,8 +26,10 @@ from trainer.specs.study_spec import Metric, StudySpec, metric_direction
 from trainer.tuning.budget import Budget, SharedCounter, spent
 from trainer.tuning.cv_protocol import CVProtocol
 from trainer.tuning.optuna_study import create_study
+from trainer.tuning.population_search import StackBuilder
 from trainer.tuning.records import BestTrial, SplitRows, StudyResult
-from trainer.tuning.search import Engine, Search
+from trainer.tuning.search import Search, choose_engine
+from trainer.tuning.trial_training import TrialTraining
 from trainer.tuning.tuned_model import final_model
 
 
@@ -72,7 +73,7 @@ def run_study(
     callbacks: Sequence[Callable[[optuna.Study, optuna.trial.FrozenTrial], None]] = (),
     refit_best: bool = True,
     population: int | None = None,
-    engine: Engine = Population,
+    build_stack: StackBuilder = Population,
     sampler_seed: int | None = None,
     compile: bool | None = None,
     budget: Budget | None = None,
@@ -85,27 +86,22 @@ def run_study(
     Diverging trials fail with their reason in ``fail_reason`` and the search goes on.
     ``population`` trials train at once as one stacked model (MLPs and CNNs; by default as
     many as suit the device: :func:`trainer.engines.layout.population_size`); studies with Wilcoxon
-    pruning, which decides between folds, train one trial at a time. ``engine`` builds the
-    stacks (:class:`trainer.tuning.search.Search`; tests pass one that fails on purpose);
-    ``compile`` puts their step under ``torch.compile`` (default: on a GPU only).
+    pruning, which decides between folds, train one trial at a time
+    (:func:`trainer.tuning.search.choose_engine`). ``build_stack`` builds the stacks (tests
+    pass one that fails on purpose); ``compile`` puts their step under ``torch.compile``
+    (default: on a GPU only).
     """
     protocol = CVProtocol.of(spec, dataset)
     study = create_study(
         spec, protocol.metric, storage=storage, study_name=study_name, sampler_seed=sampler_seed
     )
+    training = TrialTraining(spec, dataset, protocol, device=device)
     Search(
         study,
-        spec,
-        dataset,
-        protocol.splits,
-        metric=protocol.metric,
-        size=layout.population_size(spec, dataset, torch.device(device), population),
+        choose_engine(training, population=population, compile=compile, build_stack=build_stack),
         budget=budget or SharedCounter.starting_at(spec.n_trials, spent(study)),
-        device=device,
         deadline=None if spec.timeout_s is None else time.time() + spec.timeout_s,
         callbacks=callbacks,
-        engine=engine,
-        compile=compile,
     ).run()
     return conclude(study, spec, dataset, protocol, refit_best=refit_best, device=device)
 

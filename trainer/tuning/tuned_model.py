@@ -23,9 +23,10 @@ from trainer.model_file import packing
 from trainer.model_file.model_format import ModelFile
 from trainer.specs.study_spec import StudySpec
 from trainer.tuning.cv_protocol import CVProtocol
-from trainer.tuning.objective import fold_schedule, trial_seed
+from trainer.tuning.objective import fold_schedule
 from trainer.tuning.records import TrialRecord
 from trainer.tuning.refit import refit
+from trainer.tuning.space import trial_seed
 
 
 def refit_epochs(best_epochs: Sequence[int]) -> int:
