@@ -31,7 +31,7 @@ REASSOCIATED = 1e-3
 
 
 def assert_identical(a: Any, b: Any) -> None:
-    """Two CV results (``trainer.engines.per_trial.CVResult``) equal bit for bit."""
+    """Two CV results (``trainer.engines.results.CVResult``) equal bit for bit."""
     for fa, fb in zip(a.folds, b.folds, strict=True):
         assert (fa.epochs, fa.best_epoch, fa.score) == (fb.epochs, fb.best_epoch, fb.score)
         np.testing.assert_array_equal(fa.val_loss, fb.val_loss)

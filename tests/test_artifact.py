@@ -19,7 +19,8 @@ from servers import tiny_study
 
 from trainer.data.datasets import Dataset, make_dataset
 from trainer.data.readers import load_csv
-from trainer.engines.per_trial import DivergedError, FittedModel, predict
+from trainer.engines.per_trial import predict
+from trainer.engines.results import DivergedError, FittedModel
 from trainer.engines.trial_config import TrialConfig
 from trainer.model_file import packing
 from trainer.model_file.loading import load_model, read

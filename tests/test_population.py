@@ -14,7 +14,8 @@ from servers import tiny_study
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from trainer.data.builtin_sets import load_builtin
-from trainer.engines.per_trial import FoldRun, cross_validate, fold_seed
+from trainer.engines.folds import fold_seed
+from trainer.engines.per_trial import FoldRun, cross_validate
 from trainer.engines.population import Population, train_population
 from trainer.engines.trial_config import TrialConfig
 from trainer.specs.study_spec import StudySpec

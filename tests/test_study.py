@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from trainer.data.builtin_sets import load_builtin
-from trainer.engines.per_trial import DivergedError, FoldRun, cross_validate
+from trainer.engines.per_trial import FoldRun, cross_validate
+from trainer.engines.results import DivergedError
 from trainer.engines.trial_config import TrialConfig
 from trainer.specs.study_spec import SpecError, StudySpec
 from trainer.tuning.cv_protocol import CVProtocol

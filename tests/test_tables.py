@@ -18,8 +18,9 @@ from servers import regtune, serving, tiny_study, wait_status
 from trainer.data.builtin_sets import load_builtin
 from trainer.data.datasets import Dataset, DatasetError
 from trainer.data.readers import load_csv
-from trainer.engines.per_trial import FittedModel, cross_validate
+from trainer.engines.per_trial import cross_validate
 from trainer.engines.population import train_population
+from trainer.engines.results import FittedModel
 from trainer.engines.trial_config import TrialConfig
 from trainer.model_file import loading, packing
 from trainer.specs.study_spec import StudySpec

@@ -8,8 +8,9 @@ shorter than their launch latency. On a CPU, inductor's C++ kernels fuse the upd
 elementwise passes; whether that beats the eager engine there is measured, not assumed
 (BENCHMARKS.md, "Engines"), so it is opt-in on a CPU.
 
-The compiled functions are made once per device type and cached here, so every population of
-a worker shares them: a second population of the same shape finds its graphs already built.
+The caller hands over the eager function it wants compiled (:func:`compile_step`); each is
+compiled once per device type and cached here, so every population of a worker shares it: a
+second population of the same shape finds its graphs already built.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from functools import cache
 from typing import Any
 
 import torch
+
+from trainer import torch_internals
 
 log = logging.getLogger("regtune.trainer")
 
@@ -47,23 +50,14 @@ def available(device: torch.device) -> bool:
     return True
 
 
-def _compile(function: Callable[..., Any], device: torch.device) -> Callable[..., Any]:
-    torch._dynamo.config.cache_size_limit = max(
-        torch._dynamo.config.cache_size_limit, CACHE_SIZE_LIMIT
-    )
-    mode = "reduce-overhead" if device.type == "cuda" else None
+def compile_step(function: Callable[..., Any], device: torch.device) -> Callable[..., Any]:
+    """``function`` (a module-level function: the cache keys on it) under ``torch.compile``
+    for ``device``'s type, built on first use and the same object ever after."""
+    return _compiled(function, device.type)
+
+
+@cache
+def _compiled(function: Callable[..., Any], device_type: str) -> Callable[..., Any]:
+    torch_internals.raise_compile_cache_limit(CACHE_SIZE_LIMIT)
+    mode = "reduce-overhead" if device_type == "cuda" else None
     return torch.compile(function, dynamic=False, mode=mode)
-
-
-@cache
-def step_loss(device: torch.device) -> Callable[..., Any]:
-    from trainer.engines.population import step_loss as eager
-
-    return _compile(eager, device)
-
-
-@cache
-def stacked_update(device: torch.device) -> Callable[..., Any]:
-    from trainer.engines.stacked_optim import stacked_update as eager
-
-    return _compile(eager, device)

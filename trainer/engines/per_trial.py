@@ -7,6 +7,23 @@ stopping; the scored fold is evaluated only when the validation loss improves, b
 fold's result is the score of its best epoch's weights. After the epoch the fold mean of
 those scores is handed to ``on_epoch`` (Optuna's ``report``/``should_prune``), so the value
 reported at the last epoch is the trial's value.
+
+Each fold is its own ``nn.Module`` trained by ``torch.optim``; the population engine
+(:mod:`trainer.engines.population`) trains many of them as one stacked model instead, and is
+what a study uses where it can. This engine is kept where the population does not serve:
+
+* a network the population cannot stack (:class:`trainer.engines.stacking.Unstackable`): its
+  trials, and its refit (:mod:`trainer.tuning.refit`);
+* studies whose pruner decides between folds (Wilcoxon), whose folds train one after another
+  here: the population's dropout masks are its own counter-based ones, not torch's generator's,
+  and its sums run in another order, so moving them would change those studies' results;
+* the fold ensemble of a final model (:func:`fold_ensemble`), which retrains the folds exactly
+  as :func:`cross_validate` trains them.
+
+It is also the reference the population is tested against. What both engines mean the same
+way is written once beside them: the fold's preprocessing, seed and results
+(:mod:`~trainer.engines.folds`), the loss and the objective (:mod:`~trainer.engines.scoring`),
+early stopping (:mod:`~trainer.engines.early_stopping`) and the diagnosis.
 """
 
 from __future__ import annotations
@@ -14,22 +31,22 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
 import torch
 from torch import nn
-from torch.nn import functional as F
 
-from trainer import rng
+from trainer import rng, torch_internals
 from trainer.data.datasets import Dataset
 from trainer.data.preprocessing import Standardizer
 from trainer.data.splits import Split
-from trainer.data.tabular import TableEncoder
-from trainer.engines.diagnosis import Diagnosis, diagnose_fold, diagnose_trial, trivial_loss
+from trainer.engines import scoring
 from trainer.engines.early_stopping import EarlyStopping
+from trainer.engines.folds import Fold, TrainedFold, fold_seed
 from trainer.engines.regularizers import make_optimizer
+from trainer.engines.results import CVResult, DivergedError, FoldEnsemble, FoldResult
 from trainer.engines.trial_config import TrialConfig
 from trainer.nets.networks import count_parameters
 from trainer.specs.study_spec import Metric, Task
@@ -38,13 +55,10 @@ EVAL_CHUNK = 8192
 Schedule = Literal["lockstep", "sequential"]
 
 
-class DivergedError(RuntimeError):
-    """Training produced a NaN or infinite loss; the trial fails, the study goes on."""
-
-
 @dataclass(frozen=True)
 class FoldData:
-    """A fold's tensors on the device, standardized with statistics of ``fit`` only."""
+    """A fold's rows on the device as three sets (fit / val / score), standardized by the
+    fold's preprocessing (fitted on ``fit`` only)."""
 
     X_fit: torch.Tensor
     y_fit: torch.Tensor
@@ -52,82 +66,22 @@ class FoldData:
     y_val: torch.Tensor
     X_score: torch.Tensor
     y_score: torch.Tensor
-    x_scaler: Standardizer
-    y_scaler: Standardizer | None  # regression targets are standardized too
-    baseline_loss: float  # the trivial predictor's loss on fit: prior entropy, or 1 for z-scored y
-    encoder: TableEncoder | None  # a table's encoding, fitted on fit (None: not a table)
 
     @classmethod
-    def build(cls, dataset: Dataset, split: Split, device: torch.device | str) -> FoldData:
-        X, encoder = dataset.fold_features(split.fit)
+    def build(
+        cls, dataset: Dataset, fold: Fold, X: np.ndarray, device: torch.device | str
+    ) -> FoldData:
+        """``fold``'s rows of the features ``X`` (as :meth:`Fold.fit` gave them)."""
+        x_scaler, y_scaler = fold.preprocessing.x_scaler, fold.preprocessing.y_scaler
         y = dataset.y
-        x_scaler = Standardizer.fit(X[split.fit])
-        y_scaler = None
-        if dataset.task == "regression":
-            y_scaler = Standardizer.fit(y[split.fit, None])
-            targets = torch.as_tensor(y_scaler.transform(y[:, None]))
-        else:
-            targets = torch.as_tensor(y)
-        baseline = trivial_loss(dataset.task, y[split.fit], dataset.n_outputs)
+        targets = torch.as_tensor(y if y_scaler is None else y_scaler.transform(y[:, None]))
 
         def rows(index: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
             features = torch.as_tensor(x_scaler.transform(X[index]))
             return features.to(device), targets[index].to(device)
 
-        return cls(
-            *rows(split.fit),
-            *rows(split.val),
-            *rows(split.score),
-            x_scaler,
-            y_scaler,
-            baseline,
-            encoder,
-        )
-
-
-@dataclass
-class FoldResult:
-    """What one fold reports: its score at the best epoch and the curves behind it."""
-
-    index: int
-    score: float
-    best_epoch: int
-    epochs: int
-    stopped_early: bool
-    train_loss: list[float]
-    val_loss: list[float]
-    sparsity: float
-    diagnosis: Diagnosis
-    scored: np.ndarray
-    x_scaler: Standardizer
-    encoder: TableEncoder | None = None
-
-
-@dataclass
-class CVResult:
-    """A trial's cross-validation outcome: mean and spread over folds of the objective."""
-
-    metric: Metric
-    folds: list[FoldResult]
-    n_params: int
-    wall_time_s: float
-    scores: list[float] = field(init=False)
-    mean: float = field(init=False)
-    std: float = field(init=False)
-    diagnosis: Diagnosis = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.scores = [f.score for f in self.folds]
-        self.mean = float(np.mean(self.scores))
-        self.std = float(np.std(self.scores))
-        self.diagnosis = diagnose_trial([f.diagnosis for f in self.folds])
-
-
-def data_loss(task: Task, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy for classification, MSE (on standardized targets) for regression."""
-    if task == "classification":
-        return F.cross_entropy(outputs, targets)
-    return F.mse_loss(outputs, targets)
+        split = fold.split
+        return cls(*rows(split.fit), *rows(split.val), *rows(split.score))
 
 
 @torch.no_grad()
@@ -144,14 +98,11 @@ def score(
     targets: torch.Tensor,
     y_scaler: Standardizer | None,
 ) -> float:
-    """The objective on one set: accuracy, MSE in the target's own units, or the data loss."""
-    if metric == "accuracy":
-        return float((outputs.argmax(1) == targets).float().mean())
-    loss = float(data_loss(task, outputs, targets))
-    if metric == "mse" and y_scaler is not None:
-        # z = (y − μ)/σ, so an MSE on z is σ² times the MSE on y.
-        return loss * float(y_scaler.std[0]) ** 2
-    return loss
+    """The objective (:func:`scoring.objective`) of one model's ``outputs`` on one set; the
+    target's σ in float64, as the scalers keep it."""
+    y_std = None if y_scaler is None else torch.tensor(float(y_scaler.std[0]), dtype=torch.float64)
+    loss = scoring.data_loss(task, outputs, targets)
+    return float(scoring.objective(metric, loss, outputs, targets, y_std=y_std))
 
 
 class FoldRun:
@@ -168,9 +119,10 @@ class FoldRun:
         device: torch.device | str,
         seed: int,
     ) -> None:
-        self.index, self.config, self.split, self.metric = index, config, split, metric
+        self.index, self.config, self.metric = index, config, metric
         self.task: Task = dataset.task
-        self.data = FoldData.build(dataset, split, device)
+        X, self.fold = Fold.fit(dataset, split, index)
+        self.data = FoldData.build(dataset, self.fold, X, device)
         torch.manual_seed(seed)
         self.model = config.network(dataset.input_shape, dataset.n_outputs).to(device)
         self.optimizer, self.regularizer = make_optimizer(
@@ -184,9 +136,7 @@ class FoldRun:
             include_bias_and_bn=config.training.regularize_bias_and_bn,
         )
         self.stopper = EarlyStopping(config.patience, config.training.min_delta)
-        self.batch_norm = any(
-            isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.model.modules()
-        )
+        self.batch_norm = any(torch_internals.is_batch_norm(m) for m in self.model.modules())
         self.seed = seed
         self.best_state: dict[str, torch.Tensor] = {}
         self.best_score = math.nan
@@ -210,7 +160,7 @@ class FoldRun:
             batch = order[start : start + self.config.batch_size]
             if len(batch) < 2 and self.batch_norm:  # BN cannot normalize a batch of one
                 continue
-            loss = data_loss(self.task, self.model(d.X_fit[batch]), d.y_fit[batch])
+            loss = scoring.data_loss(self.task, self.model(d.X_fit[batch]), d.y_fit[batch])
             self.optimizer.zero_grad(set_to_none=True)
             (loss + self.regularizer.penalty()).backward()  # type: ignore[no-untyped-call]
             if training.grad_clip is not None:
@@ -223,10 +173,9 @@ class FoldRun:
         train_loss = float(total) / max(seen, 1)
         epoch = self.epoch
         self.train_loss.append(train_loss)
-        # Without validation rows (a refit) every epoch's weights replace the best.
         validated = len(d.X_val) > 0
         val_loss = (
-            float(data_loss(self.task, predict(self.model, d.X_val), d.y_val))
+            float(scoring.data_loss(self.task, predict(self.model, d.X_val), d.y_val))
             if validated
             else train_loss
         )
@@ -236,10 +185,10 @@ class FoldRun:
                 f"fold {self.index} diverged at epoch {epoch}: training loss {train_loss}, "
                 f"validation loss {val_loss} (try a smaller lr or a gradient clip)"
             )
-        if self.stopper.step(val_loss, epoch) or not validated:
+        if self.stopper.step(val_loss, epoch, always=not validated):
             self.best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
             self.best_score = self.evaluate()
-        if (self.stopper.should_stop and validated) or self.epoch >= training.max_epochs:
+        if self.stopper.should_stop or self.epoch >= training.max_epochs:
             self.model.load_state_dict(self.best_state)
             self.done = True
 
@@ -248,11 +197,11 @@ class FoldRun:
         d = self.data
         if len(d.X_score) == 0:
             return math.nan
-        return score(self.metric, self.task, predict(self.model, d.X_score), d.y_score, d.y_scaler)
+        y_scaler = self.fold.preprocessing.y_scaler
+        return score(self.metric, self.task, predict(self.model, d.X_score), d.y_score, y_scaler)
 
     def result(self) -> FoldResult:
-        return FoldResult(
-            index=self.index,
+        return self.fold.result(
             score=self.best_score,
             best_epoch=self.stopper.best_epoch,
             epochs=self.epoch,
@@ -260,27 +209,18 @@ class FoldRun:
             train_loss=self.train_loss,
             val_loss=self.val_loss,
             sparsity=self.regularizer.sparsity(),
-            diagnosis=diagnose_fold(
-                self.train_loss,
-                self.val_loss,
-                max_epochs=self.config.training.max_epochs,
-                baseline_loss=self.data.baseline_loss,
-            ),
-            scored=self.split.score,
-            x_scaler=self.data.x_scaler,
-            encoder=self.data.encoder,
+            max_epochs=self.config.training.max_epochs,
         )
+
+    def trained(self) -> TrainedFold:
+        """The fold's model with its best epoch's weights, once it is done."""
+        return TrainedFold(self.model, self.fold, self.train_loss, self.best_score)
 
 
 def batch_order(seed: int, epoch: int, n: int, device: torch.device | str) -> torch.Tensor:
     """The epoch's shuffle of ``n`` rows: counter-based, so a population draws the same."""
     key = rng.keys(torch.tensor([seed], device=device), epoch)
     return rng.permutations(key, torch.tensor([n], device=device), n)[0]
-
-
-def fold_seed(seed: int, fold: int) -> int:
-    """Independent seeds per fold, derived from the trial's seed."""
-    return rng.derived_seed(seed, fold)
 
 
 def fold_runs(
@@ -354,29 +294,6 @@ def cross_validate(
     )
 
 
-@dataclass
-class FittedModel:
-    """The configuration retrained on all non-test rows, ready for inference or export."""
-
-    model: nn.Module
-    config: TrialConfig
-    x_scaler: Standardizer
-    y_scaler: Standardizer | None
-    epochs: int
-    train_loss: list[float]
-    test_score: float | None
-    encoder: TableEncoder | None = None  # a table's encoding, fitted on the same rows
-
-
-@dataclass
-class FoldEnsemble:
-    """A configuration's K fold models, as its cross-validation trained them, and their
-    averaged prediction's score on the test rows (None without test rows)."""
-
-    members: list[FittedModel]
-    test_score: float | None
-
-
 def fold_ensemble(
     dataset: Dataset,
     config: TrialConfig,
@@ -402,16 +319,7 @@ def fold_ensemble(
     runs = fold_runs(dataset, config, scored_on_test, metric=metric, device=device, seed=seed)
     train_folds(runs, schedule)
     members = [
-        FittedModel(
-            run.model,
-            config,
-            run.data.x_scaler,
-            run.data.y_scaler,
-            run.stopper.best_epoch + 1,
-            run.train_loss,
-            run.best_score if len(test) else None,
-            run.data.encoder,
-        )
+        run.trained().fitted(config, epochs=run.stopper.best_epoch + 1, scored=len(test) > 0)
         for run in runs
     ]
     return FoldEnsemble(members, ensemble_score(runs, metric) if len(test) else None)
@@ -419,19 +327,20 @@ def fold_ensemble(
 
 def ensemble_score(runs: Sequence[FoldRun], metric: Metric) -> float:
     """The metric of the members' mean prediction on their (shared) scored rows."""
-    first = runs[0].data
+    first = runs[0]
     outputs = [predict(run.model, run.data.X_score) for run in runs]
-    if first.y_scaler is None:  # classification: log p̄ as logits, softmax(log p̄) = p̄
+    y_scaler = first.fold.preprocessing.y_scaler
+    if y_scaler is None:  # classification: log p̄ as logits, softmax(log p̄) = p̄
         mean = torch.stack([torch.softmax(out, dim=1) for out in outputs]).mean(0)
-        return score(metric, runs[0].task, torch.log(mean), first.y_score, None)
+        return score(metric, first.task, torch.log(mean), first.data.y_score, None)
     # Regression: average in the target's units, then standardize as the first member does.
     units = np.mean(
         [
-            run.data.y_scaler.inverse(out.cpu().numpy())
+            scaler.inverse(out.cpu().numpy())
             for run, out in zip(runs, outputs, strict=True)
-            if run.data.y_scaler is not None
+            if (scaler := run.fold.preprocessing.y_scaler) is not None
         ],
         axis=0,
     )
-    z = torch.as_tensor(first.y_scaler.transform(units), device=first.y_score.device)
-    return score(metric, runs[0].task, z, first.y_score, first.y_scaler)
+    z = torch.as_tensor(y_scaler.transform(units), device=first.data.y_score.device)
+    return score(metric, first.task, z, first.data.y_score, y_scaler)

@@ -2,14 +2,17 @@
 
 None of the searched regularization hyperparameters changes a tensor's shape, so M = P·K
 models are stacked along a leading axis and trained by batched kernels, each model exactly as
-it would train alone. The stack is in parts: its rows (each model's fold of the data,
-:mod:`.stacked_rows`), its layers (batched Linear, grouped convolutions, per-model
-BatchNorm and keyed dropout, :mod:`.stacked_layers`, run in the order the traced
-network gives, :mod:`.stacking`), its optimizer step (per-model L1, L2 and Adam or SGD,
-:mod:`.stacked_optim`), and here the slots, the epoch loop and the results. Per model:
+it would train alone. The population holds its parts, each owning its own state: its rows
+(each model's fold of the data and the epoch's steps, :mod:`.stacked_rows`), its layers (the
+weights by name, batched Linear, grouped convolutions, per-model BatchNorm and keyed dropout,
+:mod:`.stacked_layers`, run in the order the traced network gives, :mod:`.stacking`), its
+optimizer (per-model L1, L2 and Adam or SGD, :mod:`.stacked_optim`) and its record (early
+stopping, scores, curves and results, :mod:`.stacked_results`); here are the slots and the epoch
+loop. Per model:
 
-* loss: its own mean over its batch; the population's loss is the *sum* over models, so each
-  model's gradient is exactly its own (a mean would scale every gradient by 1/M);
+* loss (:mod:`.scoring`, as the per-trial engine's): its own mean over its batch; the
+  population's loss is the *sum* over models, so each model's gradient is exactly its own (a
+  mean would scale every gradient by 1/M);
 * early stopping with its own patience; the best weights are kept by a masked copy.
 
 Slots are refilled: when a trial ends, :meth:`Population.assign` puts the next one in its
@@ -24,9 +27,7 @@ one transfer.
 
 from __future__ import annotations
 
-import math
 import time
-from collections import defaultdict
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -34,20 +35,16 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from trainer import rng
 from trainer.data.datasets import Dataset
 from trainer.data.splits import Split
-from trainer.engines import compiled, stacking
-from trainer.engines.per_trial import CVResult, DivergedError, fold_seed
-from trainer.engines.stacked_layers import ConvShape, Pass, StackedLayers, per_model
-from trainer.engines.stacked_optim import (
-    decay_decoupled,
-    fused_adam_rows,
-    regularized_gradients,
-    stacked_update,
-)
+from trainer.engines import compiled, scoring, stacking
+from trainer.engines.folds import TrainedFold, fold_seed
+from trainer.engines.regularizers import regularized_names, sparsity
+from trainer.engines.results import CVResult, DivergedError
+from trainer.engines.stacked_layers import Pass, StackedLayers
+from trainer.engines.stacked_optim import StackedOptimizer
 from trainer.engines.stacked_results import StackedResults
 from trainer.engines.stacked_rows import StackedRows
 from trainer.engines.trial_config import TrialConfig
@@ -73,7 +70,7 @@ class SlotEpoch:
     finished: bool  # every fold stopped (early stopping or max_epochs)
 
 
-class Population(StackedRows, StackedLayers, StackedResults):
+class Population:
     """``slots`` trials × K folds of ``template``'s network, batch size and optimizer.
 
     Every trial assigned must share :func:`shape_key` with ``template`` (and the study's
@@ -93,141 +90,47 @@ class Population(StackedRows, StackedLayers, StackedResults):
         compile: bool = False,
     ) -> None:
         self.template, self.metric, self.task = template, metric, dataset.task
-        self.compiled = compile and compiled.available(torch.device(device))
         self.device = dev = torch.device(device)
+        self.compiled = compile and compiled.available(dev)
         self.training = template.training
         self.batch_size = template.batch_size
-        self.adam = template.optimizer == "adam"
         self.input_shape, self.n_outputs = dataset.input_shape, dataset.n_outputs
         # The network, traced once: what the stack holds and how a pass runs through it.
         torch.manual_seed(0)
         net = template.network(dataset.input_shape, dataset.n_outputs)
         self.program = stacking.program(net)  # Unstackable: the caller trains per trial
-        self.has_norms = bool(self.program.norms)
+        self.n_params = count_parameters(net)
         self.P, self.K = slots, len(splits)
-        self.M = M = slots * self.K
-        self.splits = list(splits)
+        self.M = slots * self.K
         self.autocast = (
             torch.autocast(dev.type, dtype=torch.bfloat16) if precision == "bf16" else nullcontext()
         )
-
-        fit_len = self.load_rows(dataset, splits, dev)
-        # A row with no validation rows (a refit) trains its fixed epochs: each epoch's weights
-        # replace the best, and patience never runs out.
-        self.unvalidated = self.val_len == 0
-        self.schedule(fit_len)
-
-        # Per-model hyperparameters as tensors, written in place by assign().
-        self.lr = torch.zeros(M, 1, 1, device=dev)
-        self.weight_decay = torch.zeros(M, 1, 1, device=dev)
-        self.l1 = torch.zeros(M, 1, 1, device=dev)
-        # Keep probabilities per dropout group (row 0: dropouts without a group) and model.
-        self.groups: list[str | None] = [None]
-        for _, group, _ in self.program.dropouts:
-            if group not in self.groups:
-                self.groups.append(group)
-        self.group_of = [self.groups.index(g) for _, g, _ in self.program.dropouts]
-        self.keep = torch.ones(len(self.groups), M, device=dev)
-        self.bn_momentum = torch.zeros(M, 1, device=dev)
-        self.patience = torch.zeros(M, dtype=torch.long, device=dev)
-        self.seeds = torch.zeros(M, dtype=torch.long, device=dev)
-
-        # Weights: the template's layout, replicated; assign() loads each trial's own init.
-        self.n_params = count_parameters(net)
-        layers, norms = self.layer_modules(net), self.norm_modules(net)
-        self.convs = [
-            ConvShape(
-                F.conv1d if isinstance(m, nn.Conv1d) else F.conv2d,
-                m.stride,
-                m.padding,
-                m.dilation,
-            )
-            if isinstance(m, nn.Conv1d | nn.Conv2d)
-            else None
-            for m in layers
-        ]
-        # Which stacked bias each layer adds (None: a layer without one).
-        with_bias = [m.bias is not None for m in layers]
-        self.bias_of = [sum(with_bias[:i]) if b else None for i, b in enumerate(with_bias)]
-        self.eps = [float(m.eps) for m in norms]
-        weights, biases = self.layer_tensors(net)
-        self.weights = [nn.Parameter(w.to(dev)[None].repeat(M, *[1] * w.dim())) for w in weights]
-        self.biases = [nn.Parameter(b.to(dev).repeat(M, 1, 1)) for b in biases]
-        norm_weights = self.norm_tensors(net)
-        self.gammas = [nn.Parameter(g.to(dev).repeat(M, 1, 1)) for g, _ in norm_weights]
-        self.betas = [nn.Parameter(b.to(dev).repeat(M, 1, 1)) for _, b in norm_weights]
-        self.running = [
-            (torch.zeros(M, g.shape[-1], device=dev), torch.ones(M, g.shape[-1], device=dev))
-            for g, _ in norm_weights
-        ]
-        self.params = [*self.weights, *self.biases, *self.gammas, *self.betas]
-        regularized = self.params if self.training.regularize_bias_and_bn else self.weights
-        ids = {id(p) for p in regularized}
-        self.decayed = [id(p) in ids for p in self.params]
-        self.moments = [(torch.zeros_like(p), torch.zeros_like(p)) for p in self.params]
-        self.steps = torch.zeros(M, device=dev)  # float32, as the fused kernel takes them
-        # torch's fused Adam over row views (one call per learning rate) is the fastest eager
-        # CPU update; elsewhere the one-call stacked update (compiled, fused by inductor).
-        self.fused = self.adam and dev.type == "cpu" and not self.compiled
-        self.host_lr = [0.0] * M
-
-        # Per-model progress; every row starts empty (inactive).
-        self.active = torch.zeros(M, dtype=torch.bool, device=dev)
-        self.diverged = torch.zeros(M, dtype=torch.bool, device=dev)
-        self.best_loss = torch.full((M,), math.inf, device=dev)
-        self.best_epoch = torch.full((M,), -1, device=dev, dtype=torch.long)
-        self.bad_epochs = torch.zeros(M, dtype=torch.long, device=dev)
-        self.best_score = torch.full((M,), math.nan, device=dev)
-        self.epochs = torch.zeros(M, dtype=torch.long, device=dev)
-        self.best_params = [p.detach().clone() for p in self.params]
-        self.best_running = [(a.clone(), b.clone()) for a, b in self.running]
-
-        # Host side: what each slot holds, and the curves for the record.
+        self.rows = StackedRows(dataset, splits, slots, dev)
+        self.steps = self.rows.steps(self.batch_size, 2 if self.program.norms else 1)
+        self.layers = StackedLayers(self.program, net, self.M, dev)
+        self.regularized = regularized_names(
+            net, include_bias_and_bn=self.training.regularize_bias_and_bn
+        )
+        self.optimizer = StackedOptimizer(
+            self.layers.params,
+            self.regularized,
+            training=self.training,
+            adam=template.optimizer == "adam",
+            compile=self.compiled,
+        )
+        self.record = StackedResults(self.M, self.training, metric, dev)
+        self.seeds = torch.zeros(self.M, dtype=torch.long, device=dev)
+        # Host side: what each slot holds.
         self.occupant: list[TrialConfig | None] = [None] * slots
         self.started = [0.0] * slots
         self.slot_epochs = [0] * slots
-        self.host_active = [False] * M
-        self.train_curves: list[list[float]] = [[] for _ in range(M)]
-        self.val_curves: list[list[float]] = [[] for _ in range(M)]
         self.refresh_flags()
 
-    # --- layout --------------------------------------------------------------------------
-
-    def layer_tensors(self, net: nn.Module) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """A network's layers in call order, as stacked: a convolution's weight ``[out, C,
-        k…]``, a Linear's ``[in, out]`` (transposed, for ``baddbmm``), every bias ``[1, out]``."""
-        layers = self.layer_modules(net)
-        weights = [
-            (m.weight.t() if isinstance(m, nn.Linear) else m.weight).detach() for m in layers
-        ]
-        return weights, [m.bias.detach()[None, :] for m in layers if m.bias is not None]
-
-    def norm_tensors(self, net: nn.Module) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        return [
-            (m.weight.detach()[None, :], m.bias.detach()[None, :]) for m in self.norm_modules(net)
-        ]
-
-    def schedule(self, fit_len: list[int]) -> None:
-        """Which steps an epoch takes and who has a batch in each: fixed by the folds' sizes.
-
-        Step s gives model m the rows ``s·B … s·B + B − 1`` of its shuffled fit rows; it
-        steps when it has enough of them (BatchNorm needs two). ``full[s]``: every model has a
-        whole batch, so batch statistics need no mask.
-        """
-        B = self.batch_size
-        self.n_max = max(fit_len)
-        minimum = 2 if self.has_norms else 1
-        n_steps = -(-self.n_max // B)
-        counts = np.array(
-            [[min(max(n - s * B, 0), B) for n in fit_len] for s in range(n_steps)], dtype=np.int64
-        ).reshape(n_steps, len(fit_len))
-        self.step_list = [s for s in range(n_steps) if (counts[s] >= minimum).any()]
-        self.full = [bool((counts[s] == B).all()) for s in range(n_steps)]
-        self.has_batch_host = counts >= minimum  # [S, M]
-        self.has_batch = torch.as_tensor(self.has_batch_host, device=self.device)
-        self.n_steps = n_steps
-
     # --- slots ---------------------------------------------------------------------------
+
+    def rows_of(self, slot: int) -> slice:
+        """The rows of ``slot``'s K models."""
+        return self.rows.rows_of(slot)
 
     def free_slots(self) -> list[int]:
         return [s for s, c in enumerate(self.occupant) if c is None]
@@ -251,7 +154,7 @@ class Population(StackedRows, StackedLayers, StackedResults):
             raise ValueError("a population shares widths, batch size, optimizer and training")
         if self.occupant[slot] is not None:
             raise ValueError(f"slot {slot} is taken")
-        rows, dev = self.rows_of(slot), self.device
+        rows = self.rows_of(slot)
         seeds = list(fold_seeds or [fold_seed(seed, k) for k in range(self.K)])
         if len(seeds) != self.K:
             raise ValueError(f"{len(seeds)} fold seeds for {self.K} folds")
@@ -259,39 +162,13 @@ class Population(StackedRows, StackedLayers, StackedResults):
         for s in seeds:
             torch.manual_seed(s)
             nets.append(config.network(self.input_shape, self.n_outputs))
-        layers = [self.layer_tensors(n) for n in nets]
-        norms = [self.norm_tensors(n) for n in nets]
-        for i, w in enumerate(self.weights):
-            w[rows] = torch.stack([ws[i] for ws, _ in layers]).to(dev)
-        for i, b in enumerate(self.biases):
-            b[rows] = torch.stack([bs[i] for _, bs in layers]).to(dev)
-        for i, (g, b) in enumerate(zip(self.gammas, self.betas, strict=True)):
-            g[rows] = torch.stack([ns[i][0] for ns in norms]).to(dev)
-            b[rows] = torch.stack([ns[i][1] for ns in norms]).to(dev)
-        for (m1, m2), p, best in zip(self.moments, self.params, self.best_params, strict=True):
-            m1[rows], m2[rows] = 0.0, 0.0
-            best[rows] = p[rows]
-        for (mean, var), (best_mean, best_var) in zip(self.running, self.best_running, strict=True):
-            mean[rows], var[rows], best_mean[rows], best_var[rows] = 0.0, 1.0, 0.0, 1.0
-        self.lr[rows] = config.lr
-        self.host_lr[rows] = [config.lr] * self.K
-        self.weight_decay[rows] = config.weight_decay
-        self.l1[rows] = config.l1
-        for index, group in enumerate(self.groups):
-            self.keep[index, rows] = 1.0 - config.dropout_of(group)
-        self.bn_momentum[rows] = config.bn_momentum
-        self.patience[rows] = config.patience
-        self.seeds[rows] = torch.tensor(seeds, device=dev)
-        self.steps[rows] = 0.0
-        self.active[rows], self.diverged[rows] = True, False
-        self.best_loss[rows], self.best_epoch[rows], self.bad_epochs[rows] = math.inf, -1, 0
-        self.best_score[rows], self.epochs[rows] = math.nan, 0
+        self.layers.load(rows, nets, config)
+        self.optimizer.restart(rows, config)
+        self.record.restart(rows, config.patience)
+        self.seeds[rows] = torch.tensor(seeds, device=self.device)
         self.occupant[slot] = config
         self.started[slot] = time.perf_counter()
         self.slot_epochs[slot] = 0
-        for r in range(rows.start, rows.stop):
-            self.host_active[r] = True
-            self.train_curves[r], self.val_curves[r] = [], []
         self.refresh_flags()
 
     def release(self, slot: int) -> None:
@@ -299,6 +176,11 @@ class Population(StackedRows, StackedLayers, StackedResults):
         self.stop(slot)
         self.occupant[slot] = None
         self.refresh_flags()
+
+    def stop(self, slot: int) -> None:
+        """Stop every fold of ``slot``'s trial (pruned, or a fold diverged); it stays in the
+        slot until released."""
+        self.record.stop(self.rows_of(slot))
 
     def refresh_flags(self) -> None:
         """Skip the L1 and dropout work while no occupant needs it (eager only: a compiled
@@ -329,45 +211,30 @@ class Population(StackedRows, StackedLayers, StackedResults):
         masks; ``full`` says that every row is real (plain, unmasked batch statistics).
         """
         context = Pass(valid.to(x.dtype), stepping, dropout_keys, full)
-        return self.program.run(self, x, context).float()
-
-    def losses(
-        self, outputs: torch.Tensor, targets: torch.Tensor, valid: torch.Tensor
-    ) -> torch.Tensor:
-        """Per-model mean data loss over its valid rows: ``[M]``."""
-        if self.task == "classification":
-            per_row = F.cross_entropy(outputs.flatten(0, 1), targets.flatten(), reduction="none")
-            per_row = per_row.view(valid.shape)
-        else:
-            per_row = ((outputs - targets) ** 2).mean(-1)
-        weight = valid.to(per_row.dtype)
-        return (per_row * weight).sum(1) / weight.sum(1).clamp(min=1.0)
+        return self.program.run(self.layers, x, context).float()
 
     # --- training ------------------------------------------------------------------------
 
     def train_epoch(self) -> None:
         """One epoch for every active model, with no host synchronisation: every tensor the
         steps need is made here, on the device, from the models' seeds and own epochs."""
-        B = self.batch_size
-        epoch_key = rng.keys_at(self.seeds, self.epochs)
-        order = rng.permutations(epoch_key, self.fit_len, self.n_max)
-        # Padded to whole batches: positions past n_max are nobody's rows (masked as invalid).
-        order = F.pad(order, (0, self.n_steps * B - self.n_max), value=self.n_max)
-        stepping = self.has_batch & self.active[None, :]  # [S, M]
+        B, steps, record = self.batch_size, self.steps, self.record
+        epoch_key = rng.keys_at(self.seeds, record.epochs)
+        order = self.rows.shuffled(epoch_key, steps)
+        stepping = steps.has_batch & record.active[None, :]  # [S, M]
         # The same masks on the host (the folds' sizes and who is active are known there).
-        stepping_host = self.has_batch_host & np.array(self.host_active)[None, :]
+        stepping_host = steps.has_batch_host & np.array(record.host_active)[None, :]
         keys = None
         if self.uses_dropout:  # a key per (step, layer, model), all drawn at once
-            keys = rng.key_table(epoch_key, self.n_steps, len(self.program.dropouts))
+            keys = rng.key_table(epoch_key, steps.count, len(self.program.dropouts))
         self.total = torch.zeros(self.M, device=self.device)
         self.seen = torch.zeros(self.M, device=self.device)
-        for step in self.step_list:
-            position = order[:, step * B : (step + 1) * B]
+        for step in steps.steps:
             self.step(
-                position,
+                order[:, step * B : (step + 1) * B],
                 stepping[step],
                 None if keys is None else keys[step],
-                full=self.full[step],
+                full=steps.full[step],
                 rows=np.flatnonzero(stepping_host[step]),
             )
 
@@ -382,59 +249,14 @@ class Population(StackedRows, StackedLayers, StackedResults):
     ) -> None:
         """One optimizer step of every model whose ``stepping`` is set (``rows`` on the host),
         on its ``position`` rows ``[M, B]`` of its shuffled fit rows."""
-        batch_loss = compiled.step_loss(self.device) if self.compiled else step_loss
+        batch_loss = compiled.compile_step(step_loss, self.device) if self.compiled else step_loss
         loss, counts = batch_loss(self, position, stepping, dropout_keys, full)
-        for p in self.params:
+        for p in self.layers.params.values():
             p.grad = None
         (loss * stepping).sum().backward()
-        self.update(stepping, rows)
+        self.optimizer.step(stepping, rows, uses_l1=self.uses_l1)
         self.total += torch.where(stepping, loss.detach() * counts, 0.0)
         self.seen += torch.where(stepping, counts, 0).to(self.seen.dtype)
-
-    @torch.no_grad()
-    def update(self, stepping: torch.Tensor, rows: np.ndarray) -> None:
-        """One optimizer step of the whole stack (:func:`stacked_update`); ``rows`` are the
-        stepping models' rows as the host knows them (for the fused CPU kernel)."""
-        params = [p.detach() for p in self.params]
-        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
-        l1 = self.l1 if self.uses_l1 else None
-        decoupled = self.training.l2_mode == "decoupled"
-        if not self.fused:
-            update = compiled.stacked_update(self.device) if self.compiled else stacked_update
-            update(
-                params,
-                grads,
-                self.moments,
-                self.steps,
-                stepping,
-                lr=self.lr,
-                weight_decay=self.weight_decay,
-                l1=l1,
-                decayed=self.decayed,
-                adam=self.adam,
-                decoupled=decoupled,
-                momentum=self.training.momentum,
-                grad_clip=self.training.grad_clip,
-            )
-            return
-        grads = regularized_gradients(
-            params,
-            grads,
-            weight_decay=self.weight_decay,
-            l1=l1,
-            decayed=self.decayed,
-            decoupled=decoupled,
-            grad_clip=self.training.grad_clip,
-        )
-        self.steps.add_(stepping.to(self.steps.dtype))
-        if decoupled:
-            decay_decoupled(
-                params, stepping, lr=self.lr, weight_decay=self.weight_decay, decayed=self.decayed
-            )
-        by_lr: dict[float, list[int]] = defaultdict(list)
-        for row in rows.tolist():
-            by_lr[self.host_lr[row]].append(row)
-        fused_adam_rows(by_lr, params, grads, self.moments, self.steps)
 
     @torch.no_grad()
     def evaluate(
@@ -443,76 +265,103 @@ class Population(StackedRows, StackedLayers, StackedResults):
         """(data loss, objective) per model on its rows ``index`` in evaluation mode."""
         valid = torch.arange(index.shape[1], device=self.device)[None, :] < lengths[:, None]
         with self.autocast:
-            outputs = self.forward(self.features(index), valid)
-        targets = self.targets(index)
-        loss = self.losses(outputs, targets, valid)
-        if self.metric == "accuracy":
-            hits = (outputs.argmax(-1) == targets) & valid
-            metric = hits.sum(1) / lengths.clamp(min=1)
-        elif self.metric == "mse":
-            metric = loss * self.y_std**2
-        else:
-            metric = loss
+            outputs = self.forward(self.rows.features(index), valid)
+        targets = self.rows.targets(index)
+        loss = scoring.data_loss(self.task, outputs, targets, valid)
+        metric = scoring.objective(
+            self.metric, loss, outputs, targets, valid=valid, y_std=self.rows.y_std
+        )
         return loss, metric.to(torch.float32)
 
     @torch.no_grad()
     def end_epoch(self) -> list[SlotEpoch]:
         """Validation, early stopping and scoring for the epoch just trained, then its one host
         synchronisation: what each trial that trained did (:class:`SlotEpoch`)."""
+        rows = self.rows
         train_loss = self.total / self.seen.clamp(min=1.0)
-        val_loss, _ = self.evaluate(self.val_index, self.val_len)
-        _, score = self.evaluate(self.score_index, self.score_len)
-        was_active = self.active.clone()
-        diverged = was_active & ~(torch.isfinite(train_loss) & torch.isfinite(val_loss))
-        self.diverged |= diverged
-        better = (val_loss < self.best_loss - self.training.min_delta) | self.unvalidated
-        improved = was_active & ~diverged & better
-        self.best_loss = torch.where(improved, val_loss, self.best_loss)
-        self.best_epoch = torch.where(improved, self.epochs, self.best_epoch)
-        self.best_score = torch.where(improved, score, self.best_score)
-        self.bad_epochs = torch.where(improved, 0, self.bad_epochs + was_active.long())
-        for best, p in zip(self.best_params, self.params, strict=True):
-            best.copy_(torch.where(per_model(improved, p), p, best))
-        for (best_mean, best_var), (mean, var) in zip(self.best_running, self.running, strict=True):
-            best_mean.copy_(torch.where(improved[:, None], mean, best_mean))
-            best_var.copy_(torch.where(improved[:, None], var, best_var))
-        self.epochs += was_active.long()
-        out_of_epochs = self.epochs >= self.training.max_epochs
-        self.active &= ~diverged & (self.bad_epochs < self.patience) & ~out_of_epochs
-        # The epoch's one host synchronisation.
-        table = torch.stack(
-            [train_loss, val_loss, was_active, self.active, self.diverged, self.best_score]
-        ).tolist()
-        train_host, val_host, was_host, active_host, diverged_host, score_host = table
+        val_loss, _ = self.evaluate(rows.val_index, rows.val_len)
+        _, score = self.evaluate(rows.score_index, rows.score_len)
+        improved, table = self.record.end_epoch(
+            train_loss, val_loss, score, unvalidated=rows.unvalidated
+        )
+        self.layers.keep_best(improved)
         reports = []
         for slot, config in enumerate(self.occupant):
-            rows = range(slot * self.K, (slot + 1) * self.K)
-            if config is None or not any(was_host[r] for r in rows):
+            folds = range(slot * self.K, (slot + 1) * self.K)
+            if config is None or not any(table.trained[r] for r in folds):
                 continue
-            for r in rows:
-                if was_host[r]:
-                    self.train_curves[r].append(train_host[r])
-                    self.val_curves[r].append(val_host[r])
-                self.host_active[r] = bool(active_host[r])
             reports.append(
                 SlotEpoch(
                     slot=slot,
                     epoch=self.slot_epochs[slot],
-                    value=float(np.mean([score_host[r] for r in rows])),
-                    diverged=any(diverged_host[r] for r in rows),
-                    finished=not any(active_host[r] for r in rows),
+                    value=float(np.mean([table.best_score[r] for r in folds])),
+                    diverged=any(table.diverged[r] for r in folds),
+                    finished=not any(table.active[r] for r in folds),
                 )
             )
             self.slot_epochs[slot] += 1
         return reports
 
-    def stop(self, slot: int) -> None:
-        """Stop every fold of ``slot``'s trial (pruned, or a fold diverged); it stays in the
-        slot until released."""
+    # --- what a trial comes to -----------------------------------------------------------
+
+    @torch.no_grad()
+    def module(self, slot: int, fold: int) -> nn.Module:
+        """Fold ``fold`` of ``slot``'s trial as its own ``nn.Module`` (evaluation mode), with
+        its best weights and running statistics."""
+        config = self.occupant[slot]
+        assert config is not None
+        net = config.network(self.input_shape, self.n_outputs).to(self.device)
+        return self.layers.export(slot * self.K + fold, net)
+
+    def trained(self, slot: int, fold: int) -> TrainedFold:
+        """Fold ``fold`` of ``slot``'s trial, done: its model, curve and best epoch's score."""
+        row = slot * self.K + fold
+        score = float(self.record.best_score[row])
+        train_loss = self.record.train_curves[row]
+        return TrainedFold(self.module(slot, fold), self.rows.folds[fold], train_loss, score)
+
+    def result(self, slot: int) -> CVResult:
+        """The cross-validation result of ``slot``'s trial, from its folds' best epochs."""
+        assert self.occupant[slot] is not None
         rows = self.rows_of(slot)
-        self.active[rows] = False
-        for r in range(rows.start, rows.stop):
-            self.host_active[r] = False
+        best = [
+            self.layers.best[name][rows] for name in self.layers.params if name in self.regularized
+        ]
+        return self.record.result(
+            rows,
+            self.rows.folds,
+            sparsity(best),
+            n_params=self.n_params,
+            started=self.started[slot],
+        )
+
+    # --- the stack seen whole, for tests and benchmarks that look inside it ---------------
+
+    @property
+    def fit_index(self) -> torch.Tensor:
+        return self.rows.fit_index
+
+    def features(self, index: torch.Tensor) -> torch.Tensor:
+        return self.rows.features(index)
+
+    @property
+    def running(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        return self.layers.running
+
+    @property
+    def groups(self) -> list[str | None]:
+        return self.layers.groups
+
+    @property
+    def keep(self) -> torch.Tensor:
+        return self.layers.keep
+
+    def dropout(self, index: int, h: torch.Tensor, context: Pass) -> torch.Tensor:
+        return self.layers.dropout(index, h, context)
+
+    @property
+    def step_list(self) -> list[int]:
+        return self.steps.steps
 
 
 def step_loss(
@@ -525,13 +374,12 @@ def step_loss(
     """Per-model training loss ``[M]`` on the batch at ``position`` and its row counts: the
     fixed-shape part of a step that :mod:`trainer.engines.compiled` compiles (backward included)."""
     p = population
-    valid = position < p.fit_len[:, None]
-    index = p.fit_index.gather(1, position.clamp(max=p.n_max - 1))
+    index, valid = p.rows.batch(position)
     with p.autocast:
         outputs = p.forward(
-            p.features(index), valid, stepping=stepping, dropout_keys=dropout_keys, full=full
+            p.rows.features(index), valid, stepping=stepping, dropout_keys=dropout_keys, full=full
         )
-    return p.losses(outputs, p.targets(index), valid), valid.sum(1)
+    return scoring.data_loss(p.task, outputs, p.rows.targets(index), valid), valid.sum(1)
 
 
 TrialOutcome = CVResult | DivergedError | None  # None: pruned

@@ -10,27 +10,48 @@ and λ₁ the L1 strength.
 * decoupled L2: θ ← θ − ηλθ before the optimizer's own update (Loshchilov & Hutter);
   with Adam this is exactly ``torch.optim.AdamW``.
 * L1:           the loss gains λ₁‖θ‖₁, whose gradient is λ₁·sign(θ) with sign(0) = 0.
+
+Which parameters are regularized (:func:`regularized_names`) and the sparsity that L1 leads to
+(:func:`sparsity`) are the same rules in both engines; the per-trial engine applies the
+penalties through ``torch.optim`` here, the population engine its stacked update
+(:mod:`trainer.engines.stacked_optim`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from trainer import torch_internals
+
 SPARSITY_THRESHOLD = 1e-3
+
+
+def regularized_names(model: nn.Module, *, include_bias_and_bn: bool = False) -> set[str]:
+    """The names of the regularized parameters: those of rank ≥ 2 (weights, not biases or
+    BatchNorm's affine vectors), or every parameter if asked."""
+    return {name for name, p in model.named_parameters() if include_bias_and_bn or p.dim() >= 2}
 
 
 def split_parameters(
     model: nn.Module, *, include_bias_and_bn: bool = False
 ) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
-    """Return ``(regularized, others)``: the parameters of rank ≥ 2 (weights, not biases or
-    BatchNorm's affine vectors), or every parameter if asked."""
-    if include_bias_and_bn:
-        return list(model.parameters()), []
-    params = list(model.parameters())
-    return [p for p in params if p.dim() >= 2], [p for p in params if p.dim() < 2]
+    """Return ``(regularized, others)`` (:func:`regularized_names`), in the model's order."""
+    names = regularized_names(model, include_bias_and_bn=include_bias_and_bn)
+    params = list(model.named_parameters())
+    return [p for n, p in params if n in names], [p for n, p in params if n not in names]
+
+
+@torch.no_grad()
+def sparsity(regularized: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Per model, the fraction of its regularized weights with |θ| < 10⁻³: each tensor holds
+    M models' ``[M, …]``; the fractions ``[M]`` in float64."""
+    small = torch.stack([(p.abs() < SPARSITY_THRESHOLD).flatten(1).sum(1) for p in regularized])
+    total = sum(p[0].numel() for p in regularized)
+    return small.sum(0).double() / max(total, 1)
 
 
 @dataclass
@@ -52,14 +73,13 @@ class Regularizer:
     def decay(self, lr: float) -> None:
         """Decoupled L2, θ ← (1 − ηλ)θ, to run just before ``optimizer.step()``."""
         if self.decoupled and self.weight_decay:
-            torch._foreach_mul_(tuple(self.regularized), 1.0 - lr * self.weight_decay)
+            torch_internals.foreach_mul_(self.regularized, 1.0 - lr * self.weight_decay)
 
-    @torch.no_grad()
     def sparsity(self) -> float:
-        """Fraction of regularized weights with |θ| < 1e-3."""
-        total = sum(p.numel() for p in self.regularized)
-        small = sum(int((p.abs() < SPARSITY_THRESHOLD).sum()) for p in self.regularized)
-        return small / total if total else 0.0
+        """:func:`sparsity` of this one model (0 if nothing is regularized)."""
+        if not self.regularized:
+            return 0.0
+        return float(sparsity([p[None] for p in self.regularized])[0])
 
 
 def make_optimizer(

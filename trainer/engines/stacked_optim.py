@@ -4,13 +4,26 @@ Each model m has its own learning rate η_m, L2 λ_m, L1 λ₁_m and Adam step c
 tensors, so the whole stack takes one step in one call; a model that does not step (stopped,
 pruned, an empty slot, no batch of its own this step) is gated out with ``torch.where``:
 zeroing its gradient would not do, Adam's moments would still move its weights.
+
+:class:`StackedOptimizer` holds those per-model values and the optimizer's state (Adam's
+moments or SGD's momentum, by the parameters' names) and takes each step: by
+:func:`stacked_update` (compiled, where the population is), or on an eager CPU by torch's fused
+Adam over the stepping models' rows (:func:`fused_adam_rows`).
 """
 
 from __future__ import annotations
 
-import torch
+from collections import defaultdict
 
+import numpy as np
+import torch
+from torch import nn
+
+from trainer import torch_internals
+from trainer.engines import compiled
 from trainer.engines.stacked_layers import per_model
+from trainer.engines.trial_config import TrialConfig
+from trainer.specs.study_spec import TrainingSpec
 
 ADAM_BETAS = (0.9, 0.999)
 ADAM_EPS = 1e-8
@@ -126,8 +139,9 @@ def fused_adam_rows(
     moments: list[tuple[torch.Tensor, torch.Tensor]],
     steps: torch.Tensor,
 ) -> None:
-    """The Adam step of :func:`stacked_update` by torch's fused CPU kernel, over the rows of the
-    stepping models grouped by learning rate (``rows``: lr → rows, known on the host).
+    """The Adam step of :func:`stacked_update` by torch's fused CPU kernel
+    (:func:`trainer.torch_internals.fused_adam_`), over the rows of the stepping models grouped
+    by learning rate (``rows``: lr → rows, known on the host).
 
     Each model's rows are views into the stacked tensors with their own step count, so a
     model left out keeps its weights and moments. Unfused, the stacked update streams every
@@ -150,19 +164,101 @@ def fused_adam_rows(
                 lists[2].append(m1_rows[row])
                 lists[3].append(m2_rows[row])
                 lists[4].append(step_rows[row])
-        no_max_moments: list[torch.Tensor] = []  # amsgrad is off
-        torch._fused_adam_(
-            lists[0],
-            lists[1],
-            lists[2],
-            lists[3],
-            no_max_moments,
-            lists[4],
-            lr=lr,
-            beta1=b1,
-            beta2=b2,
-            weight_decay=0.0,
-            eps=ADAM_EPS,
-            amsgrad=False,
-            maximize=False,
+        torch_internals.fused_adam_(*lists, lr=lr, beta1=b1, beta2=b2, eps=ADAM_EPS)
+
+
+class StackedOptimizer:
+    """The optimizer of M stacked models: Adam (``adam``) or SGD with momentum, L1, clipping and
+    L2 as ``training`` says, each model with its own η, λ and λ₁ (:meth:`restart`).
+
+    ``params`` are the stack's parameters by name and ``regularized`` the names that L1 and
+    L2 apply to; ``compile``: the update runs under ``torch.compile``.
+    """
+
+    def __init__(
+        self,
+        params: dict[str, nn.Parameter],
+        regularized: set[str],
+        *,
+        training: TrainingSpec,
+        adam: bool,
+        compile: bool,
+    ) -> None:
+        self.params, self.training, self.adam, self.compile = params, training, adam, compile
+        first = next(iter(params.values()))
+        M, device = first.shape[0], first.device
+        self.lr = torch.zeros(M, 1, 1, device=device)
+        self.weight_decay = torch.zeros(M, 1, 1, device=device)
+        self.l1 = torch.zeros(M, 1, 1, device=device)
+        self.host_lr = [0.0] * M
+        self.decayed = [name in regularized for name in params]
+        self.moments = {
+            name: (torch.zeros_like(p), torch.zeros_like(p)) for name, p in params.items()
+        }
+        self.steps = torch.zeros(M, device=device)  # float32, as the fused kernel takes them
+        # torch's fused Adam over row views (one call per learning rate) is the fastest eager
+        # CPU update; elsewhere the one-call stacked update (compiled, fused by inductor).
+        self.fused = adam and device.type == "cpu" and not compile
+
+    @torch.no_grad()
+    def restart(self, rows: slice, config: TrialConfig) -> None:
+        """Models ``rows`` take ``config``'s η, λ and λ₁, with fresh moments and step counts."""
+        self.lr[rows] = config.lr
+        self.host_lr[rows] = [config.lr] * (rows.stop - rows.start)
+        self.weight_decay[rows] = config.weight_decay
+        self.l1[rows] = config.l1
+        for m1, m2 in self.moments.values():
+            m1[rows], m2[rows] = 0.0, 0.0
+        self.steps[rows] = 0.0
+
+    @torch.no_grad()
+    def step(self, stepping: torch.Tensor, rows: np.ndarray, *, uses_l1: bool) -> None:
+        """One step of every model whose ``stepping`` is set (``rows``: the same models as the
+        host knows them, for the fused CPU kernel); ``uses_l1``: some model's λ₁ is not 0."""
+        params = [p.detach() for p in self.params.values()]
+        grads = [
+            p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params.values()
+        ]
+        moments = list(self.moments.values())
+        l1 = self.l1 if uses_l1 else None
+        decoupled = self.training.l2_mode == "decoupled"
+        if not self.fused:
+            update = (
+                compiled.compile_step(stacked_update, stepping.device)
+                if self.compile
+                else stacked_update
+            )
+            update(
+                params,
+                grads,
+                moments,
+                self.steps,
+                stepping,
+                lr=self.lr,
+                weight_decay=self.weight_decay,
+                l1=l1,
+                decayed=self.decayed,
+                adam=self.adam,
+                decoupled=decoupled,
+                momentum=self.training.momentum,
+                grad_clip=self.training.grad_clip,
+            )
+            return
+        grads = regularized_gradients(
+            params,
+            grads,
+            weight_decay=self.weight_decay,
+            l1=l1,
+            decayed=self.decayed,
+            decoupled=decoupled,
+            grad_clip=self.training.grad_clip,
         )
+        self.steps.add_(stepping.to(self.steps.dtype))
+        if decoupled:
+            decay_decoupled(
+                params, stepping, lr=self.lr, weight_decay=self.weight_decay, decayed=self.decayed
+            )
+        by_lr: dict[float, list[int]] = defaultdict(list)
+        for row in rows.tolist():
+            by_lr[self.host_lr[row]].append(row)
+        fused_adam_rows(by_lr, params, grads, moments, self.steps)

@@ -1,149 +1,151 @@
-"""What a stack's trials come to: each fold as its own module, each trial's CV result.
+"""What a stack's models have done, and what each trial's K models come to.
 
-Read from the best epoch of each model (weights and BatchNorm statistics kept by early
-stopping) and the curves the host recorded, for a trial that has finished its folds.
+Per model, on the device: whether it is still training, whether it diverged, its own epoch
+count, its early stopping (:class:`~trainer.engines.early_stopping.StoppingRule`, the rule
+both engines use) and the score of its best epoch; on the host, its learning curves. A trial's
+CV result is read from its folds' best epochs and curves (:meth:`StackedResults.result`,
+assembled by :meth:`trainer.engines.folds.Fold.result` as the per-trial engine's is).
 """
 
 from __future__ import annotations
 
+import math
 import time
-from typing import cast
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
-from torch import nn
 
-from trainer.data.preprocessing import Standardizer
-from trainer.data.splits import Split
-from trainer.data.tabular import TableEncoder
-from trainer.engines import stacking
-from trainer.engines.diagnosis import diagnose_fold
-from trainer.engines.per_trial import CVResult, FoldResult
-from trainer.engines.regularizers import SPARSITY_THRESHOLD
-from trainer.engines.stacked_layers import NormLayer, WeightLayer
-from trainer.engines.trial_config import TrialConfig
+from trainer.engines.early_stopping import StoppingRule
+from trainer.engines.folds import Fold
+from trainer.engines.results import CVResult
 from trainer.specs.study_spec import Metric, TrainingSpec
 
 
+@dataclass(frozen=True)
+class EpochTable:
+    """One epoch of every model, read on the host in one transfer (lists of M)."""
+
+    train_loss: list[float]
+    val_loss: list[float]
+    trained: list[bool]  # it trained this epoch
+    active: list[bool]  # it trains on
+    diverged: list[bool]  # a loss of it has ever been NaN/inf
+    best_score: list[float]
+
+
 class StackedResults:
-    """The results half of the population (mixed in); it reads the stack's state."""
+    """The progress and record of M models trained by ``training``, scored by ``metric``."""
 
-    program: stacking.Program
-    K: int
-    metric: Metric
-    training: TrainingSpec
-    device: torch.device
-    input_shape: tuple[int, ...]
-    n_outputs: int
-    n_params: int
-    occupant: list[TrialConfig | None]
-    started: list[float]
-    splits: list[Split]
-    params: list[nn.Parameter]
-    best_params: list[torch.Tensor]
-    decayed: list[bool]
-    weights: list[nn.Parameter]
-    biases: list[nn.Parameter]
-    bias_of: list[int | None]
-    gammas: list[nn.Parameter]
-    betas: list[nn.Parameter]
-    best_running: list[tuple[torch.Tensor, torch.Tensor]]
-    best_score: torch.Tensor
-    best_epoch: torch.Tensor
-    epochs: torch.Tensor
-    bad_epochs: torch.Tensor
-    patience: torch.Tensor
-    train_curves: list[list[float]]
-    val_curves: list[list[float]]
-    baseline: list[float]
-    x_scalers: list[Standardizer]
-    encoders: list[TableEncoder | None]
-
-    def rows_of(self, slot: int) -> slice:
-        return slice(slot * self.K, (slot + 1) * self.K)
-
-    def layer_modules(self, net: nn.Module) -> list[WeightLayer]:
-        """A network of the template's structure: its Linear and Conv layers in call order."""
-        return [cast(WeightLayer, net.get_submodule(name)) for name in self.program.layers]
-
-    def norm_modules(self, net: nn.Module) -> list[NormLayer]:
-        return [cast(NormLayer, net.get_submodule(name)) for name in self.program.norms]
-
-    @torch.no_grad()
-    def module(self, slot: int, fold: int) -> nn.Module:
-        """Fold ``fold`` of ``slot``'s trial as its own ``nn.Module`` (evaluation mode), with
-        its best weights and running statistics: the inverse of :meth:`assign`'s layout."""
-        config = self.occupant[slot]
-        assert config is not None
-        row = slot * self.K + fold
-        net = config.network(self.input_shape, self.n_outputs).to(self.device)
-        best = dict(zip(map(id, self.params), self.best_params, strict=True))
-        for i, (layer, w) in enumerate(zip(self.layer_modules(net), self.weights, strict=True)):
-            weight = best[id(w)][row]
-            layer.weight.copy_(weight.t() if isinstance(layer, nn.Linear) else weight)
-            if (bias := self.bias_of[i]) is not None and layer.bias is not None:
-                layer.bias.copy_(best[id(self.biases[bias])][row, 0])
-        for norm, g, b, (mean, var) in zip(
-            self.norm_modules(net), self.gammas, self.betas, self.best_running, strict=True
-        ):
-            # The program admits only affine BatchNorms with running statistics.
-            assert norm.running_mean is not None and norm.running_var is not None
-            norm.weight.copy_(best[id(g)][row, 0])
-            norm.bias.copy_(best[id(b)][row, 0])
-            norm.running_mean.copy_(mean[row])
-            norm.running_var.copy_(var[row])
-        return net.eval()
-
-    @torch.no_grad()
-    def result(self, slot: int) -> CVResult:
-        """The cross-validation result of ``slot``'s trial, from its folds' best epochs."""
-        config = self.occupant[slot]
-        assert config is not None
-        rows = self.rows_of(slot)
-        chosen = [
-            best[rows]
-            for best, decayed in zip(self.best_params, self.decayed, strict=True)
-            if decayed
-        ]
-        small = torch.stack([(p.abs() < SPARSITY_THRESHOLD).flatten(1).sum(1) for p in chosen]).sum(
-            0
+    def __init__(self, M: int, training: TrainingSpec, metric: Metric, device: torch.device):
+        self.training, self.metric = training, metric
+        self.active = torch.zeros(M, dtype=torch.bool, device=device)  # every row starts empty
+        self.diverged = torch.zeros(M, dtype=torch.bool, device=device)
+        self.epochs = torch.zeros(M, dtype=torch.long, device=device)
+        self.stopping = StoppingRule(
+            torch.zeros(M, dtype=torch.long, device=device), training.min_delta
         )
-        total = sum(p[0].numel() for p in chosen)
+        self.best_score = torch.full((M,), math.nan, device=device)
+        self.host_active = [False] * M
+        self.train_curves: list[list[float]] = [[] for _ in range(M)]
+        self.val_curves: list[list[float]] = [[] for _ in range(M)]
+
+    def restart(self, rows: slice, patience: int) -> None:
+        """Models ``rows`` start training, with ``patience``, nothing recorded yet."""
+        self.active[rows], self.diverged[rows] = True, False
+        self.stopping.restart(rows, patience)
+        self.best_score[rows], self.epochs[rows] = math.nan, 0
+        for r in range(rows.start, rows.stop):
+            self.host_active[r] = True
+            self.train_curves[r], self.val_curves[r] = [], []
+
+    def stop(self, rows: slice) -> None:
+        """Models ``rows`` train no more (pruned, or a fold of their trial diverged)."""
+        self.active[rows] = False
+        for r in range(rows.start, rows.stop):
+            self.host_active[r] = False
+
+    def end_epoch(
+        self,
+        train_loss: torch.Tensor,
+        val_loss: torch.Tensor,
+        score: torch.Tensor,
+        *,
+        unvalidated: torch.Tensor,
+    ) -> tuple[torch.Tensor, EpochTable]:
+        """Record the epoch of the models that trained: divergence (a NaN/inf loss), early
+        stopping on ``val_loss`` (``unvalidated``: models without validation rows), the
+        ``score`` of a new best epoch, the end of training (patience or ``max_epochs``
+        spent). Returns the mask of the models that improved, and the epoch as the host reads
+        it (the epoch's one host synchronisation), its curves recorded."""
+        trained = self.active.clone()
+        diverged = trained & ~(torch.isfinite(train_loss) & torch.isfinite(val_loss))
+        self.diverged |= diverged
+        improved = self.stopping.step(
+            val_loss, self.epochs, trained & ~diverged, always=unvalidated
+        )
+        self.best_score = torch.where(improved, score, self.best_score)
+        self.epochs += trained.long()
+        out_of_epochs = self.epochs >= self.training.max_epochs
+        self.active &= ~diverged & ~self.stopping.should_stop & ~out_of_epochs
+        rows = [train_loss, val_loss, trained, self.active, self.diverged, self.best_score]
+        train_host, val_host, trained_host, active_host, diverged_host, score_host = torch.stack(
+            rows
+        ).tolist()
+        for r, was in enumerate(trained_host):
+            if was:
+                self.train_curves[r].append(train_host[r])
+                self.val_curves[r].append(val_host[r])
+            self.host_active[r] = bool(active_host[r])
+        table = EpochTable(
+            train_host,
+            val_host,
+            [bool(t) for t in trained_host],
+            [bool(a) for a in active_host],
+            [bool(d) for d in diverged_host],
+            score_host,
+        )
+        return improved, table
+
+    @torch.no_grad()
+    def result(
+        self,
+        rows: slice,
+        folds: Sequence[Fold],
+        sparsity: torch.Tensor,
+        *,
+        n_params: int,
+        started: float,
+    ) -> CVResult:
+        """The CV result of the trial in ``rows`` (one per fold of ``folds``), from its folds'
+        best epochs; ``sparsity`` ``[K]`` of their best weights; ``started``: when it began
+        (``time.perf_counter``)."""
         table = torch.stack(
             [
                 self.best_score[rows].double(),
-                self.best_epoch[rows].double(),
+                self.stopping.best_epoch[rows].double(),
                 self.epochs[rows].double(),
-                (self.bad_epochs[rows] >= self.patience[rows]).double(),
-                small.double() / total,
+                self.stopping.should_stop[rows].double(),
+                sparsity,
             ]
         ).tolist()
-        scores, best_epochs, epochs, stopped, sparsity = table
-        folds = []
-        for k, r in enumerate(range(rows.start, rows.stop)):
-            folds.append(
-                FoldResult(
-                    index=k,
+        scores, best_epochs, epochs, stopped, sparsities = table
+        curves = range(rows.start, rows.stop)
+        return CVResult(
+            metric=self.metric,
+            folds=[
+                fold.result(
                     score=scores[k],
                     best_epoch=int(best_epochs[k]),
                     epochs=int(epochs[k]),
                     stopped_early=bool(stopped[k]),
                     train_loss=self.train_curves[r],
                     val_loss=self.val_curves[r],
-                    sparsity=sparsity[k],
-                    diagnosis=diagnose_fold(
-                        self.train_curves[r],
-                        self.val_curves[r],
-                        max_epochs=self.training.max_epochs,
-                        baseline_loss=self.baseline[k],
-                    ),
-                    scored=self.splits[k].score,
-                    x_scaler=self.x_scalers[k],
-                    encoder=self.encoders[k],
+                    sparsity=sparsities[k],
+                    max_epochs=self.training.max_epochs,
                 )
-            )
-        return CVResult(
-            metric=self.metric,
-            folds=folds,
-            n_params=self.n_params,
-            wall_time_s=time.perf_counter() - self.started[slot],
+                for k, (fold, r) in enumerate(zip(folds, curves, strict=True))
+            ],
+            n_params=n_params,
+            wall_time_s=time.perf_counter() - started,
         )

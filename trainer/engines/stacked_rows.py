@@ -1,24 +1,29 @@
-"""The rows of a stack: one device copy of the data, and each model's fold of it.
+"""The rows of a stack: one device copy of the data, each model's fold of it, and the steps.
 
 Row r of a stack of M = P·K models is fold ``r mod K`` of the trial in slot ``r div K``. Each
 model reads its fold's fit, validation and scored rows by index gathers into one copy of the
 data on the device, standardized with its fold's μ, σ (and, for a table, encoded with its
-fold's encoder), fitted on the fold's fit rows only; regression targets are z-scored the same
-way. Index lists of unequal length are padded, their lengths kept to mask the padding.
+fold's encoder), fitted on the fold's fit rows only (:meth:`trainer.engines.folds.Fold.fit`,
+as the per-trial engine fits them); regression targets are z-scored the same way. Index lists
+of unequal length are padded, their lengths kept to mask the padding.
+
+An epoch's steps are fixed by the folds' sizes (:class:`Steps`): step s gives model m the rows
+``s·B … s·B + B − 1`` of its shuffled fit rows, and m steps when it has enough of them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
+from torch.nn import functional as F
 
+from trainer import rng
 from trainer.data.datasets import Dataset
-from trainer.data.preprocessing import Standardizer
 from trainer.data.splits import Split
-from trainer.data.tabular import TableEncoder
-from trainer.engines.diagnosis import trivial_loss
+from trainer.engines.folds import Fold
 
 
 def _padded(indices: Sequence[np.ndarray], device: torch.device) -> tuple[torch.Tensor, list[int]]:
@@ -30,29 +35,58 @@ def _padded(indices: Sequence[np.ndarray], device: torch.device) -> tuple[torch.
     return torch.as_tensor(table, device=device), [len(i) for i in indices]
 
 
+@dataclass(frozen=True)
+class Steps:
+    """The steps of every epoch and who has a batch in each, for batches of ``batch`` rows.
+
+    ``steps``: the steps in which some model has at least ``minimum`` rows (BatchNorm needs
+    two); ``has_batch`` ``[S, M]`` (and ``has_batch_host``, the same on the host): who steps
+    in each; ``full[s]``: every model has a whole batch, so batch statistics need no mask.
+    """
+
+    batch: int
+    count: int  # S, the steps a fold of n_max rows takes (steps past the others' rows included)
+    steps: list[int]
+    full: list[bool]
+    has_batch_host: np.ndarray
+    has_batch: torch.Tensor
+
+    @classmethod
+    def of(cls, fit_sizes: Sequence[int], batch: int, minimum: int, device: torch.device) -> Steps:
+        count = -(-max(fit_sizes) // batch)
+        rows = np.array(
+            [[min(max(n - s * batch, 0), batch) for n in fit_sizes] for s in range(count)],
+            dtype=np.int64,
+        ).reshape(count, len(fit_sizes))
+        has_batch = rows >= minimum
+        return cls(
+            batch,
+            count,
+            [s for s in range(count) if has_batch[s].any()],
+            [bool((rows[s] == batch).all()) for s in range(count)],
+            has_batch,
+            torch.as_tensor(has_batch, device=device),
+        )
+
+
 class StackedRows:
-    """The data a stack's models train and are scored on; mixed into the population."""
+    """The data that the M models of ``slots`` trials × the K folds of ``splits`` train and are
+    scored on, on ``device``."""
 
-    K: int
-    M: int
-    task: str
-
-    def load_rows(self, dataset: Dataset, splits: Sequence[Split], dev: torch.device) -> list[int]:
-        """Put the data on ``dev`` and index each model's fold; the fit rows' counts."""
-        M = self.M
-        # Data: one device copy; fold k's standardization (and a table's encoding) fitted on
-        # its fit rows only. A table encoded per fold has a copy per fold, X[k].
-        features = [dataset.fold_features(s.fit) for s in splits]
-        self.encoders: list[TableEncoder | None] = [encoder for _, encoder in features]
-        self.x_scalers = [
-            Standardizer.fit(X[s.fit]) for (X, _), s in zip(features, splits, strict=True)
-        ]
-        fold_of_row = [r % self.K for r in range(M)]
+    def __init__(
+        self, dataset: Dataset, splits: Sequence[Split], slots: int, device: torch.device
+    ) -> None:
+        self.task, self.K, self.M = dataset.task, len(splits), slots * len(splits)
+        dev = device
+        # Fold k's features (a table's encoding fitted on its fit rows: a copy per fold, X[k]).
+        fitted = [Fold.fit(dataset, split, k) for k, split in enumerate(splits)]
+        self.folds = [fold for _, fold in fitted]
+        fold_of_row = [r % self.K for r in range(self.M)]
         self.x_copy: torch.Tensor | None = None  # the copy of X each row reads
-        if all(X is dataset.X for X, _ in features):
+        if all(X is dataset.X for X, _ in fitted):
             self.X = torch.as_tensor(dataset.X, device=dev)
         else:
-            self.X = torch.as_tensor(np.stack([X for X, _ in features]), device=dev)
+            self.X = torch.as_tensor(np.stack([X for X, _ in fitted]), device=dev)
             self.x_copy = torch.as_tensor(fold_of_row, device=dev)[:, None]
 
         def by_row(values: Sequence[np.ndarray] | Sequence[float]) -> torch.Tensor:
@@ -62,27 +96,48 @@ class StackedRows:
                 dtype=torch.float32,
             )
 
-        self.x_mean = by_row([s.mean for s in self.x_scalers])[:, None, :]
-        self.x_std = by_row([s.std for s in self.x_scalers])[:, None, :]
-        self.y_scalers: list[Standardizer] | None = None
-        if dataset.task == "regression":
-            self.y_scalers = y_scalers = [Standardizer.fit(dataset.y[s.fit, None]) for s in splits]
+        preprocessing = [fold.preprocessing for fold in self.folds]
+        self.x_mean = by_row([p.x_scaler.mean for p in preprocessing])[:, None, :]
+        self.x_std = by_row([p.x_scaler.std for p in preprocessing])[:, None, :]
+        y_scalers = [p.y_scaler for p in preprocessing if p.y_scaler is not None]
+        # Regression targets' μ and σ per row (None: class ids, used as they are).
+        self.y_mean: torch.Tensor | None = None
+        self.y_std: torch.Tensor | None = None
+        if y_scalers:
             self.y_mean = by_row([float(s.mean[0]) for s in y_scalers])
             self.y_std = by_row([float(s.std[0]) for s in y_scalers])
-        else:
-            self.y_mean = self.y_std = torch.zeros(M, device=dev)
-        self.baseline = [
-            trivial_loss(dataset.task, dataset.y[s.fit], dataset.n_outputs) for s in splits
-        ]
         self.y = torch.as_tensor(dataset.y, device=dev)
         rows = [splits[k] for k in fold_of_row]
-        self.fit_index, fit_len = _padded([s.fit for s in rows], dev)
+        self.fit_index, self.fit_sizes = _padded([s.fit for s in rows], dev)
         self.val_index, val_len = _padded([s.val for s in rows], dev)
         self.score_index, score_len = _padded([s.score for s in rows], dev)
-        self.fit_len = torch.tensor(fit_len, device=dev)
+        self.fit_len = torch.tensor(self.fit_sizes, device=dev)
         self.val_len = torch.tensor(val_len, device=dev)
         self.score_len = torch.tensor(score_len, device=dev)
-        return fit_len
+        self.n_max = max(self.fit_sizes)
+        # A row with no validation rows (a refit) trains its fixed epochs: each epoch's weights
+        # replace the best, and patience never runs out.
+        self.unvalidated = self.val_len == 0
+
+    def rows_of(self, slot: int) -> slice:
+        """The rows of ``slot``'s K models."""
+        return slice(slot * self.K, (slot + 1) * self.K)
+
+    def steps(self, batch: int, minimum: int) -> Steps:
+        """The epoch's steps for batches of ``batch`` rows, a model stepping with ``minimum``."""
+        return Steps.of(self.fit_sizes, batch, minimum, self.fit_len.device)
+
+    def shuffled(self, epoch_key: torch.Tensor, steps: Steps) -> torch.Tensor:
+        """Each model's fit positions in the epoch's order ``[M, S·B]`` (keyed per model by
+        ``epoch_key``); past a model's own count, positions are nobody's rows."""
+        order = rng.permutations(epoch_key, self.fit_len, self.n_max)
+        # Padded to whole batches: positions past n_max are nobody's rows (masked as invalid).
+        return F.pad(order, (0, steps.count * steps.batch - self.n_max), value=self.n_max)
+
+    def batch(self, position: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The data rows at fit positions ``position`` ``[M, B]``, and which are real."""
+        valid = position < self.fit_len[:, None]
+        return self.fit_index.gather(1, position.clamp(max=self.n_max - 1)), valid
 
     def features(self, index: torch.Tensor) -> torch.Tensor:
         """Standardized features of ``index`` ``[M, B]`` → ``[M, B, d]``, each model its own."""
@@ -90,7 +145,8 @@ class StackedRows:
         return (x - self.x_mean) / self.x_std
 
     def targets(self, index: torch.Tensor) -> torch.Tensor:
+        """Targets of ``index`` ``[M, B]``: class ids, or z-scored values ``[M, B, 1]``."""
         y = self.y[index]
-        if self.task == "regression":
+        if self.y_mean is not None and self.y_std is not None:
             return ((y - self.y_mean[:, None]) / self.y_std[:, None])[..., None]
         return y

@@ -5,9 +5,9 @@ kernels over values shaped ``[M, B, *shape]``. Any network whose graph is made o
 below can be run that way: :func:`program` traces the template with ``torch.fx`` and turns
 every node into an operation on stacked values. Layers with weights (Linear, Conv1d/2d,
 BatchNorm1d/2d) and dropout call back into the stack that holds the M models' tensors
-(:class:`Stack`, implemented by :class:`trainer.engines.population.Population`), so each of them has
-exactly one stacked implementation; parameter-free layers run as they are, on the stacked
-value (elementwise ones) or on ``[M·B, …]`` (pooling).
+(:class:`Stack`, implemented by :class:`trainer.engines.stacked_layers.StackedLayers`), so each
+of them has exactly one stacked implementation; parameter-free layers run as they are, on the
+stacked value (elementwise ones) or on ``[M·B, …]`` (pooling).
 
 Why not ``torch.func.vmap`` over ``functional_call``: BatchNorm's running statistics are
 updated in place (which ``vmap`` refuses), each model needs its own momentum, its statistics

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from trainer.data.datasets import Dataset
-from trainer.engines.per_trial import FittedModel, FoldEnsemble
+from trainer.engines.results import FittedModel, FoldEnsemble
 from trainer.model_file.model_format import (
     FORMAT,
     FORMAT_VERSION,

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import optuna
 
-from trainer.engines.per_trial import DivergedError, Schedule, cross_validate
+from trainer.engines.per_trial import Schedule, cross_validate
+from trainer.engines.results import DivergedError
 from trainer.engines.trial_config import TrialConfig
 from trainer.specs.study_spec import StudySpec
 from trainer.tuning.optuna_internals import trial_id

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from trainer.engines.per_trial import DivergedError
+from trainer.engines.results import DivergedError
 from trainer.tuning.ask_tell import AskAndTell
 from trainer.tuning.objective import Objective
 from trainer.tuning.records import TrialRecord

@@ -24,7 +24,7 @@ if TYPE_CHECKING:  # the HTTP client reads these records: it must not load torch
     from optuna.trial import FrozenTrial
 
     from trainer.data.splits import Split
-    from trainer.engines.per_trial import CVResult
+    from trainer.engines.results import CVResult
     from trainer.engines.trial_config import TrialConfig
 
 SIGNIFICANT_DIGITS = 5

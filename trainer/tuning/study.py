@@ -19,8 +19,8 @@ import optuna
 import torch
 
 from trainer.data.datasets import Dataset
-from trainer.engines.per_trial import FittedModel
 from trainer.engines.population import Population
+from trainer.engines.results import FittedModel
 from trainer.model_file.model_format import ModelFile
 from trainer.specs.study_spec import Metric, StudySpec, metric_direction
 from trainer.tuning.budget import Budget, SharedCounter, spent

@@ -17,7 +17,8 @@ import optuna
 import torch
 
 from trainer.data.datasets import Dataset
-from trainer.engines.per_trial import DivergedError, FittedModel, fold_ensemble
+from trainer.engines.per_trial import fold_ensemble
+from trainer.engines.results import DivergedError, FittedModel
 from trainer.engines.trial_config import TrialConfig
 from trainer.model_file import packing
 from trainer.model_file.model_format import ModelFile
