@@ -523,7 +523,7 @@ def test_the_fused_cpu_adam_takes_the_stacked_update_step(wine, l2_mode: str) ->
     results = []
     for fused in (True, False):
         population = Population(wine, splits, configs[0], slots=2, metric="accuracy")
-        population.fused = fused
+        population.optimizer.fused = fused
         population.assign(0, configs[0], 1)
         population.assign(1, configs[1], 2)
         done = {}
