@@ -107,17 +107,17 @@ class StackedLayers:
         # stack (the gradient's norm) have always run, so results stay bit for bit.
         order = [*self.weight_of, *[b for b in self.bias_of if b], *self.gamma_of, *self.beta_of]
         # The template's tensors in every row until a trial's own are loaded.
-        natural, buffers = torch.func.stack_module_state([template])
+        params, buffers = torch.func.stack_module_state([template])
         self.params = {
             name: nn.Parameter(
-                self.stacked(name, natural[name].detach()).to(device).repeat_interleave(M, 0)
+                self.stacked(name, params[name].detach()).to(device).repeat_interleave(M, 0)
             )
             for name in order
         }
         self.buffers = {
-            name: torch.full((M, *buffers[name].shape[1:]), value, device=device)
+            name: buffers[name].to(device).repeat_interleave(M, 0)
             for pair in self.running_of
-            for name, value in zip(pair, (0.0, 1.0), strict=True)
+            for name in pair
         }
         self.best = {name: t.detach().clone() for name, t in self.state().items()}
         # Per model: BatchNorm momentum; keep probabilities per dropout group (row 0: the
