@@ -1,4 +1,4 @@
-"""The per-trial engine: k folds of one configuration, trained in lockstep.
+"""The per-trial engine: k folds of one configuration, in lockstep or one after another.
 
 The data of a fold lives on the device as three tensors (fit / val / score) and mini-batches
 are index gathers, so no DataLoader or host copy sits in the step. Each epoch every active
