@@ -103,7 +103,7 @@ def main() -> None:
         f"commit `{git_commit()}`; {args.threads} thread(s); precision {args.precision}; "
         f"{'compiled' if args.compile else 'eager'}",
         f"- workload: digits, {args.model.upper()}, batch 64, "
-        f"{len(population.step_list)} steps; one epoch {plain:.3f} s ({wall:.3f} s under the "
+        f"{len(population.steps.steps)} steps; one epoch {plain:.3f} s ({wall:.3f} s under the "
         "profiler)",
         "",
     ]

@@ -153,8 +153,8 @@ def test_every_layer_runs_stacked_as_its_torch_module(name: str) -> None:
     pop.assign(0, trial(spec, bn_momentum=0.2), 3)
     pop.assign(1, trial(spec, bn_momentum=0.7), 4)
     modules = [pop.module(r // pop.K, r % pop.K) for r in range(pop.M)]
-    index = pop.fit_index[:, :10]
-    x = pop.features(index)
+    index = pop.rows.fit_index[:, :10]
+    x = pop.rows.features(index)
     everyone = torch.ones(pop.M, 10, dtype=torch.bool, device=DEVICE)
     with torch.no_grad():
         stacked = pop.forward(x, everyone)
@@ -165,7 +165,7 @@ def test_every_layer_runs_stacked_as_its_torch_module(name: str) -> None:
     valid[1, 7:] = False  # model 1 has a partial batch: 7 real rows
     for rows, full in ((everyone, True), (valid, False)):
         fresh = [pop.module(r // pop.K, r % pop.K).train() for r in range(pop.M)]
-        before = [(mean.clone(), var.clone()) for mean, var in pop.running]
+        before = [(mean.clone(), var.clone()) for mean, var in pop.layers.running]
         with torch.no_grad():
             out = pop.forward(x, rows, stepping=torch.ones(pop.M, dtype=torch.bool), full=full)
         for m, module in enumerate(fresh):
@@ -174,10 +174,10 @@ def test_every_layer_runs_stacked_as_its_torch_module(name: str) -> None:
                 expected = module(x[m][real])
             torch.testing.assert_close(out[m][real], expected, rtol=1e-4, atol=1e-5)
             norms = [module.get_submodule(n) for n in pop.program.norms]
-            for (mean, var), norm in zip(pop.running, norms, strict=True):
+            for (mean, var), norm in zip(pop.layers.running, norms, strict=True):
                 torch.testing.assert_close(mean[m], norm.running_mean, rtol=1e-4, atol=1e-6)
                 torch.testing.assert_close(var[m], norm.running_var, rtol=1e-4, atol=1e-6)
-        for (mean, var), (old_mean, old_var) in zip(pop.running, before, strict=True):
+        for (mean, var), (old_mean, old_var) in zip(pop.layers.running, before, strict=True):
             mean.copy_(old_mean), var.copy_(old_var)
 
 
@@ -192,10 +192,9 @@ def test_stacked_dropout_zeroes_p_and_scales_by_the_inverse_keep(kind: str, p: f
     )
     pop.assign(0, trial(spec, dropout=p), 1)
     pop.program.dropouts = [("d", None, kind == "dropout2d")]  # the layer under test
-    pop.group_of = [0]
     h = torch.rand(pop.M, 64, 4, 8, 8) + 0.5  # strictly positive: zeros come from dropout
     keys = torch.arange(pop.M, dtype=torch.int64)[None, :] * 7 + 1
-    out = pop.dropout(0, h, Pass(torch.ones(pop.M, 64), None, keys, False))
+    out = pop.layers.dropout(0, h, Pass(torch.ones(pop.M, 64), None, keys, False))
     kept = out != 0
     torch.testing.assert_close(out[kept], h[kept] / (1 - p))
     units = out[..., 0, 0] if kind == "dropout2d" else out
@@ -205,7 +204,7 @@ def test_stacked_dropout_zeroes_p_and_scales_by_the_inverse_keep(kind: str, p: f
         zeroed = (units[m] == 0).float().mean().item()
         n = units[m].numel()
         assert abs(zeroed - p) < 5 * math.sqrt(p * (1 - p) / n)
-    assert pop.dropout(0, h, Pass(torch.ones(pop.M, 64), None, None, False)) is h
+    assert pop.layers.dropout(0, h, Pass(torch.ones(pop.M, 64), None, None, False)) is h
 
 
 # Stacked and per-trial training agree (no dropout: torch's dropout draws from its own
@@ -284,8 +283,8 @@ def test_per_group_dropout_reaches_its_layers_and_not_the_neighbours() -> None:
     assert_close(alone, crowd[1])
     pop = Population(data, splits, target, slots=2, metric="accuracy")
     pop.assign(1, target, 5)
-    assert pop.groups == [None, "input", "deep"]
-    keep = pop.keep[:, pop.rows_of(1)]
+    assert pop.layers.groups == [None, "input", "deep"]
+    keep = pop.layers.keep[:, pop.rows_of(1)]
     torch.testing.assert_close(keep, torch.tensor([[0.9] * 2, [0.95] * 2, [0.5] * 2]))
 
 

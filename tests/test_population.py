@@ -288,7 +288,7 @@ def test_stacked_batchnorm_running_statistics(wine) -> None:
         )
         fold.train_epoch()
         bn = fold.model[1]
-        mean, var = population.running[0]
+        mean, var = population.layers.running[0]
         torch.testing.assert_close(mean[m], bn.running_mean, rtol=1e-4, atol=1e-5)
         torch.testing.assert_close(var[m], bn.running_var, rtol=1e-4, atol=1e-5)
 
@@ -412,7 +412,7 @@ def test_an_epoch_waits_for_the_host_once(wine) -> None:
                 population.end_epoch()
         finally:
             torch.Tensor.tolist = real
-        assert len(population.step_list) > 1
+        assert len(population.steps.steps) > 1
         assert in_epoch == []
         assert counter.seen == ["tolist"]
 

@@ -335,34 +335,6 @@ class Population:
             started=self.started[slot],
         )
 
-    # --- the stack seen whole, for tests and benchmarks that look inside it ---------------
-
-    @property
-    def fit_index(self) -> torch.Tensor:
-        return self.rows.fit_index
-
-    def features(self, index: torch.Tensor) -> torch.Tensor:
-        return self.rows.features(index)
-
-    @property
-    def running(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        return self.layers.running
-
-    @property
-    def groups(self) -> list[str | None]:
-        return self.layers.groups
-
-    @property
-    def keep(self) -> torch.Tensor:
-        return self.layers.keep
-
-    def dropout(self, index: int, h: torch.Tensor, context: Pass) -> torch.Tensor:
-        return self.layers.dropout(index, h, context)
-
-    @property
-    def step_list(self) -> list[int]:
-        return self.steps.steps
-
 
 def step_loss(
     population: Population,
