@@ -56,17 +56,15 @@ def main() -> None:
     )
     fitted = refit(data, config, protocol.pool, protocol.test, metric=protocol.metric, epochs=3)
     ensemble = fold_ensemble(data, config, protocol.splits, protocol.test, metric=protocol.metric)
-    packed = artifact.pack(
-        fitted,
-        data,
-        metric=protocol.metric,
-        n_train=len(protocol.pool),
-        n_test=len(protocol.test),
-        cv={"cv_mean": 0.7, "cv_std": 0.05, "fold_scores": [0.65, 0.75]},
-        trial={"number": 0, "params": {}},
-        study={"id": "v1"},
-        ensemble=ensemble,
-    )
+    about = {  # what a worker writes beside the weights, made up but of the right types
+        "metric": protocol.metric,
+        "n_train": len(protocol.pool),
+        "n_test": len(protocol.test),
+        "cv": {"cv_mean": 0.7, "cv_std": 0.05, "fold_scores": [0.65, 0.75]},
+        "trial": {"number": 0, "params": {}},
+        "study": {"id": "v1"},
+    }
+    packed = artifact.pack(fitted, data, ensemble=ensemble, **about)
     (HERE / "model_v1.pt").write_bytes(artifact.to_bytes(packed))
 
     # What the model in memory predicts, and that the reader of its day agreed.
