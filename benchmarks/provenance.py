@@ -36,13 +36,20 @@ def machine() -> str:
 
 
 def git_commit() -> str:
+    """The commit measured: git's short hash (marked when the tree has changes), else
+    ``REGTUNE_COMMIT`` from the environment (the device machine has a copy of the tree but
+    maybe no git, and no .git), else "unknown"."""
+
     def git(*args: str) -> str:
-        done = subprocess.run(
-            ["git", *args], cwd=ROOT, capture_output=True, text=True, check=False, timeout=30
-        )
+        try:
+            done = subprocess.run(
+                ["git", *args], cwd=ROOT, capture_output=True, text=True, check=False, timeout=30
+            )
+        except OSError:  # no git on this machine: a benchmark's figures still count
+            return ""
         return done.stdout.strip() if done.returncode == 0 else ""
 
-    commit = git("rev-parse", "--short", "HEAD") or "unknown"
+    commit = git("rev-parse", "--short", "HEAD") or os.environ.get("REGTUNE_COMMIT", "unknown")
     dirty = git("status", "--porcelain", "--untracked-files=no")
     return f"{commit} (uncommitted changes in the working tree)" if dirty else commit
 

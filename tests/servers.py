@@ -18,7 +18,6 @@ from typing import Any
 
 import httpx
 import optuna
-import psycopg
 import pytest
 
 REGTUNE = [sys.executable, "-m", "service"]
@@ -250,6 +249,10 @@ def tiny_study(**overrides: Any) -> dict[str, Any]:
 
 
 def postgres_available() -> bool:
+    # psycopg is imported where it is used: the device image has no psycopg, and the device
+    # tests (which never touch PostgreSQL) collect through conftest, which imports this module.
+    import psycopg
+
     try:
         with psycopg.connect(PG_ADMIN, connect_timeout=3):
             return True
@@ -266,6 +269,8 @@ def require_postgres() -> None:
 
 
 def postgres_admin(sql: str) -> None:
+    import psycopg
+
     with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
         conn.execute(sql)  # type: ignore[arg-type]
 
