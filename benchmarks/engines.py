@@ -15,7 +15,10 @@ seed. The engines:
       GPU), in each ``--precision`` (fp32: TF32 matmuls on a GPU; bf16: autocast);
   (d) population, one trial per stack: the layout ``trainer.engines.layout`` picks on a CPU;
   (e) (d) in one 1-thread process per core, as ``regtune serve``/``regtune worker`` run it on
-      a CPU machine (the processes are started before the clock, as long-lived workers are).
+      a CPU machine (the processes are started before the clock, as long-lived workers are);
+  (f) with ``--augment``: (c) in fp32, eager and compiled, with the same trials augmented by
+      all six augmentations (:data:`AUGMENTED`); the section then gives the epoch time with
+      augmentation over the time without, measured side by side in the same run.
 
 On a CPU, (a)–(d) run at 1 and at all threads (``--threads``); the faster counts. It prints
 fold-epochs per second, wall time, best CV accuracy, the speed-up over (a) in fold-epochs per
@@ -93,6 +96,15 @@ MODELS = {
         ],
     },
     "plugin": {"kind": "plugin", "name": "tiny_convnet", "options": {"width": 16}},
+}
+# (f): every augmentation the digits' images take, at typical strengths.
+AUGMENTED = {
+    "augment.noise": 0.1,
+    "augment.mixup": 0.2,
+    "augment.shift": 1,
+    "augment.flip": 0.5,
+    "augment.rotate": 15.0,
+    "augment.scale": 0.1,
 }
 # The test plugins' distribution: on sys.path (and PYTHONPATH, for worker processes) it is
 # found as an installed one.
@@ -188,6 +200,20 @@ def per_trial(work: Workload, configs: list[TrialConfig]) -> list[float]:
         cross_validate(work.data, c, splits, metric="accuracy", seed=i, device=work.device).mean
         for i, c in enumerate(configs)
     ]
+
+
+def augmented(engine: Engine, spec: StudySpec) -> Engine:
+    """``engine`` on the same trials (their epochs too) with :data:`AUGMENTED` as well."""
+
+    def run(work: Workload, configs: list[TrialConfig]) -> list[float]:
+        values = [c.hyperparameters() | AUGMENTED for c in configs]
+        more = [
+            replace(TrialConfig.from_values(spec, v), training=c.training)
+            for c, v in zip(configs, values, strict=True)
+        ]
+        return engine(work, more)
+
+    return run
 
 
 def population_of(size: int | None, precision: str = "fp32", compile: bool = False) -> Engine:
@@ -321,6 +347,9 @@ def main() -> None:
     parser.add_argument(
         "--threads", help="comma-separated torch thread counts to try on a CPU (default: 1,all)"
     )
+    parser.add_argument(
+        "--augment", action="store_true", help="also the population with every augmentation"
+    )
     args = parser.parse_args()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     if args.model == "plugin":
@@ -356,6 +385,13 @@ def main() -> None:
             big,
             precision,
         )
+    if args.augment:  # (f): beside the same engines without augmentation
+        for tag, compiles in (("", False), (" compiled", True)):
+            engines[f"population P={big}{tag} augmented"] = (
+                augmented(population_of(None, compile=compiles), spec),
+                big,
+                "fp32",
+            )
     pool = None
     if not cuda:
         cpu_size = population_size(spec, data, torch.device("cpu"))
@@ -437,6 +473,14 @@ def main() -> None:
     header = ["engine", "trials", "threads", "wall s", "fold-epochs/s", "× textbook"]
     header += ["best CV acc", "GFLOP/s", "% of matmul"]
     lines += markdown_table(header, "lrrrrrrrr", (row(*r) for r in rows))
+    walls = {r[0]: r[3] for r in rows}
+    for name, wall in walls.items():
+        plain = name.removesuffix(" augmented")
+        if plain != name and plain in walls:
+            lines.append(
+                f"\n- augmentation ({', '.join(AUGMENTED)}): an epoch of {plain} takes "
+                f"{wall / walls[plain]:.2f}× its time without (side by side in this run)"
+            )
     publish(lines, args.append)
 
 

@@ -10,7 +10,8 @@
 # 2. benchmarks/engines.py side by side on the device: the textbook loop, the per-trial
 #    engine, the population engine eager and compiled (CUDA graphs), fp32 (TF32) and bf16,
 #    with FLOP/s against the measured matmul rate in each precision; then the same for a
-#    `layers` CNN and a plugin network (fp32);
+#    `layers` CNN and a plugin network (fp32); and a short run of the population with and
+#    without every data augmentation, eager and compiled, side by side (their epoch ratio);
 # 3. torch.profiler over one epoch of the largest population (compiled);
 # 4. a short end-to-end study: regtune tune --device cuda.
 # Each step writes its own file under $OUT; a failed step is recorded and the rest still run.
@@ -32,9 +33,11 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 if ((dry)); then
   device=cpu trials=2 pop=3 epochs=2 tune_trials=2 threads="--threads 1"
   tests="refilled or layer_runs" net_pop=2 net_engines="--engines=textbook,population P=2"
+  aug_epochs=2
 else
   device=cuda trials=8 pop=${POP:-512} epochs=10 tune_trials=16 threads=""
   tests="" net_pop=${NET_POP:-256} net_engines=""
+  aug_epochs=3
 fi
 status=0
 step() {  # step NAME COMMAND...: run it, log it under $OUT/NAME.log, remember a failure
@@ -56,7 +59,8 @@ step() {  # step NAME COMMAND...: run it, log it under $OUT/NAME.log, remember a
 } >"$OUT/device.txt" 2>&1
 # shellcheck disable=SC2086
 step equivalence env REGTUNE_TEST_DEVICE=$device "$PY" -m pytest -q -p no:cacheprovider \
-  tests/test_population.py tests/test_compiled.py tests/test_networks.py ${tests:+-k "$tests"}
+  tests/test_population.py tests/test_compiled.py tests/test_networks.py \
+  tests/test_augmentation.py ${tests:+-k "$tests"}
 # shellcheck disable=SC2086
 step engines "$PY" benchmarks/engines.py --device $device --trials $trials \
   --population-trials $pop --epochs $epochs --precision fp32,bf16 $threads \
@@ -68,6 +72,12 @@ for net in layers-cnn plugin; do
     ${net_engines:+"$net_engines"} \
     --append "$OUT/engines-$net.md"
 done
+augment="population P=$pop,population P=$pop augmented"
+augment+=",population P=$pop compiled,population P=$pop compiled augmented"
+# shellcheck disable=SC2086
+step engines-augment "$PY" benchmarks/engines.py --device $device --trials $trials \
+  --population-trials $pop --epochs $aug_epochs --augment --engines "$augment" $threads \
+  --append "$OUT/engines-augment.md"
 step profile "$PY" benchmarks/profile_epoch.py --device $device --trials $pop --compile \
   --append "$OUT/profile.md"
 step tune "$PY" -m service tune --device $device --dataset builtin:digits --trials $tune_trials \

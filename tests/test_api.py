@@ -66,6 +66,12 @@ def test_spec_that_does_not_fit_the_dataset(server: Server) -> None:
         assert "needs a regression dataset" in found["body.spec"]
         found = fields(http.post("/v1/studies", json=tiny_study(model={"kind": "cnn"})))
         assert "needs inputs with a spatial shape" in found["body.model.kind"]
+        rotated = tiny_study(search_space={"augment.rotate": 10})  # wine: a table
+        found = fields(http.post("/v1/studies", json=rotated))
+        assert found["body.search_space.augment.rotate"] == (
+            "search_space.augment.rotate: needs images [C, H, W], the dataset is a table of 13 "
+            "features"
+        )
 
 
 def test_unknown_study_and_trial(server: Server) -> None:

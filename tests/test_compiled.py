@@ -1,6 +1,7 @@
 """The compiled population step: built once per network shape, reused across refills and
 populations, and the same function as the eager engine. One shape is compiled for the whole
-test session (a compilation costs tens of seconds on 2 cores)."""
+test session (a compilation costs tens of seconds on 2 cores), with the graph of an augmented
+batch's step beside it."""
 
 from __future__ import annotations
 
@@ -31,6 +32,10 @@ def cfg(**values: float) -> TrialConfig:
     return TrialConfig.from_values(SPEC, base | values)
 
 
+# The third trial augments its batches (eagerly, before a step compiled on its own).
+AUGMENTED = {"augment.noise": 0.2, "augment.mixup": 0.3}
+
+
 def run(wine, *, compile: bool) -> dict[int, object]:
     """Slot 1's first trial is pruned after two epochs; the slot takes a third trial."""
     splits = CVProtocol.of(SPEC, wine).splits
@@ -45,7 +50,7 @@ def run(wine, *, compile: bool) -> dict[int, object]:
             if not refilled and report.slot == 1 and report.epoch == 1:
                 population.stop(1)
                 population.release(1)
-                population.assign(1, cfg(weight_decay=0.05, l1=0.0), 3)
+                population.assign(1, cfg(weight_decay=0.05, l1=0.0, **AUGMENTED), 3)
                 seeds[1], refilled = 3, True
             elif report.finished:
                 results[seeds[report.slot]] = population.result(report.slot)

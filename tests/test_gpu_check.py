@@ -31,6 +31,7 @@ def test_the_gpu_check_runs_end_to_end_on_the_cpu(tmp_path: Path) -> None:
         "engines",
         "engines-layers-cnn",
         "engines-plugin",
+        "engines-augment",
         "profile",
         "tune",
     ):
@@ -42,6 +43,9 @@ def test_the_gpu_check_runs_end_to_end_on_the_cpu(tmp_path: Path) -> None:
     for net in ("layers-cnn", "plugin"):
         rows = (tmp_path / f"engines-{net}.md").read_text()
         assert f"population, {net} on CPU" in rows and "| population P=2 |" in rows
+    augment = (tmp_path / "engines-augment.md").read_text()
+    assert "| population P=3 compiled augmented |" in augment
+    assert "an epoch of population P=3 compiled takes" in augment
     assert "matrix products" in (tmp_path / "profile.md").read_text()
     log = (tmp_path / "tune.log").read_text()
     tuned = json.loads(log[log.index("{") : log.rindex("}") + 1])

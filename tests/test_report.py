@@ -360,3 +360,30 @@ def test_the_report_is_served_as_one_self_contained_page(
     assert "text/html" in operation["responses"]["200"]["content"]
     assert {"401", "404"} <= set(operation["responses"])
     assert "application/json" in operation["responses"]["404"]["content"]  # errors stay JSON
+
+
+def test_the_best_configurations_augmentations_are_explained(spec: StudySpec) -> None:
+    space = SPACE | {"augment.noise": FloatDistribution(0.0, 0.5)}
+    fixed = {"augment.rotate": 15.0, "augment.mixup": 0.2}
+    trials = [
+        create_trial(
+            value=0.8 + 0.01 * k,
+            params={"weight_decay": 1e-3, "patience": 5, "augment.noise": sigma},
+            distributions=space,
+            user_attrs={"config": {"weight_decay": 1e-3, "augment.noise": sigma} | fixed},
+        )
+        for k, sigma in enumerate([0.1, 0.25])
+    ]
+    config = section_of(
+        report.render(record_of(spec, None), numbered(trials)), "best-configuration"
+    )
+    assert "<td><code>augment.noise</code></td><td>0.25</td><td>searched" in config
+    assert "of the training rows only (never the validation, scored or test rows)" in config
+    assert "<code>augment.noise</code> = 0.25 (searched): Gaussian noise of σ = 0.25" in config
+    assert "<code>augment.mixup</code> = 0.2 (fixed): pairs of rows of a batch mixed" in config
+    assert "rotated by a random angle within ±15°" in config
+    assert "augment.flip" not in config
+    plain = [
+        create_trial(value=0.8, params={"weight_decay": 1e-3, "patience": 5}, distributions=SPACE)
+    ]
+    assert "Data augmentation" not in report.render(record_of(spec, None), numbered(plain))

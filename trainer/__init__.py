@@ -35,6 +35,7 @@ _HOME: dict[str, str] = {
     "StudySpec": "trainer.specs.study_spec",
     "Task": "trainer.specs.study_spec",
     "UNLIMITED": "trainer.specs.study_spec",
+    "domain": "trainer.specs.study_spec",
     "field_problem": "trainer.specs.spec_base",
     "metric_direction": "trainer.specs.study_spec",
     "stored_model": "trainer.specs.study_spec",
@@ -164,6 +165,7 @@ if TYPE_CHECKING:  # what type checkers see; tests/test_architecture.py keeps it
     from trainer.specs.study_spec import SpecError as SpecError
     from trainer.specs.study_spec import StudySpec as StudySpec
     from trainer.specs.study_spec import Task as Task
+    from trainer.specs.study_spec import domain as domain
     from trainer.specs.study_spec import metric_direction as metric_direction
     from trainer.specs.study_spec import stored_model as stored_model
     from trainer.tuning import optuna_internals as optuna_internals

@@ -23,13 +23,13 @@ from sqlalchemy.orm import Session
 from service.store.tables import StudyRecord
 from service.store.trials import top_trial_ids
 from trainer import (
-    DOMAINS,
     SEARCHABLE,
     Range,
     SearchSpace,
     SpecError,
     StudySpec,
     TrialRecord,
+    domain,
     hidden_key,
 )
 
@@ -76,9 +76,10 @@ def misfit(space: SearchSpace, name: str, value: Any) -> str | None:
             return "not searched in this study"
         keys = [hidden_key(h) for h in space.hidden]
         return None if value in keys else f"not among the choices {keys}"
-    if name not in SEARCHABLE:
+    entries = {name: getattr(space, name) for name in SEARCHABLE} | space.augment.given()
+    if name not in entries:
         return "not a search-space parameter"
-    entry = getattr(space, name)
+    entry = entries[name]
     if isinstance(entry, list):
         return None if value in entry else f"not among the choices {entry}"
     if not isinstance(entry, Range):
@@ -87,7 +88,7 @@ def misfit(space: SearchSpace, name: str, value: Any) -> str | None:
         return "not a number"
     low: float
     high: float
-    if name in DOMAINS and DOMAINS[name].integer:
+    if _integer(name):
         low, high = int(entry.low), int(entry.high)
         if value != int(value):
             return "not an integer"
@@ -98,6 +99,11 @@ def misfit(space: SearchSpace, name: str, value: Any) -> str | None:
     return None
 
 
+def _integer(name: str) -> bool:
+    known = domain(name)
+    return known is not None and known.integer
+
+
 def fitting(space: SearchSpace, params: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
     """The parameters that fit ``space``, and a 'name=value: why' line for each that does not."""
     kept: dict[str, Any] = {}
@@ -105,7 +111,7 @@ def fitting(space: SearchSpace, params: dict[str, Any]) -> tuple[dict[str, Any],
     for name, value in params.items():
         why = misfit(space, name, value)
         if why is None:
-            integer = name in DOMAINS and DOMAINS[name].integer and not isinstance(value, str)
+            integer = _integer(name) and not isinstance(value, str)
             kept[name] = int(value) if integer else value
         else:
             dropped.append(f"{name}={value!r}: {why}")

@@ -11,7 +11,8 @@ that do not stack, the Wilcoxon pruner's fold-by-fold studies, the fold ensemble
 
 What both engines mean the same way is written once: a fold's preprocessing, seed and results
 (``folds``), the loss and the objective (``scoring``), early stopping (``early_stopping``),
-L1/L2 and sparsity (``regularizers``) and the diagnosis (``diagnosis``). Imports
+L1/L2 and sparsity (``regularizers``), data augmentation of the training rows
+(``augmentation``) and the diagnosis (``diagnosis``). Imports
 ``trainer.specs``, ``trainer.data`` and ``trainer.nets`` (and ``trainer.torch_internals``);
 never ``trainer.tuning``.
 """

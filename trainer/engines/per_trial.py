@@ -42,7 +42,7 @@ from trainer import rng, torch_internals
 from trainer.data.datasets import Dataset
 from trainer.data.preprocessing import Standardizer
 from trainer.data.splits import Split
-from trainer.engines import scoring
+from trainer.engines import augmentation, scoring
 from trainer.engines.early_stopping import EarlyStopping
 from trainer.engines.folds import Fold, TrainedFold, fold_seed
 from trainer.engines.regularizers import make_optimizer
@@ -136,6 +136,12 @@ class FoldRun:
             include_bias_and_bn=config.training.regularize_bias_and_bn,
         )
         self.stopper = EarlyStopping(config.patience, config.training.min_delta)
+        # The same augmentation as the population's, as a stack of one.
+        self.augment = augmentation.StackedAugmentation(
+            1, dataset.input_shape, dataset.task, dataset.n_outputs, device
+        )
+        self.augment.load(slice(0, 1), config.augmentation)
+        self.augment.use([config.augmentation])
         self.batch_norm = any(torch_internals.is_batch_norm(m) for m in self.model.modules())
         self.seed = seed
         self.best_state: dict[str, torch.Tensor] = {}
@@ -152,15 +158,23 @@ class FoldRun:
         """One pass over the fit rows, then validation, early stopping and (if best) scoring."""
         d, training = self.data, self.config.training
         self.model.train()
-        n = len(d.X_fit)
+        n, B = len(d.X_fit), self.config.batch_size
         order = batch_order(self.seed, self.epoch, n, d.X_fit.device)
         total = torch.zeros((), device=d.X_fit.device)
         seen = 0
-        for start in range(0, n, self.config.batch_size):
-            batch = order[start : start + self.config.batch_size]
+        augment_keys = None
+        if self.augment.ops:  # keyed as the population keys this fold's model: seed, epoch
+            epoch_key = rng.keys(torch.tensor([self.seed], device=d.X_fit.device), self.epoch)
+            augment_keys = augmentation.step_keys(epoch_key, -(-n // B))
+        for start in range(0, n, B):
+            batch = order[start : start + B]
             if len(batch) < 2 and self.batch_norm:  # BN cannot normalize a batch of one
                 continue
-            loss = scoring.data_loss(self.task, self.model(d.X_fit[batch]), d.y_fit[batch])
+            x, y = d.X_fit[batch], d.y_fit[batch]
+            if augment_keys is not None:
+                x, y = self.augment.apply(x[None], y[None], None, augment_keys[start // B], B)
+                x, y = x[0], y[0]
+            loss = scoring.data_loss(self.task, self.model(x), y)
             self.optimizer.zero_grad(set_to_none=True)
             (loss + self.regularizer.penalty()).backward()  # type: ignore[no-untyped-call]
             if training.grad_clip is not None:

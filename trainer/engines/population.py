@@ -19,10 +19,11 @@ Slots are refilled: when a trial ends, :meth:`Population.assign` puts the next o
 rows at the next epoch boundary, initialised exactly as its network alone under its seed. Shapes
 never change, so the step can be compiled once (:mod:`trainer.engines.compiled`).
 
-Inside an epoch nothing waits for the host. Batch orders, dropout keys and the per-step
-"who steps" masks are device tensors made at the epoch's start, and which steps exist at all
-is fixed by the folds' sizes; :meth:`Population.end_epoch` reads the epoch's results back in
-one transfer.
+Inside an epoch nothing waits for the host. Batch orders, dropout and augmentation keys and the
+per-step "who steps" masks are device tensors made at the epoch's start, and which steps exist
+at all is fixed by the folds' sizes; :meth:`Population.end_epoch` reads the epoch's results
+back in one transfer. A trial's data augmentation (:mod:`.augmentation`, per model, off unless
+some occupant has it) runs on its training batches only, eagerly before a compiled step.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import time
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -39,7 +41,7 @@ from torch import nn
 from trainer import rng
 from trainer.data.datasets import Dataset
 from trainer.data.splits import Split
-from trainer.engines import compiled, scoring, stacking
+from trainer.engines import augmentation, compiled, scoring, stacking
 from trainer.engines.folds import TrainedFold, fold_seed
 from trainer.engines.regularizers import regularized_names, sparsity
 from trainer.engines.results import CVResult, DivergedError
@@ -119,6 +121,9 @@ class Population:
             compile=self.compiled,
         )
         self.record = StackedResults(self.M, self.training, metric, dev)
+        self.augment = augmentation.StackedAugmentation(
+            self.M, self.input_shape, dataset.task, self.n_outputs, dev
+        )
         self.seeds = torch.zeros(self.M, dtype=torch.long, device=dev)
         # Host side: what each slot holds.
         self.occupant: list[TrialConfig | None] = [None] * slots
@@ -163,6 +168,7 @@ class Population:
             torch.manual_seed(s)
             nets.append(config.network(self.input_shape, self.n_outputs))
         self.layers.load(rows, nets, config)
+        self.augment.load(rows, config.augmentation)
         self.optimizer.restart(rows, config)
         self.record.restart(rows, config.patience)
         self.seeds[rows] = torch.tensor(seeds, device=self.device)
@@ -185,6 +191,8 @@ class Population:
     def refresh_flags(self) -> None:
         """Skip the L1 and dropout work while no occupant needs it (eager only: a compiled
         step keeps one graph whoever is in the slots, a zero λ₁ and p = 0 change nothing)."""
+        # The augmentations some occupant has: run eagerly, compiled or not.
+        self.augment.use(c.augmentation for c in self.occupant if c is not None)
         if self.compiled:
             self.uses_l1, self.uses_dropout = True, bool(self.program.dropouts)
             return
@@ -227,6 +235,9 @@ class Population:
         keys = None
         if self.uses_dropout:  # a key per (step, layer, model), all drawn at once
             keys = rng.key_table(epoch_key, steps.count, len(self.program.dropouts))
+        augment_keys = None
+        if self.augment.ops:  # a key per (step, operation, model), none drawn without them
+            augment_keys = augmentation.step_keys(epoch_key, steps.count)
         self.total = torch.zeros(self.M, device=self.device)
         self.seen = torch.zeros(self.M, device=self.device)
         for step in steps.steps:
@@ -236,6 +247,7 @@ class Population:
                 None if keys is None else keys[step],
                 full=steps.full[step],
                 rows=np.flatnonzero(stepping_host[step]),
+                augment_keys=None if augment_keys is None else augment_keys[step],
             )
 
     def step(
@@ -246,17 +258,30 @@ class Population:
         *,
         full: bool,
         rows: np.ndarray,
+        augment_keys: torch.Tensor | None = None,
     ) -> None:
         """One optimizer step of every model whose ``stepping`` is set (``rows`` on the host),
-        on its ``position`` rows ``[M, B]`` of its shuffled fit rows."""
-        batch_loss = compiled.compile_step(step_loss, self.device) if self.compiled else step_loss
-        loss, counts = batch_loss(self, position, stepping, dropout_keys, full)
+        on its ``position`` rows ``[M, B]`` of its shuffled fit rows (augmented with
+        ``augment_keys`` ``[operations, M]``, if given)."""
+        if augment_keys is None:
+            batch_loss = self.compiled_or(step_loss)
+            loss, counts = batch_loss(self, position, stepping, dropout_keys, full)
+        else:  # augmented eagerly, then the step's forward and loss (compiled on their own)
+            index, valid = self.rows.batch(position)
+            x, targets = self.rows.features(index), self.rows.targets(index)
+            x, targets = self.augment.apply(x, targets, valid, augment_keys, self.batch_size)
+            forward_loss = self.compiled_or(training_loss)
+            loss, counts = forward_loss(self, x, targets, valid, stepping, dropout_keys, full)
         for p in self.layers.params.values():
             p.grad = None
         (loss * stepping).sum().backward()
         self.optimizer.step(stepping, rows, uses_l1=self.uses_l1)
         self.total += torch.where(stepping, loss.detach() * counts, 0.0)
         self.seen += torch.where(stepping, counts, 0).to(self.seen.dtype)
+
+    def compiled_or(self, function: Callable[..., Any]) -> Callable[..., Any]:
+        """``function`` compiled (:mod:`trainer.engines.compiled`) if this stack compiles."""
+        return compiled.compile_step(function, self.device) if self.compiled else function
 
     @torch.no_grad()
     def evaluate(
@@ -347,11 +372,26 @@ def step_loss(
     fixed-shape part of a step that :mod:`trainer.engines.compiled` compiles (backward included)."""
     p = population
     index, valid = p.rows.batch(position)
+    x, targets = p.rows.features(index), p.rows.targets(index)
+    return training_loss(p, x, targets, valid, stepping, dropout_keys, full)
+
+
+def training_loss(
+    population: Population,
+    x: torch.Tensor,
+    targets: torch.Tensor,
+    valid: torch.Tensor,
+    stepping: torch.Tensor,
+    dropout_keys: torch.Tensor | None,
+    full: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`step_loss` on a batch given as its rows ``x`` ``[M, B, d]``, ``targets`` and
+    ``valid`` ``[M, B]``: what is compiled apart when the batch was augmented first (its
+    targets then may be class probabilities)."""
+    p = population
     with p.autocast:
-        outputs = p.forward(
-            p.rows.features(index), valid, stepping=stepping, dropout_keys=dropout_keys, full=full
-        )
-    return scoring.data_loss(p.task, outputs, p.rows.targets(index), valid), valid.sum(1)
+        outputs = p.forward(x, valid, stepping=stepping, dropout_keys=dropout_keys, full=full)
+    return scoring.data_loss(p.task, outputs, targets, valid), valid.sum(1)
 
 
 TrialOutcome = CVResult | DivergedError | None  # None: pruned

@@ -7,6 +7,10 @@ With outputs f(x) and targets y of the rows that count:
 * objective: ``accuracy``, the fraction of rows with argmax f(x) = y; ``mse``, the data loss in
   the target's own units, σ² times the loss on z; ``loss``, the data loss itself.
 
+Mixup (:mod:`.augmentation`) changes the training loss only: its targets are class
+probabilities, −Σ_c y_c log softmax(f(x))_c, or mixed values; validation and scoring take the
+rows' own targets.
+
 Both engines call these, the per-trial engine on one model's rows ``[B, …]``, the population
 engine on M models' padded rows ``[M, B, …]`` with a mask of the real ones (each model its own
 mean). Written once, so a new metric is one more branch here.
@@ -25,13 +29,15 @@ def data_loss(
 ) -> torch.Tensor:
     """The mean data loss over the real rows: a scalar for one model's ``[B, out]``
     (``valid`` None: every row is real, torch's own reduction), or ``[M]`` for ``[M, B, out]``
-    with ``valid`` ``[M, B]`` (True on real rows; a model with none has loss 0)."""
+    with ``valid`` ``[M, B]`` (True on real rows; a model with none has loss 0). Class
+    ``targets`` are ids, or class probabilities ``[…, classes]`` (mixup's training targets:
+    the cross-entropy −Σ_c y_c log softmax(f(x))_c)."""
     if valid is None:
         if task == "classification":
             return F.cross_entropy(outputs, targets)
         return F.mse_loss(outputs, targets)
     if task == "classification":
-        per_row = F.cross_entropy(outputs.flatten(0, 1), targets.flatten(), reduction="none")
+        per_row = F.cross_entropy(outputs.flatten(0, 1), targets.flatten(0, 1), reduction="none")
         per_row = per_row.view(valid.shape)
     else:
         per_row = ((outputs - targets) ** 2).mean(-1)

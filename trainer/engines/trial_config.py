@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from torch import nn
 
+from trainer.engines.augmentation import Augmentation
 from trainer.nets import networks
 from trainer.specs.study_spec import ModelSpec, StudySpec, TrainingSpec
 
@@ -27,6 +28,7 @@ class TrialConfig:
     model: ModelSpec
     training: TrainingSpec
     groups: tuple[tuple[str, float], ...] = ()  # dropout groups' own p: (group, p)
+    augmentation: Augmentation = field(default_factory=Augmentation)  # each 0: off
 
     @classmethod
     def from_values(cls, spec: StudySpec, values: dict[str, Any]) -> TrialConfig:
@@ -51,6 +53,7 @@ class TrialConfig:
             model=spec.model,
             training=spec.training,
             groups=groups,
+            augmentation=Augmentation.of(values),
         )
 
     def dropout_of(self, group: str | None) -> float:
@@ -60,14 +63,15 @@ class TrialConfig:
     def hyperparameters(self) -> dict[str, Any]:
         """The values that vary between trials, JSON-ready."""
         values = asdict(self)
-        del values["model"], values["training"], values["groups"]
+        del values["model"], values["training"], values["groups"], values["augmentation"]
         if not self.model.shares_dropout():
             del values["dropout"]  # every dropout has its group's p
         if "hidden" in networks.TEMPLATE_FIELDS.get(self.model.kind, ()):
             values["hidden"] = list(self.hidden)
         else:  # a layers stack or a plugin has no template widths
             del values["hidden"]
-        return values | {f"dropout.{g}": p for g, p in self.groups}
+        groups = {f"dropout.{g}": p for g, p in self.groups}
+        return values | groups | self.augmentation.values()  # augment.<name>, those on
 
     def network(self, input_shape: tuple[int, ...], n_outputs: int) -> nn.Module:
         """A fresh network of this configuration (its widths, dropouts and BN momentum)."""

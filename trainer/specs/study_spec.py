@@ -133,6 +133,17 @@ OPTIMIZERS = ("adam", "sgd")
 SEARCHABLE = (*DOMAINS, "optimizer")
 # The five regularization hyperparameters: always searched or fixed, never absent.
 CORE = ("weight_decay", "l1", "dropout", "bn_momentum", "patience")
+# Data augmentations, searched as ``augment.<name>`` and off unless given: noise σ, mixup α,
+# shift s (positions), flip p, rotate (degrees), scale (a fraction of the size).
+AUGMENT_DOMAINS: dict[str, Domain] = {
+    "noise": Domain(0.0),
+    "mixup": Domain(0.0, low_open=True),
+    "shift": Domain(0, integer=True),
+    "flip": Domain(0.0, 1.0),
+    "rotate": Domain(0.0, 180.0),
+    "scale": Domain(0.0, 1.0, high_open=True),
+}
+AUGMENT = "augment."  # an augmentation's prefix in a search space and a trial's parameters
 
 
 def check_domain(domain: Domain, value: Param | None) -> Param | None:
@@ -161,6 +172,41 @@ def check_domain(domain: Domain, value: Param | None) -> Param | None:
     return value
 
 
+def domain(name: str) -> Domain | None:
+    """The domain of a searched parameter by its Optuna name (``augment.<name>`` included)."""
+    if name.startswith(AUGMENT):
+        return AUGMENT_DOMAINS.get(name.removeprefix(AUGMENT))
+    return DOMAINS.get(name)
+
+
+class Augment(Strict):
+    """Data augmentation of the training rows, each a range, choices or a number like any
+    search-space entry, and off when absent: ``noise`` σ, ``mixup`` α, ``shift`` s, ``flip``
+    p, ``rotate`` degrees, ``scale`` fraction (what each does: ``trainer.engines.augmentation``).
+    """
+
+    noise: Param | None = None
+    mixup: Param | None = None
+    shift: Param | None = None
+    flip: Param | None = None
+    rotate: Param | None = None
+    scale: Param | None = None
+
+    @field_validator(*AUGMENT_DOMAINS, mode="wrap")
+    @classmethod
+    def _parse(
+        cls, value: Any, handler: ValidatorFunctionWrapHandler, info: ValidationInfo
+    ) -> Param | None:
+        if value is None:
+            return None
+        return check_domain(AUGMENT_DOMAINS[info.field_name or ""], _parse_param(value))
+
+    def given(self) -> dict[str, Param]:
+        """The augmentations given, by their search-space names (``augment.noise``, …)."""
+        entries = {name: getattr(self, name) for name in AUGMENT_DOMAINS}
+        return {AUGMENT + name: e for name, e in entries.items() if e is not None}
+
+
 class SearchSpace(Strict):
     """What Optuna searches. Each entry is a :class:`Range`, a list of choices or a number.
 
@@ -168,6 +214,8 @@ class SearchSpace(Strict):
     ``batch_size``, ``optimizer`` and ``hidden`` (a list of layer-width lists) are searched
     only when given, otherwise the ``training``/``model`` values hold. ``dropout.<group>``
     is a dropout group's own range (default: the ``dropout`` range).
+    ``augment.<name>`` (:class:`Augment`, also nested as ``augment``) is a data
+    augmentation, off unless given.
     """
 
     weight_decay: Param = Range(low=1e-6, high=1e-1, log=True)
@@ -181,6 +229,9 @@ class SearchSpace(Strict):
     hidden: list[list[Annotated[int, Field(ge=1)]]] | None = None
     groups: dict[str, Param] = Field(
         default_factory=dict, description="dropout groups' own ranges, given as dropout.<group>"
+    )
+    augment: Augment = Field(
+        default_factory=Augment, description="data augmentations, given as augment.<name>"
     )
 
     @field_validator(*SEARCHABLE, mode="wrap")
@@ -216,6 +267,11 @@ class SearchSpace(Strict):
         if gathered and isinstance(groups, dict):
             data["groups"] = groups | gathered
         # Otherwise ``groups`` stays as given: its own validator refuses a non-mapping.
+        dotted = [k for k in data if isinstance(k, str) and k.startswith(AUGMENT)]
+        augment = {key.removeprefix(AUGMENT): data.pop(key) for key in dotted}
+        nested = data.get("augment", {})
+        if augment and isinstance(nested, dict):
+            data["augment"] = nested | augment
         return data
 
     @field_validator("groups", mode="before")
@@ -243,7 +299,9 @@ class SearchSpace(Strict):
     @model_serializer(mode="wrap")
     def _flat_groups(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
         data = handler(self)
-        return data | {f"dropout.{g}": v for g, v in data.pop("groups", {}).items()}
+        groups = {f"dropout.{g}": v for g, v in data.pop("groups", {}).items()}
+        augment = data.pop("augment", None) or {}  # written as augment.<name>, if given
+        return data | groups | {AUGMENT + n: v for n, v in augment.items() if v is not None}
 
     def group_dropout(self, group: str) -> Param:
         """The range of ``dropout.<group>``: its own entry if given, else ``dropout``'s."""

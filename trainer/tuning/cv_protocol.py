@@ -13,6 +13,7 @@ import numpy as np
 
 from trainer.data.datasets import Dataset, check_for_cv
 from trainer.data.splits import Split, cv_splits, holdout
+from trainer.engines.augmentation import check_data
 from trainer.nets.networks import footprint
 from trainer.specs.study_spec import Metric, SpecError, StudySpec, default_metric
 
@@ -59,8 +60,10 @@ class CVProtocol:
     def of(cls, spec: StudySpec, dataset: Dataset, *, check_network: bool = True) -> CVProtocol:
         """The protocol of ``spec`` on ``dataset``; ``check_network`` checks the network
         against the data first (a worker does not: the API host did at submission, and a
-        plugin missing on the worker fails its trials, with the reason, not the study)."""
+        plugin missing on the worker fails its trials, with the reason, not the study).
+        Either way an augmentation the data cannot take is refused (``SpecError``)."""
         metric = resolve_metric(spec, dataset)
+        check_data(spec.search_space.augment.given(), dataset.input_shape)
         if check_network:
             network_sizes(spec, dataset)
         cv = spec.cv

@@ -15,7 +15,7 @@ import numpy as np
 import optuna
 
 from trainer import rng
-from trainer.specs.study_spec import DOMAINS, SEARCHABLE, Param, Range, StudySpec
+from trainer.specs.study_spec import SEARCHABLE, Param, Range, StudySpec, domain
 
 
 def hidden_key(widths: Sequence[int]) -> str:
@@ -26,7 +26,7 @@ def hidden_key(widths: Sequence[int]) -> str:
 def _draw(trial: optuna.Trial, name: str, entry: Param) -> Any:
     """One parameter: a range sampled, a list of choices picked from, a number as it is."""
     if isinstance(entry, Range):
-        if name in DOMAINS and DOMAINS[name].integer:
+        if _integer(name):
             return trial.suggest_int(name, int(entry.low), int(entry.high), log=entry.log)
         return trial.suggest_float(name, entry.low, entry.high, log=entry.log)
     if isinstance(entry, list):
@@ -34,9 +34,15 @@ def _draw(trial: optuna.Trial, name: str, entry: Param) -> Any:
     return entry
 
 
+def _integer(name: str) -> bool:
+    found = domain(name)
+    return found is not None and found.integer
+
+
 def searched(spec: StudySpec) -> dict[str, Param]:
     """Every parameter a trial of ``spec`` draws, by its Optuna name (``hidden`` apart):
-    ``dropout.<group>`` per dropout group, ``dropout`` only if some dropout has no group."""
+    ``dropout.<group>`` per dropout group, ``dropout`` only if some dropout has no group,
+    ``augment.<name>`` per augmentation given."""
     space = spec.search_space
     entries = {name: getattr(space, name) for name in SEARCHABLE}
     if not spec.model.shares_dropout():
@@ -44,6 +50,7 @@ def searched(spec: StudySpec) -> dict[str, Param]:
     depth = max(len(h) for h in space.hidden or [spec.model.hidden])
     for group in spec.model.groups(depth):
         entries[f"dropout.{group}"] = space.group_dropout(group)
+    entries |= space.augment.given()
     return {name: entry for name, entry in entries.items() if entry is not None}
 
 
@@ -64,7 +71,7 @@ def grid(spec: StudySpec, points: int) -> dict[str, list[Any]]:
         if isinstance(entry, Range):
             spacing = np.geomspace if entry.log else np.linspace
             values = spacing(entry.low, entry.high, points)
-            if name in DOMAINS and DOMAINS[name].integer:
+            if _integer(name):
                 axes[name] = sorted({round(float(v)) for v in values})
             else:
                 axes[name] = [float(v) for v in values]

@@ -126,6 +126,7 @@ def best_configuration(record: StudyLike, best: FrozenTrial) -> str:
     body += table(["hyperparameter", "value", ""], rows, "config")
     if extra:
         body += para("; ".join(extra) + ".")
+    body += augmentation_note(best.params, config)
     return section("best-configuration", "Best configuration", body)
 
 
@@ -163,6 +164,37 @@ def cv_table(record: StudyLike, best: FrozenTrial) -> str:
     body += table(["fold", esc(record.metric), "best epoch", "diagnosis"], rows, "cv")
     body += para(test_sentence(record, mean, std))
     return section("cross-validation", "Cross-validation and test score", body)
+
+
+# What each augmentation (``augment.<name>``) does, with its value v.
+AUGMENTATIONS = {
+    "noise": "Gaussian noise of σ = {v} added to every standardized input",
+    "mixup": "pairs of rows of a batch mixed, x̃ = λx + (1 − λ)x′ with λ ~ Beta(α, α), α = {v}, "
+    "their targets (class probabilities or values) mixed alike",
+    "shift": "each sample moved by a random whole number of positions, up to {v}, along each "
+    "spatial axis (zero fill)",
+    "flip": "each image mirrored left to right with probability {v}",
+    "rotate": "each image rotated by a random angle within ±{v}° (bilinear)",
+    "scale": "each image zoomed by a random factor within 1 ± {v} (bilinear)",
+}
+
+
+def augmentation_note(params: Mapping[str, Any], config: Mapping[str, Any]) -> str:
+    """The best configuration's data augmentations, each with what it does (none: nothing)."""
+    parts = []
+    for name, meaning in AUGMENTATIONS.items():
+        key = f"augment.{name}"
+        value = params.get(key, config.get(key))
+        if value:
+            how = "searched" if key in params else "fixed"
+            text = esc(meaning).format(v=shown(value))
+            parts.append(f"<code>{key}</code> = {shown(value)} ({how}): {text}")
+    if not parts:
+        return ""
+    return para(
+        "Data augmentation, of the training rows only (never the validation, scored or test "
+        "rows): " + "; ".join(parts) + "."
+    )
 
 
 def test_sentence(record: StudyLike, mean: float | None, std: float | None) -> str:
