@@ -474,14 +474,13 @@ def main() -> None:
     header += ["best CV acc", "GFLOP/s", "% of matmul"]
     lines += markdown_table(header, "lrrrrrrrr", (row(*r) for r in rows))
     walls = {r[0]: r[3] for r in rows}
-    for name, wall in walls.items():
-        plain = name.removesuffix(" augmented")
-        if plain != name and plain in walls:
-            lines.append(
-                f"\n- augmentation ({', '.join(AUGMENTED)}): an epoch of {plain} takes "
-                f"{wall / walls[plain]:.2f}× its time without (side by side in this run)"
-            )
-    publish(lines, args.append)
+    ratios = [
+        f"- augmentation ({', '.join(AUGMENTED)}): an epoch of {plain} takes "
+        f"{wall / walls[plain]:.2f}× its time without (side by side in this run)"
+        for name, wall in walls.items()
+        if (plain := name.removesuffix(" augmented")) != name and plain in walls
+    ]
+    publish(lines + (["", *ratios] if ratios else []), args.append)
 
 
 if __name__ == "__main__":
