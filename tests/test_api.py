@@ -30,6 +30,7 @@ def fields(response) -> dict[str, str]:
             "low (0.5) must be < high (0.1)",
         ),
         ({"search_space": {"bn_momentum": 0}}, "body.search_space.bn_momentum", "(0, 1]"),
+        ({"search_space": {"max_norm": -1}}, "body.search_space.max_norm", "(0, inf)"),
         ({"n_trials": 101}, "body.n_trials", "n_trials must be ≤ 100"),
         (
             {"model": {"kind": "transformer"}},

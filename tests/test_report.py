@@ -21,6 +21,7 @@ from servers import regtune, serving, tiny_study, wait_status
 
 from service.http import report
 from service.http.report import sections
+from service.http.report.importance import varying_params
 from service.store.tables import StudyRecord
 from trainer.specs.study_spec import StudySpec
 from trainer.tuning.study import StudyOutcome, run_study
@@ -267,6 +268,28 @@ def test_importance_with_a_single_varying_parameter_is_a_sentence(spec: StudySpe
     page = report.render(record_of(spec, None), numbered(trials))
     assert "Only <code>weight_decay</code> varied" in section_of(page, "importance")
     assert "no held-out test split" in page  # the spec has no test_fraction
+    assert_self_contained(page)
+
+
+def test_a_searched_max_norm_is_explained_and_plotted(spec: StudySpec) -> None:
+    space = SPACE | {"max_norm": FloatDistribution(0.5, 10, log=True)}
+    trials = [
+        create_trial(
+            value=0.8 + 0.01 * k,
+            params={"weight_decay": wd, "patience": 5, "max_norm": c},
+            distributions=space,
+            user_attrs={"config": {"weight_decay": wd, "patience": 5, "max_norm": c}},
+        )
+        for k, (wd, c) in enumerate([(1e-4, 0.7), (1e-3, 3.5), (1e-2, 1.25)])
+    ]
+    page = report.render(record_of(spec, None), numbered(trials))
+    config = section_of(page, "best-configuration")
+    assert "<td><code>max_norm</code></td><td>1.25</td><td>searched" in config
+    assert "max-norm c = 1.25 (the search chose it)" in config
+    assert "rescaled to norm ≤ c" in config
+    # A panel of its own in the score plots, as every searched parameter has.
+    assert varying_params(trials) == ["max_norm", "weight_decay"]
+    assert len(set(re.findall(r'id="scores-axes_\d+"', section_of(page, "scores")))) == 2
     assert_self_contained(page)
 
 

@@ -102,6 +102,16 @@ def test_full_example_of_the_spec_validates() -> None:
         ({"search_space": {"optimizer": ["adam", "lbfgs"]}}, "search_space.optimizer", "one of"),
         ({"search_space": {"l1": "a lot"}}, "search_space.l1", "got 'a lot'"),
         ({"search_space": {"dropout": []}}, "search_space.dropout", "must not be empty"),
+        ({"search_space": {"max_norm": 0}}, "search_space.max_norm", "(0, inf), got 0"),
+        ({"search_space": {"max_norm": -3}}, "search_space.max_norm", "got -3"),
+        ({"search_space": {"max_norm": [4, 0.0]}}, "search_space.max_norm", "got 0"),
+        (
+            {"search_space": {"max_norm": {"low": 0, "high": 10, "log": True}}},
+            "search_space.max_norm",
+            "log range needs low > 0",
+        ),
+        ({"search_space": {"max_norm": "large"}}, "search_space.max_norm", "got 'large'"),
+        ({"search_space": {"max_norm": True}}, "search_space.max_norm", "a range"),
         ({"cv": {"folds": 1}}, "cv.folds", "greater than or equal to 2"),
         ({"cv": {"test_fraction": 0.9}}, "cv.test_fraction", "less than or equal to 0.5"),
         ({"training": {"lr": 0}}, "training.lr", "greater than 0"),
@@ -160,10 +170,12 @@ def test_fixed_values_and_choices_are_accepted() -> None:
                 "patience": 7,
                 "optimizer": ["adam", "sgd"],
                 "hidden": [[32], [64, 64]],
+                "max_norm": [3, 4.5],
             },
         }
     )
     assert spec.search_space.weight_decay == 0
+    assert spec.search_space.max_norm == [3, 4.5]
     assert spec.search_space.hidden == [[32], [64, 64]]
 
 

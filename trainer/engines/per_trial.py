@@ -134,6 +134,7 @@ class FoldRun:
             decoupled=config.training.l2_mode == "decoupled",
             momentum=config.training.momentum,
             include_bias_and_bn=config.training.regularize_bias_and_bn,
+            max_norm=config.max_norm,
         )
         self.stopper = EarlyStopping(config.patience, config.training.min_delta)
         # The same augmentation as the population's, as a stack of one.
@@ -181,6 +182,7 @@ class FoldRun:
                 nn.utils.clip_grad_norm_(self.model.parameters(), training.grad_clip)
             self.regularizer.decay(self.config.lr)
             self.optimizer.step()
+            self.regularizer.project()
             total += loss.detach() * len(batch)
             seen += len(batch)
         # One host sync per epoch: the loss is read here, not in the step.

@@ -117,6 +117,7 @@ class Population:
             self.layers.params,
             self.regularized,
             training=self.training,
+            units=self.layers.units(),
             adam=template.optimizer == "adam",
             compile=self.compiled,
         )
@@ -190,13 +191,16 @@ class Population:
 
     def refresh_flags(self) -> None:
         """Skip the L1 and dropout work while no occupant needs it (eager only: a compiled
-        step keeps one graph whoever is in the slots, a zero λ₁ and p = 0 change nothing)."""
+        step keeps one graph whoever is in the slots, a zero λ₁ and p = 0 change nothing),
+        and max-norm unless some occupant has a c: compiled too, since a study's trials all
+        have one or none do, and a study without max-norm must train as it always has."""
+        configs = [c for c in self.occupant if c is not None]
+        self.uses_max_norm = any(c.max_norm is not None for c in configs)
         # The augmentations some occupant has: run eagerly, compiled or not.
         self.augment.use(c.augmentation for c in self.occupant if c is not None)
         if self.compiled:
             self.uses_l1, self.uses_dropout = True, bool(self.program.dropouts)
             return
-        configs = [c for c in self.occupant if c is not None]
         self.uses_l1 = any(c.l1 > 0 for c in configs)
         self.uses_dropout = any(
             c.dropout_of(group) > 0 for c in configs for _, group, _ in self.program.dropouts
@@ -275,7 +279,7 @@ class Population:
         for p in self.layers.params.values():
             p.grad = None
         (loss * stepping).sum().backward()
-        self.optimizer.step(stepping, rows, uses_l1=self.uses_l1)
+        self.optimizer.step(stepping, rows, uses_l1=self.uses_l1, uses_max_norm=self.uses_max_norm)
         self.total += torch.where(stepping, loss.detach() * counts, 0.0)
         self.seen += torch.where(stepping, counts, 0).to(self.seen.dtype)
 

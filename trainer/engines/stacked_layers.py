@@ -139,6 +139,15 @@ class StackedLayers:
         """Models' tensor ``name`` as a network holds it (``[K, …]``) in the stacked layout."""
         return value.transpose(1, 2) if name in self.transposed else value
 
+    def units(self) -> dict[str, tuple[int, ...]]:
+        """Each Linear and Conv weight by name, with the dims of its stacked tensor that hold
+        a unit's incoming vector (what max-norm bounds): ``in`` of a Linear's ``[M, in, out]``
+        (a unit is a column), ``C, k…`` of a Conv's ``[M, out, C, k…]``."""
+        return {
+            name: (1,) if name in self.transposed else tuple(range(2, self.params[name].dim()))
+            for name in self.weight_of
+        }
+
     @property
     def running(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Each BatchNorm's running mean and variance ``[M, C]``, in call order."""

@@ -1,9 +1,10 @@
-"""One optimizer step of M stacked models at once: L1, clipping, L2 and Adam or SGD per model.
+"""One optimizer step of M stacked models at once: L1, clipping, L2 and Adam or SGD per model,
+then max-norm.
 
-Each model m has its own learning rate η_m, L2 λ_m, L1 λ₁_m and Adam step count t_m, as
-tensors, so the whole stack takes one step in one call; a model that does not step (stopped,
-pruned, an empty slot, no batch of its own this step) is gated out with ``torch.where``:
-zeroing its gradient would not do, Adam's moments would still move its weights.
+Each model m has its own learning rate η_m, L2 λ_m, L1 λ₁_m, max-norm c_m and Adam step count
+t_m, as tensors, so the whole stack takes one step in one call; a model that does not step
+(stopped, pruned, an empty slot, no batch of its own this step) is gated out with
+``torch.where``: zeroing its gradient would not do, Adam's moments would still move its weights.
 
 :class:`StackedOptimizer` holds those per-model values and the optimizer's state (Adam's
 moments or SGD's momentum, by the parameters' names) and takes each step: by
@@ -13,6 +14,7 @@ Adam over the stepping models' rows (:func:`fused_adam_rows`).
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 
 import numpy as np
@@ -21,6 +23,7 @@ from torch import nn
 
 from trainer import torch_internals
 from trainer.engines import compiled
+from trainer.engines.regularizers import max_norm_
 from trainer.engines.stacked_layers import per_model
 from trainer.engines.trial_config import TrialConfig
 from trainer.specs.study_spec import TrainingSpec
@@ -72,14 +75,18 @@ def stacked_update(
     decoupled: bool,
     momentum: float,
     grad_clip: float | None,
+    max_norm: torch.Tensor | None,
+    unit_dims: list[tuple[int, ...] | None],
 ) -> None:
     """One Adam or SGD step of every stepping model m of the stack, in place, in one call.
 
     Gradients as :func:`regularized_gradients`; decoupled L2 θ ← (1 − ηλ)θ. Adam (t the
     model's own step count): m₁ ← β₁m₁ + (1 − β₁)g, m₂ ← β₂m₂ + (1 − β₂)g², θ ← θ −
     η/(1 − β₁ᵗ) · m₁/(√m₂/√(1 − β₂ᵗ) + ε), written as torch.optim.Adam writes it. SGD:
-    b ← μb + g, θ ← θ − ηb. A model whose ``stepping`` is false keeps θ, its moments and t
-    bit for bit. Compiled, each parameter's update is one fused loop.
+    b ← μb + g, θ ← θ − ηb. Then, with ``max_norm`` (c per model, ∞: off), the weights
+    that have ``unit_dims`` are projected (:func:`project_max_norm`). A model whose
+    ``stepping`` is false keeps θ, its moments and t bit for bit. Compiled, each parameter's
+    update is one fused loop.
     """
     go = stepping
     grads = regularized_gradients(
@@ -108,13 +115,31 @@ def stacked_update(
             m1.copy_(torch.where(gate, new_m1, m1))
             m2.copy_(torch.where(gate, new_m2, m2))
             p.copy_(torch.where(gate, p - per_model(step_size, p) * (new_m1 / denom), p))
-        return
-    for p, g, (b, _) in zip(params, grads, moments, strict=True):
-        gate = per_model(go, p)
-        if momentum:
-            b.copy_(torch.where(gate, momentum * b + g, b))
-            g = b
-        p.copy_(torch.where(gate, p - per_model(lr, p) * g, p))
+    else:
+        for p, g, (b, _) in zip(params, grads, moments, strict=True):
+            gate = per_model(go, p)
+            if momentum:
+                b.copy_(torch.where(gate, momentum * b + g, b))
+                g = b
+            p.copy_(torch.where(gate, p - per_model(lr, p) * g, p))
+    if max_norm is not None:
+        project_max_norm(params, go, max_norm=max_norm, unit_dims=unit_dims)
+
+
+def project_max_norm(
+    params: list[torch.Tensor],
+    go: torch.Tensor,
+    *,
+    max_norm: torch.Tensor,
+    unit_dims: list[tuple[int, ...] | None],
+) -> None:
+    """Max-norm (:func:`~trainer.engines.regularizers.max_norm_`) of the stepping models'
+    weights, each with its own c (``max_norm`` ``[M]``); a tensor whose ``unit_dims`` is None
+    (a bias, BatchNorm) is not touched, nor is a model that did not step (its c taken as ∞)."""
+    c = torch.where(go, max_norm, math.inf)
+    for p, dims in zip(params, unit_dims, strict=True):
+        if dims is not None:
+            max_norm_(p, per_model(c, p), dims)
 
 
 def decay_decoupled(
@@ -168,11 +193,14 @@ def fused_adam_rows(
 
 
 class StackedOptimizer:
-    """The optimizer of M stacked models: Adam (``adam``) or SGD with momentum, L1, clipping and
-    L2 as ``training`` says, each model with its own η, λ and λ₁ (:meth:`restart`).
+    """The optimizer of M stacked models: Adam (``adam``) or SGD with momentum, L1, clipping,
+    L2 and max-norm as ``training`` says, each model with its own η, λ, λ₁ and c
+    (:meth:`restart`).
 
-    ``params`` are the stack's parameters by name and ``regularized`` the names that L1 and
-    L2 apply to; ``compile``: the update runs under ``torch.compile``.
+    ``params`` are the stack's parameters by name, ``regularized`` the names that L1 and L2
+    apply to and ``units`` the weights that max-norm bounds, with the dims of a unit's incoming
+    vector (:meth:`~trainer.engines.stacked_layers.StackedLayers.units`); ``compile``: the
+    update runs under ``torch.compile``.
     """
 
     def __init__(
@@ -180,6 +208,7 @@ class StackedOptimizer:
         params: dict[str, nn.Parameter],
         regularized: set[str],
         *,
+        units: dict[str, tuple[int, ...]],
         training: TrainingSpec,
         adam: bool,
         compile: bool,
@@ -190,8 +219,10 @@ class StackedOptimizer:
         self.lr = torch.zeros(M, 1, 1, device=device)
         self.weight_decay = torch.zeros(M, 1, 1, device=device)
         self.l1 = torch.zeros(M, 1, 1, device=device)
+        self.max_norm = torch.full((M,), math.inf, device=device)  # ∞: no max-norm
         self.host_lr = [0.0] * M
         self.decayed = [name in regularized for name in params]
+        self.unit_dims = [units.get(name) for name in params]
         self.moments = {
             name: (torch.zeros_like(p), torch.zeros_like(p)) for name, p in params.items()
         }
@@ -202,25 +233,30 @@ class StackedOptimizer:
 
     @torch.no_grad()
     def restart(self, rows: slice, config: TrialConfig) -> None:
-        """Models ``rows`` take ``config``'s η, λ and λ₁, with fresh moments and step counts."""
+        """Models ``rows`` take ``config``'s η, λ, λ₁ and c, with fresh moments and step counts."""
         self.lr[rows] = config.lr
         self.host_lr[rows] = [config.lr] * (rows.stop - rows.start)
         self.weight_decay[rows] = config.weight_decay
         self.l1[rows] = config.l1
+        self.max_norm[rows] = math.inf if config.max_norm is None else config.max_norm
         for m1, m2 in self.moments.values():
             m1[rows], m2[rows] = 0.0, 0.0
         self.steps[rows] = 0.0
 
     @torch.no_grad()
-    def step(self, stepping: torch.Tensor, rows: np.ndarray, *, uses_l1: bool) -> None:
+    def step(
+        self, stepping: torch.Tensor, rows: np.ndarray, *, uses_l1: bool, uses_max_norm: bool
+    ) -> None:
         """One step of every model whose ``stepping`` is set (``rows``: the same models as the
-        host knows them, for the fused CPU kernel); ``uses_l1``: some model's λ₁ is not 0."""
+        host knows them, for the fused CPU kernel); ``uses_l1``: some model's λ₁ is not 0,
+        ``uses_max_norm``: some model has a max-norm c (otherwise nothing is projected)."""
         params = [p.detach() for p in self.params.values()]
         grads = [
             p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params.values()
         ]
         moments = list(self.moments.values())
         l1 = self.l1 if uses_l1 else None
+        max_norm = self.max_norm if uses_max_norm else None
         decoupled = self.training.l2_mode == "decoupled"
         if not self.fused:
             update = (
@@ -242,6 +278,8 @@ class StackedOptimizer:
                 decoupled=decoupled,
                 momentum=self.training.momentum,
                 grad_clip=self.training.grad_clip,
+                max_norm=max_norm,
+                unit_dims=self.unit_dims,
             )
             return
         grads = regularized_gradients(
@@ -262,3 +300,5 @@ class StackedOptimizer:
         for row in rows.tolist():
             by_lr[self.host_lr[row]].append(row)
         fused_adam_rows(by_lr, params, grads, moments, self.steps)
+        if max_norm is not None:
+            project_max_norm(params, stepping, max_norm=max_norm, unit_dims=self.unit_dims)

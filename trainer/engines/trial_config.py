@@ -28,15 +28,17 @@ class TrialConfig:
     model: ModelSpec
     training: TrainingSpec
     groups: tuple[tuple[str, float], ...] = ()  # dropout groups' own p: (group, p)
+    max_norm: float | None = None  # max-norm c of each unit's incoming weights; None: off
     augmentation: Augmentation = field(default_factory=Augmentation)  # each 0: off
 
     @classmethod
     def from_values(cls, spec: StudySpec, values: dict[str, Any]) -> TrialConfig:
         """Combine sampled ``values`` with the spec's fixed settings (``dropout.<group>``:
         a group's p, else ``dropout``'s; ``dropout`` may be absent when every dropout has a
-        group)."""
+        group; ``max_norm`` absent: no max-norm constraint)."""
         depth = len(values.get("hidden", spec.model.hidden))
         shared = values.get("dropout", 0.0)
+        max_norm = values.get("max_norm")
         groups = tuple(
             (g, float(values.get(f"dropout.{g}", shared))) for g in spec.model.groups(depth)
         )
@@ -53,6 +55,7 @@ class TrialConfig:
             model=spec.model,
             training=spec.training,
             groups=groups,
+            max_norm=None if max_norm is None else float(max_norm),
             augmentation=Augmentation.of(values),
         )
 
@@ -66,6 +69,8 @@ class TrialConfig:
         del values["model"], values["training"], values["groups"], values["augmentation"]
         if not self.model.shares_dropout():
             del values["dropout"]  # every dropout has its group's p
+        if self.max_norm is None:
+            del values["max_norm"]  # off: recorded as before max-norm existed
         if "hidden" in networks.TEMPLATE_FIELDS.get(self.model.kind, ()):
             values["hidden"] = list(self.hidden)
         else:  # a layers stack or a plugin has no template widths

@@ -127,6 +127,7 @@ DOMAINS: dict[str, Domain] = {
     "patience": Domain(1, integer=True),
     "lr": Domain(0.0, low_open=True),
     "batch_size": Domain(1, integer=True),
+    "max_norm": Domain(0.0, low_open=True),
 }
 OPTIMIZERS = ("adam", "sgd")
 # Search-space entries that take a range, a list of choices or a number (``hidden`` is apart).
@@ -213,7 +214,9 @@ class SearchSpace(Strict):
     The five regularization parameters default to the ranges of the product spec; ``lr``,
     ``batch_size``, ``optimizer`` and ``hidden`` (a list of layer-width lists) are searched
     only when given, otherwise the ``training``/``model`` values hold. ``dropout.<group>``
-    is a dropout group's own range (default: the ``dropout`` range).
+    is a dropout group's own range (default: the ``dropout`` range). ``max_norm`` c > 0, the
+    max-norm constraint (after every optimizer step each unit's incoming weight vector is
+    rescaled to norm ≤ c), is off unless given.
     ``augment.<name>`` (:class:`Augment`, also nested as ``augment``) is a data
     augmentation, off unless given.
     """
@@ -226,6 +229,7 @@ class SearchSpace(Strict):
     lr: Param | None = None
     batch_size: Param | None = None
     optimizer: Param | None = None
+    max_norm: Param | None = None
     hidden: list[list[Annotated[int, Field(ge=1)]]] | None = None
     groups: dict[str, Param] = Field(
         default_factory=dict, description="dropout groups' own ranges, given as dropout.<group>"

@@ -118,6 +118,9 @@ def best_configuration(record: StudyLike, best: FrozenTrial) -> str:
     training = (record.spec or {}).get("training") or {}
     if training.get("l2_mode"):
         extra.append(f"weight decay mode: {esc(training['l2_mode'])}")
+    max_norm = best.params.get("max_norm", config.get("max_norm"))
+    if max_norm is not None:
+        extra.append(max_norm_sentence(max_norm, searched="max_norm" in best.params))
     body = para(
         f"Trial <b>#{best.number}</b> scored <b>{shown(best.value)}</b> {esc(record.metric)} "
         "(mean over the folds). Its hyperparameters, those the search chose and those fixed by "
@@ -128,6 +131,17 @@ def best_configuration(record: StudyLike, best: FrozenTrial) -> str:
         body += para("; ".join(extra) + ".")
     body += augmentation_note(best.params, config)
     return section("best-configuration", "Best configuration", body)
+
+
+def max_norm_sentence(c: Any, *, searched: bool) -> str:
+    """What the best configuration's max-norm c did (``search_space.max_norm``)."""
+    how = "the search chose" if searched else "the spec fixed"
+    return (
+        f"max-norm c = {shown(c)} ({how} it): after every optimizer step each unit's incoming "
+        "weight vector w (a row of a Linear weight, one output filter of a Conv) was rescaled "
+        "to norm ≤ c, w ← w·c/‖w‖ where ‖w‖ > c, a hard bound on each unit where weight decay "
+        "pulls on all weights; biases and BatchNorm are untouched"
+    )
 
 
 def cv_table(record: StudyLike, best: FrozenTrial) -> str:
