@@ -71,6 +71,7 @@ _HOME: dict[str, str] = {
     "to_bytes": "trainer.model_file.packing",
     # tuning
     "BestTrial": "trainer.tuning.records",
+    "ParetoTrial": "trainer.tuning.records",
     "CVProtocol": "trainer.tuning.cv_protocol",
     "LISTED": "trainer.tuning.records",
     "Search": "trainer.tuning.search",
@@ -81,17 +82,24 @@ _HOME: dict[str, str] = {
     "TrialRecord": "trainer.tuning.records",
     "TrialTraining": "trainer.tuning.trial_training",
     "best_first": "trainer.tuning.records",
+    "best_trial": "trainer.tuning.trade_off",
     "choose_engine": "trainer.tuning.search",
+    "chosen_trial": "trainer.tuning.trade_off",
     "failure_reason": "trainer.tuning.trial_errors",
     "final_model": "trainer.tuning.tuned_model",
     "hidden_key": "trainer.tuning.space",
     "make_pruner": "trainer.tuning.optuna_study",
     "make_sampler": "trainer.tuning.optuna_study",
+    "metric_of": "trainer.tuning.trade_off",
     "network_sizes": "trainer.tuning.cv_protocol",
+    "objective_names": "trainer.tuning.trade_off",
     "optuna_internals": "trainer.tuning.optuna_internals",  # a namespace: Optuna's tables
+    "pareto_front": "trainer.tuning.trade_off",
+    "picked": "trainer.tuning.trade_off",
     "refit_trial": "trainer.tuning.tuned_model",
     "run_parallel_study": "trainer.tuning.parallel",
     "run_study": "trainer.tuning.study",
+    "study_directions": "trainer.tuning.trade_off",
     "suggest": "trainer.tuning.space",
     # the ground floor
     "SAMPLER_STREAM": "trainer.rng",
@@ -176,6 +184,7 @@ if TYPE_CHECKING:  # what type checkers see; tests/test_architecture.py keeps it
     from trainer.tuning.parallel import run_parallel_study as run_parallel_study
     from trainer.tuning.records import LISTED as LISTED
     from trainer.tuning.records import BestTrial as BestTrial
+    from trainer.tuning.records import ParetoTrial as ParetoTrial
     from trainer.tuning.records import SplitRows as SplitRows
     from trainer.tuning.records import StudyResult as StudyResult
     from trainer.tuning.records import TrialRecord as TrialRecord
@@ -186,6 +195,13 @@ if TYPE_CHECKING:  # what type checkers see; tests/test_architecture.py keeps it
     from trainer.tuning.space import suggest as suggest
     from trainer.tuning.study import StudyOutcome as StudyOutcome
     from trainer.tuning.study import run_study as run_study
+    from trainer.tuning.trade_off import best_trial as best_trial
+    from trainer.tuning.trade_off import chosen_trial as chosen_trial
+    from trainer.tuning.trade_off import metric_of as metric_of
+    from trainer.tuning.trade_off import objective_names as objective_names
+    from trainer.tuning.trade_off import pareto_front as pareto_front
+    from trainer.tuning.trade_off import picked as picked
+    from trainer.tuning.trade_off import study_directions as study_directions
     from trainer.tuning.trial_errors import TrialInterrupted as TrialInterrupted
     from trainer.tuning.trial_errors import failure_reason as failure_reason
     from trainer.tuning.trial_training import TrialTraining as TrialTraining

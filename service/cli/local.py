@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from trainer import StudyOutcome
 from service.cli.progress import Snapshot, StudyProgress
 from service.cli.root import app, console, fail, read_spec_file
-from service.cli.views import print_table, result_table, write_file
+from service.cli.views import print_result, write_file
 
 
 def validation_message(exc: ValidationError) -> str:
@@ -50,10 +50,12 @@ def load_spec(path: Path | None, overrides: dict[str, Any]) -> StudySpec:
 def searched(study: optuna.Study, n_trials: int, elapsed_s: float) -> Snapshot:
     """The study this process searches, as the progress display shows it; its ETA is the
     trials left at the rate seen so far (which reflects every searcher process)."""
+    from trainer import best_trial, metric_of
+
     trials = study.get_trials(deepcopy=False)
     done = sum(t.state.is_finished() for t in trials)
     try:
-        best: float | None = study.best_value
+        best: float | None = metric_of(best_trial(study))  # a trade-off's too: by its metric
     except ValueError:  # no completed trial yet
         best = None
     left = max(n_trials - done, 0)
@@ -206,7 +208,7 @@ def tune(
     if as_json:
         sys.stdout.write(result.model_dump_json(indent=2) + "\n")
     else:
-        print_table(result_table(result))
+        print_result(result)
     if splits is not None:
         write_file(splits, outcome.splits.model_dump_json().encode())
     if output is not None and outcome.model is not None:

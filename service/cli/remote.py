@@ -20,8 +20,9 @@ from service.cli.views import (
     compare_table,
     done_trials,
     page_title,
+    pareto_table,
+    print_result,
     print_table,
-    result_table,
     status_table,
     study_result,
     titled,
@@ -100,7 +101,7 @@ def submit(
     if as_json:
         print(study.model_dump_json())
     else:
-        print_table(result_table(study_result(study)))
+        print_result(study_result(study))
         if study.error:
             console.print(f"[bold red]{study.status}:[/] {study.error}")
     if study.status != "completed":
@@ -118,6 +119,9 @@ def status(study_id: str, as_json: Annotated[bool, typer.Option("--json")] = Fal
         print(study.model_dump_json())
         return
     print_table(status_table(study))
+    front = pareto_table(study_result(study))
+    if front is not None:
+        print_table(front)
 
 
 @app.command()

@@ -118,7 +118,40 @@ def study_result(study: StudyOut) -> StudyResult:
         trials={k: v for k, v in study.trials.items() if v},
         best=study.best,
         test_score=study.test_score,
+        trade_off=study.trade_off,
+        pareto=study.pareto,
+        chosen=study.chosen,
     )
+
+
+def pareto_table(result: StudyResult) -> Table | None:
+    """A trade-off study's Pareto front, best metric first, the final model's trial marked;
+    None for a single-objective study (or before a trial completes)."""
+    if not result.pareto or result.trade_off is None:
+        return None
+    final = result.chosen
+    if final is None and result.best is not None:
+        final = result.best.number
+    table = titled(f"Pareto front: {result.metric} against {result.trade_off}")
+    for column in ("#", result.metric, result.trade_off, "± std", "params"):
+        table.add_column(column)
+    for t in result.pareto:
+        table.add_row(
+            f"{t.number}" + (" ◀ model" if t.number == final else ""),
+            f"{t.values[0]:.4f}",
+            value_text(t.values[1]),
+            "" if t.cv_std is None else f"{t.cv_std:.4f}",
+            ", ".join(f"{k}={value_text(v)}" for k, v in t.params.items()),
+        )
+    return table
+
+
+def print_result(result: StudyResult) -> None:
+    """A study's result table, then its Pareto front where it has one."""
+    print_table(result_table(result))
+    front = pareto_table(result)
+    if front is not None:
+        print_table(front)
 
 
 def share_text(study: StudyOut) -> str:
@@ -153,6 +186,8 @@ def status_table(study: StudyOut) -> Table:
         table.add_row(name, value)
     if study.best is not None:
         table.add_row("diagnosis", value_text(study.best.diagnosis))
+    if study.chosen is not None:
+        table.add_row("final model", f"trial {study.chosen} (final_model.pick)")
     if study.error:
         table.add_row("error", f"[red]{study.error}[/]")
     return table
@@ -212,6 +247,8 @@ def result_table(result: StudyResult) -> Table:
     if best.l1_sparsity is not None:
         table.add_row("L1 sparsity", f"{best.l1_sparsity:.1%}")
     table.add_row("diagnosis", value_text(best.diagnosis))
+    if result.chosen is not None:
+        table.add_row("final model", f"trial {result.chosen} (final_model.pick)")
     return table
 
 

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from trainer import BestTrial, TrialRecord
+from trainer import BestTrial, ParetoTrial, TrialRecord
 
 if TYPE_CHECKING:  # the CLI's HTTP client parses these models: it must not load Optuna
     from optuna.trial import FrozenTrial
@@ -79,7 +79,7 @@ class TrialOut(BaseModel):
         "parameters queued again: its re-run is another trial) or cancelled (stopped with "
         "its study)"
     )
-    value: float | None
+    value: float | None = Field(description="the metric (a trade-off study's first objective)")
     params: dict[str, Any]
     cv_std: float | None
     diagnosis: str | None
@@ -94,7 +94,7 @@ class TrialOut(BaseModel):
         return cls(
             number=trial.number,
             state=state,
-            value=trial.value,
+            value=trial.values[0] if trial.values else None,
             params=trial.params,
             **TrialRecord.of(trial).fields_of(TrialOut),
             datetime_start=utc(trial.datetime_start),
@@ -114,6 +114,9 @@ class TrialDetail(TrialOut):
     fold_diagnoses: list[str] | None
     l1_sparsity: float | None
     n_params: int | None
+    nonzero_params: float | None = Field(
+        description="parameters with |θ| ≥ 1e-3 at the kept epoch, mean over folds"
+    )
     engine: str | None = Field(description="population or per-trial")
     engine_note: str | None = Field(description="why the trial did not train stacked")
     intermediate_values: dict[int, float]
@@ -148,6 +151,19 @@ class StudyOut(BaseModel):
     workers: int = Field(0, description="workers serving the study now")
     priority: int = Field(0, description="the spec's priority among the tenant's studies")
     best: BestTrial | None
+    trade_off: str | None = Field(
+        None, description="objective.trade_off: the second objective (network size), minimized"
+    )
+    pareto: list[ParetoTrial] | None = Field(
+        None,
+        description="a trade-off study's Pareto front: the completed trials no other beats on "
+        "both objectives, best metric first; null for a single-objective study",
+    )
+    chosen: int | None = Field(
+        None,
+        description="the trial final_model.pick chooses (refitted and served), where it is "
+        "not the best by the metric",
+    )
     test_score: float | None
     error: str | None
     created_at: datetime

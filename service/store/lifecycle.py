@@ -10,7 +10,7 @@ import contextlib
 import hashlib
 import uuid
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import optuna
 from optuna.storages import RDBStorage
@@ -24,14 +24,19 @@ from service.store.db import Database
 from service.store.errors import Conflict, NotFound
 from service.store.tables import ACTIVE, FINAL, ArtifactRecord, StudyRecord, StudyStatus, utcnow
 from trainer import (
+    UNLIMITED,
     CVProtocol,
     Dataset,
     Limits,
+    Metric,
     SpecError,
     StudySpec,
     metric_direction,
     network_sizes,
+    objective_names,
     optuna_internals,
+    picked,
+    study_directions,
 )
 
 
@@ -123,11 +128,13 @@ def submit(
     check_parameters(spec, dataset, limits or Limits())
     study_id = uuid.uuid4().hex
     name = optuna_name(study_id, spec.name)
+    trade_off = spec.objective.trade_off
     study = optuna.create_study(
-        storage=storage, study_name=name, direction=metric_direction(protocol.metric)
+        storage=storage, study_name=name, directions=study_directions(protocol.metric, trade_off)
     )
     study.set_user_attr("regtune_id", study_id)
-    study.set_metric_names([protocol.metric])  # the dashboard's axis: "accuracy", not "Objective 0"
+    # The dashboard's axes: "accuracy" (and "parameters"), not "Objective 0".
+    study.set_metric_names(objective_names(protocol.metric, trade_off))
     try:
         queued = 0
         if warm is not None:  # the earlier study's best trials come first
@@ -180,7 +187,8 @@ def list_for(session: Session, tenant: str, offset: int, limit: int) -> list[Stu
 @dataclass
 class StudyProgress:
     """A study as ``GET /v1/studies/{id}`` shows it: trial counts, progress, ETA, best, and
-    its share of the workers (its place in its tenant's queue; the workers serving it)."""
+    its share of the workers (its place in its tenant's queue; the workers serving it); a
+    trade-off study's Pareto front, and the trial its ``final_model.pick`` chooses from it."""
 
     record: StudyRecord
     counts: trials.TrialCounts
@@ -189,6 +197,8 @@ class StudyProgress:
     best: FrozenTrial | None
     queue_position: int | None
     workers: int
+    pareto: list[FrozenTrial] | None = None
+    chosen: FrozenTrial | None = None  # the pick, where it is not the best
 
 
 def status(
@@ -206,6 +216,7 @@ def status(
     best_id = trials.best_trial_id(session, study_id, record.direction)
     best = storage.get_trial(best_id) if best_id is not None else None
     finished = min(counts.finished, record.n_trials)
+    pareto, chosen = trade_off_of(session, record, best)
     return StudyProgress(
         record=record,
         counts=counts,
@@ -216,7 +227,28 @@ def status(
         best=best,
         queue_position=scheduling.queue_position(session, record),
         workers=scheduling.serving_workers(session, record.id, alive_s),
+        pareto=pareto,
+        chosen=chosen,
     )
+
+
+def trade_off_of(
+    session: Session, record: StudyRecord, best: FrozenTrial | None
+) -> tuple[list[FrozenTrial] | None, FrozenTrial | None]:
+    """A trade-off study's Pareto front (its values read in one query) and the trial that
+    ``final_model.pick`` chooses from it where that is not ``best``; (None, None) for a
+    single-objective study."""
+    if not (record.spec.get("objective") or {}).get("trade_off"):
+        return None, None
+    assert record.optuna_id is not None
+    spec = StudySpec.model_validate(record.spec, context={"limits": UNLIMITED})
+    metric = cast("Metric", record.metric)  # the protocol's, written at submission
+    directions = study_directions(metric, spec.objective.trade_off)
+    front = trials.pareto_trials(session, record.optuna_id, directions)
+    if best is None:
+        return front, None
+    chosen = picked(front, best, spec.final_model.pick, record.direction)
+    return front, None if chosen.number == best.number else chosen
 
 
 def trial_page(

@@ -31,7 +31,7 @@ from sqlalchemy.orm import Session
 
 from service.settings import Settings
 from service.store.db import DATABASE_ERRORS, engine_kwargs
-from trainer import LISTED, TrialRecord, best_first, optuna_internals
+from trainer import LISTED, TrialRecord, best_first, optuna_internals, pareto_front
 
 log = logging.getLogger("regtune.trials")
 
@@ -283,6 +283,47 @@ def top_trial_ids(session: Session, study_id: int, direction: str, k: int) -> li
 def best_trial_id(session: Session, study_id: int, direction: str) -> int | None:
     best = top_trial_ids(session, study_id, direction, 1)
     return best[0] if best else None
+
+
+def completed_values(session: Session, study_id: int) -> list[FrozenTrial]:
+    """The study's COMPLETE trials with their values and nothing else, in one query: what a
+    trade-off's Pareto front is found from, whatever the study's size."""
+    rows = session.execute(
+        select(trials.c.trial_id, trials.c.number, trial_values.c.objective, trial_values.c.value)
+        .add_columns(trial_values.c.value_type)
+        .join(trial_values, trial_values.c.trial_id == trials.c.trial_id)
+        .where(trials.c.study_id == study_id, trials.c.state == TrialState.COMPLETE)
+        .order_by(trials.c.number, trial_values.c.objective)
+    ).all()
+    values: dict[tuple[int, int], list[float]] = {}
+    for row in rows:
+        value = optuna_internals.STORED_INFINITY.get(row.value_type, row.value)
+        values.setdefault((row.trial_id, row.number), []).append(value)
+    return [
+        FrozenTrial(
+            number=number,
+            state=TrialState.COMPLETE,
+            value=None,
+            values=vs,
+            datetime_start=None,
+            datetime_complete=None,
+            params={},
+            distributions={},
+            user_attrs={},
+            system_attrs={},
+            intermediate_values={},
+            trial_id=trial_id,
+        )
+        for (trial_id, number), vs in values.items()
+    ]
+
+
+def pareto_trials(session: Session, study_id: int, directions: Sequence[str]) -> list[FrozenTrial]:
+    """The study's Pareto front (``trainer.pareto_front``), best metric first, each trial with
+    its values, parameters, fold scores and spread (:func:`trial_summaries`)."""
+    front = pareto_front(completed_values(session, study_id), directions)
+    ids = [optuna_internals.trial_id(t) for t in front]
+    return trial_summaries(session, ids, ("fold_scores", "cv_std"))
 
 
 def trial_id_of(session: Session, study_id: int, number: int) -> int | None:

@@ -37,6 +37,7 @@ from trainer import (
     TrialRecord,
     TrialTraining,
     choose_engine,
+    chosen_trial,
     derived_seed,
     failure_reason,
     final_model,
@@ -262,7 +263,8 @@ class StudyRunner:
     def final_model(
         self, record: StudyRecord, spec: StudySpec
     ) -> tuple[float | None, bytes | None, str | None]:
-        """Retrain the best configuration on all non-test rows: (test score, model file, error).
+        """Retrain the best configuration (or the one a trade-off's ``final_model.pick``
+        chooses: ``trainer.chosen_trial``) on all non-test rows: (test score, model file, error).
 
         The test score is that of the held-out test rows (None without a test split). A refit
         that fails (it diverges, runs out of memory, a bug) does not lose the study: it
@@ -278,7 +280,7 @@ class StudyRunner:
                 spec,
                 dataset,
                 protocol,
-                study.best_trial,
+                chosen_trial(study, spec),
                 device=self.device,
                 study={"id": record.id, "name": record.name, "dataset": spec.dataset},
             )

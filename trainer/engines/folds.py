@@ -56,6 +56,7 @@ class Fold:
         train_loss: list[float],
         val_loss: list[float],
         sparsity: float,
+        nonzero_params: int,
         max_epochs: int,
     ) -> FoldResult:
         """What the fold reports, from what its engine recorded while it trained."""
@@ -69,6 +70,7 @@ class Fold:
             train_loss,
             val_loss,
             sparsity,
+            nonzero_params,
             diagnose_fold(
                 train_loss, val_loss, max_epochs=max_epochs, baseline_loss=self.baseline_loss
             ),

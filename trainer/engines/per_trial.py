@@ -45,7 +45,7 @@ from trainer.data.splits import Split
 from trainer.engines import augmentation, scoring
 from trainer.engines.early_stopping import EarlyStopping
 from trainer.engines.folds import Fold, TrainedFold, fold_seed
-from trainer.engines.regularizers import make_optimizer
+from trainer.engines.regularizers import make_optimizer, nonzero
 from trainer.engines.results import CVResult, DivergedError, FoldEnsemble, FoldResult
 from trainer.engines.trial_config import TrialConfig
 from trainer.nets.networks import count_parameters
@@ -225,6 +225,8 @@ class FoldRun:
             train_loss=self.train_loss,
             val_loss=self.val_loss,
             sparsity=self.regularizer.sparsity(),
+            # Once done, the model holds its best epoch's weights: those are counted.
+            nonzero_params=int(nonzero([p[None] for p in self.model.parameters()])[0]),
             max_epochs=self.config.training.max_epochs,
         )
 

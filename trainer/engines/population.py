@@ -43,7 +43,7 @@ from trainer.data.datasets import Dataset
 from trainer.data.splits import Split
 from trainer.engines import augmentation, compiled, scoring, stacking
 from trainer.engines.folds import TrainedFold, fold_seed
-from trainer.engines.regularizers import regularized_names, sparsity
+from trainer.engines.regularizers import nonzero, regularized_names, sparsity
 from trainer.engines.results import CVResult, DivergedError
 from trainer.engines.stacked_layers import Pass, StackedLayers
 from trainer.engines.stacked_optim import StackedOptimizer
@@ -360,6 +360,7 @@ class Population:
             rows,
             self.rows.folds,
             sparsity(best),
+            nonzero([self.layers.best[name][rows] for name in self.layers.params]),
             n_params=self.n_params,
             started=self.started[slot],
         )

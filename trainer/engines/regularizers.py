@@ -79,6 +79,19 @@ def sparsity(regularized: Sequence[torch.Tensor]) -> torch.Tensor:
     return small.sum(0).double() / max(total, 1)
 
 
+@torch.no_grad()
+def nonzero(params: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Per model, how many of its parameters have |θ| ≥ 10⁻³ (:func:`sparsity`'s threshold):
+    each tensor holds M models' ``[M, …]``; the counts ``[M]`` (int64).
+
+    Both engines pass every parameter of the network, the ones that
+    :func:`trainer.nets.networks.count_parameters` counts (weights, biases, BatchNorm's γ and
+    β; not its running statistics, which are buffers), at the kept (best) epoch: so a
+    trade-off's ``nonzero_parameters`` is at most its ``parameters``, and equal without L1.
+    """
+    return torch.stack([(p.abs() >= SPARSITY_THRESHOLD).flatten(1).sum(1) for p in params]).sum(0)
+
+
 @dataclass
 class Regularizer:
     """The per-trial penalties on one model's parameters."""

@@ -34,6 +34,7 @@ class FoldResult:
     train_loss: list[float]
     val_loss: list[float]
     sparsity: float
+    nonzero_params: int  # parameters with |θ| ≥ 1e-3 at the best epoch (regularizers.nonzero)
     diagnosis: Diagnosis
     scored: np.ndarray
     x_scaler: Standardizer

@@ -113,12 +113,14 @@ class StackedResults:
         rows: slice,
         folds: Sequence[Fold],
         sparsity: torch.Tensor,
+        nonzero: torch.Tensor,
         *,
         n_params: int,
         started: float,
     ) -> CVResult:
         """The CV result of the trial in ``rows`` (one per fold of ``folds``), from its folds'
-        best epochs; ``sparsity`` ``[K]`` of their best weights; ``started``: when it began
+        best epochs; ``sparsity`` and ``nonzero`` ``[K]`` of their best weights
+        (:mod:`trainer.engines.regularizers`); ``started``: when it began
         (``time.perf_counter``)."""
         table = torch.stack(
             [
@@ -127,9 +129,10 @@ class StackedResults:
                 self.epochs[rows].double(),
                 self.stopping.should_stop[rows].double(),
                 sparsity,
+                nonzero.double(),
             ]
         ).tolist()
-        scores, best_epochs, epochs, stopped, sparsities = table
+        scores, best_epochs, epochs, stopped, sparsities, nonzeros = table
         curves = range(rows.start, rows.stop)
         return CVResult(
             metric=self.metric,
@@ -142,6 +145,7 @@ class StackedResults:
                     train_loss=self.train_curves[r],
                     val_loss=self.val_curves[r],
                     sparsity=sparsities[k],
+                    nonzero_params=int(nonzeros[k]),
                     max_epochs=self.training.max_epochs,
                 )
                 for k, (fold, r) in enumerate(zip(folds, curves, strict=True))

@@ -11,7 +11,7 @@ import math
 import re
 import unicodedata
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import (
     Field,
@@ -49,6 +49,7 @@ __all__ = [
 ]
 
 Task = Literal["classification", "regression"]
+StrictModel = TypeVar("StrictModel", bound=Strict)
 Metric = Literal["accuracy", "mse", "loss"]
 Scalar = float | int | str
 
@@ -71,15 +72,20 @@ class Range(Strict):
         return self
 
 
+def _validated(model: type[StrictModel], value: dict[str, Any]) -> StrictModel:
+    """``value`` as ``model``, or a ValueError listing each field's problem on one line."""
+    try:
+        return model.model_validate(value)
+    except ValidationError as exc:
+        raise ValueError("; ".join(field_problem(e) for e in exc.errors())) from None
+
+
 def _parse_param(value: Any) -> Range | list[Scalar] | Scalar:
     """Dispatch on the JSON shape, so that an error speaks of the shape the user meant."""
     if isinstance(value, Range):
         return value
     if isinstance(value, dict):
-        try:
-            return Range.model_validate(value)
-        except ValidationError as exc:
-            raise ValueError("; ".join(field_problem(e) for e in exc.errors())) from None
+        return _validated(Range, value)
     if isinstance(value, list):
         if not all(_is_scalar(v) for v in value):
             raise ValueError("a list of choices may hold only numbers or strings")
@@ -380,16 +386,37 @@ class CVSpec(Strict):
     test_fraction: float = Field(0.0, ge=0, le=0.5)
 
 
+TradeOff = Literal["parameters", "nonzero_parameters"]
+
+
 class ObjectiveSpec(Strict):
-    """``accuracy`` (classification, maximized), ``mse`` (regression), ``loss`` (minimized)."""
+    """``accuracy`` (classification, maximized), ``mse`` (regression), ``loss`` (minimized).
+
+    ``trade_off`` makes the study two-objective: the metric, and the network's size,
+    minimized: ``parameters`` (the trial's parameter count) or ``nonzero_parameters`` (its
+    parameters with |θ| ≥ 1e-3 at the kept epoch, mean over folds: what L1 buys). The study's
+    result is then the Pareto front of the two (``trainer.tuning.trade_off``).
+    """
 
     metric: Metric | None = None
+    trade_off: TradeOff | None = Field(
+        None,
+        description="also minimize the network's size: 'parameters' or 'nonzero_parameters' "
+        "(|θ| ≥ 1e-3 at the kept epoch, mean over folds); the study returns the Pareto front",
+    )
+
+
+# Samplers that search two objectives (a trade-off); CMA-ES searches one.
+TWO_OBJECTIVE_SAMPLERS = ("tpe", "nsga2", "random", "gp", "grid")
 
 
 class SamplerSpec(Strict):
-    kind: Literal["tpe", "random", "gp", "cmaes", "grid"] = "tpe"
+    kind: Literal["tpe", "random", "gp", "cmaes", "grid", "nsga2"] = "tpe"
     n_startup_trials: int = Field(10, ge=0, description="random trials before TPE/GP model")
     grid_points: int = Field(5, ge=2, le=100, description="grid values per range (grid only)")
+    population_size: int = Field(
+        50, ge=2, le=10_000, description="trials per generation (nsga2 only)"
+    )
 
 
 class PrunerSpec(Strict):
@@ -425,15 +452,40 @@ class WarmStartSpec(Strict):
         return value
 
 
+class Within(Strict):
+    """``final_model.pick`` of a trade-off study: the smallest Pareto trial whose metric is
+    within ``within`` of the best trial's (in the metric's units and direction)."""
+
+    within: float = Field(ge=0, description="how much of the metric to give up, at most")
+
+
 class FinalModelSpec(Strict):
-    """What the model file holds once the study completes: always the best configuration
-    retrained on all non-test rows; with ``ensemble``, also its K fold models."""
+    """What the model file holds once the study completes: always the chosen configuration
+    (``pick``: the best by default) retrained on all non-test rows; with ``ensemble``, also
+    its K fold models."""
 
     ensemble: bool = Field(
         False,
         description="also store the best configuration's K fold models (retrained as its "
         "cross-validation trained them) for prediction by their average; K more trainings",
     )
+    pick: Literal["best"] | Within = Field(
+        "best",
+        description="the trial refitted: 'best' (by the metric), or {\"within\": d} (a "
+        "trade-off study): the smallest Pareto trial whose metric is within d of the best's",
+    )
+
+    @field_validator("pick", mode="wrap")
+    @classmethod
+    def _parse_pick(cls, value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+        # Our own dispatch instead of pydantic's union errors, which list every branch.
+        if value == "best" or isinstance(value, Within):
+            return value
+        if isinstance(value, dict):
+            return _validated(Within, value)
+        raise ValueError(
+            f'must be "best" or {{"within": d}}, d ≥ 0 in the metric\'s units, got {value!r}'
+        )
 
 
 class StudySpec(Strict):
@@ -480,6 +532,26 @@ class StudySpec(Strict):
             raise ValueError("objective.metric 'accuracy' needs task 'classification'")
         if self.task == "classification" and metric == "mse":
             raise ValueError("objective.metric 'mse' needs task 'regression'")
+        return self
+
+    @model_validator(mode="after")
+    def _trade_off_fits(self) -> StudySpec:
+        trade_off, sampler = self.objective.trade_off, self.sampler.kind
+        if trade_off is not None and sampler not in TWO_OBJECTIVE_SAMPLERS:
+            raise ValueError(
+                f"sampler.kind {sampler!r} searches one objective; objective.trade_off makes "
+                f"two: use one of {list(TWO_OBJECTIVE_SAMPLERS)}"
+            )
+        if trade_off is not None and self.pruner.kind == "wilcoxon":
+            raise ValueError(
+                "pruner.kind 'wilcoxon' compares a trial with the single best one; "
+                "objective.trade_off has a front of them: use median, hyperband or none"
+            )
+        if trade_off is None and isinstance(self.final_model.pick, Within):
+            raise ValueError(
+                "final_model.pick {'within': d} chooses among the Pareto trials of a "
+                "trade-off: it needs objective.trade_off"
+            )
         return self
 
     @model_validator(mode="after")

@@ -64,11 +64,12 @@ class AskAndTell:
         trial: optuna.Trial,
         record: TrialRecord,
         *,
-        value: float | None = None,
+        value: float | Sequence[float] | None = None,
         state: TrialState | None = None,
     ) -> FrozenTrial:
-        """Write ``record`` and tell ``trial``'s outcome: completed with ``value``, or ended in
-        ``state``; unless a crash recovery failed the trial first (its result is then dropped)."""
+        """Write ``record`` and tell ``trial``'s outcome: completed with ``value`` (a trade-off
+        study's two: :func:`trainer.tuning.trade_off.told`), or ended in ``state``; unless a
+        crash recovery failed the trial first (its result is then dropped)."""
         self.forget(trial)
         try:
             record.write(trial)

@@ -16,6 +16,7 @@ from trainer.specs.study_spec import StudySpec
 from trainer.tuning.optuna_internals import trial_id
 from trainer.tuning.records import TrialRecord
 from trainer.tuning.space import suggest, trial_seed
+from trainer.tuning.trade_off import report, should_prune, told
 from trainer.tuning.trial_errors import TrialFailed, TrialInterrupted, failure_reason
 from trainer.tuning.trial_training import TrialTraining
 
@@ -27,7 +28,8 @@ def fold_schedule(spec: StudySpec) -> Schedule:
 
 
 class Objective:
-    """``objective(trial) -> CV mean`` for ``study.optimize`` or ask-and-tell.
+    """``objective(trial) -> CV mean`` (and a trade-off's size: :func:`~trainer.tuning.trade_off.
+    told`) for ``study.optimize`` or ask-and-tell.
 
     Lockstep folds report the fold-mean metric per epoch (for median/hyperband pruning and the
     dashboard's curves); with the Wilcoxon pruner folds run one after another and each fold's
@@ -45,16 +47,16 @@ class Objective:
         self.schedule = fold_schedule(training.spec)
         self.note = note
 
-    def __call__(self, trial: optuna.Trial) -> float:
+    def __call__(self, trial: optuna.Trial) -> float | list[float]:
         training = self.training
         spec = training.spec
         config = TrialConfig.from_values(spec, suggest(trial, spec))
         TrialRecord(config=config.hyperparameters()).write(trial)
         lockstep = self.schedule == "lockstep"
 
-        def report(step: int, value: float) -> None:
-            trial.report(value, step)
-            if trial.should_prune():
+        def prune(step: int, value: float) -> None:
+            report(trial, step, value)
+            if should_prune(trial):
                 raise optuna.TrialPruned(f"pruned at step {step} with value {value:.5g}")
 
         def on_epoch(epoch: int, value: float) -> None:
@@ -63,7 +65,7 @@ class Objective:
                 TrialRecord(fail_reason=reason).write(trial)
                 raise TrialInterrupted(reason, trial_ids=[trial_id(trial)])
             if lockstep:
-                report(epoch, value)
+                prune(epoch, value)
 
         try:
             result = cross_validate(
@@ -75,7 +77,7 @@ class Objective:
                 seed=trial_seed(spec.seed, trial.number),
                 schedule=self.schedule,
                 on_epoch=on_epoch,
-                on_fold=None if lockstep else report,
+                on_fold=None if lockstep else prune,
             )
         except DivergedError as exc:
             TrialRecord(fail_reason=str(exc)).write(trial)
@@ -87,5 +89,6 @@ class Objective:
         except Exception as exc:
             TrialRecord(fail_reason=failure_reason(exc)).write(trial)
             raise TrialFailed(failure_reason(exc)) from exc
-        TrialRecord.of_result(result, config, "per-trial", self.note).write(trial)
-        return result.mean
+        record = TrialRecord.of_result(result, config, "per-trial", self.note)
+        record.write(trial)
+        return told(spec, record)

@@ -6,11 +6,14 @@ Optuna release that renames one breaks one place (and its tests say so).
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, cast
 
 import optuna
 from optuna.storages import BaseStorage
 from optuna.storages._rdb import models as rdb_models
+from optuna.study import StudyDirection, _multi_objective
+from optuna.trial import FrozenTrial
 from sqlalchemy import Table
 
 # Optuna's RDB trial tables, as Optuna itself declares them (and migrates them). The service's
@@ -70,3 +73,54 @@ def create_trial(study: optuna.Study) -> optuna.Trial:
     called only once the budget has reserved it (:func:`take_queued`)."""
     study._thread_local.cached_all_trials = None
     return optuna.Trial(study, study._storage.create_new_trial(study._study_id))
+
+
+def report_intermediate(trial: optuna.Trial, step: int, value: float) -> None:
+    """Store ``value`` as ``trial``'s intermediate value at ``step``: what ``Trial.report``
+    does, which Optuna refuses in a multi-objective study (NotImplementedError) although its
+    storages keep intermediate values whatever the directions. A trade-off study stores its
+    metric's learning curve this way, for its pruner (:func:`prune_on_metric`) and the
+    dashboard. A step stored again (a trial restarted after an out-of-memory) is overwritten."""
+    storage_of(trial.study).set_trial_intermediate_value(trial_id(trial), step, value)
+
+
+class _MetricStorage:
+    """A study's storage as a single-objective study of its first objective reads it: every
+    call goes to ``storage``, but the study's directions are that objective's alone."""
+
+    def __init__(self, storage: BaseStorage, direction: StudyDirection) -> None:
+        self._storage, self._direction = storage, direction
+
+    def get_study_directions(self, study_id: int) -> list[StudyDirection]:
+        return [self._direction]
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._storage, name)
+
+
+def prune_on_metric(trial: optuna.Trial) -> bool:
+    """Whether ``trial``'s pruner prunes it by its intermediate values (the metric's, stored
+    by :func:`report_intermediate`): what ``Trial.should_prune`` asks, which Optuna refuses in
+    a multi-objective study.
+
+    The pruner is shown the study as a single-objective one in the first objective's
+    direction: Optuna's median, percentile and successive-halving pruners read
+    ``study.direction``, ``study.get_trials`` and the trials' ``intermediate_values`` (and
+    ``_trial_id``, ``system_attrs``), and hyperband builds its bracket studies from
+    ``study._storage``, which answers that one direction too. The trial is read back whole from
+    the storage (``Trial.should_prune`` reads Optuna's private cache of it).
+    """
+    study = trial.study
+    storage = storage_of(study)
+    one = cast(BaseStorage, _MetricStorage(storage, study.directions[0]))
+    view = optuna.Study(study.study_name, one, sampler=study.sampler, pruner=study.pruner)
+    return study.pruner.prune(view, storage.get_trial(trial_id(trial)))
+
+
+def pareto_front(trials: Sequence[FrozenTrial], directions: Sequence[str]) -> list[FrozenTrial]:
+    """The non-dominated COMPLETE trials of ``trials`` in ``directions`` ("maximize" or
+    "minimize" per objective): Optuna's own rule, the one that ``Study.best_trials`` applies
+    to a study's trials, for trials read apart from their study (the service reads a large
+    study's values in one query, not every trial whole)."""
+    ways = [StudyDirection[d.upper()] for d in directions]
+    return _multi_objective._get_pareto_front_trials_by_trials(trials, ways)

@@ -1,5 +1,6 @@
 """A spec's Optuna study: the sampler that proposes trials, the pruner that stops them early,
-the direction of the metric, and the study created (or opened, to resume) with them.
+the direction of the metric (and of the size, a trade-off's second objective:
+:mod:`trainer.tuning.trade_off`), and the study created (or opened, to resume) with them.
 """
 
 from __future__ import annotations
@@ -8,8 +9,9 @@ import warnings
 
 import optuna
 
-from trainer.specs.study_spec import Metric, StudySpec, metric_direction
+from trainer.specs.study_spec import Metric, StudySpec
 from trainer.tuning.space import grid
+from trainer.tuning.trade_off import study_directions
 
 
 def make_sampler(spec: StudySpec) -> optuna.samplers.BaseSampler:
@@ -28,6 +30,8 @@ def make_sampler(spec: StudySpec) -> optuna.samplers.BaseSampler:
         return optuna.samplers.GPSampler(seed=spec.seed, n_startup_trials=s.n_startup_trials)
     if s.kind == "cmaes":
         return optuna.samplers.CmaEsSampler(seed=spec.seed, n_startup_trials=s.n_startup_trials)
+    if s.kind == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=spec.seed, population_size=s.population_size)
     return optuna.samplers.GridSampler(grid(spec, s.grid_points), seed=spec.seed)
 
 
@@ -72,6 +76,6 @@ def create_study(
         study_name=study_name or spec.name,
         sampler=make_sampler(sampling),
         pruner=make_pruner(spec),
-        direction=metric_direction(metric),
+        directions=study_directions(metric, spec.objective.trade_off),
         load_if_exists=True,
     )

@@ -178,7 +178,7 @@ def run_parallel_study(
         # The journal file is about to go: the outcome is read from an in-memory copy.
         if storage is None:
             copy = optuna.create_study(
-                study_name=name, direction=study.direction, sampler=study.sampler
+                study_name=name, directions=study.directions, sampler=study.sampler
             )
             copy.add_trials(study.get_trials())
             for key, value in study.user_attrs.items():

@@ -3,9 +3,10 @@
 A worker keeps P slots of K folds training as one stack
 (:class:`trainer.engines.population.Population`, one per shape when widths, batch size or
 optimizer are searched). After every epoch each trial that trained is told its fold-mean value
-(``trial.report``); a trial that completes, is pruned or fails is told to Optuna at once and
-its slot takes the next asked trial at the next epoch boundary. The pruner therefore sees
-results as soon as they exist, and a pruned trial costs only its own epochs.
+(:func:`trainer.tuning.trade_off.report`); a trial that completes, is pruned or fails is told
+to Optuna at once and its slot takes the next asked trial at the next epoch boundary. The
+pruner therefore sees results as soon as they exist, and a pruned trial costs only its own
+epochs.
 
 A pruner can only prune against completed trials, so while fewer than P trials have
 completed the number training at once is the number completed (at least 1): 1, 1, 2, 3, …
@@ -37,6 +38,8 @@ from trainer.specs.study_spec import StudySpec
 from trainer.tuning.ask_tell import AskAndTell
 from trainer.tuning.records import TrialRecord
 from trainer.tuning.space import suggest, trial_seed
+from trainer.tuning.trade_off import report as report_metric
+from trainer.tuning.trade_off import should_prune, told
 from trainer.tuning.trial_errors import TrialInterrupted, failure_reason
 from trainer.tuning.trial_training import TrialTraining
 
@@ -194,12 +197,12 @@ class PopulationEngine:
             frozen = trials.fail(trial, reason)
         elif not self.reported(trial, report):
             frozen = trials.drop_result(trial)
-        elif trial.should_prune():
+        elif should_prune(trial):
             frozen = trials.tell(trial, TrialRecord(), state=TrialState.PRUNED)
         elif report.finished:
             result = stack.result(report.slot)
             record = TrialRecord.of_result(result, entry.config, "population")
-            frozen = trials.tell(trial, record, value=result.mean)
+            frozen = trials.tell(trial, record, value=told(self.training.spec, record))
         else:
             return
         stack.release(report.slot)
@@ -212,7 +215,7 @@ class PopulationEngine:
         try:
             with warnings.catch_warnings():  # a trial restarted after OOM reports again
                 warnings.simplefilter("ignore", UserWarning)
-                trial.report(report.value, report.epoch)
+                report_metric(trial, report.epoch, report.value)
         except optuna.exceptions.UpdateFinishedTrialError:
             return False
         return True

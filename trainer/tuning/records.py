@@ -61,6 +61,8 @@ class TrialRecord:
     val_loss: list[list[float]] | None = None
     l1_sparsity: float | None = None  # fraction of regularized weights with |θ| < 1e-3
     n_params: int | None = None
+    # Parameters with |θ| ≥ 1e-3 at the kept epoch, mean over folds (regularizers.nonzero).
+    nonzero_params: float | None = None
     wall_time_s: float | None = None
     diagnosis: str | None = None  # of the trial (trainer.engines.diagnosis)
     fold_diagnoses: list[str] | None = None
@@ -93,6 +95,7 @@ class TrialRecord:
             val_loss=[compact(f.val_loss) for f in folds],
             l1_sparsity=float(np.mean([f.sparsity for f in folds])),
             n_params=result.n_params,
+            nonzero_params=float(np.mean([f.nonzero_params for f in folds])),
             wall_time_s=result.wall_time_s,
             diagnosis=result.diagnosis,
             fold_diagnoses=[f.diagnosis for f in folds],
@@ -144,9 +147,27 @@ class BestTrial(BaseModel):
 
     @classmethod
     def of(cls, trial: FrozenTrial) -> BestTrial:
-        assert trial.value is not None, "a best trial has a value"
+        """``trial``, whose value is its metric (the first of a trade-off study's two)."""
+        assert trial.values, "a best trial has a value"
         recorded = TrialRecord.of(trial).fields_of(cls)
-        return cls(number=trial.number, value=trial.value, params=trial.params, **recorded)
+        return cls(number=trial.number, value=trial.values[0], params=trial.params, **recorded)
+
+
+class ParetoTrial(BaseModel):
+    """A trial of a trade-off study's Pareto front: no other completed trial is as good on
+    both objectives and better on one."""
+
+    number: int
+    values: list[float] = Field(description="[the metric, the trade-off (network size)]")
+    params: dict[str, Any]
+    fold_scores: list[float] | None
+    cv_std: float | None
+
+    @classmethod
+    def of(cls, trial: FrozenTrial) -> ParetoTrial:
+        assert trial.values is not None, "a Pareto trial is complete"
+        recorded = TrialRecord.of(trial).fields_of(cls)
+        return cls(number=trial.number, values=trial.values, params=trial.params, **recorded)
 
 
 class StudyResult(BaseModel):
@@ -159,6 +180,15 @@ class StudyResult(BaseModel):
     trials: dict[str, int]  # finished and pending trials by state, states with none left out
     best: BestTrial | None
     test_score: float | None
+    trade_off: str | None = Field(
+        None, description="the second objective, minimized (objective.trade_off), if any"
+    )
+    pareto: list[ParetoTrial] | None = Field(
+        None, description="a trade-off study's Pareto front, best metric first"
+    )
+    chosen: int | None = Field(
+        None, description="the trial refitted, where final_model.pick chose another than best"
+    )
 
 
 Rows = list[int]

@@ -2,10 +2,11 @@
 
 :func:`run_study` fixes the study's CV protocol (:mod:`trainer.tuning.cv_protocol`), creates
 or resumes its Optuna study (:mod:`trainer.tuning.optuna_study`) and searches it
-(:class:`trainer.tuning.search.Search`); :func:`conclude` then retrains the best configuration on
-every non-test row and scores it once on the held-out test split that no trial has seen
-(:mod:`trainer.tuning.tuned_model`), so the CV mean ± std and the test score are reported side by
-side in the :class:`StudyOutcome`.
+(:class:`trainer.tuning.search.Search`); :func:`conclude` then retrains the best configuration
+(or the one ``final_model.pick`` chooses from a trade-off's Pareto front:
+:mod:`trainer.tuning.trade_off`) on every non-test row and scores it once on the held-out
+test split that no trial has seen (:mod:`trainer.tuning.tuned_model`), so the CV mean ± std
+and the test score are reported side by side in the :class:`StudyOutcome`.
 """
 
 from __future__ import annotations
@@ -22,22 +23,24 @@ from trainer.data.datasets import Dataset
 from trainer.engines.population import Population
 from trainer.engines.results import FittedModel
 from trainer.model_file.model_format import ModelFile
-from trainer.specs.study_spec import Metric, StudySpec, metric_direction
+from trainer.specs.study_spec import Metric, StudySpec, TradeOff, metric_direction
 from trainer.tuning.budget import Budget, SharedCounter, spent
 from trainer.tuning.cv_protocol import CVProtocol
 from trainer.tuning.optuna_study import create_study
 from trainer.tuning.population_search import StackBuilder
-from trainer.tuning.records import BestTrial, SplitRows, StudyResult
+from trainer.tuning.records import BestTrial, ParetoTrial, SplitRows, StudyResult
 from trainer.tuning.search import Search, choose_engine
+from trainer.tuning.trade_off import best_trial, chosen_trial, study_front
 from trainer.tuning.trial_training import TrialTraining
 from trainer.tuning.tuned_model import final_model
 
 
 @dataclass
 class StudyOutcome:
-    """A searched study: its best trial, that trial refitted (``fitted``) and packed as a model
-    file (``model``, :mod:`trainer.model_file`; None without a refit), and the protocol's
-    rows."""
+    """A searched study: its best trial (by the metric), the trial chosen for the final model
+    (``chosen``: the best, or a trade-off's pick), that trial refitted (``fitted``) and packed
+    as a model file (``model``, :mod:`trainer.model_file`; None without a refit), the
+    protocol's rows, and a trade-off study's Pareto front (``pareto``, best metric first)."""
 
     study: optuna.Study
     metric: Metric
@@ -45,6 +48,9 @@ class StudyOutcome:
     fitted: FittedModel | None
     splits: SplitRows
     model: ModelFile | None = None
+    chosen: optuna.trial.FrozenTrial | None = None
+    trade_off: TradeOff | None = None
+    pareto: list[optuna.trial.FrozenTrial] | None = None
 
     @property
     def test_score(self) -> float | None:
@@ -60,6 +66,9 @@ class StudyOutcome:
             trials=dict(states),
             best=None if self.best is None else BestTrial.of(self.best),
             test_score=self.test_score,
+            trade_off=self.trade_off,
+            pareto=None if self.pareto is None else [ParetoTrial.of(t) for t in self.pareto],
+            chosen=None if self.chosen is None or self.chosen is self.best else self.chosen.number,
         )
 
 
@@ -115,23 +124,36 @@ def conclude(
     refit_best: bool = True,
     device: torch.device | str = "cpu",
 ) -> StudyOutcome:
-    """The searched study's outcome: its best trial, and if ``refit_best`` that trial retrained,
-    tested and packed as a model file by :func:`final_model`, as a served study's is."""
+    """The searched study's outcome: its best trial, and if ``refit_best`` the chosen trial
+    (:func:`trainer.tuning.trade_off.chosen_trial`: the best unless a trade-off's
+    ``final_model.pick`` says otherwise) retrained, tested and packed as a model file by
+    :func:`final_model`, as a served study's is."""
     splits = SplitRows.of(protocol.test, protocol.splits)
+    trade_off = spec.objective.trade_off
     completed = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     if not completed:
-        return StudyOutcome(study, protocol.metric, None, None, splits)
-    best = study.best_trial
-    if not refit_best:
-        return StudyOutcome(study, protocol.metric, best, None, splits)
-    fitted, model = final_model(
-        spec,
-        dataset,
-        protocol,
+        return StudyOutcome(study, protocol.metric, None, None, splits, trade_off=trade_off)
+    best, chosen = best_trial(study), chosen_trial(study, spec)
+    fitted, model = None, None
+    if refit_best:
+        fitted, model = final_model(
+            spec,
+            dataset,
+            protocol,
+            chosen,
+            device=device,
+            study={"name": study.study_name, "dataset": spec.dataset},
+        )
+        if fitted.test_score is not None:
+            study.set_user_attr("test_score", fitted.test_score)
+    return StudyOutcome(
+        study,
+        protocol.metric,
         best,
-        device=device,
-        study={"name": study.study_name, "dataset": spec.dataset},
+        fitted,
+        splits,
+        model,
+        chosen=chosen,
+        trade_off=trade_off,
+        pareto=study_front(study),
     )
-    if fitted.test_score is not None:
-        study.set_user_attr("test_score", fitted.test_score)
-    return StudyOutcome(study, protocol.metric, best, fitted, splits, model)

@@ -28,6 +28,7 @@ from trainer import (
     UNLIMITED,
     CVProtocol,
     DatasetError,
+    ParetoTrial,
     SpecError,
     SplitRows,
     StudySpec,
@@ -128,7 +129,7 @@ def study_status(db: DB, storage: Storage, tenant: str, study_id: str, alive_s: 
     with db.read() as session:
         state = lifecycle.status(session, storage, record, alive_s)
     best = None
-    if state.best is not None and state.best.value is not None:
+    if state.best is not None and state.best.values:
         best = BestTrial.of(state.best)
     return StudyOut(
         id=record.id,
@@ -146,6 +147,9 @@ def study_status(db: DB, storage: Storage, tenant: str, study_id: str, alive_s: 
         workers=state.workers,
         priority=record.priority,
         best=best,
+        trade_off=record.spec.get("objective", {}).get("trade_off"),
+        pareto=None if state.pareto is None else [ParetoTrial.of(t) for t in state.pareto],
+        chosen=None if state.chosen is None else state.chosen.number,
         test_score=record.test_score,
         error=record.error,
         created_at=record.created_at,

@@ -1,4 +1,7 @@
-"""Which hyperparameters mattered: fANOVA and PED-ANOVA, as the dashboard computes them."""
+"""Which hyperparameters mattered: fANOVA and PED-ANOVA, as the dashboard computes them.
+
+A trade-off study has two objectives: the metric's importance, then the size's, each said.
+"""
 
 from __future__ import annotations
 
@@ -83,11 +86,10 @@ def evaluate(study: optuna.Study, names: list[str], evaluator: str) -> dict[str,
     return {name: float(result.get(name, 0.0)) for name in names}
 
 
-def importances(
-    record: StudyLike, done: Sequence[FrozenTrial]
-) -> dict[str, dict[str, float]] | str:
+def importances(direction: str, done: Sequence[FrozenTrial]) -> dict[str, dict[str, float]] | str:
     """Each evaluator's importances of the varying parameters (``{evaluator: {name: share}}``,
-    fANOVA's order), or a sentence saying why there are none."""
+    fANOVA's order) for the trials' one value in ``direction``, or a sentence saying why there
+    are none."""
     if len(done) < 2:
         return (
             f"Parameter importance needs at least two completed trials; this study has {len(done)}."
@@ -102,8 +104,7 @@ def importances(
         )
     sample = importance_sample(done)
     storage = optuna.storages.InMemoryStorage()
-    direction = optuna.study.StudyDirection[record.direction.upper()]
-    storage.create_new_study([direction], IMPORTANCE_STUDY)
+    storage.create_new_study([optuna.study.StudyDirection[direction.upper()]], IMPORTANCE_STUDY)
     study = optuna.Study(IMPORTANCE_STUDY, storage)
     study.add_trials(sample)
     try:
@@ -114,11 +115,21 @@ def importances(
     return {e: {n: float(r[n]) for n in order} for e, r in results.items()}
 
 
-def importance_section(record: StudyLike, done: Sequence[FrozenTrial]) -> str:
-    result = importances(record, done)
-    title = "Parameter importance"
+def importance_section(
+    record: StudyLike, done: Sequence[FrozenTrial], size: str | None = None
+) -> str:
+    """The importances for the metric, or for a trade-off's ``size`` (minimized): ``done`` are
+    the completed trials with that one value."""
+    anchor, title = ("importance", "Parameter importance")
+    which, score = "", "the score"
+    if size is not None:
+        anchor, title = "importance-size", f"Parameter importance for {size}"
+        which, score = f" (the second objective, {esc(size)})", esc(size)
+    elif (record.spec.get("objective") or {}).get("trade_off"):
+        which = f" (the first objective, {esc(record.metric)}; the size's comes next)"
+    result = importances("minimize" if size is not None else record.direction, done)
     if isinstance(result, str):
-        return section("importance", title, para(result))
+        return section(anchor, title, para(result + which))
     names = list(result["fANOVA"])
 
     def draw(figure: Any) -> None:
@@ -133,7 +144,7 @@ def importance_section(record: StudyLike, done: Sequence[FrozenTrial]) -> str:
         ax.set_xlabel("share of the importance (each evaluator sums to 100 %)")
         ax.legend(loc="lower right")
 
-    svg = plot("importance", draw, (6.0, 0.6 * len(names) + 1.2))
+    svg = plot(anchor, draw, (6.0, 0.6 * len(names) + 1.2))
     rows = [
         [f"<code>{esc(n)}</code>", *(f"{100 * result[e][n]:.1f} %" for e in EVALUATORS)]
         for n in names
@@ -142,7 +153,8 @@ def importance_section(record: StudyLike, done: Sequence[FrozenTrial]) -> str:
     if len(done) > IMPORTANCE_TRIALS:
         counted = f"a random sample of {IMPORTANCE_TRIALS} of the {len(done)} completed trials"
     body = para(
-        f"How much the score over {counted} depends on each hyperparameter, by two estimators: "
+        f"How much {score} over {counted}{which} depends on each hyperparameter, by two "
+        "estimators: "
         "fANOVA (a random forest fitted to the trials, its variance split by parameter) and "
         "PED-ANOVA (how the parameters' distribution among the best 10 % of trials differs "
         "from all trials': what the dashboard shows). Each sums to 100 %. A small share means "
@@ -157,4 +169,4 @@ def importance_section(record: StudyLike, done: Sequence[FrozenTrial]) -> str:
             "rank them differently and a rerun can reorder them; read the shares as rough."
         )
     body += table(["hyperparameter", *EVALUATORS], rows, "importance")
-    return section("importance", title, body + svg)
+    return section(anchor, title, body + svg)
