@@ -15,8 +15,10 @@ import pytest
 import torch
 from optuna.trial import FrozenTrial, TrialState
 from pydantic import ValidationError
+from rich.console import Console
 from test_report import assert_self_contained, record_of, section_of
 
+from service.cli import views
 from service.http import report
 from trainer import field_problem
 from trainer.engines import layout
@@ -210,6 +212,26 @@ def test_pick_within_refits_the_smallest_trial_near_the_best(
     assert at_best.values[0] == outcome.best.values[0]
 
 
+def test_the_result_table_and_the_front_table(
+    front_study: tuple[StudySpec, StudyOutcome],
+) -> None:
+    _, outcome = front_study
+    result = outcome.summary()
+    out = Console(record=True, width=200)
+    out.print(views.result_table(result))
+    front = views.pareto_table(result)
+    assert front is not None and outcome.chosen is not None and outcome.pareto is not None
+    out.print(front)
+    text = out.export_text()
+    assert f"test accuracy (final model: trial {outcome.chosen.number})" in text
+    assert "Pareto front: accuracy against parameters" in text
+    rows = re.findall(r"│ (\d+)( ◀ model)? +│ (0\.\d{4}) +│ (\d+) ", text)
+    assert [int(n) for n, *_ in rows] == [t.number for t in outcome.pareto]
+    assert [int(n) for n, marked, *_ in rows if marked] == [outcome.chosen.number]
+    single = result.model_copy(update={"trade_off": None, "pareto": None, "chosen": None})
+    assert views.pareto_table(single) is None
+
+
 def test_the_report_draws_the_front_and_each_objectives_importance(
     front_study: tuple[StudySpec, StudyOutcome],
 ) -> None:
@@ -247,13 +269,23 @@ PRUNABLE: dict[str, Any] = {
 }
 
 
-@pytest.mark.parametrize("engine", ["population", "per-trial"])
+@pytest.mark.parametrize(
+    ("engine", "pruner"),
+    [("population", "median"), ("per-trial", "median"), ("population", "hyperband")],
+)
 def test_a_two_objective_study_prunes_on_the_metric(
-    wine, engine: str, monkeypatch: pytest.MonkeyPatch
+    wine, engine: str, pruner: str, monkeypatch: pytest.MonkeyPatch, tmp_path
 ) -> None:
+    """In both engines, with the median pruner and with hyperband (whose bracket studies are
+    built from the study's storage: here a database's)."""
     if engine == "per-trial":  # as for a network that does not stack
         monkeypatch.setattr(layout, "per_trial_reason", lambda spec, data: "forced by the test")
-    outcome = run_study(wine_spec(**PRUNABLE), wine, refit_best=False)
+    spec = wine_spec(**PRUNABLE)
+    storage = None
+    if pruner == "hyperband":  # rungs at epochs 1, 3 and 9
+        spec = wine_spec(**PRUNABLE | {"pruner": {"kind": pruner}, "training": {"max_epochs": 9}})
+        storage = f"sqlite:///{tmp_path / 'hyperband.db'}"
+    outcome = run_study(spec, wine, storage=storage, refit_best=False)
     trials = outcome.study.trials
     assert all(t.user_attrs.get("engine", engine) == engine for t in trials)
     pruned = [t for t in trials if t.state == TrialState.PRUNED]
@@ -262,4 +294,5 @@ def test_a_two_objective_study_prunes_on_the_metric(
     done = [t for t in trials if t.state == TrialState.COMPLETE]
     assert done and all(t.values[1] == t.user_attrs["nonzero_params"] for t in done)
     assert all(t.values[1] <= t.user_attrs["n_params"] for t in done)
-    assert sorted(done[0].intermediate_values) == [0, 1, 2]
+    epochs = spec.training.max_epochs
+    assert all(sorted(t.intermediate_values) == list(range(epochs)) for t in done)

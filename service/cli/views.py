@@ -239,7 +239,8 @@ def result_table(result: StudyResult) -> Table:
     table.add_row(f"CV {metric}", cv_text(best))
     table.add_row("per fold", "  ".join(f"{s:.4f}" for s in best.fold_scores or []))
     if result.test_score is not None:
-        table.add_row(f"test {metric}", f"{result.test_score:.4f}")
+        refitted = "" if result.chosen is None else f" (final model: trial {result.chosen})"
+        table.add_row(f"test {metric}{refitted}", f"{result.test_score:.4f}")
     for name, value in (best.config or best.params).items():
         table.add_row(name, value_text(value))
     if best.best_epochs:
@@ -247,8 +248,6 @@ def result_table(result: StudyResult) -> Table:
     if best.l1_sparsity is not None:
         table.add_row("L1 sparsity", f"{best.l1_sparsity:.1%}")
     table.add_row("diagnosis", value_text(best.diagnosis))
-    if result.chosen is not None:
-        table.add_row("final model", f"trial {result.chosen} (final_model.pick)")
     return table
 
 

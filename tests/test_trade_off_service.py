@@ -1,0 +1,129 @@
+"""A trade-off study end to end: ``regtune serve`` over real HTTP, and ``regtune tune``.
+
+The study's widths pull size and accuracy apart (``tests/test_trade_off.py``'s), so its front
+has more than one trial; ``final_model.pick`` within 1.0 accuracy refits the smallest of them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+from servers import REGTUNE, regtune, serving, tiny_study, trials_of, wait_status
+from test_trade_off import FIXED, WIDTHS
+
+from trainer.model_file.loading import load_model
+
+SPEC = tiny_study(
+    name="trade-off",
+    n_trials=4,
+    training={"max_epochs": 3, "lr": 0.03},
+    cv={"folds": 2, "test_fraction": 0.2},
+    search_space=FIXED | {"hidden": WIDTHS},
+    sampler={"kind": "random"},
+    pruner={"kind": "none"},
+    objective={"trade_off": "parameters"},
+    final_model={"pick": {"within": 1.0}},
+)
+
+
+def beaten(values: list[float], by: list[float]) -> bool:
+    """Whether ``by`` dominates ``values`` ([accuracy, size]: the first maximized)."""
+    return by[0] >= values[0] and by[1] <= values[1] and by != values
+
+
+def check_front(pareto: list[dict[str, Any]], done: list[optuna.trial.FrozenTrial]) -> None:
+    """``pareto`` holds exactly the completed trials that no other beats on both objectives."""
+    on_front = {t.number for t in done if not any(beaten(t.values, o.values) for o in done)}
+    assert {p["number"] for p in pareto} == on_front
+    for p in pareto:
+        trial = next(t for t in done if t.number == p["number"])
+        assert p["values"] == trial.values and p["params"] == trial.params
+        assert len(p["fold_scores"]) == 2
+
+
+@pytest.mark.slow
+def test_a_trade_off_study_over_http_returns_its_front_and_serves_the_pick(
+    tmp_path: Path,
+) -> None:
+    url = f"sqlite:///{tmp_path / 'serve.db'}"
+    with serving(url, tmp_path / "serve.log") as server, server.client() as http:
+        created = http.post("/v1/studies", json=SPEC)
+        assert created.status_code == 201, created.text
+        study_id = created.json()["id"]
+        study = wait_status(http, study_id, ("completed", "failed"))
+        assert study["status"] == "completed", study
+        trials = trials_of(url, study_id)
+        done = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+        assert len(done) == 4 and all(t.values[1] == t.user_attrs["n_params"] for t in done)
+
+        assert study["trade_off"] == "parameters"
+        check_front(study["pareto"], done)
+        best = max(done, key=lambda t: (t.values[0], -t.number))
+        assert study["best"]["number"] == best.number  # the best stays the best by the metric
+        assert study["best"]["value"] == pytest.approx(best.values[0])
+        smallest = min(study["pareto"], key=lambda p: p["values"][1])
+        assert study["chosen"] == (
+            None if smallest["number"] == best.number else smallest["number"]
+        )
+        model = http.get(f"/v1/studies/{study_id}/model")
+        assert model.status_code == 200
+        assert load_model(model.content).metadata["trial"]["number"] == smallest["number"]
+
+        listed = http.get(f"/v1/studies/{study_id}/trials").json()["items"]
+        assert {t["number"]: t["value"] for t in listed if t["state"] == "complete"} == {
+            t.number: pytest.approx(t.values[0]) for t in done
+        }
+        page = http.get(f"/v1/studies/{study_id}/report").text
+        assert 'id="trade-off"' in page and 'id="importance-size"' in page
+        assert "could not be rendered" not in page
+        loaded = optuna.load_study(study_name=f"trade-off-{study_id}", storage=url)
+        assert loaded.metric_names == ["accuracy", "parameters"]  # the dashboard's names
+
+        status = regtune("status", study_id, database_url=url, REGTUNE_URL=server.url)
+        assert status.returncode == 0, status.stderr
+        assert "Pareto front: accuracy against parameters" in status.stdout
+        assert f"{smallest['number']} ◀ model" in status.stdout
+
+        # A later single-objective study warm-starts from the trade-off's best trials.
+        warm = tiny_study(n_trials=1, warm_start={"study": study_id, "top": 2})
+        warm["search_space"] = SPEC["search_space"]
+        second = http.post("/v1/studies", json=warm)
+        assert second.status_code == 201, second.text
+        again = wait_status(http, second.json()["id"], ("completed", "failed"))
+        assert again["status"] == "completed" and again["pareto"] is None, again
+    assert "Traceback" not in (tmp_path / "serve.log").read_text()
+
+
+@pytest.mark.slow
+def test_tune_prints_the_front(tmp_path: Path) -> None:
+    (tmp_path / "spec.json").write_text(json.dumps(SPEC))
+    done = subprocess.run(
+        [*REGTUNE, "tune", "--spec", "spec.json", "--processes", "2"],
+        cwd=tmp_path,
+        env=os.environ | {"COLUMNS": "160"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "Pareto front: accuracy against parameters" in done.stdout
+    assert "◀ model" in done.stdout and "CV accuracy" in done.stdout
+
+    as_json = subprocess.run(
+        [*REGTUNE, "tune", "--spec", "spec.json", "--processes", "1", "--json"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert as_json.returncode == 0, as_json.stderr
+    result = json.loads(as_json.stdout)
+    assert result["trade_off"] == "parameters" and len(result["pareto"]) >= 2
+    values = [p["values"] for p in result["pareto"]]
+    assert not any(beaten(v, o) for v in values for o in values)
