@@ -296,3 +296,25 @@ def test_a_two_objective_study_prunes_on_the_metric(
     assert all(t.values[1] <= t.user_attrs["n_params"] for t in done)
     epochs = spec.training.max_epochs
     assert all(sorted(t.intermediate_values) == list(range(epochs)) for t in done)
+
+
+@pytest.mark.parametrize(
+    "sampler",
+    [
+        {"kind": "tpe", "n_startup_trials": 2},
+        {"kind": "nsga2", "population_size": 2},
+        {"kind": "gp", "n_startup_trials": 2},
+        {"kind": "grid"},
+    ],
+)
+def test_each_two_objective_sampler_searches_on_past_pruned_trials(
+    wine, sampler: dict[str, Any]
+) -> None:
+    """Past its random start a sampler models the trials so far, pruned ones (which carry the
+    metric's curve) included: none fails, and the budget is spent."""
+    outcome = run_study(wine_spec(**PRUNABLE | {"n_trials": 6, "sampler": sampler}), wine)
+    states = [t.state for t in outcome.study.trials]
+    assert len(states) == 6 and TrialState.FAIL not in states, [
+        t.user_attrs.get("fail_reason") for t in outcome.study.trials
+    ]
+    assert TrialState.PRUNED in states

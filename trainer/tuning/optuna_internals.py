@@ -124,3 +124,28 @@ def pareto_front(trials: Sequence[FrozenTrial], directions: Sequence[str]) -> li
     study's values in one query, not every trial whole)."""
     ways = [StudyDirection[d.upper()] for d in directions]
     return _multi_objective._get_pareto_front_trials_by_trials(trials, ways)
+
+
+class _MetricDirected(optuna.Study):
+    """A multi-objective study whose ``direction`` is its first objective's: the same study
+    (storage, id, directions, trial cache), answering the one question Optuna's TPE asks of
+    a single-objective study only."""
+
+    def __init__(self, study: optuna.Study) -> None:  # no Study.__init__: nothing is re-read
+        self.__dict__.update(study.__dict__)
+
+    @property
+    def direction(self) -> StudyDirection:
+        return self.directions[0]
+
+
+def metric_directed(study: optuna.Study) -> optuna.Study:
+    """``study`` as Optuna's TPE sampler must see a trade-off study.
+
+    TPE ranks pruned trials by their last intermediate value in ``study.direction``, which a
+    multi-objective study refuses (RuntimeError); in Optuna's own multi-objective studies no
+    trial has intermediate values, so the question never comes. A trade-off study stores its
+    metric's curve (:func:`report_intermediate`), so its pruned trials are ranked by the
+    metric, in the metric's direction: the study's first.
+    """
+    return _MetricDirected(study)

@@ -6,19 +6,44 @@ the direction of the metric (and of the size, a trade-off's second objective:
 from __future__ import annotations
 
 import warnings
+from typing import Any
 
 import optuna
+from optuna.distributions import BaseDistribution
+from optuna.trial import FrozenTrial
 
 from trainer.specs.study_spec import Metric, StudySpec
+from trainer.tuning.optuna_internals import metric_directed
 from trainer.tuning.space import grid
 from trainer.tuning.trade_off import study_directions
+
+
+class TradeOffTPESampler(optuna.samplers.TPESampler):
+    """TPE for a trade-off study, whose pruned trials carry the metric's learning curve: it
+    ranks them by the metric (:func:`trainer.tuning.optuna_internals.metric_directed`)."""
+
+    def sample_relative(
+        self, study: optuna.Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
+    ) -> dict[str, Any]:
+        return super().sample_relative(metric_directed(study), trial, search_space)
+
+    def sample_independent(
+        self,
+        study: optuna.Study,
+        trial: FrozenTrial,
+        param_name: str,
+        param_distribution: BaseDistribution,
+    ) -> Any:
+        directed = metric_directed(study)
+        return super().sample_independent(directed, trial, param_name, param_distribution)
 
 
 def make_sampler(spec: StudySpec) -> optuna.samplers.BaseSampler:
     s = spec.sampler
     if s.kind == "tpe":
+        tpe = optuna.samplers.TPESampler if spec.objective.trade_off is None else TradeOffTPESampler
         # constant_liar keeps concurrent workers from proposing the same point.
-        return optuna.samplers.TPESampler(
+        return tpe(
             seed=spec.seed,
             n_startup_trials=s.n_startup_trials,
             multivariate=True,
