@@ -14,7 +14,16 @@ from typing import Any
 
 import optuna
 import pytest
-from servers import REGTUNE, regtune, serving, tiny_study, trials_of, wait_status
+from servers import (
+    REGTUNE,
+    problem,
+    regtune,
+    serving,
+    tiny_study,
+    trials_of,
+    wait_status,
+    workerless_server,
+)
 from test_trade_off import FIXED, WIDTHS
 
 from trainer.model_file.loading import load_model
@@ -45,6 +54,37 @@ def check_front(pareto: list[dict[str, Any]], done: list[optuna.trial.FrozenTria
         trial = next(t for t in done if t.number == p["number"])
         assert p["values"] == trial.values and p["params"] == trial.params
         assert len(p["fold_scores"]) == 2
+
+
+server = workerless_server("trade-off")
+
+
+def test_the_api_refuses_a_bad_trade_off_and_opens_a_two_objective_study(server) -> None:  # type: ignore[no-untyped-def]
+    """Nothing trains here: the 422s name their fields, and a good spec's Optuna study has two
+    directions named for the dashboard, and an empty front until a trial completes."""
+    with server.client() as http:
+        for change, field in [
+            ({"objective": {"trade_off": "size"}}, "body.objective.trade_off"),
+            ({"final_model": {"pick": {"within": -1}}}, "body.final_model.pick"),
+            (
+                {"objective": {"trade_off": "parameters"}, "sampler": {"kind": "cmaes"}},
+                "sampler.kind",
+            ),
+        ]:
+            refused = http.post("/v1/studies", json=tiny_study(**change))
+            assert refused.status_code == 422 and field in problem(refused), problem(refused)
+        created = http.post("/v1/studies", json=SPEC)
+        assert created.status_code == 201, created.text
+        study = http.get(f"/v1/studies/{created.json()['id']}").json()
+        assert study["trade_off"] == "parameters" and study["pareto"] == []
+        assert study["best"] is None and study["chosen"] is None
+        plain = http.post("/v1/studies", json=tiny_study()).json()
+        assert http.get(f"/v1/studies/{plain['id']}").json()["pareto"] is None
+    loaded = optuna.load_study(
+        study_name=f"trade-off-{created.json()['id']}", storage=server.database_url
+    )
+    assert [d.name for d in loaded.directions] == ["MAXIMIZE", "MINIMIZE"]
+    assert loaded.metric_names == ["accuracy", "parameters"]
 
 
 @pytest.mark.slow
@@ -82,8 +122,6 @@ def test_a_trade_off_study_over_http_returns_its_front_and_serves_the_pick(
         page = http.get(f"/v1/studies/{study_id}/report").text
         assert 'id="trade-off"' in page and 'id="importance-size"' in page
         assert "could not be rendered" not in page
-        loaded = optuna.load_study(study_name=f"trade-off-{study_id}", storage=url)
-        assert loaded.metric_names == ["accuracy", "parameters"]  # the dashboard's names
 
         status = regtune("status", study_id, database_url=url, REGTUNE_URL=server.url)
         assert status.returncode == 0, status.stderr

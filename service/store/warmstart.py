@@ -2,7 +2,8 @@
 
 A spec's ``warm_start: {"study": ID, "top": k}`` names an earlier study of the same tenant.
 At submission its ``k`` best COMPLETE trials (best first by that study's direction, one
-``ORDER BY value LIMIT k`` query) are read; each one's parameters are kept where the new
+``ORDER BY value LIMIT k`` query; a trade-off study's by its metric, its first objective) are
+read; each one's parameters are kept where the new
 search space can take them (inside a range, among the choices, searched at all) and enqueued
 into the new Optuna study, which hands enqueued trials out before it samples anything. A
 parameter that does not fit is left to the sampler; what was dropped, and why, is kept in the
