@@ -283,13 +283,17 @@ def test_a_two_objective_study_prunes_on_the_metric(
     spec = wine_spec(**PRUNABLE)
     storage = None
     if pruner == "hyperband":  # rungs at epochs 1, 3 and 9
-        spec = wine_spec(**PRUNABLE | {"pruner": {"kind": pruner}, "training": {"max_epochs": 9}})
+        # Named: hyperband draws each trial's bracket from the study's name and its number.
+        hyperband = {"name": "hyperband", "pruner": {"kind": pruner}, "training": {"max_epochs": 9}}
+        spec = wine_spec(**PRUNABLE | hyperband)
         storage = f"sqlite:///{tmp_path / 'hyperband.db'}"
     outcome = run_study(spec, wine, storage=storage, refit_best=False)
     trials = outcome.study.trials
     assert all(t.user_attrs.get("engine", engine) == engine for t in trials)
     pruned = [t for t in trials if t.state == TrialState.PRUNED]
-    assert pruned and all(t.params["lr"] == 1e-7 for t in pruned)
+    assert pruned
+    if pruner == "median":  # below the median at once (hyperband compares within a bracket)
+        assert all(t.params["lr"] == 1e-7 for t in pruned)
     assert all(t.intermediate_values for t in pruned)  # the metric's curve, stored
     done = [t for t in trials if t.state == TrialState.COMPLETE]
     assert done and all(t.values[1] == t.user_attrs["nonzero_params"] for t in done)

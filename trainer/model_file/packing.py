@@ -94,20 +94,18 @@ def pack(
     """
     config = fitted.config
     cv = cv or {}
-    # The network as trained: narrowed by the trial's width, if it has one.
-    model, hidden = config.architecture(dataset.input_shape, dataset.n_outputs)
     return ModelFile(
         format=FORMAT,
         version=LEGACY_VERSION,
         format_version=FORMAT_VERSION,
         state_dict=_weights(fitted),
         architecture=Architecture(
-            model=model.model_dump(mode="json"),
-            hidden=list(hidden),
+            model=config.model.model_dump(mode="json"),
+            hidden=list(config.hidden),
             dropout=float(config.dropout),
             groups={group: float(p) for group, p in config.groups},
             bn_momentum=float(config.bn_momentum),
-            network=_plain(networks.describe(model)),
+            network=_plain(networks.describe(config.model)),
             input_shape=[int(n) for n in dataset.input_shape],
             n_outputs=int(dataset.n_outputs),
         ),
