@@ -119,6 +119,35 @@ def keep_mask(
     return torch.le(lanes, threshold, out=out).view(len(key), *shape)
 
 
+def strided_keep_mask(
+    key: torch.Tensor,
+    shape: tuple[int, ...],
+    keep: torch.Tensor,
+    stride: torch.Tensor,
+    dtype: torch.dtype = torch.bool,
+) -> torch.Tensor:
+    """:func:`keep_mask` of ``shape`` ``(B, …)`` per key where model m's sample b is drawn from
+    positions ``b·stride[m] + i`` (``i`` its flat index within the sample) instead of
+    ``b·n + i`` (n the sample's size): the draws of its first ``stride[m]`` elements per sample
+    are exactly those :func:`keep_mask` gives a network whose samples have ``stride[m]``
+    elements, the narrow network whose units are the leading ones (``trainer.nets.networks.
+    narrowed``). With ``stride`` n it is :func:`keep_mask`, bit for bit (one hash per element,
+    not per four: only stacks with narrowed trials pay it)."""
+    batch, n = shape[0], 1
+    for size in shape[1:]:
+        n *= size
+    b = torch.arange(batch, device=key.device, dtype=torch.int64)
+    i = torch.arange(n, device=key.device, dtype=torch.int64)
+    position = (b[None, :, None] * stride.to(torch.int64)[:, None, None] + i).flatten(1)
+    bits = splitmix64(key[:, None] ^ splitmix64(position >> 2))
+    # The 16-bit lane (position mod 4) of the hash, as keep_mask's int16 view reads it.
+    lanes = (bits >> (16 * (position & 3))) & 0xFFFF
+    lanes = lanes - (lanes >= 32768).to(torch.int64) * 65536
+    below = torch.round(keep.to(torch.float64) * 65536) - 32769
+    threshold = below.clamp(-32768, 32767).to(torch.int64)[:, None]
+    return (lanes <= threshold).to(dtype).view(len(key), *shape)
+
+
 def permutations(key: torch.Tensor, lengths: torch.Tensor, width: int) -> torch.Tensor:
     """Per key: a random order of ``0…lengths[m]−1``, then the padding ``lengths[m]…width−1``."""
     noise = uniform(key, (width,))

@@ -28,10 +28,11 @@ some occupant has it) runs on its training batches only, eagerly before a compil
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -57,7 +58,8 @@ ShapeKey = tuple[tuple[int, ...], int, str]
 
 
 def shape_key(config: TrialConfig) -> ShapeKey:
-    """What trials must share to train in one stack: widths, batch size and optimizer."""
+    """What trials must share to train in one stack: widths, batch size and optimizer (the
+    template's widths: a trial's ``width`` narrows its network inside the widest stack)."""
     return (config.hidden, config.batch_size, config.optimizer)
 
 
@@ -97,9 +99,10 @@ class Population:
         self.training = template.training
         self.batch_size = template.batch_size
         self.input_shape, self.n_outputs = dataset.input_shape, dataset.n_outputs
-        # The network, traced once: what the stack holds and how a pass runs through it.
+        # The network, traced once: what the stack holds and how a pass runs through it (at the
+        # template's own widths, whatever the template's ``width``: trials narrow inside it).
         torch.manual_seed(0)
-        net = template.network(dataset.input_shape, dataset.n_outputs)
+        net = replace(template, width=None).network(dataset.input_shape, dataset.n_outputs)
         self.program = stacking.program(net)  # Unstackable: the caller trains per trial
         self.n_params = count_parameters(net)
         self.P, self.K = slots, len(splits)
@@ -109,7 +112,9 @@ class Population:
         )
         self.rows = StackedRows(dataset, splits, slots, dev)
         self.steps = self.rows.steps(self.batch_size, 2 if self.program.norms else 1)
-        self.layers = StackedLayers(self.program, net, self.M, dev)
+        self.layers = StackedLayers(
+            self.program, net, self.M, dev, n_features=math.prod(self.input_shape)
+        )
         self.regularized = regularized_names(
             net, include_bias_and_bn=self.training.regularize_bias_and_bn
         )
@@ -130,6 +135,9 @@ class Population:
         self.occupant: list[TrialConfig | None] = [None] * slots
         self.started = [0.0] * slots
         self.slot_epochs = [0] * slots
+        # Per slot: its network's own tensor shapes and parameter count (narrowed by width).
+        self.shapes: list[dict[str, tuple[int, ...]]] = [{}] * slots
+        self.slot_params = [self.n_params] * slots
         self.refresh_flags()
 
     # --- slots ---------------------------------------------------------------------------
@@ -173,6 +181,8 @@ class Population:
         self.optimizer.restart(rows, config)
         self.record.restart(rows, config.patience)
         self.seeds[rows] = torch.tensor(seeds, device=self.device)
+        self.shapes[slot] = {name: tuple(t.shape) for name, t in nets[0].state_dict().items()}
+        self.slot_params[slot] = count_parameters(nets[0])
         self.occupant[slot] = config
         self.started[slot] = time.perf_counter()
         self.slot_epochs[slot] = 0
@@ -352,16 +362,14 @@ class Population:
     def result(self, slot: int) -> CVResult:
         """The cross-validation result of ``slot``'s trial, from its folds' best epochs."""
         assert self.occupant[slot] is not None
-        rows = self.rows_of(slot)
-        best = [
-            self.layers.best[name][rows] for name in self.layers.params if name in self.regularized
-        ]
+        rows, shapes = self.rows_of(slot), self.shapes[slot]
+        best = {name: self.layers.live(name, rows, shapes[name]) for name in self.layers.params}
         return self.record.result(
             rows,
             self.rows.folds,
-            sparsity(best),
-            nonzero([self.layers.best[name][rows] for name in self.layers.params]),
-            n_params=self.n_params,
+            sparsity([t for name, t in best.items() if name in self.regularized]),
+            nonzero(list(best.values())),
+            n_params=self.slot_params[slot],
             started=self.started[slot],
         )
 

@@ -20,6 +20,17 @@ through the layer methods:
 * dropout: inverted, keep probability 1 − p of the model's group, masks from
   :mod:`trainer.rng` keyed by the model's seed, epoch, step and dropout (whole channels for
   ``Dropout1d/2d``).
+
+Narrower models (a trial's ``width``, :func:`trainer.nets.networks.narrowed`) live in the
+template's (widest) tensors: a narrow network's tensors fill the leading block of each stacked
+one and the rest is zero. Each Linear/Conv whose input some model has narrowed multiplies that
+input by a per-model unit mask ``[M, in]`` (1 on the model's live features or channels): what
+follows a hidden layer's BatchNorm, activation and dropout, so a masked unit reaches no live
+unit and no parameter, whatever its activation is at 0, and every gradient of a masked tensor
+entry is exactly 0 (L1's sign, L2 and Adam keep a zero at zero). The live units' values,
+BatchNorm statistics (per channel) and dropout masks (drawn by :func:`trainer.rng.
+strided_keep_mask` at the narrow network's positions) are the narrow network's own. Stacks
+without narrow models hold no masks and run as they always have.
 """
 
 from __future__ import annotations
@@ -77,7 +88,12 @@ class StackedLayers:
     :class:`~trainer.engines.stacking.Stack`)."""
 
     def __init__(
-        self, program: stacking.Program, template: nn.Module, M: int, device: torch.device
+        self,
+        program: stacking.Program,
+        template: nn.Module,
+        M: int,
+        device: torch.device,
+        n_features: int | None = None,
     ) -> None:
         self.program = program
         layers = [cast(WeightLayer, template.get_submodule(n)) for n in program.layers]
@@ -128,6 +144,15 @@ class StackedLayers:
             if group not in self.groups:
                 self.groups.append(group)
         self.keep = torch.ones(len(self.groups), M, device=device)
+        # Narrow models (none until one is loaded): per Linear/Conv, its input's unit mask
+        # [M, in]; per dropout, each model's elements per sample [M] (the narrow positions).
+        self.n_features, self.M, self.device = n_features, M, device
+        self.wide = {name: tuple(t.shape[1:]) for name, t in self.params.items()}
+        self.live_in: dict[int, torch.Tensor] = {}  # by the layer's index
+        self.strides: dict[int, torch.Tensor] = {}  # by the dropout's index
+        self.wide_sizes = (
+            dropout_sizes(program, template, n_features) if n_features is not None else []
+        )
 
     # --- state by name -------------------------------------------------------------------
 
@@ -155,18 +180,52 @@ class StackedLayers:
 
     @torch.no_grad()
     def load(self, rows: slice, nets: Sequence[nn.Module], config: TrialConfig) -> None:
-        """Put ``nets`` (one per row of ``rows``) and ``config``'s BatchNorm momentum and
-        dropouts in ``rows``; their best copy starts as they are."""
+        """Put ``nets`` (one per row of ``rows``, all of one shape: the template's, or a
+        narrower one's) and ``config``'s BatchNorm momentum and dropouts in ``rows``; their best
+        copy starts as they are."""
         params, buffers = torch.func.stack_module_state(list(nets))
-        for name, param in self.params.items():
-            param[rows] = self.stacked(name, params[name])
-        for name, buffer in self.buffers.items():
-            buffer[rows] = buffers[name]
+        given = {**params, **buffers}
+        for name, target in self.state().items():
+            value = self.stacked(name, given[name])
+            if value.shape[1:] == target.shape[1:]:
+                target[rows] = value
+            else:  # a narrow network: its tensors lead, the rest is zero
+                target[rows] = 0.0
+                target[(rows, *map(slice, value.shape[1:]))] = value
+        self.narrow(rows, nets[0])
         for name, tensor in self.state().items():
             self.best[name][rows] = tensor[rows]
         self.bn_momentum[rows] = config.bn_momentum
         for index, group in enumerate(self.groups):
             self.keep[index, rows] = 1.0 - config.dropout_of(group)
+
+    def narrow(self, rows: slice, net: nn.Module) -> None:
+        """Rows ``rows`` hold ``net`` (the template or a narrower network of its structure):
+        their unit masks and dropout positions, made the first time a narrow network comes."""
+        for i, name in enumerate(self.weight_of):
+            # A module's weight is [out, in, k…]; stacked, a Linear's is [M, in, out].
+            live = net.get_parameter(name).shape[1]
+            wide = self.wide[name][0 if name in self.transposed else 1]
+            mask = self.live_in.get(i)
+            if mask is None and live < wide:
+                mask = self.live_in[i] = torch.ones(self.M, wide, device=self.device)
+            if mask is not None:
+                mask[rows] = (torch.arange(wide, device=self.device) < live).to(mask.dtype)
+        if not self.wide_sizes or self.n_features is None:
+            return
+        narrow = dropout_sizes(self.program, net, self.n_features)
+        for d, (live, wide) in enumerate(zip(narrow, self.wide_sizes, strict=True)):
+            stride = self.strides.get(d)
+            if stride is None and live < wide:
+                stride = self.strides[d] = torch.full((self.M,), wide, device=self.device)
+            if stride is not None:
+                stride[rows] = live
+
+    def live(self, name: str, rows: slice, shape: tuple[int, ...]) -> torch.Tensor:
+        """The best copy of tensor ``name`` of ``rows`` cut to a network's own ``shape`` (as the
+        network holds it): a narrow model's leading block, the whole tensor otherwise."""
+        shape = tuple(reversed(shape)) if name in self.transposed else shape
+        return self.best[name][(rows, *map(slice, shape))]
 
     @torch.no_grad()
     def keep_best(self, improved: torch.Tensor) -> None:
@@ -177,13 +236,16 @@ class StackedLayers:
 
     @torch.no_grad()
     def export(self, row: int, net: nn.Module) -> nn.Module:
-        """``net`` (of the template's structure) with row ``row``'s best tensors, by name: the
-        inverse of :meth:`load`. In evaluation mode."""
+        """``net`` (of the template's structure, narrowed or not) with row ``row``'s best
+        tensors, by name (a narrow network's leading blocks): the inverse of :meth:`load`. In
+        evaluation mode."""
         for name in self.params:
-            best = self.best[name][row]
-            net.get_parameter(name).copy_(best.t() if name in self.transposed else best)
+            param = net.get_parameter(name)
+            best = self.live(name, slice(row, row + 1), tuple(param.shape))[0]
+            param.copy_(best.t() if name in self.transposed else best)
         for name in self.buffers:
-            net.get_buffer(name).copy_(self.best[name][row])
+            buffer = net.get_buffer(name)
+            buffer.copy_(self.live(name, slice(row, row + 1), tuple(buffer.shape))[0])
         return net.eval()
 
     # --- the arithmetic ------------------------------------------------------------------
@@ -193,6 +255,9 @@ class StackedLayers:
         one batched matmul over the models' weights ``[M, in, out]``."""
         w, b = self.params[self.weight_of[layer]], self.bias_of[layer]
         bias = None if b is None else self.params[b][:, None, :]
+        mask = self.live_in.get(layer)
+        if mask is not None:  # narrow models: their masked features read as 0
+            h = h * mask.view(mask.shape[0], *[1] * (h.dim() - 2), mask.shape[1])
         if h.dim() == 3:  # [M, B, in]: one batched matmul, no reshape
             return torch.bmm(h, w) if bias is None else torch.baddbmm(bias, h, w)
         flat = h.reshape(h.shape[0], -1, h.shape[-1])
@@ -208,6 +273,9 @@ class StackedLayers:
         M, B, C, *spatial = h.shape
         w, b, conv = self.params[self.weight_of[layer]], self.bias_of[layer], self.convs[layer]
         assert conv is not None
+        mask = self.live_in.get(layer)
+        if mask is not None:  # narrow models: their masked channels read as 0
+            h = h * mask.view(M, 1, C, *[1] * len(spatial))
         out = conv.function(
             h.transpose(0, 1).reshape(B, M * C, *spatial),
             w.flatten(0, 1),
@@ -232,7 +300,11 @@ class StackedLayers:
         _, group, channels = self.program.dropouts[index]
         keep = self.keep[self.groups.index(group)]
         shape = tuple(h.shape[1:3]) + (1,) * (h.dim() - 3) if channels else tuple(h.shape[1:])
-        mask = rng.keep_mask(context.keys[index], shape, keep, dtype=h.dtype)
+        stride = self.strides.get(index)
+        if stride is None:
+            mask = rng.keep_mask(context.keys[index], shape, keep, dtype=h.dtype)
+        else:  # narrow models: each draws at its own network's positions
+            mask = rng.strided_keep_mask(context.keys[index], shape, keep, stride, dtype=h.dtype)
         return h * mask.mul_(per_model(1.0 / keep, mask))
 
     def normalize(
@@ -298,3 +370,34 @@ class StackedLayers:
             mean_run.mul_(1 - m).add_(m * mean.view(M, C))
             var_run.mul_(1 - m).add_(m * var.view(M, C) * (n / max(n - 1, 1)))
         return out.view(B, M, C, *out.shape[2:]).transpose(0, 1)
+
+
+@torch.no_grad()
+def dropout_sizes(program: stacking.Program, net: nn.Module, n_features: int) -> list[int]:
+    """Per dropout of ``program``, what one sample of its input holds in ``net``: its elements
+    (its channels for ``Dropout1d/2d``, which drop whole ones). One sample through ``net`` in
+    evaluation mode (its state untouched), read by hooks."""
+    sizes: dict[str, int] = {}
+    hooks = []
+    for name, _, channels in program.dropouts:
+
+        def record(
+            _m: nn.Module,
+            inputs: tuple[torch.Tensor, ...],
+            _o: object,
+            *,
+            name: str = name,
+            channels: bool = channels,
+        ) -> None:
+            sizes[name] = int(inputs[0].shape[1] if channels else inputs[0][0].numel())
+
+        hooks.append(net.get_submodule(name).register_forward_hook(record))
+    training = net.training
+    try:
+        parameter = next(net.parameters())
+        net.eval()(torch.zeros(1, n_features, device=parameter.device, dtype=parameter.dtype))
+    finally:
+        net.train(training)
+        for hook in hooks:
+            hook.remove()
+    return [sizes[name] for name, _, _ in program.dropouts]

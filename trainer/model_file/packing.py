@@ -94,18 +94,20 @@ def pack(
     """
     config = fitted.config
     cv = cv or {}
+    # The network as trained: narrowed by the trial's width, if it has one.
+    model, hidden = config.architecture(dataset.input_shape, dataset.n_outputs)
     return ModelFile(
         format=FORMAT,
         version=LEGACY_VERSION,
         format_version=FORMAT_VERSION,
         state_dict=_weights(fitted),
         architecture=Architecture(
-            model=config.model.model_dump(mode="json"),
-            hidden=list(config.hidden),
+            model=model.model_dump(mode="json"),
+            hidden=list(hidden),
             dropout=float(config.dropout),
             groups={group: float(p) for group, p in config.groups},
             bn_momentum=float(config.bn_momentum),
-            network=_plain(networks.describe(config.model)),
+            network=_plain(networks.describe(model)),
             input_shape=[int(n) for n in dataset.input_shape],
             n_outputs=int(dataset.n_outputs),
         ),

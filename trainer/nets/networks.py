@@ -200,6 +200,64 @@ def build(
     return nn.Sequential(parts)
 
 
+def narrow(width: float, units: int) -> int:
+    """A hidden width ``units`` scaled by ``width`` in (0, 1]: rounded half up, at least 1."""
+    return max(1, math.floor(width * units + 0.5))
+
+
+def narrowed(
+    spec: ModelSpec,
+    width: float,
+    input_shape: tuple[int, ...],
+    n_outputs: int,
+    hidden: Sequence[int] | None = None,
+) -> tuple[ModelSpec, list[int]]:
+    """``spec`` (with template widths ``hidden``) as the network of size ``width`` and its
+    template widths: every hidden width w becomes :func:`narrow` (w) — a template's ``hidden``
+    and ``channels``, a ``layers`` stack's ``out`` s (its last linear has none) — except where a
+    residual's body must end at its input's width, which it then keeps (the input's width,
+    scaled or not). Units keep their order, so the narrow network's units are the leading ones
+    of the wide network's, layer by layer (what the population's masks rely on)."""
+    widths = list(spec.hidden if hidden is None else hidden)
+    if spec.kind == "plugin":
+        raise NetworkError(
+            "search_space.width",
+            "search_space.width scales a template's or a layers stack's widths; a plugin's "
+            "widths are its own code",
+        )
+    if spec.kind == "layers":
+        layers = _narrowed_layers(spec.layers or [], width, input_shape, n_outputs, None)
+        return spec.model_copy(update={"layers": layers}), widths
+    scaled = [narrow(width, w) for w in widths]
+    channels = [narrow(width, c) for c in spec.channels]
+    return spec.model_copy(update={"hidden": scaled, "channels": channels}), scaled
+
+
+def _narrowed_layers(
+    layers: Sequence[Layer],
+    width: float,
+    shape: tuple[int, ...],
+    n_outputs: int,
+    ends_at: int | None,
+) -> list[Layer]:
+    """:func:`narrowed` of a layer list on inputs of ``shape``; ``ends_at``: a residual body's
+    last Linear/Conv gets that width (its input's), whatever its own ``out`` scales to."""
+    weighted = [i for i, x in enumerate(layers) if isinstance(x, LinearLayer | ConvLayer)]
+    result: list[Layer] = []
+    for i, layer in enumerate(layers):
+        new: Layer = layer
+        if isinstance(layer, LinearLayer | ConvLayer) and layer.out is not None:
+            out = ends_at if ends_at is not None and i == weighted[-1] else None
+            new = layer.model_copy(update={"out": out or narrow(width, layer.out)})
+        elif isinstance(layer, ResidualLayer):
+            body = _narrowed_layers(layer.layers, width, shape, n_outputs, shape[0])
+            new = layer.model_copy(update={"layers": body})
+        result.append(new)
+        if not (isinstance(new, LinearLayer) and new.out is None):  # the last layer: no shape
+            shape = walk([new], shape, n_outputs, last=False).shape
+    return result
+
+
 def configure(
     net: nn.Module, *, dropout: Callable[[str | None], float], bn_momentum: float
 ) -> nn.Module:

@@ -134,6 +134,7 @@ DOMAINS: dict[str, Domain] = {
     "lr": Domain(0.0, low_open=True),
     "batch_size": Domain(1, integer=True),
     "max_norm": Domain(0.0, low_open=True),
+    "width": Domain(0.0, 1.0, low_open=True),
 }
 OPTIMIZERS = ("adam", "sgd")
 # Search-space entries that take a range, a list of choices or a number (``hidden`` is apart).
@@ -222,7 +223,8 @@ class SearchSpace(Strict):
     only when given, otherwise the ``training``/``model`` values hold. ``dropout.<group>``
     is a dropout group's own range (default: the ``dropout`` range). ``max_norm`` c > 0, the
     max-norm constraint (after every optimizer step each unit's incoming weight vector is
-    rescaled to norm ≤ c), is off unless given.
+    rescaled to norm ≤ c), is off unless given. ``width`` in (0, 1], the model's size (a
+    multiplier on every hidden width, :func:`trainer.nets.networks.narrowed`), likewise.
     ``augment.<name>`` (:class:`Augment`, also nested as ``augment``) is a data
     augmentation, off unless given.
     """
@@ -236,6 +238,7 @@ class SearchSpace(Strict):
     batch_size: Param | None = None
     optimizer: Param | None = None
     max_norm: Param | None = None
+    width: Param | None = None
     hidden: list[list[Annotated[int, Field(ge=1)]]] | None = None
     groups: dict[str, Param] = Field(
         default_factory=dict, description="dropout groups' own ranges, given as dropout.<group>"
@@ -561,6 +564,11 @@ class StudySpec(Strict):
             raise ValueError(
                 f"search_space.hidden searches a template's widths; model.kind {model.kind!r} "
                 "fixes its own (give the widths in the network)"
+            )
+        if space.width is not None and model.kind == "plugin":
+            raise ValueError(
+                "search_space.width scales a template's or a layers stack's widths; a "
+                "plugin's widths are its own code (give them in model.options)"
             )
         depth = max((len(h) for h in space.hidden or [model.hidden]), default=0)
         groups = model.groups(depth)
