@@ -21,6 +21,11 @@ A GPU model's memory, in float32 words, per stacked model:
 * evaluation in one pass over the model's validation or scored rows, one layer at a time.
 
 P is the number of trials whose K models fit in ``MEMORY_SHARE`` of the free memory.
+
+The count is of the template's network at its widest ``hidden`` choice (:func:`widest`), which
+is what a stack holds whatever its trials' ``width``: a narrow trial's network lives masked
+inside the template's tensors (:mod:`trainer.engines.stacked_layers`), so a width < 1 takes
+no less memory, and never more.
 """
 
 from __future__ import annotations
