@@ -170,7 +170,7 @@ def main() -> None:
             ]
         )
     lines = [
-        f"### Does the rest of the toolbox help? ({time.strftime('%Y-%m-%d')})",
+        f"## Does the rest of the toolbox help? ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})",
         "",
         f"`{command_line()}` on {machine()}, commit {git_commit()}: {args.seeds} seeds × "
         f"{args.trials} trials × ≤ {args.max_epochs} epochs per arm; accuracy, best trial's CV "
