@@ -169,8 +169,9 @@ def main() -> None:
                 f"{sum(a.seconds for a in arms[False] + arms[True]) / 60:.1f} min",
             ]
         )
+    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     lines = [
-        f"## Does the rest of the toolbox help? ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})",
+        f"## Does the rest of the toolbox help? ({when})",
         "",
         f"`{command_line()}` on {machine()}, commit {git_commit()}: {args.seeds} seeds × "
         f"{args.trials} trials × ≤ {args.max_epochs} epochs per arm; accuracy, best trial's CV "
