@@ -30,25 +30,13 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:  # run as a script from anywhere: make `trainer` importable
-    sys.path.insert(0, str(ROOT))
+import optuna
+import provenance
+import torch
 
-import optuna  # noqa: E402
-import torch  # noqa: E402
-from provenance import (  # noqa: E402
-    benchmark_parser,
-    command_line,
-    git_commit,
-    machine,
-    markdown_table,
-    publish,
-)
-
-from trainer import StudySpec, load_builtin, run_study  # noqa: E402
+from trainer import StudySpec, load_builtin, run_study
 
 CNN = {"kind": "cnn", "channels": [16, 32], "kernel_size": 5, "hidden": [64]}
 CNN_SMALL = {"kind": "cnn", "channels": [16, 32], "kernel_size": 3, "hidden": [64]}
@@ -135,7 +123,7 @@ def spread(values: Sequence[float]) -> str:
 
 
 def main() -> None:
-    parser = benchmark_parser(__doc__)
+    parser = provenance.benchmark_parser(__doc__)
     parser.add_argument("--cases", default=",".join(CASES), help="comma-separated case keys")
     parser.add_argument("--seeds", type=int, default=3, help="study seeds per arm")
     parser.add_argument("--trials", type=int, default=16, help="trials per study")
@@ -173,11 +161,12 @@ def main() -> None:
     lines = [
         f"## Does the rest of the toolbox help? ({when})",
         "",
-        f"`{command_line()}` on {machine()}, commit {git_commit()}: {args.seeds} seeds × "
-        f"{args.trials} trials × ≤ {args.max_epochs} epochs per arm; accuracy, best trial's CV "
-        "mean and its refit's held-out test score, mean ± std over seeds.",
+        f"`{provenance.command_line()}` on {provenance.machine()}, "
+        f"commit {provenance.git_commit()}: {args.seeds} seeds × {args.trials} trials × "
+        f"≤ {args.max_epochs} epochs per arm; accuracy, best trial's CV mean and its refit's "
+        "held-out test score, mean ± std over seeds.",
         "",
-        *markdown_table(
+        *provenance.markdown_table(
             [
                 "case",
                 "CV without",
@@ -191,7 +180,7 @@ def main() -> None:
             rows,
         ),
     ]
-    publish(lines, args.append)
+    provenance.publish(lines, args.append)
 
 
 if __name__ == "__main__":
