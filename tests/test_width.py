@@ -12,6 +12,7 @@ from dataclasses import replace
 import pytest
 import torch
 from equivalence import REASSOCIATED, assert_close, assert_identical
+from optuna.trial import FrozenTrial, TrialState
 from pydantic import ValidationError
 
 from trainer import rng
@@ -24,8 +25,10 @@ from trainer.nets.networks import count_parameters, narrowed
 from trainer.specs.spec_base import SpecError
 from trainer.specs.study_spec import Range, StudySpec
 from trainer.tuning.cv_protocol import CVProtocol
+from trainer.tuning.records import TrialRecord
 from trainer.tuning.refit import refit
 from trainer.tuning.space import searched
+from trainer.tuning.study import run_study
 
 DEVICE = os.environ.get("REGTUNE_TEST_DEVICE", "cpu")
 BASE = {"weight_decay": 1e-3, "l1": 1e-5, "dropout": 0.0, "bn_momentum": 0.3, "patience": 4}
@@ -257,3 +260,35 @@ def test_the_refit_and_the_model_file_hold_the_narrow_network(wine) -> None:
     )
     loaded = load_model(to_bytes(model_file))
     assert count_parameters(loaded.model) == count_parameters(narrow)
+
+
+# --- a study that searches it --------------------------------------------------------------------
+
+
+def test_a_study_searches_width_records_each_narrow_network_and_refits_the_best(wine) -> None:
+    spec = StudySpec.model_validate(
+        {
+            "dataset": "builtin:wine",
+            "n_trials": 4,
+            "seed": 0,
+            "model": {"hidden": [16, 8]},
+            "training": {"max_epochs": 3},
+            "cv": {"folds": 2},
+            "search_space": {"width": {"low": 0.2, "high": 1.0}},
+        }
+    )
+    outcome = run_study(spec, wine, device=DEVICE)
+    done = outcome.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    assert len(done) == 4
+
+    def narrow(trial: FrozenTrial) -> torch.nn.Module:
+        return TrialConfig.from_values(spec, trial.params).network(wine.input_shape, wine.n_outputs)
+
+    sizes = [TrialRecord.of(t).n_params for t in done]
+    assert sizes == [count_parameters(narrow(t)) for t in done]
+    assert len(set(sizes)) > 1, sizes  # trials of different widths trained
+    assert outcome.best is not None and outcome.fitted is not None
+    best = narrow(outcome.best)
+    assert [p.shape for p in outcome.fitted.model.parameters()] == [
+        p.shape for p in best.parameters()
+    ]
