@@ -130,6 +130,31 @@ def test_every_sampler_runs_a_study(wine, kind: str) -> None:
     assert outcome.best is not None and 0.0 < outcome.best.value <= 1.0
 
 
+def grid_of_two(n_trials: int) -> StudySpec:
+    fixed = {"l1": 0, "dropout": 0.1, "bn_momentum": 0.1, "patience": 3}
+    return wine_spec(
+        n_trials=n_trials,
+        sampler={"kind": "grid", "grid_points": 2},
+        search_space={"weight_decay": {"low": 1e-4, "high": 1e-2, "log": True}} | fixed,
+        training={"max_epochs": 2},
+    )
+
+
+def test_a_grid_study_walks_its_whole_grid_once(wine) -> None:
+    """Optuna's grid sampler stops the study when the grid is walked, which raised outside
+    study.optimize and failed the last trial; regtune ends the walk by its budget."""
+    outcome = run_study(grid_of_two(2), wine, refit_best=False)
+    trials = outcome.study.trials
+    assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE] * 2
+    assert sorted(t.params["weight_decay"] for t in trials) == pytest.approx([1e-4, 1e-2])
+
+
+def test_a_grid_smaller_than_the_budget_is_refused(wine) -> None:
+    with pytest.raises(SpecError, match="n_trials 3 is more than the grid's 2 points") as found:
+        CVProtocol.of(grid_of_two(3), wine)
+    assert found.value.field == "n_trials"
+
+
 def test_hyperband_pruner_uses_the_epoch_budget(wine) -> None:
     spec = wine_spec(n_trials=3, pruner={"kind": "hyperband"}, training={"max_epochs": 3})
     outcome = run_study(spec, wine, refit_best=False)

@@ -16,6 +16,7 @@ from trainer.data.splits import Split, cv_splits, holdout
 from trainer.engines.augmentation import check_data
 from trainer.nets.networks import footprint
 from trainer.specs.study_spec import Metric, SpecError, StudySpec, default_metric
+from trainer.tuning.space import check_grid
 
 
 def resolve_metric(spec: StudySpec, dataset: Dataset) -> Metric:
@@ -61,9 +62,11 @@ class CVProtocol:
         """The protocol of ``spec`` on ``dataset``; ``check_network`` checks the network
         against the data first (a worker does not: the API host did at submission, and a
         plugin missing on the worker fails its trials, with the reason, not the study).
-        Either way an augmentation the data cannot take is refused (``SpecError``)."""
+        Either way an augmentation the data cannot take, and a grid smaller than
+        ``n_trials``, are refused (``SpecError``)."""
         metric = resolve_metric(spec, dataset)
         check_data(spec.search_space.augment.given(), dataset.input_shape)
+        check_grid(spec)
         if check_network:
             network_sizes(spec, dataset)
         cv = spec.cv

@@ -6,6 +6,7 @@ the direction of the metric (and of the size, a trade-off's second objective:
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from typing import Any
 
 import optuna
@@ -38,6 +39,22 @@ class TradeOffTPESampler(optuna.samplers.TPESampler):
         return super().sample_independent(directed, trial, param_name, param_distribution)
 
 
+class Grid(optuna.samplers.GridSampler):
+    """Optuna's grid sampler without its stop: it calls ``study.stop()`` once the grid is
+    walked, which raises outside ``study.optimize`` (regtune asks and tells trials itself), and
+    so failed the last trial of every grid study. The search ends by its budget instead, which
+    :func:`~trainer.tuning.space.check_grid` keeps within the grid."""
+
+    def after_trial(
+        self,
+        study: optuna.Study,
+        trial: FrozenTrial,
+        state: optuna.trial.TrialState,
+        values: Sequence[float] | None,
+    ) -> None:
+        return None
+
+
 def make_sampler(spec: StudySpec) -> optuna.samplers.BaseSampler:
     s = spec.sampler
     if s.kind == "tpe":
@@ -57,7 +74,7 @@ def make_sampler(spec: StudySpec) -> optuna.samplers.BaseSampler:
         return optuna.samplers.CmaEsSampler(seed=spec.seed, n_startup_trials=s.n_startup_trials)
     if s.kind == "nsga2":
         return optuna.samplers.NSGAIISampler(seed=spec.seed, population_size=s.population_size)
-    return optuna.samplers.GridSampler(grid(spec, s.grid_points), seed=spec.seed)
+    return Grid(grid(spec, s.grid_points), seed=spec.seed)
 
 
 def make_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:

@@ -15,7 +15,7 @@ import numpy as np
 import optuna
 
 from trainer import rng
-from trainer.specs.study_spec import SEARCHABLE, Param, Range, StudySpec, domain
+from trainer.specs.study_spec import SEARCHABLE, Param, Range, SpecError, StudySpec, domain
 
 
 def hidden_key(widths: Sequence[int]) -> str:
@@ -80,6 +80,21 @@ def grid(spec: StudySpec, points: int) -> dict[str, list[Any]]:
     if spec.search_space.hidden is not None:
         axes["hidden"] = [hidden_key(h) for h in spec.search_space.hidden]
     return axes
+
+
+def check_grid(spec: StudySpec) -> None:
+    """A grid study runs each point of :func:`grid` once: ``n_trials`` beyond the grid's
+    size would only repeat points (``SpecError`` on ``n_trials``, naming the size)."""
+    if spec.sampler.kind != "grid":
+        return
+    points = int(np.prod([len(axis) for axis in grid(spec, spec.sampler.grid_points).values()]))
+    if spec.n_trials > points:
+        raise SpecError(
+            f"n_trials {spec.n_trials} is more than the grid's {points} points "
+            f"(sampler.grid_points {spec.sampler.grid_points} per range): each point runs "
+            f"once, so ask for at most {points}",
+            field="n_trials",
+        )
 
 
 def trial_seed(study_seed: int, trial_number: int) -> int:
