@@ -500,6 +500,27 @@ def test_a_training_error_fails_its_trials_and_the_search_goes_on(wine) -> None:
     )
 
 
+def test_a_round_of_trials_that_cannot_start_does_not_end_the_search(wine) -> None:
+    """Both trials of the first round fail before they start (their stack cannot be built):
+    the search asks for more until the budget is spent, it does not stop with budget left."""
+
+    built: list[int] = []
+
+    class FirstTwoFail(Population):
+        def assign(self, slot: int, config: TrialConfig, seed: int) -> None:
+            built.append(seed)
+            if len(built) <= 2:
+                raise RuntimeError("no room on the device yet")
+            super().assign(slot, config, seed)
+
+    outcome = run_study(
+        fault_study(4), wine, population=2, refit_best=False, build_stack=FirstTwoFail
+    )
+    states = [t.state for t in outcome.study.trials]
+    assert states[:2] == [optuna.trial.TrialState.FAIL] * 2
+    assert states[2:] == [optuna.trial.TrialState.COMPLETE] * 2
+
+
 def test_the_per_trial_engine_fails_a_raising_trial_with_its_reason(wine, monkeypatch) -> None:
 
     real = objective.cross_validate

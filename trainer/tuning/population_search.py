@@ -96,12 +96,16 @@ class PopulationEngine:
         return now
 
     def start_trials(self, trials: AskAndTell) -> bool:
-        """Give free slots to waiting trials, then to newly asked ones; True if any started."""
+        """Give free slots to waiting trials, then to newly asked ones; True if any started.
+
+        A trial that fails before it starts (its values cannot be drawn, its stack cannot be
+        built) frees its slot for the next one asked: the search ends when the budget does, not
+        because one round of asking failed (each failure spends a trial of the budget)."""
         started = False
         while self.waiting and len(self.running) < self.room(trials.study):
             started |= self.place(trials, self.waiting.popleft())
         spec = self.training.spec
-        for _ in range(self.room(trials.study) - len(self.running) - len(self.waiting)):
+        while len(self.running) + len(self.waiting) < self.room(trials.study):
             trial = trials.ask()
             if trial is None:
                 break
