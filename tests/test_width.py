@@ -2,7 +2,7 @@
 narrow trial in a stack of wider ones trained exactly as its network alone (the per-trial
 engine without dropout; with dropout, the narrow network alone in its own stack, whose masks
 are the population's counter-based ones), its parameter count and exported module, the spec's
-checks, and a study that searches it."""
+checks, and a study that searches it: its trials' records, its refit and its report."""
 
 from __future__ import annotations
 
@@ -14,7 +14,9 @@ import torch
 from equivalence import REASSOCIATED, assert_close, assert_identical
 from optuna.trial import FrozenTrial, TrialState
 from pydantic import ValidationError
+from test_report import record_of, section_of
 
+from service.http import report
 from trainer import rng
 from trainer.engines.per_trial import cross_validate
 from trainer.engines.population import Population, train_population
@@ -22,6 +24,7 @@ from trainer.engines.trial_config import TrialConfig
 from trainer.model_file.loading import load_model
 from trainer.model_file.packing import pack, to_bytes
 from trainer.nets.networks import count_parameters, narrowed
+from trainer.nets.networks import narrow as narrow_units
 from trainer.specs.spec_base import SpecError
 from trainer.specs.study_spec import Range, StudySpec
 from trainer.tuning.cv_protocol import CVProtocol
@@ -292,3 +295,10 @@ def test_a_study_searches_width_records_each_narrow_network_and_refits_the_best(
     assert [p.shape for p in outcome.fitted.model.parameters()] == [
         p.shape for p in best.parameters()
     ]
+    # The report's best configuration says what the width did and which network it trained.
+    page = report.render(record_of(spec, outcome), done)
+    said = section_of(page, "best-configuration")
+    width = outcome.best.params["width"]
+    trained = "-".join(str(narrow_units(width, units)) for units in (16, 8))
+    assert f"width = {width:.4g} (the search chose it)" in said
+    assert f"trained MLP: hidden {trained}, BatchNorm (at full width: MLP: hidden 16-8," in said

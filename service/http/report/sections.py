@@ -121,6 +121,10 @@ def best_configuration(record: StudyLike, best: FrozenTrial) -> str:
     max_norm = best.params.get("max_norm", config.get("max_norm"))
     if max_norm is not None:
         extra.append(max_norm_sentence(max_norm, searched="max_norm" in best.params))
+    width = best.params.get("width", config.get("width"))
+    if width is not None:
+        searched = "width" in best.params
+        extra.append(width_sentence(width, record.spec or {}, config.get("hidden"), searched))
     body = para(
         f"Trial <b>#{best.number}</b> scored <b>{shown(best.value)}</b> {esc(record.metric)} "
         "(mean over the folds). Its hyperparameters, those the search chose and those fixed by "
@@ -141,6 +145,34 @@ def max_norm_sentence(c: Any, *, searched: bool) -> str:
         "weight vector w (a row of a Linear weight, one output filter of a Conv) was rescaled "
         "to norm ≤ c, w ← w·c/‖w‖ where ‖w‖ > c, a hard bound on each unit where weight decay "
         "pulls on all weights; biases and BatchNorm are untouched"
+    )
+
+
+def width_sentence(
+    width: Any, spec: Mapping[str, Any], hidden: Sequence[int] | None, searched: bool
+) -> str:
+    """What the best configuration's width did (``search_space.width``), with the widths of
+    the network it trained (``hidden``: the trial's template widths, the spec's if None)."""
+    model = stored_model(dict(spec))
+    hidden = model.hidden if hidden is None else hidden
+    how = "the search chose" if searched else "the spec fixed"
+    text = (
+        f"width = {shown(width)} ({how} it): every hidden width of the network was multiplied "
+        "by it (rounded, at least one unit): the same layers with fewer units; "
+    )
+    if model.kind == "layers":
+        return text + "each <code>out</code> of the layers under Network was scaled"
+    w = float(width)
+    narrow = model.model_copy(
+        update={
+            "hidden": [networks.narrow(w, units) for units in hidden],
+            "channels": [networks.narrow(w, units) for units in model.channels],
+        }
+    )
+    full = model.model_copy(update={"hidden": list(hidden)})
+    return (
+        text + f"the trial trained {esc(networks.summary(narrow))} "
+        f"(at full width: {esc(networks.summary(full))})"
     )
 
 
