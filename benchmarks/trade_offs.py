@@ -10,9 +10,10 @@ and nonzero count, the picked trial's, and how many times fewer nonzero weights 
 
 Stacking: one population of P trials of widths 1, 0.75, 0.5, 0.25 (``--widths``; narrow
 trials masked inside the full-width stack) against each width's narrow network alone in a
-population of one, the P of them one after another, and a stack of P full-width trials;
+population of one, the P of them one after another, and a stack of P full-width trials, with
+dropout p 0.2 and 0 (``--dropouts``: a narrow trial's dropout masks are strided, its own);
 seconds per epoch (``train_epoch`` + ``end_epoch``) over ``--epochs`` epochs after one warm-up,
-the three interleaved in each of ``--rounds`` rounds (the median is reported).
+all interleaved in each of ``--rounds`` rounds (the median is reported).
 
     .venv/bin/python benchmarks/trade_offs.py --threads 1 --append BENCHMARKS.md
     .venv/bin/python benchmarks/trade_offs.py --cases digits --trials 8 --max-epochs 5
@@ -24,8 +25,8 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
-from typing import Any
+from dataclasses import replace
+from typing import Any, NamedTuple
 
 import optuna
 import provenance
@@ -47,8 +48,7 @@ CNN = {"kind": "cnn", "channels": [16, 32], "kernel_size": 5, "hidden": [64]}
 WITHIN = 0.005  # the accuracy the picked trial may give up, absolute
 
 
-@dataclass(frozen=True)
-class Case:
+class Case(NamedTuple):
     key: str
     dataset: str
     model: dict[str, Any]
@@ -148,74 +148,89 @@ def epoch_seconds(
     return (time.perf_counter() - start) / epochs
 
 
-def stacking_lines(args: Any) -> list[str]:
-    widths = [float(w) for w in args.widths.split(",")]
-    spec = StudySpec.model_validate({"dataset": "builtin:digits", "model": MLP, "cv": {"folds": 5}})
-    data = load_builtin(spec.dataset)
+def stacking_arms(
+    spec: StudySpec, data: Dataset, widths: list[float], dropout: float, epochs: int
+) -> dict[str, Callable[[], float]]:
+    """The three ways to train trials of ``widths`` (dropout p ``dropout``), each timed."""
     protocol = CVProtocol.of(spec, data)
-    full = TrialConfig.from_values(spec, FIXED)
-    mixed = [TrialConfig.from_values(spec, FIXED | {"width": w}) for w in widths]
-    arms: dict[str, Callable[[], float]] = {
-        f"one stack of {len(widths)}, mixed widths": lambda: epoch_seconds(
-            data, protocol, mixed, args.epochs
+    fixed = FIXED | {"dropout": dropout}
+    full = TrialConfig.from_values(spec, fixed)
+    mixed = [TrialConfig.from_values(spec, fixed | {"width": w}) for w in widths]
+    n = len(widths)
+    return {
+        f"p = {dropout:g}: one stack of {n}, mixed widths": lambda: epoch_seconds(
+            data, protocol, mixed, epochs
         ),
-        f"{len(widths)} stacks of one, each narrow network alone, in turn": lambda: sum(
-            epoch_seconds(data, protocol, [alone(t, data)], args.epochs) for t in mixed
+        f"p = {dropout:g}: {n} stacks of one, each narrow network alone, in turn": lambda: sum(
+            epoch_seconds(data, protocol, [alone(t, data)], epochs) for t in mixed
         ),
-        f"one stack of {len(widths)}, all full width": lambda: epoch_seconds(
-            data, protocol, [full] * len(widths), args.epochs
+        f"p = {dropout:g}: one stack of {n}, all full width": lambda: epoch_seconds(
+            data, protocol, [full] * n, epochs
         ),
     }
-    seconds: dict[str, list[float]] = {name: [] for name in arms}
+
+
+def stacking_lines(args: Any) -> list[str]:
+    widths = [float(w) for w in args.widths.split(",")]
+    dropouts = [float(p) for p in args.dropouts.split(",")]
+    spec = StudySpec.model_validate({"dataset": "builtin:digits", "model": MLP, "cv": {"folds": 5}})
+    data = load_builtin(spec.dataset)
+    arms = {p: stacking_arms(spec, data, widths, p, args.epochs) for p in dropouts}
+    seconds: dict[str, list[float]] = {name: [] for by_p in arms.values() for name in by_p}
     for _ in range(args.rounds):
-        for name, arm in arms.items():
-            seconds[name].append(arm())
+        for by_p in arms.values():
+            for name, arm in by_p.items():
+                seconds[name].append(arm())
     median = {name: statistics.median(v) for name, v in seconds.items()}
-    names = list(arms)
-    mixed_s, separate_s = median[names[0]], median[names[1]]
-    lines = [
+    rows, ratios = [], []
+    for p, by_p in arms.items():
+        mixed, separate, _ = (median[name] for name in by_p)
+        ratios.append(f"**{mixed / separate:.2f}×** with dropout p = {p:g}")
+        rows += [
+            [
+                name,
+                f"{median[name]:.3f}",
+                ", ".join(f"{s:.3f}" for s in seconds[name]),
+                f"{median[name] / mixed:.2f}×",
+            ]
+            for name in by_p
+        ]
+    return [
         "",
         f"Width stacking: digits, MLP 256-256, {len(widths)} trials of widths "
-        f"{', '.join(f'{w:g}' for w in widths)} × 5 folds, batch 64; seconds per epoch "
-        f"(train + end) over {args.epochs} epochs after a warm-up, median of {args.rounds} "
-        "interleaved rounds.",
+        f"{', '.join(f'{w:g}' for w in widths)} × 5 folds, batch 64, dropout p as shown; "
+        f"seconds per epoch (train + end) over {args.epochs} epochs after a warm-up, median of "
+        f"{args.rounds} interleaved rounds.",
         "",
         *provenance.markdown_table(
             ["how the trials train", "s/epoch (median)", "rounds", "vs the mixed stack"],
             "lrlr",
-            (
-                [
-                    name,
-                    f"{median[name]:.3f}",
-                    ", ".join(f"{s:.3f}" for s in seconds[name]),
-                    f"{median[name] / mixed_s:.2f}×",
-                ]
-                for name in arms
-            ),
+            rows,
         ),
         "",
-        f"One mixed-width stack against the narrow networks' stacks in turn: "
-        f"**{mixed_s / separate_s:.2f}×** the time per epoch.",
+        "One mixed-width stack against the narrow networks' stacks in turn, time per epoch: "
+        + "; ".join(ratios)
+        + ".",
     ]
-    return lines
 
 
 def main() -> None:
     parser = provenance.benchmark_parser(__doc__)
-    parser.add_argument("--cases", default="digits,mnist1d-mlp", help=f"of {', '.join(CASES)}")
+    parser.add_argument("--cases", default="digits,mnist1d-cnn", help=f"of {', '.join(CASES)}")
     parser.add_argument("--trials", type=int, default=32, help="trials per study")
     parser.add_argument("--max-epochs", type=int, default=20, help="max epochs per fold")
     parser.add_argument("--folds", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--widths", default="1,0.75,0.5,0.25", help="the stacked trials' widths")
+    parser.add_argument("--dropouts", default="0.2,0", help="the stacked trials' dropout p")
     parser.add_argument("--epochs", type=int, default=3, help="timed epochs per stack")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds")
     parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads")
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    cases = [CASES[key.strip()] for key in args.cases.split(",") if key.strip()]
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    keys = [k.strip() for k in args.cases.split(",") if k.strip()]
-    rows = [front_row(CASES[key], args) for key in keys]
+    torch.set_num_threads(args.threads)
+    rows = [front_row(case, args) for case in cases]
     when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     lines = [
         f"## Trade-offs: accuracy against nonzero parameters, and width stacking ({when})",
