@@ -68,7 +68,8 @@ lint: $(STAMP)
 # then engine throughput side by side (textbook loop, per-trial engine, population engine)
 # for the MLP, a `layers` CNN and a plugin network,
 # then a real mixed-type table next to a scikit-learn baseline, then how workers are shared
-# between tenants (each tenant's share over a minute, the claim time).
+# between tenants (each tenant's share over a minute, the claim time), then trade-off fronts
+# (width and L1 against accuracy) and what stacking trials of different widths costs.
 bench: $(STAMP)
 	$(PY) benchmarks/workflows.py --append BENCHMARKS.md
 	$(PY) benchmarks/engines.py --append BENCHMARKS.md
@@ -76,6 +77,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/engines.py --model plugin --trials 4 --epochs 5 --threads 1 --append BENCHMARKS.md
 	$(PY) benchmarks/tables.py --append BENCHMARKS.md
 	$(PY) benchmarks/fair_share.py --append BENCHMARKS.md
+	$(PY) benchmarks/trade_offs.py --threads 1 --append BENCHMARKS.md
 
 # Search quality on the built-in datasets (long: tens of minutes on 2 cores).
 quality: $(STAMP)

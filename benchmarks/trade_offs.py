@@ -95,7 +95,8 @@ def described(trial: optuna.trial.FrozenTrial) -> str:
     )
 
 
-def front_row(case: Case, args: Any) -> list[str]:
+def front_row(case: Case, args: Any) -> tuple[list[str], str]:
+    """The case's row of the table, and its front as a line of its own."""
     spec = front_spec(
         case, trials=args.trials, epochs=args.max_epochs, folds=args.folds, seed=args.seed
     )
@@ -105,9 +106,9 @@ def front_row(case: Case, args: Any) -> list[str]:
     best, small, front = outcome.best, outcome.chosen, outcome.pareto
     if best is None or small is None or front is None:
         raise RuntimeError(f"{spec.name}: no completed trial")
-    for trial in front:
-        print(f"{case.key} front {described(trial)}", file=sys.stderr)
-    return [
+    listed = f"- {case.what}: " + "; ".join(described(t) for t in front)
+    print(listed, file=sys.stderr)
+    row = [
         case.what,
         str(len(front)),
         described(best),
@@ -116,6 +117,7 @@ def front_row(case: Case, args: Any) -> list[str]:
         f"{best.values[0] - small.values[0]:.4f}",
         f"{wall / 60:.1f} min",
     ]
+    return row, listed
 
 
 # --- the cost of width stacking ----------------------------------------------------------------
@@ -230,7 +232,7 @@ def main() -> None:
     cases = [CASES[key.strip()] for key in args.cases.split(",") if key.strip()]
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     torch.set_num_threads(args.threads)
-    rows = [front_row(case, args) for case in cases]
+    rows, fronts = zip(*(front_row(case, args) for case in cases), strict=True)
     when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     lines = [
         f"## Trade-offs: accuracy against nonzero parameters, and width stacking ({when})",
@@ -250,6 +252,10 @@ def main() -> None:
             "lrllrrr",
             rows,
         ),
+        "",
+        "The fronts, best accuracy first:",
+        "",
+        *fronts,
         *stacking_lines(args),
     ]
     provenance.publish(lines, args.append)
