@@ -79,9 +79,11 @@ bench: $(STAMP)
 	$(PY) benchmarks/fair_share.py --append BENCHMARKS.md
 	$(PY) benchmarks/trade_offs.py --threads 1 --append BENCHMARKS.md
 
-# Search quality on the built-in datasets (long: tens of minutes on 2 cores).
+# Search quality on the built-in datasets, and whether the rest of the toolbox (augmentation,
+# max-norm) helps against the same budget without it (long: tens of minutes on 2 cores).
 quality: $(STAMP)
 	$(PY) benchmarks/quality.py --append BENCHMARKS.md
+	$(PY) benchmarks/toolbox.py --append BENCHMARKS.md
 
 # 200 pollers against `regtune serve` while two workers train (issue 5); the first run fills
 # a 10,000-trial database at LOAD_SEED (minutes), later runs copy it.
