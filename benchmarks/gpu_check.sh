@@ -73,7 +73,9 @@ for net in layers-cnn plugin; do
     --append "$OUT/engines-$net.md"
 done
 augment="population P=$pop,population P=$pop augmented"
-augment+=",population P=$pop compiled,population P=$pop compiled augmented"
+# The compiled pair only on the device: on a CPU its two first-time compiles are most of the
+# dry run's time, and tests/test_compiled.py already trains an augmented trial compiled.
+((dry)) || augment+=",population P=$pop compiled,population P=$pop compiled augmented"
 # shellcheck disable=SC2086
 step engines-augment "$PY" benchmarks/engines.py --device $device --trials $trials \
   --population-trials $pop --epochs $aug_epochs --augment --engines "$augment" $threads \

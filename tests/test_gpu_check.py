@@ -44,8 +44,8 @@ def test_the_gpu_check_runs_end_to_end_on_the_cpu(tmp_path: Path) -> None:
         rows = (tmp_path / f"engines-{net}.md").read_text()
         assert f"population, {net} on CPU" in rows and "| population P=2 |" in rows
     augment = (tmp_path / "engines-augment.md").read_text()
-    assert "| population P=3 compiled augmented |" in augment
-    assert "an epoch of population P=3 compiled takes" in augment
+    assert "| population P=3 augmented |" in augment  # compiled too, on the device only
+    assert "an epoch of population P=3 takes" in augment
     assert "matrix products" in (tmp_path / "profile.md").read_text()
     log = (tmp_path / "tune.log").read_text()
     tuned = json.loads(log[log.index("{") : log.rindex("}") + 1])

@@ -1,7 +1,8 @@
 """A trade-off study end to end: ``regtune serve`` over real HTTP, and ``regtune tune``.
 
-The study's widths pull size and accuracy apart (``tests/test_trade_off.py``'s), so its front
-has more than one trial; ``final_model.pick`` within 1.0 accuracy refits the smallest of them.
+The study's widths (``tests/test_trade_off.py``'s hidden choices, and ``width`` searched, so a
+worker trains narrow and full-width trials in one stack) pull size and accuracy apart, so its
+front has more than one trial; ``final_model.pick`` within 1.0 accuracy refits the smallest.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ SPEC = tiny_study(
     n_trials=4,
     training={"max_epochs": 3, "lr": 0.03},
     cv={"folds": 2, "test_fraction": 0.2},
-    search_space=FIXED | {"hidden": WIDTHS},
+    search_space=FIXED | {"hidden": WIDTHS, "width": [0.5, 1.0]},
     sampler={"kind": "random"},
     pruner={"kind": "none"},
     objective={"trade_off": "parameters"},
@@ -101,6 +102,7 @@ def test_a_trade_off_study_over_http_returns_its_front_and_serves_the_pick(
         trials = trials_of(url, study_id)
         done = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
         assert len(done) == 4 and all(t.values[1] == t.user_attrs["n_params"] for t in done)
+        assert {t.params["width"] for t in done} == {0.5, 1.0}  # narrow and full, one worker
 
         assert study["trade_off"] == "parameters"
         check_front(study["pareto"], done)

@@ -375,7 +375,7 @@ CORPUS = [
     pytest.param(
         tiny_study(sampler={"kind": "annealing"}),
         422,
-        "body.sampler.kind: Input should be 'tpe', 'random', 'gp', 'cmaes' or 'grid'",
+        "body.sampler.kind: Input should be 'tpe', 'random', 'gp', 'cmaes', 'grid' or 'nsga2'",
         id="sampler-kind",
     ),
     pytest.param(
