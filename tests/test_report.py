@@ -385,6 +385,27 @@ def test_the_report_is_served_as_one_self_contained_page(
     assert "application/json" in operation["responses"]["404"]["content"]  # errors stay JSON
 
 
+def test_curves_under_mixup_say_the_training_loss_is_against_mixed_targets(
+    spec: StudySpec,
+) -> None:
+    def best_with(config: dict[str, float]) -> str:
+        curves = {"train_loss": [[1.0, 0.9]], "val_loss": [[1.1, 1.0]], "best_epochs": [1]}
+        trial = create_trial(
+            value=0.8,
+            params={"weight_decay": 1e-3, "patience": 5},
+            distributions=SPACE,
+            user_attrs={"config": {"weight_decay": 1e-3} | config} | curves,
+        )
+        page = report.render(record_of(spec, None), numbered([trial]))
+        return section_of(page, "learning-curves")
+
+    # (the plot's legend is drawn as glyphs: the paragraph is what a test can read)
+    assert "This trial trained with mixup: its training loss is the loss against" in best_with(
+        {"augment.mixup": 0.2}
+    )
+    assert "trained with mixup" not in best_with({})
+
+
 def test_the_best_configurations_augmentations_are_explained(spec: StudySpec) -> None:
     space = SPACE | {"augment.noise": FloatDistribution(0.0, 0.5)}
     fixed = {"augment.rotate": 15.0, "augment.mixup": 0.2}

@@ -297,6 +297,10 @@ def learning_curves(best: FrozenTrial) -> str:
         )
     columns = min(folds, 5)
     rows = math.ceil(folds / columns)
+    # Under mixup a trial trains against mixed targets: its training loss is that loss, higher
+    # than the plain one, and the curves must not read as if it were the plain loss.
+    mixed = float((recorded.config or {}).get("augment.mixup", 0) or 0) > 0
+    train_label = "training loss (mixed targets)" if mixed else "training loss"
 
     def draw(figure: Any) -> None:
         axes = figure.subplots(rows, columns, squeeze=False, sharey=True)
@@ -306,7 +310,7 @@ def learning_curves(best: FrozenTrial) -> str:
                 ax.set_visible(False)
                 continue
             x = np.arange(1, len(train[k]) + 1)
-            ax.plot(x, floats(train[k]), color="#2a7ab0", label="training loss")
+            ax.plot(x, floats(train[k]), color="#2a7ab0", label=train_label)
             ax.plot(
                 np.arange(1, len(val[k]) + 1),
                 floats(val[k]),
@@ -330,6 +334,13 @@ def learning_curves(best: FrozenTrial) -> str:
         "validation split that early stopping watches, never the scored fold), per epoch. The "
         "dotted line is the epoch whose weights were kept."
     )
+    if mixed:
+        body += para(
+            "This trial trained with mixup: its training loss is the loss against the mixed "
+            "targets (pairs of rows and their targets blended), which stays above the plain "
+            "loss of the same weights; the validation loss is the plain loss. A gap between "
+            "the two is partly mixup's, not under-fitting."
+        )
     if len(train) > MAX_FOLD_PLOTS:
         body += para(f"The first {MAX_FOLD_PLOTS} of {len(train)} folds are shown.")
     return section("learning-curves", "Learning curves of the best trial", body + svg)
