@@ -430,6 +430,21 @@ def test_an_epoch_waits_for_the_host_once(dataset: str, augment: dict) -> None:
         assert counter.seen == ["tolist"]
 
 
+def test_bf16_populations_share_one_autocast_context(wine) -> None:
+    """A compiled step guards on the autocast object it runs under: one per population
+    would recompile the step for every new stack."""
+    spec = StudySpec(dataset="builtin:wine", model={"hidden": [8]}, cv={"folds": 2})
+    splits = CVProtocol.of(spec, wine).splits
+
+    def population() -> Population:
+        return Population(wine, splits, config(spec), slots=1, metric="accuracy", precision="bf16")
+
+    first, second = population(), population()
+    assert first.autocast is second.autocast
+    assert isinstance(first.autocast, torch.autocast)
+    assert first.autocast.fast_dtype == torch.bfloat16
+
+
 def fault_study(n_trials: int, **extra: object) -> StudySpec:
     return StudySpec.model_validate(
         {

@@ -53,3 +53,14 @@ def test_a_key_table_holds_the_keys_of_each_counter_pair() -> None:
     for i in range(5):
         for j in range(3):
             assert torch.equal(table[i, j], rng.keys(key, i, j))  # int64 wrap-around included
+
+
+def test_a_compiled_graph_draws_the_same_masks_without_caching_a_tensor(monkeypatch) -> None:
+    """Inside a compiled graph the position hashes are computed, not kept in the module's
+    cache (a graph's tensor in a global costs a recompile, and CUDA graphs may overwrite it)."""
+    key, keep = torch.tensor([3, 99]), torch.tensor([0.7, 0.2])
+    eager = rng.keep_mask(key, (5, 7), keep)
+    rng._POSITIONS.clear()
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    assert torch.equal(rng.keep_mask(key, (5, 7), keep), eager)
+    assert rng._POSITIONS == {}

@@ -78,7 +78,12 @@ _POSITIONS: dict[tuple[int, str], torch.Tensor] = {}
 
 
 def _position_hashes(n: int, device: torch.device) -> torch.Tensor:
-    """``splitmix64(0…n−1)``, cached: the same for every call of a given size."""
+    """``splitmix64(0…n−1)``, the same for every call of a given size: cached in eager mode,
+    computed in place inside a compiled graph (a tensor a graph made, kept in a global, costs
+    a recompile when read back, and under CUDA graphs may be overwritten by the next replay;
+    inductor fuses the few extra hashes into the kernel that uses them)."""
+    if torch.compiler.is_compiling():
+        return splitmix64(torch.arange(n, device=device, dtype=torch.int64))
     cached = _POSITIONS.get((n, str(device)))
     if cached is None:
         cached = splitmix64(torch.arange(n, device=device, dtype=torch.int64))

@@ -28,6 +28,7 @@ some occupant has it) runs on its training batches only, eagerly before a compil
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -55,6 +56,14 @@ from trainer.nets.networks import count_parameters
 from trainer.specs.study_spec import Metric
 
 ShapeKey = tuple[tuple[int, ...], int, str]
+
+
+@functools.cache
+def bf16_autocast(device_type: str) -> torch.autocast:
+    """One bf16 autocast context per device type, shared by every population: a compiled
+    step guards on the context object it runs under, so a new object per population would
+    recompile the step for each one. (Each population enters it one ``with`` at a time.)"""
+    return torch.autocast(device_type, dtype=torch.bfloat16)
 
 
 def shape_key(config: TrialConfig) -> ShapeKey:
@@ -107,9 +116,7 @@ class Population:
         self.n_params = count_parameters(net)
         self.P, self.K = slots, len(splits)
         self.M = slots * self.K
-        self.autocast = (
-            torch.autocast(dev.type, dtype=torch.bfloat16) if precision == "bf16" else nullcontext()
-        )
+        self.autocast = bf16_autocast(dev.type) if precision == "bf16" else nullcontext()
         self.rows = StackedRows(dataset, splits, slots, dev)
         self.steps = self.rows.steps(self.batch_size, 2 if self.program.norms else 1)
         self.layers = StackedLayers(
