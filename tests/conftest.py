@@ -13,6 +13,12 @@ from servers import fresh_postgres_database
 from trainer.data.builtin_sets import load_builtin
 
 torch.set_num_threads(1)
+# The equivalence tests compare stacked models with their own modules to float32 tolerances;
+# on a GPU (REGTUNE_TEST_DEVICE=cuda, benchmarks/gpu_check.sh) cuDNN's convolutions default to
+# TF32 (10-bit mantissas), which alone drifts past them. The engine's own speed setting
+# (trainer.configure_device) is for studies, not for these comparisons.
+torch.backends.cudnn.allow_tf32 = False
+torch.backends.cuda.matmul.allow_tf32 = False
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 

@@ -167,7 +167,8 @@ def test_every_layer_runs_stacked_as_its_torch_module(name: str) -> None:
         fresh = [pop.module(r // pop.K, r % pop.K).train() for r in range(pop.M)]
         before = [(mean.clone(), var.clone()) for mean, var in pop.layers.running]
         with torch.no_grad():
-            out = pop.forward(x, rows, stepping=torch.ones(pop.M, dtype=torch.bool), full=full)
+            stepping = torch.ones(pop.M, dtype=torch.bool, device=DEVICE)
+            out = pop.forward(x, rows, stepping=stepping, full=full)
         for m, module in enumerate(fresh):
             real = rows[m]
             with torch.no_grad():
