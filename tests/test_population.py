@@ -445,6 +445,26 @@ def test_bf16_populations_share_one_autocast_context(wine) -> None:
     assert first.autocast.fast_dtype == torch.bfloat16
 
 
+def test_evaluation_in_bounded_passes_gives_the_same_scores(wine, monkeypatch) -> None:
+    """The stack evaluates its rows in passes of at most EVAL_ROWS model-rows (its peak
+    memory); passes of 7 rows score exactly as one pass of all of them."""
+    from trainer.engines import population as module
+
+    spec = StudySpec(dataset="builtin:wine", model={"hidden": [8]}, cv={"folds": 2})
+    splits = CVProtocol.of(spec, wine).splits
+    pop = Population(wine, splits, config(spec), slots=2, metric="accuracy")
+    pop.assign(0, config(spec), 1)
+    pop.assign(1, config(spec, bn_momentum=0.7), 2)
+    pop.train_epoch()
+    pop.end_epoch()
+    rows = pop.rows
+    whole = pop.evaluate(rows.score_index, rows.score_len)
+    monkeypatch.setattr(module, "EVAL_ROWS", 7 * pop.M)
+    assert rows.score_index.shape[1] > 7  # so that there are several passes
+    for one, passes in zip(whole, pop.evaluate(rows.score_index, rows.score_len), strict=True):
+        torch.testing.assert_close(passes, one, rtol=1e-6, atol=1e-7)
+
+
 def fault_study(n_trials: int, **extra: object) -> StudySpec:
     return StudySpec.model_validate(
         {

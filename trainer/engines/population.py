@@ -56,6 +56,7 @@ from trainer.nets.networks import count_parameters
 from trainer.specs.study_spec import Metric
 
 ShapeKey = tuple[tuple[int, ...], int, str]
+EVAL_ROWS = 1 << 16  # model-rows per evaluation pass (M models × rows)
 
 
 @functools.cache
@@ -310,8 +311,20 @@ class Population:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(data loss, objective) per model on its rows ``index`` in evaluation mode."""
         valid = torch.arange(index.shape[1], device=self.device)[None, :] < lengths[:, None]
+        # In passes of at most EVAL_ROWS model-rows: the activations of all M models' rows at
+        # once are the stack's peak memory. Each row's output is its own in evaluation mode
+        # (running BatchNorm statistics, no dropout), so the passes change no result.
+        chunk = max(1, EVAL_ROWS // self.M)
         with self.autocast:
-            outputs = self.forward(self.rows.features(index), valid)
+            outputs = torch.cat(
+                [
+                    self.forward(
+                        self.rows.features(index[:, i : i + chunk]), valid[:, i : i + chunk]
+                    )
+                    for i in range(0, max(index.shape[1], 1), chunk)  # one pass if no rows
+                ],
+                dim=1,
+            )
         targets = self.rows.targets(index)
         loss = scoring.data_loss(self.task, outputs, targets, valid)
         metric = scoring.objective(
