@@ -38,6 +38,22 @@ def test_the_fused_adam_fallback_takes_the_kernels_step(monkeypatch: pytest.Monk
     assert not torch.equal(kernel[0][0], state()[0][0])  # it did step
 
 
+def test_a_fused_adam_of_another_schema_falls_back_to_the_public_step(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def other_schema(*args: object, **kwargs: object) -> None:
+        raise TypeError("_fused_adam_() got an unexpected keyword argument 'beta1'")
+
+    params, grads = [torch.ones(3)], [torch.full((3,), 0.5)]
+    moments, steps = [torch.zeros(3)], [torch.tensor(1.0)]
+    monkeypatch.setattr(torch_internals, "_FUSED_ADAM", other_schema)
+    hyper = {"lr": 0.1, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8}
+    torch_internals.fused_adam_(params, grads, moments, [torch.zeros(3)], steps, **hyper)
+    # Adam's first step moves every weight by lr (m̂ = g, v̂ = g²): 1 − 0.1.
+    torch.testing.assert_close(params[0], torch.full((3,), 0.9))
+    assert torch_internals._FUSED_ADAM is None  # and the public step from then on
+
+
 @pytest.mark.parametrize("shape", [(16, 6), (8, 4, 5, 5)])
 def test_the_batch_norm_fallback_normalizes_and_measures_alike(
     monkeypatch: pytest.MonkeyPatch, shape: tuple[int, ...]

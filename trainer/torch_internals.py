@@ -45,24 +45,30 @@ def fused_adam_(
     update is slower than a small model's matmuls (BENCHMARKS.md, "Profile of one CPU epoch").
     Fallback: the same arithmetic in public operations, tensor by tensor.
     """
+    global _FUSED_ADAM
     if _FUSED_ADAM is not None:
         no_max_moments: list[torch.Tensor] = []  # amsgrad is off
-        _FUSED_ADAM(
-            list(params),
-            list(grads),
-            list(exp_avgs),
-            list(exp_avg_sqs),
-            no_max_moments,
-            list(steps),
-            lr=lr,
-            beta1=beta1,
-            beta2=beta2,
-            weight_decay=0.0,
-            eps=eps,
-            amsgrad=False,
-            maximize=False,
-        )
-        return
+        try:
+            # The schema of torch 2.0 to 2.13 (ATen's native_functions.yaml): params, grads,
+            # moments, max moments, steps; lr, betas, weight decay, eps, amsgrad, maximize.
+            _FUSED_ADAM(
+                list(params),
+                list(grads),
+                list(exp_avgs),
+                list(exp_avg_sqs),
+                no_max_moments,
+                list(steps),
+                lr=lr,
+                beta1=beta1,
+                beta2=beta2,
+                weight_decay=0.0,
+                eps=eps,
+                amsgrad=False,
+                maximize=False,
+            )
+            return
+        except TypeError:  # a torch whose schema differs: the public arithmetic from now on
+            _FUSED_ADAM = None
     for p, g, m1, m2, t in zip(params, grads, exp_avgs, exp_avg_sqs, steps, strict=True):
         m1.lerp_(g, 1 - beta1)
         m2.mul_(beta2).addcmul_(g, g, value=1 - beta2)
@@ -128,6 +134,10 @@ def raise_compile_cache_limit(limit: int) -> None:
     except ImportError:  # a torch without dynamo compiles nothing either
         return
     config: Any = torch._dynamo.config
-    current = getattr(config, "cache_size_limit", None)
-    if isinstance(current, int):
-        config.cache_size_limit = max(current, limit)
+    # recompile_limit since torch 2.6 (cache_size_limit stays as its alias), cache_size_limit
+    # before: set whichever this torch has.
+    for name in ("recompile_limit", "cache_size_limit"):
+        current = getattr(config, name, None)
+        if isinstance(current, int):
+            setattr(config, name, max(current, limit))
+            return
