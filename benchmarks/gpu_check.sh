@@ -14,7 +14,12 @@
 #    without every data augmentation, eager and compiled, side by side (their epoch ratio);
 # 3. torch.profiler over one epoch of the largest population (compiled);
 # 4. a short end-to-end study: regtune tune --device cuda.
-# Each step writes its own file under $OUT; a failed step is recorded and the rest still run.
+# The device tool brings back at most 8 files of $OUT, and what a timeout cuts short is lost,
+# so $OUT holds four, each complete after every step: device.txt (the environment), run.log
+# (every step's output in order), results.md (every step's markdown section in order) and
+# check.tar.gz (each step's own log and section, refreshed after every step). A failed step is
+# recorded and the rest still run; each step has a time limit (STEP_S), and no step starts
+# past the deadline (DEADLINE_S after the start), so the files come back whole.
 # Sized for about 8 minutes on an H200 (POP trials × 5 folds in one stack).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -22,6 +27,12 @@ dry=0
 [[ "${1:-}" == "--dry-run" ]] && dry=1
 OUT=${OUT:-$PWD/gpu-check-out}
 mkdir -p "$OUT"
+WORK=$(mktemp -d)
+trap 'rm -rf "$WORK"' EXIT
+STEP_S=${STEP_S:-300}
+DEADLINE_S=${DEADLINE_S:-$((dry ? 1800 : 540))}  # a slow CPU runs the dry run whole
+: >"$OUT/run.log"
+: >"$OUT/results.md"
 PY=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1
 if [[ -d .whl ]] && ! "$PY" -c "import optuna, pydantic_settings" 2>/dev/null; then
@@ -40,22 +51,49 @@ else
   aug_epochs=3
 fi
 status=0
-step() {  # step NAME COMMAND...: run it, log it under $OUT/NAME.log, remember a failure
+step() {  # step NAME COMMAND...: run it (under STEP_S, not past the deadline), log it
   local name=$1
   shift
-  echo "== $name: $*"
+  if ((SECONDS >= DEADLINE_S)); then
+    echo "== $name skipped: past the deadline of $DEADLINE_S s" | tee -a "$OUT/run.log"
+    status=1
+    return
+  fi
+  echo "== $name: $*" | tee -a "$OUT/run.log"
   local started=$SECONDS
-  if "$@" > >(tee "$OUT/$name.log") 2>&1; then
-    echo "== $name passed in $((SECONDS - started)) s"
+  timeout "$STEP_S" "$@" 2>&1 | tee "$WORK/$name.log"
+  if ((PIPESTATUS[0] == 0)); then
+    echo "== $name passed in $((SECONDS - started)) s" | tee -a "$WORK/$name.log"
   else
-    echo "== $name FAILED in $((SECONDS - started)) s"
+    echo "== $name FAILED in $((SECONDS - started)) s" | tee -a "$WORK/$name.log"
     status=1
   fi
+  cat "$WORK/$name.log" >>"$OUT/run.log"
+  if [[ -f "$WORK/$name.md" ]]; then
+    cat "$WORK/$name.md" >>"$OUT/results.md"
+  fi
+  tar -czf "$OUT/check.tar.gz.part" -C "$WORK" . && mv "$OUT/check.tar.gz.part" "$OUT/check.tar.gz"
 }
 {
-  echo "commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown), $(date -u)"
-  "$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"
-  command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total --format=csv
+  echo "commit ${REGTUNE_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}, $(date -u)"
+  "$PY" - <<'PROBE'
+import shutil
+
+import torch
+
+print("torch", torch.__version__, "cuda", torch.version.cuda, "available", torch.cuda.is_available())
+print("cudnn", torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None)
+try:
+    import triton
+
+    print("triton", triton.__version__)
+except ImportError:
+    print("triton absent")
+if torch.cuda.is_available():
+    free, total = torch.cuda.mem_get_info()
+    print(f"{torch.cuda.get_device_name()}: {free / 2**30:.1f} of {total / 2**30:.1f} GiB free")
+print("git", shutil.which("git"), "gcc", shutil.which("gcc"))
+PROBE
 } >"$OUT/device.txt" 2>&1
 # shellcheck disable=SC2086
 step equivalence env REGTUNE_TEST_DEVICE=$device "$PY" -m pytest -q -p no:cacheprovider \
@@ -64,13 +102,13 @@ step equivalence env REGTUNE_TEST_DEVICE=$device "$PY" -m pytest -q -p no:cachep
 # shellcheck disable=SC2086
 step engines "$PY" benchmarks/engines.py --device $device --trials $trials \
   --population-trials $pop --epochs $epochs --precision fp32,bf16 $threads \
-  --append "$OUT/engines.md"
+  --append "$WORK/engines.md"
 for net in layers-cnn plugin; do
   # shellcheck disable=SC2086
   step "engines-$net" "$PY" benchmarks/engines.py --device $device --model $net \
     --trials $trials --population-trials $net_pop --epochs $epochs $threads \
     ${net_engines:+"$net_engines"} \
-    --append "$OUT/engines-$net.md"
+    --append "$WORK/engines-$net.md"
 done
 augment="population P=$pop,population P=$pop augmented"
 # The compiled pair only on the device: on a CPU its two first-time compiles are most of the
@@ -79,9 +117,9 @@ augment="population P=$pop,population P=$pop augmented"
 # shellcheck disable=SC2086
 step engines-augment "$PY" benchmarks/engines.py --device $device --trials $trials \
   --population-trials $pop --epochs $aug_epochs --augment --engines "$augment" $threads \
-  --append "$OUT/engines-augment.md"
+  --append "$WORK/engines-augment.md"
 step profile "$PY" benchmarks/profile_epoch.py --device $device --trials $pop --compile \
-  --append "$OUT/profile.md"
+  --append "$WORK/profile.md"
 step tune "$PY" -m service tune --device $device --dataset builtin:digits --trials $tune_trials \
   --max-epochs $epochs --json
 echo "results in $OUT"

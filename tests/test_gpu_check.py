@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -36,17 +37,34 @@ def test_the_gpu_check_runs_end_to_end_on_the_cpu(tmp_path: Path) -> None:
         "tune",
     ):
         assert f"== {step} passed" in done.stdout
-    assert "passed" in (tmp_path / "equivalence.log").read_text()
-    engines = (tmp_path / "engines.md").read_text()
+    # What comes back from the device: four files, each whole after every step.
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "check.tar.gz",
+        "device.txt",
+        "results.md",
+        "run.log",
+    ]
+    assert "torch" in (tmp_path / "device.txt").read_text()
+    with tarfile.open(tmp_path / "check.tar.gz") as tar:
+        logs = {
+            Path(m.name).name: tar.extractfile(m).read().decode()  # type: ignore[union-attr]
+            for m in tar.getmembers()
+            if m.isfile()
+        }
+    assert "passed" in logs["equivalence.log"]
+    run_log = (tmp_path / "run.log").read_text()
+    assert all(f"== {step} passed" in run_log for step in ("equivalence", "tune"))
+    results = (tmp_path / "results.md").read_text()
+    engines = logs["engines.md"]
     for row in ("| textbook |", "| population P=3 compiled |", "| population P=3 bf16 |"):
-        assert row in engines
+        assert row in engines and row in results
     for net in ("layers-cnn", "plugin"):
-        rows = (tmp_path / f"engines-{net}.md").read_text()
+        rows = logs[f"engines-{net}.md"]
         assert f"population, {net} on CPU" in rows and "| population P=2 |" in rows
-    augment = (tmp_path / "engines-augment.md").read_text()
+    augment = logs["engines-augment.md"]
     assert "| population P=3 augmented |" in augment  # compiled too, on the device only
     assert "an epoch of population P=3 takes" in augment
-    assert "matrix products" in (tmp_path / "profile.md").read_text()
-    log = (tmp_path / "tune.log").read_text()
+    assert "matrix products" in logs["profile.md"]
+    log = logs["tune.log"]
     tuned = json.loads(log[log.index("{") : log.rindex("}") + 1])
     assert tuned["trials"] == {"complete": 2}
