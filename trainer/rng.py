@@ -91,6 +91,12 @@ def _position_hashes(n: int, device: torch.device) -> torch.Tensor:
     return cached
 
 
+def _keep_threshold(keep: torch.Tensor) -> torch.Tensor:
+    """t − 1 for a 16-bit lane u kept when u < t = round(2¹⁶·keep) − 2¹⁵, i.e. u ≤ t − 1,
+    which fits int16 (t itself reaches 2¹⁵ at keep = 1)."""
+    return (torch.round(keep.to(torch.float64) * 65536) - 32769).clamp(-32768, 32767)
+
+
 def keep_mask(
     key: torch.Tensor,
     shape: tuple[int, ...],
@@ -112,10 +118,8 @@ def keep_mask(
     words = -(-n // 4)
     bits = splitmix64(key[:, None] ^ _position_hashes(words, key.device)[None, :])
     lanes = bits.view(torch.int16)[:, :n]
-    # u < t as u ≤ t − 1, which fits int16 (t itself reaches 2¹⁵ at keep = 1): comparing int16
-    # with int16 is 2× faster than promoting the lanes to int32.
-    below = torch.round(keep.to(torch.float64) * 65536) - 32769
-    threshold = below.clamp(-32768, 32767).to(torch.int16)[:, None]
+    # Comparing int16 with int16 is 2× faster than promoting the lanes to int32.
+    threshold = _keep_threshold(keep).to(torch.int16)[:, None]
     if dtype == torch.bool:
         return (lanes <= threshold).view(len(key), *shape)
     # Written straight as floats: on a CPU, making and converting a bool tensor costs 5× the
@@ -148,8 +152,7 @@ def strided_keep_mask(
     # The 16-bit lane (position mod 4) of the hash, as keep_mask's int16 view reads it.
     lanes = (bits >> (16 * (position & 3))) & 0xFFFF
     lanes = lanes - (lanes >= 32768).to(torch.int64) * 65536
-    below = torch.round(keep.to(torch.float64) * 65536) - 32769
-    threshold = below.clamp(-32768, 32767).to(torch.int64)[:, None]
+    threshold = _keep_threshold(keep).to(torch.int64)[:, None]
     return (lanes <= threshold).to(dtype).view(len(key), *shape)
 
 

@@ -289,8 +289,7 @@ class Population:
             batch_loss = self.compiled_or(step_loss)
             loss, counts = batch_loss(self, position, stepping, dropout_keys, full)
         else:  # augmented eagerly, then the step's forward and loss (compiled on their own)
-            index, valid = self.rows.batch(position)
-            x, targets = self.rows.features(index), self.rows.targets(index)
+            x, targets, valid = self.rows.batch(position)
             x, targets = self.augment.apply(x, targets, valid, augment_keys, self.batch_size)
             forward_loss = self.compiled_or(training_loss)
             loss, counts = forward_loss(self, x, targets, valid, stepping, dropout_keys, full)
@@ -403,10 +402,8 @@ def step_loss(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-model training loss ``[M]`` on the batch at ``position`` and its row counts: the
     fixed-shape part of a step that :mod:`trainer.engines.compiled` compiles (backward included)."""
-    p = population
-    index, valid = p.rows.batch(position)
-    x, targets = p.rows.features(index), p.rows.targets(index)
-    return training_loss(p, x, targets, valid, stepping, dropout_keys, full)
+    x, targets, valid = population.rows.batch(position)
+    return training_loss(population, x, targets, valid, stepping, dropout_keys, full)
 
 
 def training_loss(

@@ -321,28 +321,24 @@ class StackedLayers:
         ``weight`` ``[M, B]`` is 1 on real rows; ``stepping`` ``[M]`` (training only) says whose
         running statistics move: ``running ← (1 − m)·running + m·batch`` with m gated to 0.
         """
+        if stepping is not None and full:
+            return self.normalize_full(h, layer, stepping)
         M, _, C, *spatial = h.shape
         eps = self.eps[layer]
         dims = (1, *range(3, h.dim()))
         shape = (M, 1, C, *[1] * len(spatial))  # per model and channel
         mean_run, var_run = (self.buffers[name] for name in self.running_of[layer])
-        if stepping is not None and full:
-            return self.normalize_full(h, layer, stepping)
         if stepping is None:
             mean, var = mean_run.view(shape), var_run.view(shape)
         else:
             count = weight.sum(1).clamp(min=1.0)
             n = (count * math.prod(spatial)).view(M, *[1] * (h.dim() - 1))
-            # Two-pass statistics: torch.var_mean over the middle axis is ~7× slower on CPU.
-            if full:
-                mean = h.mean(dims, keepdim=True)
-                centred = h - mean
-                var = (centred * centred).mean(dims, keepdim=True)
-            else:
-                rows = weight.view(*weight.shape, *[1] * (h.dim() - 2))
-                mean = (h * rows).sum(dims, keepdim=True) / n
-                centred = (h - mean) * rows
-                var = (centred * centred).sum(dims, keepdim=True) / n
+            # Two-pass statistics over the real rows (a full batch went to normalize_full):
+            # torch.var_mean over the middle axis is ~7× slower on CPU.
+            rows = weight.view(*weight.shape, *[1] * (h.dim() - 2))
+            mean = (h * rows).sum(dims, keepdim=True) / n
+            centred = (h - mean) * rows
+            var = (centred * centred).sum(dims, keepdim=True) / n
             with torch.no_grad():
                 # PyTorch keeps the unbiased batch variance in the running estimate.
                 unbiased = var * n / (n - 1).clamp(min=1.0)

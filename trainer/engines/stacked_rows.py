@@ -134,10 +134,12 @@ class StackedRows:
         # Padded to whole batches: positions past n_max are nobody's rows (masked as invalid).
         return F.pad(order, (0, steps.count * steps.batch - self.n_max), value=self.n_max)
 
-    def batch(self, position: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The data rows at fit positions ``position`` ``[M, B]``, and which are real."""
+    def batch(self, position: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The batch at fit positions ``position`` ``[M, B]``: its features, its targets, and
+        which of its rows are real (past a fold's rows the gather repeats the last one)."""
         valid = position < self.fit_len[:, None]
-        return self.fit_index.gather(1, position.clamp(max=self.n_max - 1)), valid
+        index = self.fit_index.gather(1, position.clamp(max=self.n_max - 1))
+        return self.features(index), self.targets(index), valid
 
     def features(self, index: torch.Tensor) -> torch.Tensor:
         """Standardized features of ``index`` ``[M, B]`` → ``[M, B, d]``, each model its own."""
