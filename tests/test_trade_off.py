@@ -30,7 +30,7 @@ from trainer.specs.study_spec import StudySpec
 from trainer.tuning.cv_protocol import CVProtocol
 from trainer.tuning.optuna_study import create_study
 from trainer.tuning.study import StudyOutcome, run_study
-from trainer.tuning.trade_off import pareto_front, picked
+from trainer.tuning.trade_off import picked
 
 # The front: widths drawn from three, all else fixed, so size and accuracy pull apart (a few
 # hidden units separate wine's three classes worse than 32 do, in a few epochs).
@@ -246,14 +246,6 @@ def test_the_report_draws_the_front_and_each_objectives_importance(
     assert "the first objective, accuracy" in section_of(page, "importance")
     assert "the second objective, parameters" in section_of(page, "importance-size")
     assert "could not be rendered" not in page
-
-
-def test_pareto_front_of_light_trials_matches_the_study(
-    front_study: tuple[StudySpec, StudyOutcome],
-) -> None:
-    _, outcome = front_study
-    trials = outcome.study.get_trials()
-    assert outcome.pareto == pareto_front(trials, ["maximize", "minimize"])
 
 
 # --- pruning in a two-objective study ---------------------------------------------------------

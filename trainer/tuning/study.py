@@ -133,7 +133,8 @@ def conclude(
     completed = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     if not completed:
         return StudyOutcome(study, protocol.metric, None, None, splits, trade_off=trade_off)
-    best, chosen = best_trial(study), chosen_trial(study, spec)
+    best, front = best_trial(study), study_front(study)
+    chosen = chosen_trial(study, spec, best, front)
     fitted, model = None, None
     if refit_best:
         fitted, model = final_model(
@@ -155,5 +156,5 @@ def conclude(
         model,
         chosen=chosen,
         trade_off=trade_off,
-        pareto=study_front(study),
+        pareto=front,
     )

@@ -133,11 +133,17 @@ def best_trial(study: optuna.Study) -> FrozenTrial:
     return best
 
 
-def chosen_trial(study: optuna.Study, spec: StudySpec) -> FrozenTrial:
+def chosen_trial(
+    study: optuna.Study,
+    spec: StudySpec,
+    best: FrozenTrial | None = None,
+    front: list[FrozenTrial] | None = None,
+) -> FrozenTrial:
     """The trial the final model refits: the best, or the one ``final_model.pick`` picks
-    from a trade-off's front (:func:`picked`)."""
-    best = best_trial(study)
-    front = study_front(study)
+    from a trade-off's front (:func:`picked`). ``best`` and ``front``, when the caller has
+    read them already, spare reading the study's trials again."""
+    best = best if best is not None else best_trial(study)
+    front = front if front is not None else study_front(study)
     if front is None:
         return best
     return picked(front, best, spec.final_model.pick, directions_of(study)[0])
