@@ -9,6 +9,13 @@ the regularization is searched in the default space.
             StandardScaler and a DataLoader per fold, nn.Sequential, torch.optim.Adam, folds in
             turn) over the *same configurations* the served study drew, at 1 and at all
             threads; the faster counts;
+  optuna    the peer to beat: Optuna's own multi-process form, one 1-thread process per core
+            (``python workflows.py --peer JOURNAL SPEC``), each calling ``study.optimize`` on
+            one study over a shared JournalStorage with the textbook objective (its
+            ``trial.suggest_*`` calls over the default space); the served study's
+            configurations are enqueued first (``study.enqueue_trial``), so it trains the very
+            same trials; the clock runs from starting the processes (each imports torch, as a
+            user's would) to the last one's exit;
   tune      ``regtune tune --spec FILE --json`` as a subprocess, with its defaults (one searcher
             process per core): start-up, search, and the refit of the best trial;
   serve     ``regtune serve`` on a fresh SQLite file with its default workers, started before
@@ -36,6 +43,8 @@ import httpx
 import optuna
 import torch
 from engines import Workload, textbook
+from optuna.storages import JournalStorage
+from optuna.storages.journal import JournalFileBackend
 from provenance import (
     ROOT,
     benchmark_parser,
@@ -46,9 +55,10 @@ from provenance import (
     publish,
 )
 
-from trainer import CVProtocol, StudySpec, TrialConfig, load_builtin
+from trainer import CVProtocol, StudySpec, TrialConfig, load_builtin, usable_cores
 
 REGTUNE = [sys.executable, "-m", "service"]
+PEER_PARAMS = ("weight_decay", "l1", "dropout", "bn_momentum")
 
 
 def reference_spec(trials: int, epochs: int) -> dict[str, Any]:
@@ -148,10 +158,72 @@ def run_textbook(spec: dict[str, Any], configs: list[dict]) -> tuple[float, int,
     return best
 
 
+def peer_worker(journal: str, spec_file: str, trials: int) -> None:
+    """One process of Optuna's multi-process form: 1 thread, ``study.optimize`` on the shared
+    journal, the textbook objective with its own ``suggest`` calls (enqueued values come back)."""
+    torch.set_num_threads(1)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    spec = json.loads(Path(spec_file).read_text())
+    study_spec = StudySpec.model_validate(spec)
+    data = load_builtin(study_spec.dataset)
+    work = Workload(data, CVProtocol.of(study_spec, data))
+    storage = JournalStorage(JournalFileBackend(journal))
+    study = optuna.load_study(study_name="peer", storage=storage)
+
+    def objective(trial: optuna.Trial) -> float:
+        values = {
+            "weight_decay": trial.suggest_float("weight_decay", 1e-6, 1e-1, log=True),
+            "l1": trial.suggest_float("l1", 1e-7, 1e-3, log=True),
+            "dropout": trial.suggest_float("dropout", 0.0, 0.7),
+            "bn_momentum": trial.suggest_float("bn_momentum", 0.01, 0.99),
+            "patience": spec["search_space"]["patience"],  # fixed: no early stopping
+        }
+        return textbook(work, [TrialConfig.from_values(study_spec, values)])[0]
+
+    study.optimize(objective, n_trials=trials)
+
+
+def run_peer(
+    spec: dict[str, Any], configs: list[dict], processes: int, directory: Path
+) -> tuple[float, float]:
+    """(wall seconds, best CV accuracy) of Optuna's multi-process form on ``configs``."""
+    journal, spec_file = directory / "peer.journal", directory / "peer-spec.json"
+    spec_file.write_text(json.dumps(spec))
+    study = optuna.create_study(
+        study_name="peer",
+        direction="maximize",
+        storage=JournalStorage(JournalFileBackend(str(journal))),
+    )
+    for config in configs:
+        study.enqueue_trial({name: config[name] for name in PEER_PARAMS})
+    share = [len(configs) // processes + (i < len(configs) % processes) for i in range(processes)]
+    start = time.perf_counter()
+    workers = [
+        subprocess.Popen(
+            [sys.executable, __file__, "--peer", str(journal), str(spec_file), str(n)],
+            cwd=ROOT,
+        )
+        for n in share
+    ]
+    if any(worker.wait() != 0 for worker in workers):
+        raise RuntimeError("an Optuna peer process failed")
+    wall = time.perf_counter() - start
+    return wall, float(study.best_value)
+
+
 def main() -> None:
+    if len(sys.argv) == 5 and sys.argv[1] == "--peer":
+        peer_worker(sys.argv[2], sys.argv[3], int(sys.argv[4]))
+        return
     parser = benchmark_parser(__doc__)
     parser.add_argument("--trials", type=int, default=8)
     parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument(
+        "--processes", type=int, default=usable_cores(), help="the Optuna peer's processes"
+    )
+    parser.add_argument(
+        "--no-textbook", action="store_true", help="leave out the one-process textbook row"
+    )
     args = parser.parse_args()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     commit, started = git_commit(), datetime.now(UTC)
@@ -164,19 +236,24 @@ def main() -> None:
         print(f"serve: {served_wall:.1f} s, best CV {served_best:.4f}", flush=True)
         tune_wall, tune_best = run_tune(spec_file)
         print(f"tune: {tune_wall:.1f} s, best CV {tune_best:.4f}", flush=True)
-    text_wall, threads, text_best = run_textbook(spec, configs)
+        peer_wall, peer_best = run_peer(spec, configs, args.processes, directory)
+        print(f"optuna ×{args.processes}: {peer_wall:.1f} s, best CV {peer_best:.4f}", flush=True)
     fold_epochs = args.trials * 5 * args.epochs
     rows = [
         (
-            f"textbook loop ({threads} thread(s)), the served study's {args.trials} configurations",
-            text_wall,
-            text_best,
+            f"Optuna's multi-process form ({args.processes} 1-thread processes, JournalStorage), "
+            f"the served study's {args.trials} configurations",
+            peer_wall,
+            peer_best,
         ),
         ("`regtune tune --spec FILE --json`", tune_wall, tune_best),
         ("`regtune serve`, POST → completed", served_wall, served_best),
     ]
+    if not args.no_textbook:
+        text_wall, threads, text_best = run_textbook(spec, configs)
+        rows.append((f"textbook loop in one process ({threads} thread(s))", text_wall, text_best))
     lines = [
-        f"\n## Workflows: textbook loop vs `regtune tune` vs `regtune serve` "
+        f"\n## Workflows: Optuna's multi-process form vs `regtune tune` vs `regtune serve` "
         f"({started:%Y-%m-%d %H:%M} UTC)\n",
         f"- command: `{command_line()}`",
         f"- device: CPU: {machine()}; commit `{commit}`",
@@ -186,14 +263,14 @@ def main() -> None:
         "",
     ]
     lines += markdown_table(
-        ["run", "wall s", "fold-epochs/s", "× textbook", "best CV acc"],
+        ["run", "wall s", "fold-epochs/s", "× Optuna peer", "best CV acc"],
         "lrrrr",
         (
             [
                 name,
                 f"{wall:.1f}",
                 f"{fold_epochs / wall:.1f}",
-                f"{text_wall / wall:.2f}",
+                f"{peer_wall / wall:.2f}",
                 f"{best:.4f}",
             ]
             for name, wall, best in rows
