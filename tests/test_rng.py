@@ -32,7 +32,7 @@ def test_uniforms_are_uniform_and_keyed() -> None:
 def test_keep_masks_keep_each_model_at_its_own_rate_and_ignore_the_neighbours() -> None:
     key = rng.keys(torch.arange(4), 3, 5)
     keep = torch.tensor([1.0, 0.7, 0.25, 0.3])
-    mask = rng.keep_mask(key, (250, 99), keep)  # 99: not a multiple of the four lanes per hash
+    mask = rng.keep_mask(key, (250, 99), keep)  # 99: not a multiple of the eight lanes per hash
     assert mask.shape == (4, 250, 99) and mask.dtype == torch.bool
     assert mask[0].all()
     # The float form (what dropout multiplies by) holds the same draws as 1.0 and 0.0.
@@ -45,6 +45,9 @@ def test_keep_masks_keep_each_model_at_its_own_rate_and_ignore_the_neighbours() 
     flat = mask[1].flatten().float()
     correlation = torch.corrcoef(torch.stack([flat[:-1], flat[1:]]))[0, 1].item()
     assert abs(correlation) < 0.03
+    # keep is applied to the nearest 1/256: a p below 1/512 drops nothing, 1/256 drops.
+    tiny = rng.keep_mask(key[:2], (250, 99), torch.tensor([0.999, 1 - 1 / 256]))
+    assert tiny[0].all() and not tiny[1].all()
 
 
 def test_a_key_table_holds_the_keys_of_each_counter_pair() -> None:

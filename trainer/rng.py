@@ -91,10 +91,13 @@ def _position_hashes(n: int, device: torch.device) -> torch.Tensor:
     return cached
 
 
+LANES = 8  # Bernoulli draws per 64-bit hash: one byte each
+
+
 def _keep_threshold(keep: torch.Tensor) -> torch.Tensor:
-    """t − 1 for a 16-bit lane u kept when u < t = round(2¹⁶·keep) − 2¹⁵, i.e. u ≤ t − 1,
-    which fits int16 (t itself reaches 2¹⁵ at keep = 1)."""
-    return (torch.round(keep.to(torch.float64) * 65536) - 32769).clamp(-32768, 32767)
+    """t − 1 for a byte lane u kept when u < t = round(2⁸·keep) − 2⁷, i.e. u ≤ t − 1, which
+    fits int8 (t itself reaches 2⁷ at keep = 1)."""
+    return (torch.round(keep.to(torch.float64) * 256) - 129).clamp(-128, 127)
 
 
 def keep_mask(
@@ -107,19 +110,19 @@ def keep_mask(
     as booleans or, with a floating ``dtype``, as 1.0 (kept) and 0.0.
 
     Dropout needs far fewer random bits than :func:`uniform` spends: each 64-bit hash is read as
-    four 16-bit integers u, uniform on [−2¹⁵, 2¹⁵), and an element is kept when
-    u < t = round(2¹⁶·keep) − 2¹⁵, so keep is resolved to 2⁻¹⁶ (and a keep below 2⁻¹⁷ keeps
-    with probability 2⁻¹⁶, not 0: dropout's p < 1 never gets there). That is a quarter of the
-    hashing of one hash per element.
+    eight bytes u, uniform on [−2⁷, 2⁷), and an element is kept when u < t = round(2⁸·keep) −
+    2⁷, so keep is applied to the nearest 1/256 (p = 0.37 drops with probability 95/256 =
+    0.3711; keep = 1 always keeps, and a p below 1/512 never drops). That is an eighth of the
+    hashing of one hash per element, and on a CPU the hashing was a quarter of a small MLP's
+    training step (BENCHMARKS.md, "Profile of one CPU epoch").
     """
     n = 1
     for size in shape:
         n *= size
-    words = -(-n // 4)
+    words = -(-n // LANES)
     bits = splitmix64(key[:, None] ^ _position_hashes(words, key.device)[None, :])
-    lanes = bits.view(torch.int16)[:, :n]
-    # Comparing int16 with int16 is 2× faster than promoting the lanes to int32.
-    threshold = _keep_threshold(keep).to(torch.int16)[:, None]
+    lanes = bits.view(torch.int8)[:, :n]
+    threshold = _keep_threshold(keep).to(torch.int8)[:, None]
     if dtype == torch.bool:
         return (lanes <= threshold).view(len(key), *shape)
     # Written straight as floats: on a CPU, making and converting a bool tensor costs 5× the
@@ -141,17 +144,18 @@ def strided_keep_mask(
     are exactly those :func:`keep_mask` gives a network whose samples have ``stride[m]``
     elements, the narrow network whose units are the leading ones (``trainer.nets.networks.
     narrowed``). With ``stride`` n it is :func:`keep_mask`, bit for bit (one hash per element,
-    not per four: only stacks with narrowed trials pay it)."""
+    not per eight: only stacks with narrowed trials pay it)."""
     batch, n = shape[0], 1
     for size in shape[1:]:
         n *= size
     b = torch.arange(batch, device=key.device, dtype=torch.int64)
     i = torch.arange(n, device=key.device, dtype=torch.int64)
     position = (b[None, :, None] * stride.to(torch.int64)[:, None, None] + i).flatten(1)
-    bits = splitmix64(key[:, None] ^ splitmix64(position >> 2))
-    # The 16-bit lane (position mod 4) of the hash, as keep_mask's int16 view reads it.
-    lanes = (bits >> (16 * (position & 3))) & 0xFFFF
-    lanes = lanes - (lanes >= 32768).to(torch.int64) * 65536
+    bits = splitmix64(key[:, None] ^ splitmix64(position // LANES))
+    # The byte lane (position mod 8) of the hash, as keep_mask's int8 view reads it
+    # (little-endian: lane j is bits 8j…8j+7).
+    lanes = (bits >> (8 * (position % LANES))) & 0xFF
+    lanes = lanes - (lanes >= 128).to(torch.int64) * 256
     threshold = _keep_threshold(keep).to(torch.int64)[:, None]
     return (lanes <= threshold).to(dtype).view(len(key), *shape)
 

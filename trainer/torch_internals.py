@@ -35,9 +35,11 @@ def fused_adam_(
     beta1: float,
     beta2: float,
     eps: float,
+    weight_decay: float = 0.0,
 ) -> None:
     """One Adam step of each tensor, in place, with its own step count t (already counted):
-    m₁ ← β₁m₁ + (1 − β₁)g, m₂ ← β₂m₂ + (1 − β₂)g², θ ← θ − η/(1 − β₁ᵗ) · m₁/(√m₂/√(1 − β₂ᵗ) + ε).
+    g ← g + λθ (coupled L2, ``weight_decay``), m₁ ← β₁m₁ + (1 − β₁)g, m₂ ← β₂m₂ + (1 − β₂)g²,
+    θ ← θ − η/(1 − β₁ᵗ) · m₁/(√m₂/√(1 − β₂ᵗ) + ε).
 
     Why ``torch._fused_adam_``: it is the kernel behind ``torch.optim.Adam(fused=True)``, one
     pass over each tensor, and it takes any tensors, here row views of the stacked weights
@@ -61,7 +63,7 @@ def fused_adam_(
                 lr=lr,
                 beta1=beta1,
                 beta2=beta2,
-                weight_decay=0.0,
+                weight_decay=weight_decay,
                 eps=eps,
                 amsgrad=False,
                 maximize=False,
@@ -70,6 +72,8 @@ def fused_adam_(
         except TypeError:  # a torch whose schema differs: the public arithmetic from now on
             _FUSED_ADAM = None
     for p, g, m1, m2, t in zip(params, grads, exp_avgs, exp_avg_sqs, steps, strict=True):
+        if weight_decay:
+            g = g.add(p, alpha=weight_decay)
         m1.lerp_(g, 1 - beta1)
         m2.mul_(beta2).addcmul_(g, g, value=1 - beta2)
         step_size = lr / (1 - torch.pow(beta1, t.double()))

@@ -9,13 +9,13 @@ t_m, as tensors, so the whole stack takes one step in one call; a model that doe
 :class:`StackedOptimizer` holds those per-model values and the optimizer's state (Adam's
 moments or SGD's momentum, by the parameters' names) and takes each step: by
 :func:`stacked_update` (compiled, where the population is), or on an eager CPU by torch's fused
-Adam over the stepping models' rows (:func:`fused_adam_rows`).
+Adam over runs of stepping models (:func:`fused_adam_runs`).
 """
 
 from __future__ import annotations
 
 import math
-from collections import defaultdict
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -157,39 +157,87 @@ def decay_decoupled(
             p.copy_(torch.where(per_model(go, p), p * per_model(shrink, p), p))
 
 
-def fused_adam_rows(
-    rows: dict[float, list[int]],
+def fused_adam_runs(
+    runs: list[Run],
     params: list[torch.Tensor],
     grads: list[torch.Tensor],
     moments: list[tuple[torch.Tensor, torch.Tensor]],
-    steps: torch.Tensor,
+    *,
+    decayed: list[bool],
 ) -> None:
     """The Adam step of :func:`stacked_update` by torch's fused CPU kernel
-    (:func:`trainer.torch_internals.fused_adam_`), over the rows of the stepping models grouped
-    by learning rate (``rows``: lr → rows, known on the host).
+    (:func:`trainer.torch_internals.fused_adam_`), one call per :class:`Run` of stepping models
+    and per kind of tensor (L2-decayed or not), with the run's λ₁ added first and its coupled
+    λ inside the kernel (the kernel's ``weight_decay``: bit for bit the same as adding λθ
+    before, measured).
 
-    Each model's rows are views into the stacked tensors with their own step count, so a
-    model left out keeps its weights and moments. Unfused, the stacked update streams every
-    tensor through memory about ten times; on a CPU that is slower than the matmuls of a
-    small model (BENCHMARKS.md, "Profile of one CPU epoch"), and the kernel does it once.
+    A run's rows are one slice of each stacked tensor, so a step costs a few calls whatever
+    the stack's size; a model left out keeps its weights and moments. Unfused, the stacked
+    update streams every tensor through memory about ten times; on a CPU that is slower than
+    the matmuls of a small model (BENCHMARKS.md, "Profile of one CPU epoch"), and the kernel
+    does it once.
     """
     b1, b2 = ADAM_BETAS
-    param_rows = [p.unbind(0) for p in params]
-    grad_rows = [g.unbind(0) for g in grads]
-    moment_rows = [(m1.unbind(0), m2.unbind(0)) for m1, m2 in moments]
-    step_rows = steps.unbind(0)
-    for lr, chosen in rows.items():
-        lists: tuple[list[torch.Tensor], ...] = ([], [], [], [], [])
-        for p_rows, g_rows, (m1_rows, m2_rows) in zip(
-            param_rows, grad_rows, moment_rows, strict=True
-        ):
-            for row in chosen:
-                lists[0].append(p_rows[row])
-                lists[1].append(g_rows[row])
-                lists[2].append(m1_rows[row])
-                lists[3].append(m2_rows[row])
-                lists[4].append(step_rows[row])
-        torch_internals.fused_adam_(*lists, lr=lr, beta1=b1, beta2=b2, eps=ADAM_EPS)
+    for run in runs:
+        rows = slice(run.start, run.stop)
+        step = torch.full((), float(run.t))  # the kernel reads one step count per tensor
+        for decay in (True, False):
+            chosen = [i for i, d in enumerate(decayed) if d == decay]
+            if not chosen:
+                continue
+            p = [params[i][rows] for i in chosen]
+            g = [grads[i][rows] for i in chosen]
+            if decay and run.l1:
+                for weights, gradient in zip(p, g, strict=True):
+                    gradient.add_(weights.sign(), alpha=run.l1)  # sign: 4× faster than sgn
+            torch_internals.fused_adam_(
+                p,
+                g,
+                [moments[i][0][rows] for i in chosen],
+                [moments[i][1][rows] for i in chosen],
+                [step] * len(chosen),
+                lr=run.lr,
+                beta1=b1,
+                beta2=b2,
+                eps=ADAM_EPS,
+                weight_decay=run.weight_decay if decay else 0.0,
+            )
+
+
+@dataclass(frozen=True)
+class Run:
+    """Consecutive stepping models ``start…stop−1`` that share η, λ, λ₁ (both 0 where they were
+    applied already) and Adam's step count t: one slice of every stacked tensor."""
+
+    start: int
+    stop: int
+    lr: float
+    weight_decay: float
+    l1: float
+    t: int
+
+
+def runs_of(rows: np.ndarray, values: np.ndarray) -> list[Run]:
+    """The :class:`Run` s of the stepping ``rows`` (ascending), ``values`` ``[M, 4]`` holding
+    each model's (η, λ, λ₁, t)."""
+    if len(rows) == 0:
+        return []
+    picked = values[rows]
+    # A run breaks where a row is not the next one or its values change.
+    breaks = np.flatnonzero((np.diff(rows) != 1) | np.any(picked[1:] != picked[:-1], axis=1))
+    starts = np.concatenate([[0], breaks + 1])
+    stops = np.concatenate([breaks + 1, [len(rows)]])
+    return [
+        Run(
+            int(rows[a]),
+            int(rows[b - 1]) + 1,
+            float(picked[a, 0]),
+            float(picked[a, 1]),
+            float(picked[a, 2]),
+            int(picked[a, 3]),
+        )
+        for a, b in zip(starts, stops, strict=True)
+    ]
 
 
 class StackedOptimizer:
@@ -220,7 +268,8 @@ class StackedOptimizer:
         self.weight_decay = torch.zeros(M, 1, 1, device=device)
         self.l1 = torch.zeros(M, 1, 1, device=device)
         self.max_norm = torch.full((M,), math.inf, device=device)  # ∞: no max-norm
-        self.host_lr = [0.0] * M
+        # The same per model on the host, with Adam's step count: (η, λ, λ₁, t) by column.
+        self.host = np.zeros((M, 4))
         self.decayed = [name in regularized for name in params]
         self.unit_dims = [units.get(name) for name in params]
         self.moments = {
@@ -235,7 +284,7 @@ class StackedOptimizer:
     def restart(self, rows: slice, config: TrialConfig) -> None:
         """Models ``rows`` take ``config``'s η, λ, λ₁ and c, with fresh moments and step counts."""
         self.lr[rows] = config.lr
-        self.host_lr[rows] = [config.lr] * (rows.stop - rows.start)
+        self.host[rows] = (config.lr, config.weight_decay, config.l1, 0)
         self.weight_decay[rows] = config.weight_decay
         self.l1[rows] = config.l1
         self.max_norm[rows] = math.inf if config.max_norm is None else config.max_norm
@@ -282,23 +331,27 @@ class StackedOptimizer:
                 unit_dims=self.unit_dims,
             )
             return
-        grads = regularized_gradients(
-            params,
-            grads,
-            weight_decay=self.weight_decay,
-            l1=l1,
-            decayed=self.decayed,
-            decoupled=decoupled,
-            grad_clip=self.training.grad_clip,
-        )
         self.steps.add_(stepping.to(self.steps.dtype))
-        if decoupled:
+        self.host[rows, 3] += 1  # the kernel reads each model's t after counting this step
+        values = self.host.copy()
+        if self.training.grad_clip is not None:
+            # Clipping comes between L1 and L2: both by the stacked arithmetic, not per run.
+            grads = regularized_gradients(
+                params,
+                grads,
+                weight_decay=self.weight_decay,
+                l1=l1,
+                decayed=self.decayed,
+                decoupled=decoupled,
+                grad_clip=self.training.grad_clip,
+            )
+            values[:, 1:3] = 0.0
+        if decoupled:  # AdamW's L2 is no gradient: it shrinks the weights before the step
             decay_decoupled(
                 params, stepping, lr=self.lr, weight_decay=self.weight_decay, decayed=self.decayed
             )
-        by_lr: dict[float, list[int]] = defaultdict(list)
-        for row in rows.tolist():
-            by_lr[self.host_lr[row]].append(row)
-        fused_adam_rows(by_lr, params, grads, moments, self.steps)
+            values[:, 1] = 0.0
+        runs = runs_of(rows, values)
+        fused_adam_runs(runs, params, grads, moments, decayed=self.decayed)
         if max_norm is not None:
             project_max_norm(params, stepping, max_norm=max_norm, unit_dims=self.unit_dims)
