@@ -576,19 +576,27 @@ def test_the_per_trial_engine_fails_a_raising_trial_with_its_reason(wine, monkey
     assert second.state == optuna.trial.TrialState.COMPLETE
 
 
-@pytest.mark.parametrize("l2_mode", ["coupled", "decoupled"])
-def test_the_fused_cpu_adam_takes_the_stacked_update_step(wine, l2_mode: str) -> None:
-    """torch's fused kernel over row views (eager CPU) and the one-call stacked update (what
-    is compiled, and what a GPU runs) are the same optimizer, refilled rows included."""
+@pytest.mark.parametrize(
+    ("l2_mode", "grad_clip"), [("coupled", 2.0), ("decoupled", 2.0), ("coupled", None)]
+)
+def test_the_fused_cpu_adam_takes_the_stacked_update_step(
+    wine, l2_mode: str, grad_clip: float | None
+) -> None:
+    """torch's fused kernel over runs of rows (eager CPU; without clipping, λ₁ added per run
+    and λ inside the kernel) and the one-call stacked update (what is compiled, and what a GPU
+    runs) are the same optimizer, refilled rows (their own step counts) included."""
 
     spec = StudySpec(
         dataset="builtin:wine",
         model={"hidden": [16]},
-        training={"max_epochs": 5, "l2_mode": l2_mode, "grad_clip": 2.0},
+        training={"max_epochs": 5, "l2_mode": l2_mode, "grad_clip": grad_clip},
         cv={"folds": 3},
     )
     splits = CVProtocol.of(spec, wine).splits
-    configs = [config(spec, dropout=0.2, lr=3e-3), config(spec, weight_decay=0.05, lr=1e-3)]
+    configs = [
+        config(spec, dropout=0.2, lr=3e-3, l1=1e-3),
+        config(spec, weight_decay=0.05, lr=1e-3, l1=0.0),
+    ]
     results = []
     for fused in (True, False):
         population = Population(wine, splits, configs[0], slots=2, metric="accuracy")
