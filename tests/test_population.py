@@ -446,8 +446,10 @@ def test_bf16_populations_share_one_autocast_context(wine) -> None:
 
 
 def test_evaluation_in_bounded_passes_gives_the_same_scores(wine, monkeypatch) -> None:
-    """The stack evaluates its rows in passes of at most EVAL_ROWS model-rows (its peak
-    memory); passes of 7 rows score exactly as one pass of all of them."""
+    """The stack evaluates its validation and scored rows in one forward pass, cut into
+    passes of at most EVAL_ROWS model-rows (its peak memory): each set scores as it does on
+    its own, and passes of 7 rows exactly as one pass of all of them."""
+    from trainer.engines import scoring
     from trainer.engines import population as module
 
     spec = StudySpec(dataset="builtin:wine", model={"hidden": [8]}, cv={"folds": 2})
@@ -458,10 +460,25 @@ def test_evaluation_in_bounded_passes_gives_the_same_scores(wine, monkeypatch) -
     pop.train_epoch()
     pop.end_epoch()
     rows = pop.rows
-    whole = pop.evaluate(rows.score_index, rows.score_len)
+    whole = pop.evaluate()
+    with torch.no_grad():
+        for index, lengths, kept in (
+            (rows.val_index, rows.val_len, 0),
+            (rows.score_index, rows.score_len, 1),
+        ):
+            valid = torch.arange(index.shape[1])[None, :] < lengths[:, None]
+            outputs = pop.forward(rows.features(index), valid)
+            targets = rows.targets(index)
+            loss = scoring.data_loss(pop.task, outputs, targets, valid)
+            alone = (
+                loss
+                if kept == 0
+                else scoring.objective("accuracy", loss, outputs, targets, valid=valid)
+            )
+            torch.testing.assert_close(whole[kept], alone, rtol=1e-6, atol=1e-7)
     monkeypatch.setattr(module, "EVAL_ROWS", 7 * pop.M)
     assert rows.score_index.shape[1] > 7  # so that there are several passes
-    for one, passes in zip(whole, pop.evaluate(rows.score_index, rows.score_len), strict=True):
+    for one, passes in zip(whole, pop.evaluate(), strict=True):
         torch.testing.assert_close(passes, one, rtol=1e-6, atol=1e-7)
 
 

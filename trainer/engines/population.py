@@ -305,11 +305,15 @@ class Population:
         return compiled.compile_step(function, self.device) if self.compiled else function
 
     @torch.no_grad()
-    def evaluate(
-        self, index: torch.Tensor, lengths: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(data loss, objective) per model on its rows ``index`` in evaluation mode."""
-        valid = torch.arange(index.shape[1], device=self.device)[None, :] < lengths[:, None]
+    def evaluate(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(validation data loss, objective on the scored rows) per model, in evaluation mode:
+        both sets of rows in one forward pass (half the launches of two)."""
+        rows, width = self.rows, self.rows.val_index.shape[1]
+        index = torch.cat([rows.val_index, rows.score_index], dim=1)
+        position = torch.arange(index.shape[1], device=self.device)[None, :]
+        val = position[:, :width] < rows.val_len[:, None]
+        scored = position[:, width:] - width < rows.score_len[:, None]
+        valid = torch.cat([val, scored], dim=1)
         # In passes of at most EVAL_ROWS model-rows: the activations of all M models' rows at
         # once are the stack's peak memory. Each row's output is its own in evaluation mode
         # (running BatchNorm statistics, no dropout), so the passes change no result.
@@ -325,11 +329,13 @@ class Population:
                 dim=1,
             )
         targets = self.rows.targets(index)
-        loss = scoring.data_loss(self.task, outputs, targets, valid)
+        val_loss = scoring.data_loss(self.task, outputs[:, :width], targets[:, :width], val)
+        outputs, targets = outputs[:, width:], targets[:, width:]
+        loss = scoring.data_loss(self.task, outputs, targets, scored)
         metric = scoring.objective(
-            self.metric, loss, outputs, targets, valid=valid, y_std=self.rows.y_std
+            self.metric, loss, outputs, targets, valid=scored, y_std=self.rows.y_std
         )
-        return loss, metric.to(torch.float32)
+        return val_loss, metric.to(torch.float32)
 
     @torch.no_grad()
     def end_epoch(self) -> list[SlotEpoch]:
@@ -337,8 +343,7 @@ class Population:
         synchronisation: what each trial that trained did (:class:`SlotEpoch`)."""
         rows = self.rows
         train_loss = self.total / self.seen.clamp(min=1.0)
-        val_loss, _ = self.evaluate(rows.val_index, rows.val_len)
-        _, score = self.evaluate(rows.score_index, rows.score_len)
+        val_loss, score = self.evaluate()
         improved, table = self.record.end_epoch(
             train_loss, val_loss, score, unvalidated=rows.unvalidated
         )

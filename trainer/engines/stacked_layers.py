@@ -328,25 +328,28 @@ class StackedLayers:
         dims = (1, *range(3, h.dim()))
         shape = (M, 1, C, *[1] * len(spatial))  # per model and channel
         mean_run, var_run = (self.buffers[name] for name in self.running_of[layer])
-        if stepping is None:
-            mean, var = mean_run.view(shape), var_run.view(shape)
-        else:
-            count = weight.sum(1).clamp(min=1.0)
-            n = (count * math.prod(spatial)).view(M, *[1] * (h.dim() - 1))
-            # Two-pass statistics over the real rows (a full batch went to normalize_full):
-            # torch.var_mean over the middle axis is ~7× slower on CPU.
-            rows = weight.view(*weight.shape, *[1] * (h.dim() - 2))
-            mean = (h * rows).sum(dims, keepdim=True) / n
-            centred = (h - mean) * rows
-            var = (centred * centred).sum(dims, keepdim=True) / n
-            with torch.no_grad():
-                # PyTorch keeps the unbiased batch variance in the running estimate.
-                unbiased = var * n / (n - 1).clamp(min=1.0)
-                m = self.bn_momentum * stepping[:, None].to(h.dtype)
-                mean_run.mul_(1 - m).add_(m * mean.view(M, C))
-                var_run.mul_(1 - m).add_(m * unbiased.view(M, C))
         gamma = self.params[self.gamma_of[layer]].view(shape)
         beta = self.params[self.beta_of[layer]].view(shape)
+        if stepping is None:
+            # Evaluation: the running statistics make BatchNorm one affine map per channel,
+            # h·s + (β − μ·s) with s = γ/√(σ² + ε), one pass over h (as torch's own kernel
+            # computes it in evaluation mode) instead of four.
+            scale = gamma * torch.rsqrt(var_run.view(shape) + eps)
+            return torch.addcmul(beta - mean_run.view(shape) * scale, h, scale)
+        count = weight.sum(1).clamp(min=1.0)
+        n = (count * math.prod(spatial)).view(M, *[1] * (h.dim() - 1))
+        # Two-pass statistics over the real rows (a full batch went to normalize_full):
+        # torch.var_mean over the middle axis is ~7× slower on CPU.
+        rows = weight.view(*weight.shape, *[1] * (h.dim() - 2))
+        mean = (h * rows).sum(dims, keepdim=True) / n
+        centred = (h - mean) * rows
+        var = (centred * centred).sum(dims, keepdim=True) / n
+        with torch.no_grad():
+            # PyTorch keeps the unbiased batch variance in the running estimate.
+            unbiased = var * n / (n - 1).clamp(min=1.0)
+            m = self.bn_momentum * stepping[:, None].to(h.dtype)
+            mean_run.mul_(1 - m).add_(m * mean.view(M, C))
+            var_run.mul_(1 - m).add_(m * unbiased.view(M, C))
         return (h - mean) / torch.sqrt(var + eps) * gamma + beta
 
     def normalize_full(self, h: torch.Tensor, layer: int, stepping: torch.Tensor) -> torch.Tensor:
