@@ -4,7 +4,10 @@ Reference workload: digits, an MLP 64-256-256-10 (``--model mlp``) or a CNN (``-
 conv 32, conv 64, 3×3 stride 2 over the 8×8 image, then 256-256-10), with BatchNorm and
 dropout, Adam lr 1e-3, batch 64, 5 folds, a fixed number of epochs (no early stopping, no
 pruning), P trials whose regularization is drawn from the default search space with a fixed
-seed. The engines:
+seed. ``--model image-mlp`` is the compute-bound one: an MLP 784-256-256-10 with batch 256 on
+20,000 images of Fashion-MNIST's shape (28×28, 10 classes), made here from the digits
+(:func:`image_set`: each 8×8 digit scaled up, shifted and noised; no download), usually run as
+``--trials 2 --epochs 2``. The engines:
 
   (a) textbook: what a user writes from the tutorials: an Optuna-style objective, per fold a
       StandardScaler, a DataLoader over a TensorDataset, nn.Sequential, torch.optim.Adam,
@@ -72,7 +75,11 @@ WORKLOADS = {
     "64, BN, ReLU, global average pool, dropout[head], 128, 10",
     "plugin": "the plugin `tiny_convnet` (tests/plugins) width 16: conv3×3 without bias, "
     "BN, a residual conv, Dropout2d, maxpool 2, dropout, linear",
+    "image-mlp": "MLP 784-256-256-10 (BN, dropout)",
 }
+IMAGES = "images:20000"  # the image workload's data (:func:`image_set`), by name for workers
+DATA = {"image-mlp": IMAGES}  # the other workloads train on builtin:digits
+BATCH = {"image-mlp": 256}  # the other workloads: 64
 CONV = {"type": "conv2d", "kernel": 3}
 MODELS = {
     "mlp": {"hidden": [256, 256]},
@@ -96,6 +103,7 @@ MODELS = {
         ],
     },
     "plugin": {"kind": "plugin", "name": "tiny_convnet", "options": {"width": 16}},
+    "image-mlp": {"hidden": [256, 256]},
 }
 # (f): every augmentation the digits' images take, at typical strengths.
 AUGMENTED = {
@@ -111,11 +119,44 @@ AUGMENTED = {
 PLUGINS = str(Path(__file__).resolve().parent.parent / "tests" / "plugins")
 
 
+def image_set(rows: int, seed: int = 0) -> Dataset:
+    """``rows`` 28×28 grey images in 10 classes, Fashion-MNIST's shape, from the digits: each
+    a random 8×8 digit scaled up to 24×24 (bilinear), placed at a random offset of up to 2
+    pixels from the centre, plus Gaussian noise (σ = 0.1 of the pixel range)."""
+    digits = load_builtin("builtin:digits")
+    generator = torch.Generator().manual_seed(seed)
+    pick = torch.randint(0, len(digits.y), (rows,), generator=generator)
+    small = torch.as_tensor(digits.X, dtype=torch.float32)[pick].view(rows, 1, 8, 8) / 16.0
+    large = nn.functional.interpolate(small, size=(24, 24), mode="bilinear", align_corners=False)
+    images = torch.zeros(rows, 1, 28, 28)
+    offsets = torch.randint(0, 5, (rows, 2), generator=generator)
+    for dy in range(5):
+        for dx in range(5):
+            here = (offsets[:, 0] == dy) & (offsets[:, 1] == dx)
+            images[here, :, dy : dy + 24, dx : dx + 24] = large[here]
+    images += 0.1 * torch.randn(images.shape, generator=generator)
+    return Dataset(
+        name=f"images:{rows}",
+        X=images.flatten(1).numpy(),
+        y=np.asarray(digits.y)[pick.numpy()],
+        task="classification",
+        input_shape=(1, 28, 28),
+        classes=digits.classes,
+    )
+
+
+def load(name: str) -> Dataset:
+    """A benchmark's data by name: ``images:ROWS`` (:func:`image_set`) or a built-in set."""
+    if name.startswith("images:"):
+        return image_set(int(name.removeprefix("images:")))
+    return load_builtin(name)
+
+
 def reference(epochs: int, model: str = "mlp") -> StudySpec:
     return StudySpec(
         dataset="builtin:digits",
         model=MODELS[model],
-        training={"max_epochs": epochs},
+        training={"max_epochs": epochs, "batch_size": BATCH.get(model, 64)},
         cv={"folds": 5},
         search_space={"patience": epochs + 1},
         pruner={"kind": "none"},
@@ -264,7 +305,7 @@ def _population_job(
 ) -> list[float]:
     """One population in a worker process (data loaded once per process)."""
     if name not in _DATA:
-        _DATA[name] = load_builtin(name)
+        _DATA[name] = load(name)
     return population_means(_DATA[name], configs, splits, seeds)
 
 
@@ -363,7 +404,7 @@ def main() -> None:
     configure_device(torch.device(device))
     cuda = device.startswith("cuda")
 
-    data = load_builtin("builtin:digits")
+    data = load(DATA.get(args.model, "builtin:digits"))
     spec = reference(args.epochs, args.model)
     protocol = CVProtocol.of(spec, data)
     big = args.population_trials or args.trials
@@ -398,7 +439,8 @@ def main() -> None:
         pool = ProcessPoolExecutor(cores, mp_context=get_context("spawn"), initializer=_one_thread)
         list(pool.map(_one_thread_ready, range(cores)))  # start the processes before any clock
         engines[f"population P={cpu_size}"] = (population_of(cpu_size), args.trials, "fp32")
-        for size in sorted({cpu_size, 2 * cpu_size}):  # the layout's choice, and twice it
+        # The layout's choice, twice it, and the trials shared evenly over the processes.
+        for size in sorted({cpu_size, 2 * cpu_size, -(-args.trials // cores)}):
             engines[f"population P={size} ×{cores} processes"] = (
                 population_in(pool, size),
                 args.trials,
@@ -446,7 +488,8 @@ def main() -> None:
         f"{'GPU' if cuda else 'CPU'} ({started:%Y-%m-%d %H:%M} UTC)\n",
         f"- command: `{command_line()}`",
         f"- device: {where}; torch {torch.__version__}; commit `{commit}`",
-        f"- workload: digits, {WORKLOADS[args.model]}, Adam, batch 64, 5 folds, "
+        f"- workload: {data.name} ({len(data.y)} rows), {WORKLOADS[args.model]}, Adam, "
+        f"batch {spec.training.batch_size}, 5 folds, "
         f"{args.epochs} epochs; {per_fold_epoch / 1e9:.2f} GFLOP per fold-epoch of training "
         "(torch's FlopCounterMode × rows); a compiled engine is timed after one warm-up epoch",
         "- dense matmul: " + ", ".join(f"{p} {peaks[p] / 1e12:.3f} TFLOP/s" for p in sorted(peaks)),
