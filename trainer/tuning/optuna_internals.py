@@ -7,29 +7,53 @@ Optuna release that renames one breaks one place (and its tests say so).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import optuna
 from optuna.storages import BaseStorage
-from optuna.storages._rdb import models as rdb_models
 from optuna.study import StudyDirection, _multi_objective
 from optuna.trial import FrozenTrial
-from sqlalchemy import Table
 
-# Optuna's RDB trial tables, as Optuna itself declares them (and migrates them). The service's
-# status and listing queries read them directly: the storage API has no GROUP BY, and loading
-# every trial of a 10,000-trial study to count it is what those queries exist to avoid.
-TRIALS: Table = rdb_models.TrialModel.__table__
-TRIAL_VALUES: Table = rdb_models.TrialValueModel.__table__
-TRIAL_PARAMS: Table = rdb_models.TrialParamModel.__table__
-TRIAL_USER_ATTRIBUTES: Table = rdb_models.TrialUserAttributeModel.__table__
-TRIAL_SYSTEM_ATTRIBUTES: Table = rdb_models.TrialSystemAttributeModel.__table__
-TRIAL_HEARTBEATS: Table = rdb_models.TrialHeartbeatModel.__table__
-# How Optuna tags a value it stores as NULL (±inf).
-STORED_INFINITY = {
-    rdb_models.TrialValueModel.TrialValueType.INF_POS: float("inf"),
-    rdb_models.TrialValueModel.TrialValueType.INF_NEG: float("-inf"),
+if TYPE_CHECKING:
+    from sqlalchemy import Table
+
+    # Optuna's RDB trial tables, as Optuna itself declares them (and migrates them). The
+    # service's status and listing queries read them directly: the storage API has no GROUP
+    # BY, and loading every trial of a 10,000-trial study to count it is what those queries
+    # exist to avoid.
+    TRIALS: Table
+    TRIAL_VALUES: Table
+    TRIAL_PARAMS: Table
+    TRIAL_USER_ATTRIBUTES: Table
+    TRIAL_SYSTEM_ATTRIBUTES: Table
+    TRIAL_HEARTBEATS: Table
+    # How Optuna tags a value it stores as NULL (±inf).
+    STORED_INFINITY: dict[Any, float]
+
+_RDB_TABLES = {
+    "TRIALS": "TrialModel",
+    "TRIAL_VALUES": "TrialValueModel",
+    "TRIAL_PARAMS": "TrialParamModel",
+    "TRIAL_USER_ATTRIBUTES": "TrialUserAttributeModel",
+    "TRIAL_SYSTEM_ATTRIBUTES": "TrialSystemAttributeModel",
+    "TRIAL_HEARTBEATS": "TrialHeartbeatModel",
 }
+
+
+def __getattr__(name: str) -> Any:
+    """The RDB names above, on first use: Optuna's models import SQLAlchemy (0.3 s of a
+    ``regtune tune`` start, which on its journal file never reads a table)."""
+    if name not in _RDB_TABLES and name != "STORED_INFINITY":
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from optuna.storages._rdb import models
+
+    if name in _RDB_TABLES:
+        value: Any = getattr(models, _RDB_TABLES[name]).__table__
+    else:
+        kind = models.TrialValueModel.TrialValueType
+        value = {kind.INF_POS: float("inf"), kind.INF_NEG: float("-inf")}
+    globals()[name] = value
+    return value
 
 
 def trial_id(trial: optuna.Trial | optuna.trial.FrozenTrial) -> int:
