@@ -83,12 +83,15 @@ def test_help_of_every_command_imports_no_torch(tmp_path: Path) -> None:
         assert imported == [], f"regtune {' '.join(path)} --help imported {imported}"
 
 
-def test_tune_on_its_own_journal_file_imports_no_database_layer(tmp_path: Path) -> None:
-    """``regtune tune`` without ``--storage`` searches over a journal file: SQLAlchemy and
-    Optuna's RDB models (0.3 s of its start) stay unimported."""
+def test_tune_imports_neither_scikit_learn_nor_a_database_layer(tmp_path: Path) -> None:
+    """``regtune tune`` leaves the data and its rows (scikit-learn, a second of its start) to
+    a helper process, and without ``--storage`` searches over a journal file: scikit-learn,
+    SQLAlchemy and Optuna's RDB models (0.3 s) stay unimported in the process that trains."""
     args = ["tune", "--dataset", "builtin:wine", "--trials", "1", "--folds", "2"]
     imported, done = heavy_imports(
-        [*args, "--max-epochs", "1", "--json"], tmp_path, heavy=("sqlalchemy", "torch")
+        [*args, "--max-epochs", "1", "--processes", "1", "--json"],
+        tmp_path,
+        heavy=("sklearn", "sqlalchemy", "torch"),
     )
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["trials"] == {"complete": 1}

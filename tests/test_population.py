@@ -449,8 +449,8 @@ def test_evaluation_in_bounded_passes_gives_the_same_scores(wine, monkeypatch) -
     """The stack evaluates its validation and scored rows in one forward pass, cut into
     passes of at most EVAL_ROWS model-rows (its peak memory): each set scores as it does on
     its own, and passes of 7 rows exactly as one pass of all of them."""
-    from trainer.engines import scoring
     from trainer.engines import population as module
+    from trainer.engines import scoring
 
     spec = StudySpec(dataset="builtin:wine", model={"hidden": [8]}, cv={"folds": 2})
     splits = CVProtocol.of(spec, wine).splits

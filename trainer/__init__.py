@@ -74,6 +74,7 @@ _HOME: dict[str, str] = {
     "ParetoTrial": "trainer.tuning.records",
     "CVProtocol": "trainer.tuning.cv_protocol",
     "LISTED": "trainer.tuning.records",
+    "Prefetch": "trainer.tuning.prefetch",
     "Search": "trainer.tuning.search",
     "SplitRows": "trainer.tuning.records",
     "StudyOutcome": "trainer.tuning.study",
@@ -182,6 +183,7 @@ if TYPE_CHECKING:  # what type checkers see; tests/test_architecture.py keeps it
     from trainer.tuning.optuna_study import make_pruner as make_pruner
     from trainer.tuning.optuna_study import make_sampler as make_sampler
     from trainer.tuning.parallel import run_parallel_study as run_parallel_study
+    from trainer.tuning.prefetch import Prefetch as Prefetch
     from trainer.tuning.records import LISTED as LISTED
     from trainer.tuning.records import BestTrial as BestTrial
     from trainer.tuning.records import ParetoTrial as ParetoTrial

@@ -145,11 +145,16 @@ def tune(
     for path in (output, splits):  # found out now, not after the search
         if path is not None and not path.parent.is_dir():
             raise fail(f"cannot write {path}: no directory {path.parent}")
-    # The search's libraries load here, not with the command line: --help answers at once.
+    # The data and its rows are made on another core while the search's libraries load here,
+    # not with the command line (--help answers at once).
+    from trainer import Prefetch
+
+    prefetch = Prefetch(study_spec, target=target, task=study_spec.task)
     import optuna
     import torch
 
     from trainer import (
+        CVProtocol,
         DatasetError,
         configure_device,
         load_dataset,
@@ -162,10 +167,13 @@ def tune(
     torch.set_num_threads(threads)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
-        data = load_dataset(study_spec.dataset, target=target, task=study_spec.task)
+        data = prefetch.dataset() or load_dataset(
+            study_spec.dataset, target=target, task=study_spec.task
+        )
         where = resolve_device(device)
         configure_device(where)
-    except (DatasetError, ValueError) as exc:
+        protocol = CVProtocol.of(study_spec, data, rows=prefetch.rows)
+    except (DatasetError, SpecError, ValueError) as exc:
         raise fail(str(exc)) from None
 
     if processes is None:
@@ -189,6 +197,7 @@ def tune(
                 compile=compile_step,
                 progress=show,
                 display=progress,
+                protocol=protocol,
             )
         else:
             with progress:
@@ -201,6 +210,7 @@ def tune(
                     callbacks=[lambda study, trial: show(study)],
                     population=population,
                     compile=compile_step,
+                    protocol=protocol,
                 )
     except (DatasetError, SpecError) as exc:
         raise fail(str(exc)) from None

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from sklearn import datasets as skdatasets
-
 from trainer.data.datasets import Dataset, DatasetError, make_dataset
 from trainer.data.mnist1d import make_mnist1d
 from trainer.data.poly import make_poly
@@ -31,6 +29,8 @@ def load_builtin(ref: str) -> Dataset:
     if name == "poly":
         X, y = make_poly()
         return make_dataset(ref, X, y, task="regression")
+    from sklearn import datasets as skdatasets  # a second to import: only where it is needed
+
     loader = {
         "digits": skdatasets.load_digits,
         "breast_cancer": skdatasets.load_breast_cancer,

@@ -3,6 +3,10 @@
 All splits are index arrays into the dataset and depend only on the study's seed, so every
 trial of a study is scored on the same folds (which paired tests such as Wilcoxon need).
 :class:`trainer.tuning.records.SplitRows` is the protocol as a user reads it.
+
+scikit-learn draws them, imported on first use: it takes a second to import (SciPy's
+statistics come with it), which ``regtune tune`` spends in a helper process while it imports
+torch (:mod:`trainer.tuning.prefetch`).
 """
 
 from __future__ import annotations
@@ -10,9 +14,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from sklearn.model_selection import KFold, StratifiedKFold, train_test_split
 
-from trainer.specs.study_spec import Task
+from trainer.data.datasets import Dataset, check_for_cv
+from trainer.specs.study_spec import CVSpec, Task
 
 
 @dataclass(frozen=True)
@@ -28,6 +32,8 @@ def holdout(
     y: np.ndarray, task: Task, test_fraction: float, seed: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """Return ``(pool, test)`` indices; ``test`` is empty when ``test_fraction`` is 0."""
+    from sklearn.model_selection import train_test_split
+
     index = np.arange(len(y))
     if test_fraction == 0:
         return index, index[:0]
@@ -44,6 +50,8 @@ def inner_split(
     index: np.ndarray, y: np.ndarray, task: Task, fraction: float, seed: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """Carve ``(fit, val)`` out of ``index``, stratified where every class allows it."""
+    from sklearn.model_selection import train_test_split
+
     labels = y[index]
     stratify = None
     if task == "classification":
@@ -67,6 +75,8 @@ def cv_splits(
     seed: int,
 ) -> list[Split]:
     """Stratified (classification) or plain k-fold over ``pool``; each pool index scored once."""
+    from sklearn.model_selection import KFold, StratifiedKFold
+
     kfold = (StratifiedKFold if task == "classification" else KFold)(
         n_splits=folds, shuffle=shuffle, random_state=seed if shuffle else None
     )
@@ -75,3 +85,29 @@ def cv_splits(
         fit, val = inner_split(pool[train], y, task, inner_validation, seed + k)
         splits.append(Split(fit, val, np.sort(pool[scored])))
     return splits
+
+
+@dataclass(frozen=True)
+class ProtocolRows:
+    """A study's rows: the ``pool`` the folds cut, the held-out ``test`` rows, the folds."""
+
+    pool: np.ndarray
+    test: np.ndarray
+    splits: list[Split]
+
+
+def protocol_rows(dataset: Dataset, cv: CVSpec, seed: int) -> ProtocolRows:
+    """The rows ``cv`` draws from ``dataset`` under ``seed`` (:class:`DatasetError` where the
+    data cannot be cut so)."""
+    check_for_cv(dataset, cv.folds, cv.test_fraction)
+    pool, test = holdout(dataset.y, dataset.task, cv.test_fraction, seed)
+    splits = cv_splits(
+        dataset.y,
+        dataset.task,
+        pool,
+        folds=cv.folds,
+        shuffle=cv.shuffle,
+        inner_validation=cv.inner_validation,
+        seed=seed,
+    )
+    return ProtocolRows(pool, test, splits)

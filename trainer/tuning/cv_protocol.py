@@ -7,12 +7,13 @@ test rows are held out of every trial, and fold k of every trial scores the same
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
-from trainer.data.datasets import Dataset, check_for_cv
-from trainer.data.splits import Split, cv_splits, holdout
+from trainer.data.datasets import Dataset
+from trainer.data.splits import ProtocolRows, Split, protocol_rows
 from trainer.engines.augmentation import check_data
 from trainer.nets.networks import footprint
 from trainer.specs.study_spec import Metric, SpecError, StudySpec, default_metric
@@ -58,27 +59,25 @@ class CVProtocol:
     splits: list[Split]
 
     @classmethod
-    def of(cls, spec: StudySpec, dataset: Dataset, *, check_network: bool = True) -> CVProtocol:
+    def of(
+        cls,
+        spec: StudySpec,
+        dataset: Dataset,
+        *,
+        check_network: bool = True,
+        rows: Callable[[], ProtocolRows] | None = None,
+    ) -> CVProtocol:
         """The protocol of ``spec`` on ``dataset``; ``check_network`` checks the network
         against the data first (a worker does not: the API host did at submission, and a
         plugin missing on the worker fails its trials, with the reason, not the study).
         Either way an augmentation the data cannot take, and a grid smaller than
-        ``n_trials``, are refused (``SpecError``)."""
+        ``n_trials``, are refused (``SpecError``). ``rows`` hands over the rows drawn
+        elsewhere (:mod:`trainer.tuning.prefetch`), asked for after those checks."""
         metric = resolve_metric(spec, dataset)
         check_data(spec.search_space.augment.given(), dataset.input_shape)
         check_grid(spec)
         if check_network:
             network_sizes(spec, dataset)
-        cv = spec.cv
-        check_for_cv(dataset, cv.folds, cv.test_fraction)
-        pool, test = holdout(dataset.y, dataset.task, cv.test_fraction, spec.seed)
-        splits = cv_splits(
-            dataset.y,
-            dataset.task,
-            pool,
-            folds=cv.folds,
-            shuffle=cv.shuffle,
-            inner_validation=cv.inner_validation,
-            seed=spec.seed,
-        )
+        drawn = rows() if rows is not None else protocol_rows(dataset, spec.cv, spec.seed)
+        pool, test, splits = drawn.pool, drawn.test, drawn.splits
         return cls(metric, pool, test, splits)

@@ -70,6 +70,7 @@ def storage_for(storage: str | None) -> Iterator[StorageRef]:
 def searcher(
     spec: StudySpec,
     dataset: Dataset,
+    protocol: CVProtocol,
     ref: StorageRef,
     study_name: str,
     *,
@@ -87,6 +88,7 @@ def searcher(
     run_study(
         spec,
         dataset,
+        protocol=protocol,
         storage=open_storage(ref),
         study_name=study_name,
         device=device,
@@ -120,13 +122,15 @@ def run_parallel_study(
     progress: Progress | None = None,
     display: AbstractContextManager[object] | None = None,
     refit_best: bool = True,
+    protocol: CVProtocol | None = None,
 ) -> StudyOutcome:
-    """:func:`trainer.tuning.study.run_study` with ``processes`` searcher processes.
+    """:func:`trainer.tuning.study.run_study` with ``processes`` searcher processes (which take
+    ``protocol``, or the one made here: they never draw the rows themselves).
 
     ``progress(study)`` is called as trials finish, inside ``display`` (a progress
     bar, entered once the searchers have started: a forked process must not inherit its
     drawing thread)."""
-    protocol = CVProtocol.of(spec, dataset)
+    protocol = protocol or CVProtocol.of(spec, dataset)
     # The searchers must open one study by name; Optuna names an unnamed one the same way.
     name = study_name or spec.name or f"no-name-{uuid.uuid4()}"
     with storage_for(storage) as ref:
@@ -141,7 +145,7 @@ def run_parallel_study(
         children: list[BaseProcess] = [
             context.Process(
                 target=searcher,
-                args=(spec, dataset, ref, name),
+                args=(spec, dataset, protocol, ref, name),
                 kwargs={
                     "device": device,
                     "population": population,

@@ -86,6 +86,7 @@ def run_study(
     sampler_seed: int | None = None,
     compile: bool | None = None,
     budget: Budget | None = None,
+    protocol: CVProtocol | None = None,
 ) -> StudyOutcome:
     """Search until the study holds ``spec.n_trials`` finished trials (or ``timeout_s``).
 
@@ -98,9 +99,10 @@ def run_study(
     pruning, which decides between folds, train one trial at a time
     (:func:`trainer.tuning.search.choose_engine`). ``build_stack`` builds the stacks (tests
     pass one that fails on purpose); ``compile`` puts their step under ``torch.compile``
-    (default: on a GPU only).
+    (default: on a GPU only). ``protocol`` is the study's :class:`CVProtocol` where the caller
+    made it already (a searcher process gets its parent's).
     """
-    protocol = CVProtocol.of(spec, dataset)
+    protocol = protocol or CVProtocol.of(spec, dataset)
     study = create_study(
         spec, protocol.metric, storage=storage, study_name=study_name, sampler_seed=sampler_seed
     )
