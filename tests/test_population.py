@@ -593,6 +593,25 @@ def test_the_per_trial_engine_fails_a_raising_trial_with_its_reason(wine, monkey
     assert second.state == optuna.trial.TrialState.COMPLETE
 
 
+def test_runs_are_the_longest_slices_of_stepping_models_with_equal_values() -> None:
+    """A run breaks at a model that does not step and where η, λ, λ₁ or t changes."""
+    from trainer.engines.stacked_optim import Run, runs_of
+
+    values = np.array(
+        [[1e-3, 0.1, 1e-5, 3]] * 4 + [[1e-3, 0.2, 1e-5, 3]] * 2 + [[1e-3, 0.2, 1e-5, 4]]
+    )
+    assert runs_of(np.arange(7), values) == [
+        Run(0, 4, 1e-3, 0.1, 1e-5, 3),
+        Run(4, 6, 1e-3, 0.2, 1e-5, 3),
+        Run(6, 7, 1e-3, 0.2, 1e-5, 4),
+    ]
+    assert runs_of(np.array([0, 1, 3]), values) == [
+        Run(0, 2, 1e-3, 0.1, 1e-5, 3),
+        Run(3, 4, 1e-3, 0.1, 1e-5, 3),
+    ]
+    assert runs_of(np.array([], dtype=np.int64), values) == []
+
+
 @pytest.mark.parametrize(
     ("l2_mode", "grad_clip"), [("coupled", 2.0), ("decoupled", 2.0), ("coupled", None)]
 )

@@ -94,10 +94,11 @@ def _position_hashes(n: int, device: torch.device) -> torch.Tensor:
 LANES = 8  # Bernoulli draws per 64-bit hash: one byte each
 
 
-def _keep_threshold(keep: torch.Tensor) -> torch.Tensor:
-    """t − 1 for a byte lane u kept when u < t = round(2⁸·keep) − 2⁷, i.e. u ≤ t − 1, which
-    fits int8 (t itself reaches 2⁷ at keep = 1)."""
-    return (torch.round(keep.to(torch.float64) * 256) - 129).clamp(-128, 127)
+def keep_threshold(keep: torch.Tensor) -> torch.Tensor:
+    """t − 1 (int8) for a byte lane u kept when u < t = round(2⁸·keep) − 2⁷, i.e. u ≤ t − 1,
+    which fits int8 (t itself reaches 2⁷ at keep = 1): what :func:`keep_mask` compares with,
+    for a caller that draws many masks at the same keep probabilities to compute once."""
+    return (torch.round(keep.to(torch.float64) * 256) - 129).clamp(-128, 127).to(torch.int8)
 
 
 def keep_mask(
@@ -105,9 +106,11 @@ def keep_mask(
     shape: tuple[int, ...],
     keep: torch.Tensor,
     dtype: torch.dtype = torch.bool,
+    threshold: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Bernoulli(keep[m]) draws of ``shape`` per key: ``key`` [M], ``keep`` [M] → [M, *shape],
-    as booleans or, with a floating ``dtype``, as 1.0 (kept) and 0.0.
+    as booleans or, with a floating ``dtype``, as 1.0 (kept) and 0.0 (``threshold``:
+    :func:`keep_threshold` of ``keep``, if the caller has it).
 
     Dropout needs far fewer random bits than :func:`uniform` spends: each 64-bit hash is read as
     eight bytes u, uniform on [−2⁷, 2⁷), and an element is kept when u < t = round(2⁸·keep) −
@@ -122,13 +125,13 @@ def keep_mask(
     words = -(-n // LANES)
     bits = splitmix64(key[:, None] ^ _position_hashes(words, key.device)[None, :])
     lanes = bits.view(torch.int8)[:, :n]
-    threshold = _keep_threshold(keep).to(torch.int8)[:, None]
+    below = (keep_threshold(keep) if threshold is None else threshold)[:, None]
     if dtype == torch.bool:
-        return (lanes <= threshold).view(len(key), *shape)
+        return (lanes <= below).view(len(key), *shape)
     # Written straight as floats: on a CPU, making and converting a bool tensor costs 5× the
     # comparison itself.
     out = torch.empty((len(key), n), dtype=dtype, device=key.device)
-    return torch.le(lanes, threshold, out=out).view(len(key), *shape)
+    return torch.le(lanes, below, out=out).view(len(key), *shape)
 
 
 def strided_keep_mask(
@@ -156,8 +159,8 @@ def strided_keep_mask(
     # (little-endian: lane j is bits 8j…8j+7).
     lanes = (bits >> (8 * (position % LANES))) & 0xFF
     lanes = lanes - (lanes >= 128).to(torch.int64) * 256
-    threshold = _keep_threshold(keep).to(torch.int64)[:, None]
-    return (lanes <= threshold).to(dtype).view(len(key), *shape)
+    below = keep_threshold(keep).to(torch.int64)[:, None]
+    return (lanes <= below).to(dtype).view(len(key), *shape)
 
 
 def permutations(key: torch.Tensor, lengths: torch.Tensor, width: int) -> torch.Tensor:

@@ -144,6 +144,10 @@ class StackedLayers:
             if group not in self.groups:
                 self.groups.append(group)
         self.keep = torch.ones(len(self.groups), M, device=device)
+        # Made from keep when a model is loaded, not at every step: the masks' thresholds and
+        # inverted dropout's scale 1/keep.
+        self.keep_threshold = rng.keep_threshold(self.keep)
+        self.keep_scale = 1.0 / self.keep
         # Narrow models (none until one is loaded): per Linear/Conv, its input's unit mask
         # [M, in]; per dropout, each model's elements per sample [M] (the narrow positions).
         self.n_features, self.M, self.device = n_features, M, device
@@ -198,6 +202,8 @@ class StackedLayers:
         self.bn_momentum[rows] = config.bn_momentum
         for index, group in enumerate(self.groups):
             self.keep[index, rows] = 1.0 - config.dropout_of(group)
+        self.keep_threshold[:, rows] = rng.keep_threshold(self.keep[:, rows])
+        self.keep_scale[:, rows] = 1.0 / self.keep[:, rows]
 
     def narrow(self, rows: slice, net: nn.Module) -> None:
         """Rows ``rows`` hold ``net`` (the template or a narrower network of its structure):
@@ -298,14 +304,17 @@ class StackedLayers:
         if context.keys is None:
             return h
         _, group, channels = self.program.dropouts[index]
-        keep = self.keep[self.groups.index(group)]
+        g = self.groups.index(group)
+        keep = self.keep[g]
         shape = tuple(h.shape[1:3]) + (1,) * (h.dim() - 3) if channels else tuple(h.shape[1:])
         stride = self.strides.get(index)
         if stride is None:
-            mask = rng.keep_mask(context.keys[index], shape, keep, dtype=h.dtype)
+            mask = rng.keep_mask(
+                context.keys[index], shape, keep, dtype=h.dtype, threshold=self.keep_threshold[g]
+            )
         else:  # narrow models: each draws at its own network's positions
             mask = rng.strided_keep_mask(context.keys[index], shape, keep, stride, dtype=h.dtype)
-        return h * mask.mul_(per_model(1.0 / keep, mask))
+        return h * mask.mul_(per_model(self.keep_scale[g], mask))
 
     def normalize(
         self,

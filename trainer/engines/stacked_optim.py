@@ -219,25 +219,20 @@ class Run:
 
 def runs_of(rows: np.ndarray, values: np.ndarray) -> list[Run]:
     """The :class:`Run` s of the stepping ``rows`` (ascending), ``values`` ``[M, 4]`` holding
-    each model's (η, λ, λ₁, t)."""
-    if len(rows) == 0:
-        return []
-    picked = values[rows]
-    # A run breaks where a row is not the next one or its values change.
-    breaks = np.flatnonzero((np.diff(rows) != 1) | np.any(picked[1:] != picked[:-1], axis=1))
-    starts = np.concatenate([[0], breaks + 1])
-    stops = np.concatenate([breaks + 1, [len(rows)]])
-    return [
-        Run(
-            int(rows[a]),
-            int(rows[b - 1]) + 1,
-            float(picked[a, 0]),
-            float(picked[a, 1]),
-            float(picked[a, 2]),
-            int(picked[a, 3]),
-        )
-        for a, b in zip(starts, stops, strict=True)
-    ]
+    each model's (η, λ, λ₁, t). (A loop: a CPU stack has a few dozen models, for which
+    numpy's per-call cost is more than the loop's.)"""
+    runs: list[Run] = []
+    start, last, current = -1, -2, None
+    for row, (lr, weight_decay, l1, t) in zip(rows.tolist(), values[rows].tolist(), strict=True):
+        here = (lr, weight_decay, l1, int(t))
+        if row != last + 1 or here != current:
+            if current is not None:
+                runs.append(Run(start, last + 1, *current))
+            start, current = row, here
+        last = row
+    if current is not None:
+        runs.append(Run(start, last + 1, *current))
+    return runs
 
 
 class StackedOptimizer:
