@@ -69,6 +69,12 @@ def test_sizes_by_device_and_study(digits) -> None:
     assert layout.population_size(spec(), digits, cpu, requested=6) == 6
     assert layout.population_size(spec(model={"kind": "cnn"}), digits, cpu, requested=6) == 6
     assert layout.population_size(spec(pruner={"kind": "wilcoxon"}), digits, cpu) == 0
+    # Processes that share a budget each stack at most their share of it: two trials on two
+    # cores are one per core, not a stack of two beside an idle core.
+    assert layout.cpu_population(2, processes=2) == 1
+    assert layout.cpu_population(3, processes=2) == 2
+    assert layout.cpu_population(8, processes=2) == layout.CPU_POPULATION
+    assert layout.cpu_population(1, processes=4) == 1
 
 
 def test_populations_grow_with_the_completed_trials_while_a_pruner_waits_for_them() -> None:

@@ -95,6 +95,13 @@ def model_bytes(
     return BYTES_PER_WORD * (5 * network.parameters + train + evaluate)
 
 
+def cpu_population(n_trials: int, processes: int = 1) -> int:
+    """Trials per stack on a CPU for a study of ``n_trials`` searched by ``processes`` one-core
+    processes: ``CPU_POPULATION``, but no more than a process's share of the budget (a stack
+    that took both trials of a two-trial study would leave the other core idle)."""
+    return max(1, min(CPU_POPULATION, -(-n_trials // processes)))
+
+
 def population_size(
     spec: StudySpec, dataset: Dataset, device: torch.device, requested: int | None = None
 ) -> int:
@@ -109,7 +116,7 @@ def population_size(
     if requested is not None:
         return max(1, requested)
     if device.type != "cuda":
-        return min(CPU_POPULATION, spec.n_trials)
+        return cpu_population(spec.n_trials)
     free, _ = torch.cuda.mem_get_info(device)
     per_trial = spec.cv.folds * model_bytes(
         spec, dataset.input_shape, dataset.n_outputs, dataset.n_samples

@@ -37,6 +37,7 @@ from optuna.trial import TrialState
 from trainer import rng
 from trainer.data.datasets import Dataset
 from trainer.device import usable_cores
+from trainer.engines import layout
 from trainer.lifetime import on_parent_death
 from trainer.specs.study_spec import StudySpec
 from trainer.tuning.budget import SharedCounter, spent
@@ -131,6 +132,8 @@ def run_parallel_study(
     bar, entered once the searchers have started: a forked process must not inherit its
     drawing thread)."""
     protocol = protocol or CVProtocol.of(spec, dataset)
+    if population is None and torch.device(device).type == "cpu":
+        population = layout.cpu_population(spec.n_trials, processes)
     # The searchers must open one study by name; Optuna names an unnamed one the same way.
     name = study_name or spec.name or f"no-name-{uuid.uuid4()}"
     with storage_for(storage) as ref:
