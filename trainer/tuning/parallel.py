@@ -16,6 +16,7 @@ searcher whose parent died (SIGKILL) exits by itself within a second.
 
 from __future__ import annotations
 
+import gc
 import multiprocessing
 import os
 import signal
@@ -84,6 +85,9 @@ def searcher(
 ) -> None:
     """A searcher process: one torch thread, the study's search, no refit."""
     on_parent_death(parent, signal.SIGKILL)
+    # What the parent imported stays for good: a full collection would walk its ~270k objects
+    # for nothing (0.17 s of a four-trial search, measured), and touch their pages.
+    gc.freeze()
     torch.set_num_threads(1)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     run_study(
