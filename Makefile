@@ -64,15 +64,17 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check $(LINTED)
 	$(VENV)/bin/mypy trainer service
 
-# The reference workload as users run it (textbook loop, `regtune tune`, `regtune serve`),
-# then engine throughput side by side (textbook loop, per-trial engine, population engine)
-# for the MLP, a `layers` CNN and a plugin network,
+# The reference workload as users run it (Optuna's multi-process form, `regtune tune`,
+# `regtune serve`, the textbook loop), then engine throughput side by side (textbook loop,
+# per-trial engine, population engine) for the MLP, the compute-bound image MLP, a `layers`
+# CNN and a plugin network,
 # then a real mixed-type table next to a scikit-learn baseline, then how workers are shared
 # between tenants (each tenant's share over a minute, the claim time), then trade-off fronts
 # (width and L1 against accuracy) and what stacking trials of different widths costs.
 bench: $(STAMP)
 	$(PY) benchmarks/workflows.py --append BENCHMARKS.md
 	$(PY) benchmarks/engines.py --append BENCHMARKS.md
+	$(PY) benchmarks/engines.py --model image-mlp --trials 2 --epochs 2 --engines 'textbook,population P=2,population P=1 ×2 processes' --append BENCHMARKS.md
 	$(PY) benchmarks/engines.py --model layers-cnn --trials 4 --epochs 5 --threads 1 --append BENCHMARKS.md
 	$(PY) benchmarks/engines.py --model plugin --trials 4 --epochs 5 --threads 1 --append BENCHMARKS.md
 	$(PY) benchmarks/tables.py --append BENCHMARKS.md
