@@ -42,7 +42,10 @@ def _prefetch(
         answer: Answer = (data if builtin(spec) else None, rows, None)
     except Exception as exc:  # a bad dataset or protocol: raised in the caller, in its turn
         answer = (None, None, exc)
-    send.send(answer)
+    try:
+        send.send(answer)
+    except Exception as exc:  # an answer that does not pickle: its error's text does
+        send.send((None, None, RuntimeError(f"the data-loading helper failed: {exc!r}")))
     send.close()
 
 
