@@ -199,6 +199,29 @@ def test_a_width_of_one_trains_bit_for_bit_as_no_width(wine) -> None:
     assert_identical(a[1], b[1])
 
 
+def test_a_full_width_trial_after_a_narrow_one_trains_without_its_masks(wine) -> None:
+    """The narrow trial's unit masks and strided dropout leave the stack with it: the
+    full-width trial that takes its slot runs unmasked, bit for bit as in a fresh stack."""
+    spec = study(wine, {"hidden": [16, 8], "batch_norm": True})
+    splits = CVProtocol.of(spec, wine).splits
+    full = config(spec, dropout=0.2)
+    stack = Population(wine, splits, full, slots=1, metric="accuracy", device=DEVICE)
+    stack.assign(0, config(spec, width=0.5, dropout=0.2), 3)
+    assert stack.layers.live_in and stack.layers.strides
+    stack.train_epoch()
+    stack.end_epoch()
+    stack.release(0)
+    stack.assign(0, full, 4)
+    assert not stack.layers.live_in and not stack.layers.strides
+    finished = False
+    while not finished:
+        stack.train_epoch()
+        (report,) = stack.end_epoch()
+        finished = report.finished
+    (fresh,) = train_population(wine, [full], splits, seeds=[4], metric="accuracy", device=DEVICE)
+    assert_identical(stack.result(0), fresh)
+
+
 def test_the_strided_masks_are_the_narrow_networks_masks() -> None:
     key = torch.tensor([3, -9], dtype=torch.int64)
     keep = torch.tensor([0.4, 0.7])

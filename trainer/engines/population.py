@@ -185,6 +185,8 @@ class Population:
             torch.manual_seed(s)
             nets.append(config.network(self.input_shape, self.n_outputs))
         self.layers.load(rows, nets, config)
+        if not self.compiled:  # a narrow trial's masks go with the last narrow trial
+            self.layers.drop_full_masks()
         self.augment.load(rows, config.augmentation)
         self.optimizer.restart(rows, config)
         self.record.restart(rows, config.patience)

@@ -40,6 +40,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple, cast
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -154,6 +155,9 @@ class StackedLayers:
         self.wide = {name: tuple(t.shape[1:]) for name, t in self.params.items()}
         self.live_in: dict[int, torch.Tensor] = {}  # by the layer's index
         self.strides: dict[int, torch.Tensor] = {}  # by the dropout's index
+        # The same on the host, as each row's live width: (per row, the full width).
+        self.live_width: dict[int, tuple[np.ndarray, int]] = {}
+        self.stride_width: dict[int, tuple[np.ndarray, int]] = {}
         self.wide_sizes = (
             dropout_sizes(program, template, n_features) if n_features is not None else []
         )
@@ -215,8 +219,10 @@ class StackedLayers:
             mask = self.live_in.get(i)
             if mask is None and live < wide:
                 mask = self.live_in[i] = torch.ones(self.M, wide, device=self.device)
+                self.live_width[i] = (np.full(self.M, wide), wide)
             if mask is not None:
                 mask[rows] = (torch.arange(wide, device=self.device) < live).to(mask.dtype)
+                self.live_width[i][0][rows] = live
         if not self.wide_sizes or self.n_features is None:
             return
         narrow = dropout_sizes(self.program, net, self.n_features)
@@ -224,8 +230,21 @@ class StackedLayers:
             stride = self.strides.get(d)
             if stride is None and live < wide:
                 stride = self.strides[d] = torch.full((self.M,), wide, device=self.device)
+                self.stride_width[d] = (np.full(self.M, wide), wide)
             if stride is not None:
                 stride[rows] = live
+                self.stride_width[d][0][rows] = live
+
+    def drop_full_masks(self) -> None:
+        """Forget the unit masks and strided dropout positions that no row needs any more
+        (every row back at full width): the stack then runs as if no narrow network had come,
+        without the masked inputs and with a hash per eight dropout draws instead of one per
+        draw. For eager stacks: a compiled step would compile again each time what it masks
+        changes."""
+        for masks, widths in ((self.live_in, self.live_width), (self.strides, self.stride_width)):
+            for index, (rows, wide) in list(widths.items()):
+                if (rows == wide).all():
+                    del masks[index], widths[index]
 
     def live(self, name: str, rows: slice, shape: tuple[int, ...]) -> torch.Tensor:
         """The best copy of tensor ``name`` of ``rows`` cut to a network's own ``shape`` (as the
