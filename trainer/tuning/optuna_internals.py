@@ -136,8 +136,8 @@ def prune_on_metric(trial: optuna.Trial) -> bool:
     """
     study = trial.study
     storage = storage_of(study)
-    one = cast(BaseStorage, _MetricStorage(storage, study.directions[0]))
-    view = optuna.Study(study.study_name, one, sampler=study.sampler, pruner=study.pruner)
+    view = _MetricDirected(study)  # the same study, no storage query to make it
+    view._storage = cast(BaseStorage, _MetricStorage(storage, study.directions[0]))
     return study.pruner.prune(view, storage.get_trial(trial_id(trial)))
 
 
