@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+import numpy as np
 import optuna
 import pytest
 import torch
@@ -314,3 +315,25 @@ def test_each_two_objective_sampler_searches_on_past_pruned_trials(
         t.user_attrs.get("fail_reason") for t in outcome.study.trials
     ]
     assert TrialState.PRUNED in states
+
+
+@pytest.mark.parametrize("directions", [("maximize", "minimize"), ("minimize", "minimize")])
+def test_the_front_of_plain_rows_is_the_non_dominated_ones_in_order(directions) -> None:
+    """front_rows (what the service finds a large study's front with, from plain values) keeps
+    exactly the rows no other row dominates, ties and repeated points included, best metric
+    first, then smallest, then first by number."""
+    from trainer import front_rows
+
+    generator = np.random.default_rng(3)
+    values = generator.integers(0, 6, size=(60, 2)).astype(float)  # many ties and repeats
+    values[5] = [np.inf, 0.0] if directions[0] == "maximize" else [-np.inf, 0.0]
+    numbers = list(range(100, 160))
+    sign = np.array([-1.0 if d == "maximize" else 1.0 for d in directions])
+    loss = values * sign
+
+    def beaten(i: int) -> bool:
+        return any((loss[j] <= loss[i]).all() and (loss[j] < loss[i]).any() for j in range(60))
+
+    rows = front_rows(numbers, values, list(directions))
+    assert set(rows) == {i for i in range(60) if not beaten(i)}
+    assert rows == sorted(rows, key=lambda r: (loss[r, 0], values[r, 1], numbers[r]))

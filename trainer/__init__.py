@@ -96,6 +96,7 @@ _HOME: dict[str, str] = {
     "objective_names": "trainer.tuning.trade_off",
     "optuna_internals": "trainer.tuning.optuna_internals",  # a namespace: Optuna's tables
     "pareto_front": "trainer.tuning.trade_off",
+    "front_rows": "trainer.tuning.trade_off",
     "picked": "trainer.tuning.trade_off",
     "refit_trial": "trainer.tuning.tuned_model",
     "run_parallel_study": "trainer.tuning.parallel",
@@ -199,6 +200,7 @@ if TYPE_CHECKING:  # what type checkers see; tests/test_architecture.py keeps it
     from trainer.tuning.study import run_study as run_study
     from trainer.tuning.trade_off import best_trial as best_trial
     from trainer.tuning.trade_off import chosen_trial as chosen_trial
+    from trainer.tuning.trade_off import front_rows as front_rows
     from trainer.tuning.trade_off import metric_of as metric_of
     from trainer.tuning.trade_off import objective_names as objective_names
     from trainer.tuning.trade_off import pareto_front as pareto_front

@@ -17,6 +17,7 @@ from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+import numpy as np
 import optuna
 from optuna.distributions import json_to_distribution
 from optuna.exceptions import UpdateFinishedTrialError
@@ -31,7 +32,7 @@ from sqlalchemy.orm import Session
 
 from service.settings import Settings
 from service.store.db import DATABASE_ERRORS, engine_kwargs
-from trainer import LISTED, TrialRecord, best_first, optuna_internals, pareto_front
+from trainer import LISTED, TrialRecord, best_first, front_rows, optuna_internals
 
 log = logging.getLogger("regtune.trials")
 
@@ -285,9 +286,10 @@ def best_trial_id(session: Session, study_id: int, direction: str) -> int | None
     return best[0] if best else None
 
 
-def completed_values(session: Session, study_id: int) -> list[FrozenTrial]:
-    """The study's COMPLETE trials with their values and nothing else, in one query: what a
-    trade-off's Pareto front is found from, whatever the study's size."""
+def completed_values(session: Session, study_id: int) -> tuple[list[int], list[int], np.ndarray]:
+    """The study's COMPLETE trials as plain rows, in one query: their ids, numbers and values
+    ``[n, objectives]``, what a trade-off's Pareto front is found from, whatever the study's
+    size (no FrozenTrial per trial: ~5 µs each, 50 ms for 10,000 trials)."""
     rows = session.execute(
         select(trials.c.trial_id, trials.c.number, trial_values.c.objective, trial_values.c.value)
         .add_columns(trial_values.c.value_type)
@@ -299,31 +301,22 @@ def completed_values(session: Session, study_id: int) -> list[FrozenTrial]:
     for row in rows:
         value = optuna_internals.STORED_INFINITY.get(row.value_type, row.value)
         values.setdefault((row.trial_id, row.number), []).append(value)
-    return [
-        FrozenTrial(
-            number=number,
-            state=TrialState.COMPLETE,
-            value=None,
-            values=vs,
-            datetime_start=None,
-            datetime_complete=None,
-            params={},
-            distributions={},
-            user_attrs={},
-            system_attrs={},
-            intermediate_values={},
-            trial_id=trial_id,
-        )
-        for (trial_id, number), vs in values.items()
-    ]
+    keys = list(values)
+    return (
+        [trial_id for trial_id, _ in keys],
+        [number for _, number in keys],
+        np.array(list(values.values()), dtype=float),
+    )
 
 
 def pareto_trials(session: Session, study_id: int, directions: Sequence[str]) -> list[FrozenTrial]:
-    """The study's Pareto front (``trainer.pareto_front``), best metric first, each trial with
+    """The study's Pareto front (``trainer.front_rows``), best metric first, each trial with
     its values, parameters, fold scores and spread (:func:`trial_summaries`)."""
-    front = pareto_front(completed_values(session, study_id), directions)
-    ids = [optuna_internals.trial_id(t) for t in front]
-    return trial_summaries(session, ids, ("fold_scores", "cv_std"))
+    ids, numbers, values = completed_values(session, study_id)
+    if not ids:
+        return []
+    front = front_rows(numbers, values, directions)
+    return trial_summaries(session, [ids[r] for r in front], ("fold_scores", "cv_std"))
 
 
 def trial_id_of(session: Session, study_id: int, number: int) -> int | None:

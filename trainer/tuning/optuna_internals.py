@@ -9,10 +9,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, cast
 
+import numpy as np
 import optuna
 from optuna.storages import BaseStorage
 from optuna.study import StudyDirection, _multi_objective
-from optuna.trial import FrozenTrial
 
 if TYPE_CHECKING:
     from sqlalchemy import Table
@@ -141,13 +141,15 @@ def prune_on_metric(trial: optuna.Trial) -> bool:
     return study.pruner.prune(view, storage.get_trial(trial_id(trial)))
 
 
-def pareto_front(trials: Sequence[FrozenTrial], directions: Sequence[str]) -> list[FrozenTrial]:
-    """The non-dominated COMPLETE trials of ``trials`` in ``directions`` ("maximize" or
-    "minimize" per objective): Optuna's own rule, the one that ``Study.best_trials`` applies
-    to a study's trials, for trials read apart from their study (the service reads a large
-    study's values in one query, not every trial whole)."""
-    ways = [StudyDirection[d.upper()] for d in directions]
-    return _multi_objective._get_pareto_front_trials_by_trials(trials, ways)
+def on_pareto_front(values: np.ndarray, directions: Sequence[str]) -> np.ndarray:
+    """Which rows of ``values`` ``[n, objectives]`` (completed trials' values) no other row
+    dominates in ``directions`` ("maximize" or "minimize" per objective): Optuna's own rule,
+    the one ``Study.best_trials`` applies (a sort and a sweep in two dimensions), on plain
+    numbers, so that a front is found without a FrozenTrial per trial (the service reads a
+    large study's values in one query)."""
+    sign = np.array([-1.0 if d == "maximize" else 1.0 for d in directions])
+    loss = np.where(np.isnan(values), np.inf, values * sign)  # Optuna's: a missing value loses
+    return _multi_objective._is_pareto_front(loss, assume_unique_lexsorted=False)
 
 
 class _MetricDirected(optuna.Study):

@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Literal
 
+import numpy as np
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
@@ -87,13 +88,24 @@ def best_by_metric(trials: Sequence[FrozenTrial], direction: str) -> FrozenTrial
     return min(done, key=lambda t: (sign * metric_of(t), t.number))
 
 
-def pareto_front(trials: Sequence[FrozenTrial], directions: Sequence[str]) -> list[FrozenTrial]:
-    """The completed trials that no other beats on both objectives (Optuna's
-    ``Study.best_trials`` of these trials) in ``directions`` (:func:`study_directions`), best
-    metric first, then smallest."""
-    front = optuna_internals.pareto_front(trials, directions)
+def front_rows(numbers: Sequence[int], values: np.ndarray, directions: Sequence[str]) -> list[int]:
+    """The rows of ``values`` ``[n, 2]`` (completed trials' metric and size, ``numbers`` the
+    trials') that no other row beats on both objectives in ``directions``
+    (:func:`study_directions`; Optuna's ``Study.best_trials`` rule), best metric first, then
+    smallest, then first."""
+    on = optuna_internals.on_pareto_front(values, directions)
     sign = best_first(directions[0])
-    return sorted(front, key=lambda t: (sign * metric_of(t), t.values[1], t.number))
+    return sorted(
+        np.flatnonzero(on).tolist(),
+        key=lambda r: (sign * values[r, 0], values[r, 1], numbers[r]),
+    )
+
+
+def pareto_front(trials: Sequence[FrozenTrial], directions: Sequence[str]) -> list[FrozenTrial]:
+    """The completed trials of ``trials`` on the Pareto front, in :func:`front_rows`' order."""
+    done = [t for t in trials if t.state == TrialState.COMPLETE]
+    values = np.array([t.values for t in done], dtype=float).reshape(len(done), len(directions))
+    return [done[r] for r in front_rows([t.number for t in done], values, directions)]
 
 
 def picked(
