@@ -44,10 +44,13 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 if ((dry)); then
   device=cpu trials=2 pop=3 epochs=2 tune_trials=2 threads="--threads 1"
   tests="refilled or layer_runs" net_pop=2 net_engines="--engines=textbook,population P=2"
+  # One first-time compile, not two (bf16 too): each costs ~45 s of a CPU's dry run.
+  main_engines="--engines=textbook,per-trial,population P=3,population P=3 compiled"
+  main_engines+=",population P=3 bf16,population P=2,population P=2 ×2 processes"
   aug_epochs=2
 else
   device=cuda trials=8 pop=${POP:-512} epochs=10 tune_trials=16 threads=""
-  tests="" net_pop=${NET_POP:-256} net_engines=""
+  tests="" net_pop=${NET_POP:-256} net_engines="" main_engines=""
   aug_epochs=3
 fi
 status=0
@@ -102,7 +105,7 @@ step equivalence env REGTUNE_TEST_DEVICE=$device "$PY" -m pytest -q -p no:cachep
 # shellcheck disable=SC2086
 step engines "$PY" benchmarks/engines.py --device $device --trials $trials \
   --population-trials $pop --epochs $epochs --precision fp32,bf16 $threads \
-  --append "$WORK/engines.md"
+  ${main_engines:+"$main_engines"} --append "$WORK/engines.md"
 for net in layers-cnn plugin; do
   # shellcheck disable=SC2086
   step "engines-$net" "$PY" benchmarks/engines.py --device $device --model $net \
