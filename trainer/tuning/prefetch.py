@@ -6,9 +6,10 @@ statistics come with it), one after the other on one core. scikit-learn serves o
 protocol's rows (:func:`trainer.data.splits.protocol_rows`) and the built-in datasets, neither
 of which needs torch, so a process forked before torch is imported loads the data and draws the
 rows on another core while the caller imports torch, and sends back the rows, with the data
-itself for a built-in set (small by construction; a file's data the caller reads itself, not
-through a pipe). The searcher processes are forked from the caller, which never imported
-scikit-learn: they take the rows as they are.
+itself for a built-in set (small by construction). A file's data the caller reads itself rather
+than through a pipe: it is read twice, once in each process, at the same time on two cores, and
+the helper's copy is gone once it has answered. The searcher processes are forked from the
+caller, which never imported scikit-learn: they take the rows as they are.
 
 The helper exits once it has sent its answer; it is asked to die with its parent
 (:func:`trainer.lifetime.on_parent_death`), and the parent reaps it when the answer comes.
