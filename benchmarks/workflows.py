@@ -170,14 +170,14 @@ def peer_worker(journal: str, spec_file: str, trials: int) -> None:
     storage = JournalStorage(JournalFileBackend(journal))
     study = optuna.load_study(study_name="peer", storage=storage)
 
+    # The ranges the served study searched (the default space), each drawn by Optuna's own call.
+    space = {name: getattr(study_spec.search_space, name) for name in PEER_PARAMS}
+
     def objective(trial: optuna.Trial) -> float:
         values = {
-            "weight_decay": trial.suggest_float("weight_decay", 1e-6, 1e-1, log=True),
-            "l1": trial.suggest_float("l1", 1e-7, 1e-3, log=True),
-            "dropout": trial.suggest_float("dropout", 0.0, 0.7),
-            "bn_momentum": trial.suggest_float("bn_momentum", 0.01, 0.99),
-            "patience": spec["search_space"]["patience"],  # fixed: no early stopping
+            name: trial.suggest_float(name, r.low, r.high, log=r.log) for name, r in space.items()
         }
+        values["patience"] = spec["search_space"]["patience"]  # fixed: no early stopping
         return textbook(work, [TrialConfig.from_values(study_spec, values)])[0]
 
     study.optimize(objective, n_trials=trials)

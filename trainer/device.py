@@ -35,9 +35,10 @@ def keep_freed_memory() -> bool:
 
     A training step frees and allocates the same large temporaries (activations, gradients,
     dropout masks) at every step. Past glibc's mmap threshold each one is fresh pages, faulted
-    in and zeroed again by the kernel: about 70,000 page faults in ten epochs of a digits MLP
-    stack, some 6 % of its CPU time (measured with ``perf stat``). PyTorch's CPU performance
-    guide gets the same from jemalloc or tcmalloc; this asks the allocator already loaded.
+    in and zeroed again by the kernel: about 60,000 page faults in eleven epochs of a digits
+    MLP stack, 2–11 % of its CPU time in three paired runs (``perf stat``). PyTorch's CPU
+    performance guide gets the same from jemalloc or tcmalloc; this asks the allocator already
+    loaded.
     The memory stays the process's own, as it would at the step's peak anyway.
     """
     if not sys.platform.startswith("linux"):

@@ -289,7 +289,7 @@ def best_trial_id(session: Session, study_id: int, direction: str) -> int | None
 def completed_values(session: Session, study_id: int) -> tuple[list[int], list[int], np.ndarray]:
     """The study's COMPLETE trials as plain rows, in one query: their ids, numbers and values
     ``[n, objectives]``, what a trade-off's Pareto front is found from, whatever the study's
-    size (no FrozenTrial per trial: ~5 µs each, 50 ms for 10,000 trials)."""
+    size, without a FrozenTrial made per trial."""
     rows = session.execute(
         select(trials.c.trial_id, trials.c.number, trial_values.c.objective, trial_values.c.value)
         .add_columns(trial_values.c.value_type)

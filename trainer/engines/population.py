@@ -310,11 +310,9 @@ class Population:
     def evaluate(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(validation data loss, objective on the scored rows) per model, in evaluation mode:
         both sets of rows in one forward pass (half the launches of two)."""
-        rows, width = self.rows, self.rows.val_index.shape[1]
-        index = torch.cat([rows.val_index, rows.score_index], dim=1)
-        position = torch.arange(index.shape[1], device=self.device)[None, :]
-        val = position[:, :width] < rows.val_len[:, None]
-        scored = position[:, width:] - width < rows.score_len[:, None]
+        rows = self.rows
+        index, val, scored = rows.eval_index, rows.val_valid, rows.score_valid
+        width = val.shape[1]
         valid = torch.cat([val, scored], dim=1)
         # In passes of at most EVAL_ROWS model-rows: the activations of all M models' rows at
         # once are the stack's peak memory. Each row's output is its own in evaluation mode

@@ -178,11 +178,11 @@ def fused_adam_runs(
     does it once.
     """
     b1, b2 = ADAM_BETAS
+    kinds = [(decay, [i for i, d in enumerate(decayed) if d == decay]) for decay in (True, False)]
     for run in runs:
         rows = slice(run.start, run.stop)
         step = torch.full((), float(run.t))  # the kernel reads one step count per tensor
-        for decay in (True, False):
-            chosen = [i for i, d in enumerate(decayed) if d == decay]
+        for decay, chosen in kinds:
             if not chosen:
                 continue
             p = [params[i][rows] for i in chosen]
@@ -270,7 +270,7 @@ class StackedOptimizer:
         self.moments = {
             name: (torch.zeros_like(p), torch.zeros_like(p)) for name, p in params.items()
         }
-        self.steps = torch.zeros(M, device=device)  # float32, as the fused kernel takes them
+        self.steps = torch.zeros(M, device=device)  # Adam's t per model, for stacked_update
         # torch's fused Adam over row views (one call per learning rate) is the fastest eager
         # CPU update; elsewhere the one-call stacked update (compiled, fused by inductor).
         self.fused = adam and device.type == "cpu" and not compile
@@ -326,8 +326,8 @@ class StackedOptimizer:
                 unit_dims=self.unit_dims,
             )
             return
-        self.steps.add_(stepping.to(self.steps.dtype))
-        self.host[rows, 3] += 1  # the kernel reads each model's t after counting this step
+        # The fused kernel takes t from the host's count (the device's serves stacked_update).
+        self.host[rows, 3] += 1  # counted before the step, as torch's Adam does
         values = self.host.copy()
         if self.training.grad_clip is not None:
             # Clipping comes between L1 and L2: both by the stacked arithmetic, not per run.

@@ -115,6 +115,13 @@ class StackedRows:
         self.val_len = torch.tensor(val_len, device=dev)
         self.score_len = torch.tensor(score_len, device=dev)
         self.n_max = max(self.fit_sizes)
+        # What every epoch's evaluation reads, in one pass (its validation rows, then its scored
+        # rows), made once: each row's index, and which are real validation or scored rows.
+        self.eval_index = torch.cat([self.val_index, self.score_index], dim=1)
+        position = torch.arange(self.eval_index.shape[1], device=dev)[None, :]
+        width = self.val_index.shape[1]
+        self.val_valid = position[:, :width] < self.val_len[:, None]
+        self.score_valid = position[:, width:] - width < self.score_len[:, None]
         # A row with no validation rows (a refit) trains its fixed epochs: each epoch's weights
         # replace the best, and patience never runs out.
         self.unvalidated = self.val_len == 0

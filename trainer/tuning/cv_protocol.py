@@ -79,5 +79,4 @@ class CVProtocol:
         if check_network:
             network_sizes(spec, dataset)
         drawn = rows() if rows is not None else protocol_rows(dataset, spec.cv, spec.seed)
-        pool, test, splits = drawn.pool, drawn.test, drawn.splits
-        return cls(metric, pool, test, splits)
+        return cls(metric, drawn.pool, drawn.test, drawn.splits)
