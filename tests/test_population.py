@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import weakref
 
 import numpy as np
 import optuna
@@ -13,13 +14,14 @@ from equivalence import REASSOCIATED, assert_close, assert_identical
 from servers import tiny_study
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from trainer import device as devices
 from trainer.data.builtin_sets import load_builtin
 from trainer.engines.folds import fold_seed
 from trainer.engines.per_trial import FoldRun, cross_validate
 from trainer.engines.population import Population, train_population
 from trainer.engines.trial_config import TrialConfig
 from trainer.specs.study_spec import StudySpec
-from trainer.tuning import objective
+from trainer.tuning import objective, population_search
 from trainer.tuning.cv_protocol import CVProtocol
 from trainer.tuning.study import run_study
 
@@ -496,14 +498,25 @@ def fault_study(n_trials: int, **extra: object) -> StudySpec:
     )
 
 
-def test_out_of_memory_halves_the_population_and_loses_no_trial(wine) -> None:
+def test_out_of_memory_halves_the_population_and_loses_no_trial(wine, monkeypatch) -> None:
 
     sizes: list[int] = []
+    too_big: list[weakref.ref[Population]] = []
+    released: list[bool] = []
+
+    def release_memory(device: torch.device, error: BaseException) -> None:
+        # On a GPU empty_cache returns only what nothing holds: the stack that ran out must be
+        # gone by then (the error's traceback held it alive).
+        devices.release_memory(device, error)
+        released.append(all(ref() is None for ref in too_big))
+
+    monkeypatch.setattr(population_search, "release_memory", release_memory)
 
     class SmallDevice(Population):  # what fits: two trials at a time
         def train_epoch(self) -> None:
             sizes.append(self.P)
             if self.P > 2:
+                too_big.append(weakref.ref(self))
                 raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
             super().train_epoch()
 
@@ -514,6 +527,7 @@ def test_out_of_memory_halves_the_population_and_loses_no_trial(wine) -> None:
     assert states == [optuna.trial.TrialState.COMPLETE] * 8
     # The stack of 4 fails once; its trials start again in stacks of 2, and so do all after.
     assert sizes[0] == 4 and set(sizes[1:]) == {2}
+    assert len(too_big) == 1 and released == [True]
 
 
 def test_a_trial_that_does_not_fit_alone_fails_with_the_reason(wine) -> None:

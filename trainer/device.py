@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import ctypes
+import gc
 import os
 import sys
+import traceback
 
 import torch
 
@@ -63,3 +65,16 @@ def configure_device(device: torch.device) -> None:
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
+
+
+def release_memory(device: torch.device, error: BaseException) -> None:
+    """Give the memory of whatever ``error`` was raised through back to the device.
+
+    An out-of-memory error's traceback holds the frames it passed (``Population.train_epoch``
+    and its ``self``), so the failed stack's tensors outlive the stack's last reference until the
+    frames are cleared; and ``torch.cuda.empty_cache`` returns only blocks nothing holds. The
+    caller drops its own references first."""
+    traceback.clear_frames(error.__traceback__)
+    gc.collect()  # the stack's modules and autograd graph hold reference cycles
+    if device.type == "cuda":
+        torch.cuda.empty_cache()

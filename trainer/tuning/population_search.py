@@ -31,6 +31,7 @@ import optuna
 import torch
 from optuna.trial import FrozenTrial, TrialState
 
+from trainer.device import release_memory
 from trainer.engines import compiled
 from trainer.engines.population import Population, ShapeKey, SlotEpoch, shape_key
 from trainer.engines.trial_config import TrialConfig
@@ -144,6 +145,7 @@ class PopulationEngine:
             stack.assign(slot, entry.config, trial_seed(training.spec.seed, entry.trial.number))
         except torch.OutOfMemoryError as exc:
             self.stacks.pop(key, None)
+            stack = None  # its memory is released in retry_smaller
             self.retry_smaller(trials, exc, [entry])
             return False
         except training.passthrough:
@@ -157,7 +159,8 @@ class PopulationEngine:
 
     def train(self, trials: AskAndTell) -> None:
         """One epoch of every stack, then each trial that trained is told how it stands."""
-        for key, stack in list(self.stacks.items()):
+        for key in list(self.stacks):  # keys: a list of the stacks would keep a dropped one
+            stack = self.stacks[key]
             if stack.occupied() == 0:
                 del self.stacks[key]
                 continue
@@ -166,6 +169,7 @@ class PopulationEngine:
                 reports = stack.end_epoch()
             except torch.OutOfMemoryError as exc:
                 del self.stacks[key]
+                del stack  # the last reference here: retry_smaller releases its memory
                 self.retry_smaller(trials, exc, self.evict(key))
                 continue
             except TrialInterrupted:
@@ -234,9 +238,8 @@ class PopulationEngine:
     ) -> None:
         """Out of memory: halve the stack size and start ``entries`` again; at one slot, they
         fail."""
-        if torch.device(self.training.device).type == "cuda":
-            torch.cuda.empty_cache()
         if self.size == 1:
+            release_memory(torch.device(self.training.device), exc)
             for entry in entries:
                 self.fail(trials, entry.trial, failure_reason(exc))
             return
@@ -246,6 +249,8 @@ class PopulationEngine:
         for key in [k for k, s in self.stacks.items() if self.size < s.P]:
             del self.stacks[key]
             entries.extend(self.evict(key))
+        # Only now is every dropped stack unreferenced, so its memory can go back.
+        release_memory(torch.device(self.training.device), exc)
         log.warning(
             "out of memory with %d trials in training; retrying them with P ≤ %d",
             len(entries) + len(self.running),
