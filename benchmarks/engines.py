@@ -67,6 +67,7 @@ from trainer import (
     suggest,
     train_population,
 )
+from trainer.engines.layout import stack_bytes
 
 WORKLOADS = {
     "mlp": "MLP 64-256-256-10 (BN, dropout)",
@@ -257,6 +258,32 @@ def augmented(engine: Engine, spec: StudySpec) -> Engine:
     return run
 
 
+@dataclass(frozen=True)
+class Entry:
+    """An engine of the table: how it runs ``trials`` trials, in which precision; for a
+    population, the trials per ``stack`` (for its memory count), ``compiled``, and the
+    ``processes`` it runs in (0: this one)."""
+
+    run: Engine
+    trials: int
+    precision: str = "fp32"
+    stack: int | None = None
+    compiled: bool = False
+    processes: int = 0
+
+
+@dataclass(frozen=True)
+class Row:
+    """An engine's fastest run: wall seconds, torch threads, CV scores, a GPU's peak bytes."""
+
+    name: str
+    entry: Entry
+    wall: float
+    threads: int
+    scores: list[float]
+    peak: int | None = None
+
+
 def population_of(size: int | None, precision: str = "fp32", compile: bool = False) -> Engine:
     """Populations of ``size`` trials (None: all at once), one after another, here."""
 
@@ -391,6 +418,12 @@ def main() -> None:
     parser.add_argument(
         "--augment", action="store_true", help="also the population with every augmentation"
     )
+    parser.add_argument(
+        "--scan",
+        type=lambda text: [int(p) for p in text.split(",")],
+        default=[],
+        help="comma-separated P: also an eager population of each size (P trials, one stack)",
+    )
     args = parser.parse_args()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     if args.model == "plugin":
@@ -414,37 +447,40 @@ def main() -> None:
     cores = os.cpu_count() or 1
     precisions = args.precision.split(",")
     work = Workload(data, protocol, device)
-    engines: dict[str, tuple[Engine, int, str]] = {
-        "textbook": (textbook, args.trials, "fp32"),
-        "per-trial": (per_trial, args.trials, "fp32"),
+    engines: dict[str, Entry] = {
+        "textbook": Entry(textbook, args.trials),
+        "per-trial": Entry(per_trial, args.trials),
     }
     for precision in precisions:
         tag = "" if precision == "fp32" else f" {precision}"
-        engines[f"population P={big}{tag}"] = (population_of(None, precision), big, precision)
-        engines[f"population P={big} compiled{tag}"] = (
-            population_of(None, precision, compile=True),
-            big,
-            precision,
+        engines[f"population P={big}{tag}"] = Entry(
+            population_of(None, precision), big, precision, stack=big
+        )
+        engines[f"population P={big} compiled{tag}"] = Entry(
+            population_of(None, precision, compile=True), big, precision, stack=big, compiled=True
         )
     if args.augment:  # (f): beside the same engines without augmentation
         for tag, compiles in (("", False), (" compiled", True)):
-            engines[f"population P={big}{tag} augmented"] = (
+            engines[f"population P={big}{tag} augmented"] = Entry(
                 augmented(population_of(None, compile=compiles), spec),
                 big,
-                "fp32",
+                stack=big,
+                compiled=compiles,
             )
+    for size in args.scan:  # eager, one stack of each size: where the step stops scaling
+        engines[f"population P={size}"] = Entry(population_of(None), size, stack=size)
     pool = None
     if not cuda:
         cpu_size = population_size(spec, data, torch.device("cpu"))
         pool = ProcessPoolExecutor(cores, mp_context=get_context("spawn"), initializer=_one_thread)
         list(pool.map(_one_thread_ready, range(cores)))  # start the processes before any clock
-        engines[f"population P={cpu_size}"] = (population_of(cpu_size), args.trials, "fp32")
+        engines[f"population P={cpu_size}"] = Entry(
+            population_of(cpu_size), args.trials, stack=cpu_size
+        )
         # The layout's choice, twice it, and the trials shared evenly over the processes.
         for size in sorted({cpu_size, 2 * cpu_size, -(-args.trials // cores)}):
-            engines[f"population P={size} ×{cores} processes"] = (
-                population_in(pool, size),
-                args.trials,
-                "fp32",
+            engines[f"population P={size} ×{cores} processes"] = Entry(
+                population_in(pool, size), args.trials, stack=size, processes=cores
             )
     # A GPU engine runs one thread; a CPU one at 1 and at all threads, the faster counting.
     thread_options = [1] if cuda else sorted({1, cores})
@@ -455,18 +491,22 @@ def main() -> None:
 
     rows = []
     for name in args.engines.split(",") if args.engines else engines:
-        run, n_trials, precision = engines[name]
-        in_processes = name.endswith("processes")
+        entry = engines[name]
         best: tuple[float, int, list[float]] | None = None
-        for threads in [1] if in_processes else thread_options:
+        peak = None
+        for threads in [1] if entry.processes else thread_options:
             torch.set_num_threads(threads)
-            if "compiled" in name:  # compiled once per shape; the timed run reuses it
-                run(work, for_epochs(configs[:n_trials], 1))
+            if entry.compiled:  # compiled once per shape; the timed run reuses it
+                entry.run(work, for_epochs(configs[: entry.trials], 1))
             sync(device)
+            if cuda:
+                torch.cuda.reset_peak_memory_stats(device)
             start = time.perf_counter()
-            scores = run(work, configs[:n_trials])
+            scores = entry.run(work, configs[: entry.trials])
             sync(device)
             wall = time.perf_counter() - start
+            if cuda:
+                peak = torch.cuda.max_memory_allocated(device)
             print(
                 f"{name:>10} threads={threads}: {wall:6.1f} s, best CV {max(scores):.4f}",
                 flush=True,
@@ -474,14 +514,15 @@ def main() -> None:
             if best is None or wall < best[0]:
                 best = (wall, threads, scores)
         assert best is not None
-        rows.append((name, n_trials, precision, *best))
+        rows.append(Row(name, entry, *best, peak=peak))
     if pool is not None:
         pool.shutdown()
 
     def fold_epochs(n_trials: int) -> int:
         return n_trials * len(protocol.splits) * args.epochs
 
-    base = fold_epochs(rows[0][1]) / rows[0][3] if rows[0][0] == "textbook" else None
+    first = rows[0]
+    base = fold_epochs(first.entry.trials) / first.wall if first.name == "textbook" else None
     where = torch.cuda.get_device_name(device) if cuda else f"CPU: {machine()}"
     lines = [
         f"\n## Engines: textbook vs per-trial vs population, {args.model} on "
@@ -493,30 +534,40 @@ def main() -> None:
         f"{args.epochs} epochs; {per_fold_epoch / 1e9:.2f} GFLOP per fold-epoch of training "
         "(torch's FlopCounterMode × rows); a compiled engine is timed after one warm-up epoch",
         "- dense matmul: " + ", ".join(f"{p} {peaks[p] / 1e12:.3f} TFLOP/s" for p in sorted(peaks)),
+        "- memory: the device's peak while the engine ran (a GPU's `max_memory_allocated`) "
+        "beside the memory model's count for one stack (`layout.stack_bytes`, what P on a GPU "
+        "is chosen by)",
         "",
     ]
 
-    def row(
-        name: str, n_trials: int, precision: str, wall: float, threads: int, scores: list[float]
-    ) -> list[str]:
-        speed = fold_epochs(n_trials) / wall
-        rate = per_fold_epoch * fold_epochs(n_trials) / wall
+    def mib(size: float | None) -> str:
+        return "–" if size is None else f"{size / 2**20:.0f}"
+
+    def row(r: Row) -> list[str]:
+        speed = fold_epochs(r.entry.trials) / r.wall
+        rate = per_fold_epoch * fold_epochs(r.entry.trials) / r.wall
+        model = None
+        if r.entry.stack is not None:
+            models = r.entry.stack * len(protocol.splits)
+            model = stack_bytes(spec, data, models, compiled=r.entry.compiled)
         return [
-            name,
-            str(n_trials),
-            str(threads),
-            f"{wall:.1f}",
+            r.name,
+            str(r.entry.trials),
+            str(r.threads),
+            f"{r.wall:.1f}",
             f"{speed:.1f}",
             f"{speed / base:.2f}" if base else "–",
-            f"{max(scores):.4f}",
+            f"{max(r.scores):.4f}",
             f"{rate / 1e9:.2f}",
-            f"{100 * rate / peaks[precision]:.2f}",
+            f"{100 * rate / peaks[r.entry.precision]:.2f}",
+            mib(r.peak),
+            mib(model),
         ]
 
     header = ["engine", "trials", "threads", "wall s", "fold-epochs/s", "× textbook"]
-    header += ["best CV acc", "GFLOP/s", "% of matmul"]
-    lines += markdown_table(header, "lrrrrrrrr", (row(*r) for r in rows))
-    walls = {r[0]: r[3] for r in rows}
+    header += ["best CV acc", "GFLOP/s", "% of matmul", "peak MiB", "model MiB"]
+    lines += markdown_table(header, "lrrrrrrrrrr", (row(r) for r in rows))
+    walls = {r.name: r.wall for r in rows}
     ratios = [
         f"- augmentation ({', '.join(AUGMENTED)}): an epoch of {plain} takes "
         f"{wall / walls[plain]:.2f}× its time without (side by side in this run)"

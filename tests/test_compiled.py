@@ -5,8 +5,13 @@ batch's step beside it."""
 
 from __future__ import annotations
 
+import functools
+from typing import Any
+
 import pytest
 import torch
+from functorch.compile import make_boxed_func
+from torch._dynamo.backends.common import aot_autograd
 from torch._dynamo.utils import counters
 
 from trainer.engines import compiled
@@ -76,3 +81,41 @@ def test_the_compiled_step_is_built_once_and_computes_the_eager_engine(wine) -> 
             assert b.train_loss == c.train_loss  # the same graphs: bit for bit
             torch.testing.assert_close(a.train_loss, b.train_loss, rtol=1e-4, atol=1e-6)
             assert a.score == pytest.approx(b.score, abs=1e-6)
+
+
+def test_the_compiled_step_mutates_only_static_inputs(wine, monkeypatch) -> None:
+    """CUDA graphs (``reduce-overhead`` on a GPU) replay a graph only if every input it mutates
+    is static, an ``nn.Parameter`` or marked with ``torch._dynamo.mark_static_address``; else
+    torch logs "skipping cudagraphs due to mutated inputs" and runs without graphs. No GPU
+    here: the same two lists are read from AOTAutograd's metadata of each graph the stack
+    compiles (the forward, backward and update of a step, max-norm and clipping on), which
+    is what inductor's check on a GPU reads. And the step's forward is one graph: no break
+    splits it."""
+    unstatic: list[list[str]] = []
+    mutated = 0
+
+    def record(gm: torch.fx.GraphModule, _: list[torch.Tensor]) -> Any:
+        nonlocal mutated
+        meta = torch._guards.TracingContext.get().fw_metadata
+        names = [n.target for n in gm.graph.nodes if n.op == "placeholder"]
+        inputs = set(meta.mutated_inp_runtime_indices)
+        mutated += len(inputs)
+        unstatic.append([names[i] for i in sorted(inputs - set(meta.static_input_indices))])
+        return make_boxed_func(gm.forward)
+
+    backend = aot_autograd(
+        fw_compiler=record, bw_compiler=lambda gm, _: make_boxed_func(gm.forward)
+    )
+    recording = functools.cache(lambda f: torch.compile(f, backend=backend, dynamic=False))
+    monkeypatch.setattr(compiled, "compile_step", lambda f, _device: recording(f))
+    splits = CVProtocol.of(SPEC, wine).splits
+    config = cfg(max_norm=2.0)
+    population = Population(wine, splits, config, slots=1, metric="accuracy", compile=True)
+    population.assign(0, config, 1)
+    breaks = sum(counters["graph_break"].values())
+    population.train_epoch()
+    population.end_epoch()
+    assert sum(counters["graph_break"].values()) == breaks  # one graph a step, and CUDA graphs
+    assert len(unstatic) >= 2  # the step's forward and the update
+    assert mutated > 0  # BatchNorm's statistics, Adam's moments and the weights
+    assert unstatic == [[]] * len(unstatic), unstatic

@@ -6,12 +6,25 @@ import optuna
 import pytest
 import torch
 from networks_of import build_model, parameter_count
+from torch.profiler import ProfilerActivity, profile
+from torch.profiler._memory_profiler import MemoryProfileTimeline
 
 from trainer.engines import layout
+from trainer.engines.population import Population
+from trainer.engines.trial_config import TrialConfig
 from trainer.nets import networks
 from trainer.nets.networks import count_parameters
 from trainer.specs.study_spec import StudySpec
+from trainer.tuning.cv_protocol import CVProtocol
 from trainer.tuning.population_search import trials_at_once
+
+
+def profiled_peak(prof: profile) -> int:
+    """The most bytes alive at once in a CPU profile taken with ``profile_memory``, by torch's
+    memory timeline (private: ``export_memory_timeline`` draws it but returns nothing)."""
+    timeline = MemoryProfileTimeline(prof._memory_profile())
+    _, sizes = timeline._coalesce_timeline(torch.device("cpu"))
+    return max(sum(at) for at in sizes)
 
 
 def spec(**extra: object) -> StudySpec:
@@ -40,13 +53,57 @@ def test_the_memory_estimate_covers_the_widest_and_largest_searched_model() -> N
     wider = spec(search_space={"hidden": [[64], [512, 512]], "batch_size": [32, 256]})
     assert layout.widest(wider) == [512, 512] and layout.largest_batch(wider) == 256
     assert layout.largest_batch(spec(search_space={"batch_size": {"low": 16, "high": 128}})) == 128
-    assert layout.model_bytes(wider, (64,), 10, 1797) > 2 * layout.model_bytes(
-        base, (64,), 10, 1797
+    assert layout.model_bytes(wider, (64,), 10) > 2 * layout.model_bytes(base, (64,), 10)
+    # Parameters, gradients, both Adam moments and the snapshot: at least 5 words per weight;
+    # the eager update's temporaries more.
+    weights = count_parameters(build_model(base.model, (64,), 10, dropout=0.0, bn_momentum=0.1))
+    assert layout.model_bytes(base, (64,), 10, compiled=True) >= 4 * 6 * weights
+    assert layout.model_bytes(base, (64,), 10) >= 4 * 12 * weights
+    # Evaluation passes are bounded whatever the stack.
+    assert layout.evaluation_bytes(base, (64,), 10, 10**9) == layout.evaluation_bytes(
+        base, (64,), 10, layout.EVAL_ROWS
     )
-    # Parameters, gradients, both Adam moments and the snapshot: at least 5 words per weight.
-    assert layout.model_bytes(base, (64,), 10, 0) >= 4 * 5 * count_parameters(
-        build_model(base.model, (64,), 10, dropout=0.0, bn_momentum=0.1)
-    )
+
+
+def test_trials_that_fit_a_memory_budget(digits) -> None:
+    """P from a budget: each trial's K models and one evaluation pass fit; at least one
+    trial, at most the study's."""
+    study = spec(n_trials=100)
+    per_trial = study.cv.folds * layout.model_bytes(study, (64,), 10, compiled=True)
+    evaluation = layout.evaluation_bytes(study, (64,), 10, layout.EVAL_ROWS)
+    budget = evaluation + 7.5 * per_trial
+    assert layout.trials_that_fit(study, digits, budget, compiled=True) == 7
+    assert layout.trials_that_fit(study, digits, budget, compiled=False) < 7
+    assert layout.trials_that_fit(study, digits, 0, compiled=True) == 1
+    assert layout.trials_that_fit(spec(n_trials=3), digits, 1e15, compiled=True) == 3
+
+
+@pytest.mark.parametrize(
+    "model",
+    [
+        {"hidden": [256, 256]},
+        {"kind": "cnn", "channels": [8, 16], "hidden": [32]},
+    ],
+)
+def test_the_memory_model_bounds_the_measured_peak_of_an_epoch(digits, model: dict) -> None:
+    """The count (``layout.stack_bytes``, what P on a GPU is chosen by) against the peak that
+    torch's memory profiler measures over a CPU epoch (training, evaluation, the end-of-epoch
+    bookkeeping): an upper bound, and not a loose one (within 2.5×)."""
+    study = spec(model=model, training={"max_epochs": 3, "batch_size": 256})
+    protocol = CVProtocol.of(study, digits)
+    values = {"l1": 1e-4, "dropout": 0.2, "weight_decay": 1e-3, "bn_momentum": 0.1, "patience": 5}
+    configs = [TrialConfig.from_values(study, values)] * 2
+    with profile(
+        activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True, with_stack=True
+    ) as prof:  # from the stack's first tensor on: every allocation is in the timeline
+        pop = Population(digits, protocol.splits, configs[0], slots=2, metric="accuracy")
+        for slot, config in enumerate(configs):
+            pop.assign(slot, config, slot)
+        pop.train_epoch()  # gradients from its first step on, the snapshot at its end
+        pop.end_epoch()
+    peak = profiled_peak(prof)
+    estimate = layout.stack_bytes(study, digits, pop.M, compiled=False)
+    assert peak <= estimate <= 2.5 * peak, (peak / 2**20, estimate / 2**20)
 
 
 def test_a_cnn_counts_its_feature_maps() -> None:
@@ -57,8 +114,8 @@ def test_a_cnn_counts_its_feature_maps() -> None:
     # (4 words a unit), then the flattened maps, the head's block and its 10 outputs.
     units = 4 * (32 * 64 + 64 * 64) + 64 * 64 + 4 * 16 + 10
     assert networks.footprint(cnn.model, (1, 8, 8), 10).activations == units
-    assert layout.model_bytes(cnn, (1, 8, 8), 10, 1797) > 10 * layout.model_bytes(
-        head_only, (1, 8, 8), 10, 1797
+    assert layout.model_bytes(cnn, (1, 8, 8), 10) > 10 * layout.model_bytes(
+        head_only, (1, 8, 8), 10
     )
 
 

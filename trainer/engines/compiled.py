@@ -11,12 +11,22 @@ elementwise passes; whether that beats the eager engine there is measured, not a
 The caller hands over the eager function it wants compiled (:func:`compile_step`); each is
 compiled once per device type and cached here, so every population of a worker shares it: a
 second population of the same shape finds its graphs already built.
+
+CUDA graphs replay fixed addresses: cudagraph trees copy every input into the graph's own
+memory before each replay, unless it is static (an ``nn.Parameter``, or a tensor marked with
+``torch._dynamo.mark_static_address``), and they skip the graph altogether ("skipping
+cudagraphs due to mutated inputs") if it mutates an input that is not static. The step mutates
+BatchNorm's running statistics, Adam's moments and step counts and the parameters, and reads
+the data set and per-model settings: a stack marks its persistent tensors static
+(:func:`mark_static`), passes its parameters as Parameters, and the compiled update
+leaves its gradient inputs unmutated (tests/test_compiled.py checks the mutated inputs are
+static, by AOTAutograd's own metadata).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from functools import cache
 from typing import Any
 
@@ -61,3 +71,35 @@ def _compiled(function: Callable[..., Any], device_type: str) -> Callable[..., A
     torch_internals.raise_compile_cache_limit(CACHE_SIZE_LIMIT)
     mode = "reduce-overhead" if device_type == "cuda" else None
     return torch.compile(function, dynamic=False, mode=mode)
+
+
+def mark_static(*holders: object) -> int:
+    """Mark every tensor attribute of ``holders`` (directly, or in dicts, lists and tuples)
+    static for CUDA graphs (module docstring): the stack keeps them at one address and updates
+    them in place. Unguarded: a new stack's tensors re-record the graphs, they do not compile
+    them again. Returns how many were marked."""
+    import torch._dynamo  # seconds of imports: only a compiled stack pays them
+
+    count = 0
+    for tensor in _tensors_of(holders):
+        if not isinstance(tensor, torch.nn.Parameter):  # parameters are static already
+            torch._dynamo.mark_static_address(tensor, guard=False)
+            count += 1
+    return count
+
+
+def _tensors_of(holders: tuple[object, ...]) -> Iterator[torch.Tensor]:
+    for holder in holders:
+        yield from _tensors_in(list(vars(holder).values()))
+
+
+def _tensors_in(value: object) -> Iterator[torch.Tensor]:
+    """The tensors in ``value``: itself, or inside its dicts, lists and tuples (Adam's
+    moments are a dict of pairs)."""
+    if isinstance(value, torch.Tensor):
+        yield value
+    elif isinstance(value, dict):
+        yield from _tensors_in(list(value.values()))
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            yield from _tensors_in(item)

@@ -45,6 +45,7 @@ from trainer.data.datasets import Dataset
 from trainer.data.splits import Split
 from trainer.engines import augmentation, compiled, scoring, stacking
 from trainer.engines.folds import TrainedFold, fold_seed
+from trainer.engines.layout import EVAL_ROWS
 from trainer.engines.regularizers import nonzero, regularized_names, sparsity
 from trainer.engines.results import CVResult, DivergedError
 from trainer.engines.stacked_layers import Pass, StackedLayers
@@ -56,7 +57,6 @@ from trainer.nets.networks import count_parameters
 from trainer.specs.study_spec import Metric
 
 ShapeKey = tuple[tuple[int, ...], int, str]
-EVAL_ROWS = 1 << 16  # model-rows per evaluation pass (M models × rows)
 
 
 @functools.cache
@@ -139,6 +139,8 @@ class Population:
             self.M, self.input_shape, dataset.task, self.n_outputs, dev
         )
         self.seeds = torch.zeros(self.M, dtype=torch.long, device=dev)
+        if self.compiled:  # for CUDA graphs: no copy of them before a replay, no skip
+            compiled.mark_static(self.rows, self.layers, self.optimizer, self.record, self)
         # Host side: what each slot holds.
         self.occupant: list[TrialConfig | None] = [None] * slots
         self.started = [0.0] * slots

@@ -41,22 +41,28 @@ def regularized_gradients(
     decayed: list[bool],
     decoupled: bool,
     grad_clip: float | None,
+    in_place: bool = True,
 ) -> list[torch.Tensor]:
     """Per model: g ← ∇ + λ₁·sign θ (L1), clipped to ‖g‖ ≤ c over the model's parameters,
     then + λθ (coupled L2), in the order torch's optimizers and ``clip_grad_norm_`` take them.
-    ``grads`` are updated in place where that is possible."""
-    if l1 is not None:
-        for p, g, d in zip(params, grads, decayed, strict=True):
-            if d:
-                g.addcmul_(torch.sign(p), per_model(l1, p))  # sign: 4× faster than sgn on CPU
+    ``grads`` are updated in place where that is possible, unless not ``in_place`` (a compiled
+    step must not mutate them: they are new tensors every step, so not static for CUDA
+    graphs, and inductor fuses the new ones away)."""
+    grads = list(grads)
+    for i, (p, d) in enumerate(zip(params, decayed, strict=True)):
+        if l1 is not None and d:  # sign: 4× faster than sgn on CPU
+            g = grads[i]
+            grads[i] = (g.addcmul_ if in_place else g.addcmul)(torch.sign(p), per_model(l1, p))
     if grad_clip is not None:
         norm = torch.stack([g.pow(2).flatten(1).sum(1) for g in grads]).sum(0).sqrt()
         coef = (grad_clip / (norm + 1e-6)).clamp(max=1.0)
         grads = [g * per_model(coef, g) for g in grads]
+        in_place = True  # these are this function's own
     if not decoupled:
-        for p, g, d in zip(params, grads, decayed, strict=True):
+        for i, (p, d) in enumerate(zip(params, decayed, strict=True)):
             if d:
-                g.addcmul_(p, per_model(weight_decay, p))
+                g = grads[i]
+                grads[i] = (g.addcmul_ if in_place else g.addcmul)(p, per_model(weight_decay, p))
     return grads
 
 
@@ -97,6 +103,7 @@ def stacked_update(
         decayed=decayed,
         decoupled=decoupled,
         grad_clip=grad_clip,
+        in_place=False,
     )
     steps.add_(go.to(steps.dtype))
     if decoupled:
@@ -294,7 +301,9 @@ class StackedOptimizer:
         """One step of every model whose ``stepping`` is set (``rows``: the same models as the
         host knows them, for the fused CPU kernel); ``uses_l1``: some model's λ₁ is not 0,
         ``uses_max_norm``: some model has a max-norm c (otherwise nothing is projected)."""
-        params = [p.detach() for p in self.params.values()]
+        # The Parameters themselves (updated in place under no_grad): a compiled update sees
+        # them as static for CUDA graphs, which a detached alias is not.
+        params: list[torch.Tensor] = list(self.params.values())
         grads = [
             p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params.values()
         ]

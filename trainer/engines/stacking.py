@@ -128,7 +128,7 @@ class Program:
         env: dict[fx.Node, Any] = {self.input: x}
         for node, op, args, kwargs in self.steps:
             env[node] = op(stack, context, args(env), kwargs)
-        return fx.node.map_arg(self.output, env.__getitem__)
+        return _resolved(self.output, env)
 
     def add(self, node: fx.Node, op: Op) -> None:
         if any(isinstance(v, fx.Node) for v in node.kwargs.values()):
@@ -138,13 +138,26 @@ class Program:
 
 def _arguments(args: tuple[Any, ...]) -> Arguments:
     """A node's positional arguments from the values computed so far: the nodes looked up,
-    constants as they are (nested ones, such as ``torch.cat``'s list, by fx's ``map_arg``)."""
+    constants as they are (nested ones, such as ``torch.cat``'s list, by :func:`_resolved`)."""
     if len(args) == 1 and isinstance(args[0], fx.Node):
         only = args[0]
         return lambda env: (env[only],)
     if any(isinstance(a, list | tuple | dict) for a in args):
-        return lambda env: fx.node.map_arg(args, env.__getitem__)
+        return lambda env: _resolved(args, env)
     return lambda env: tuple(env[a] if isinstance(a, fx.Node) else a for a in args)
+
+
+def _resolved(value: Any, env: dict[fx.Node, Any]) -> Any:
+    """``value`` with each node replaced by its value in ``env``, through lists, tuples and
+    dicts: what ``fx.node.map_arg`` does, in Python that dynamo traces (map_arg's ``callable``
+    check on ``env.__getitem__`` broke the compiled step's graph in three)."""
+    if isinstance(value, fx.Node):
+        return env[value]
+    if isinstance(value, list | tuple):
+        return type(value)(_resolved(v, env) for v in value)
+    if isinstance(value, dict):
+        return {k: _resolved(v, env) for k, v in value.items()}
+    return value
 
 
 def _shift(dim: int, what: str) -> int:

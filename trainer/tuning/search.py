@@ -26,7 +26,7 @@ from typing import Protocol
 import optuna
 import torch
 
-from trainer.engines import layout
+from trainer.engines import compiled, layout
 from trainer.engines.population import Population
 from trainer.tuning.ask_tell import AskAndTell, Callback
 from trainer.tuning.budget import Budget
@@ -80,7 +80,13 @@ def choose_engine(
     if reason is not None:
         return PerTrialEngine(Objective(training, note=reason))
     device = torch.device(training.device)
-    size = layout.population_size(training.spec, training.dataset, device, population)
+    size = layout.population_size(
+        training.spec,
+        training.dataset,
+        device,
+        population,
+        compiled=compiled.wanted(device, compile),
+    )
     return PopulationEngine(training, size, build_stack=build_stack, compile=compile)
 
 
