@@ -67,6 +67,7 @@ from trainer import (
     suggest,
     train_population,
 )
+from trainer.engines.compiled import CompileCounts
 from trainer.engines.layout import stack_bytes
 
 WORKLOADS = {
@@ -256,6 +257,21 @@ def augmented(engine: Engine, spec: StudySpec) -> Engine:
         return engine(work, more)
 
     return run
+
+
+def compile_row(
+    name: str, warm_s: float, built: CompileCounts, timed: CompileCounts
+) -> list[object]:
+    skips = built.cudagraph_skips + timed.cudagraph_skips
+    return [
+        name,
+        f"{warm_s:.1f}",
+        built.graphs,
+        built.graph_breaks,
+        skips,
+        timed.graphs,
+        timed.recompiles,
+    ]
 
 
 @dataclass(frozen=True)
@@ -474,8 +490,8 @@ def main() -> None:
         cpu_size = population_size(spec, data, torch.device("cpu"))
         pool = ProcessPoolExecutor(cores, mp_context=get_context("spawn"), initializer=_one_thread)
         list(pool.map(_one_thread_ready, range(cores)))  # start the processes before any clock
-        engines[f"population P={cpu_size}"] = Entry(
-            population_of(cpu_size), args.trials, stack=cpu_size
+        engines.setdefault(  # a --scan entry of that size stays one stack
+            f"population P={cpu_size}", Entry(population_of(cpu_size), args.trials, stack=cpu_size)
         )
         # The layout's choice, twice it, and the trials shared evenly over the processes.
         for size in sorted({cpu_size, 2 * cpu_size, -(-args.trials // cores)}):
@@ -490,6 +506,9 @@ def main() -> None:
     peaks.setdefault("fp32", max(matmul_rate(device, "fp32", t) for t in thread_options))
 
     rows = []
+    # Per compiled engine: its warm-up epoch's seconds (compilation included), what that built,
+    # and what the timed run added.
+    compilations: dict[str, tuple[float, CompileCounts, CompileCounts]] = {}
     for name in args.engines.split(",") if args.engines else engines:
         entry = engines[name]
         best: tuple[float, int, list[float]] | None = None
@@ -497,7 +516,11 @@ def main() -> None:
         for threads in [1] if entry.processes else thread_options:
             torch.set_num_threads(threads)
             if entry.compiled:  # compiled once per shape; the timed run reuses it
+                before, start = CompileCounts.now(), time.perf_counter()
                 entry.run(work, for_epochs(configs[: entry.trials], 1))
+                sync(device)
+                warm = time.perf_counter() - start, CompileCounts.now()
+                compilations[name] = (warm[0], warm[1] - before, warm[1])
             sync(device)
             if cuda:
                 torch.cuda.reset_peak_memory_stats(device)
@@ -515,6 +538,9 @@ def main() -> None:
                 best = (wall, threads, scores)
         assert best is not None
         rows.append(Row(name, entry, *best, peak=peak))
+        if name in compilations:  # what the timed run compiled again: nothing, if all is well
+            warm_s, built, at = compilations[name]
+            compilations[name] = (warm_s, built, CompileCounts.now() - at)
     if pool is not None:
         pool.shutdown()
 
@@ -567,6 +593,20 @@ def main() -> None:
     header = ["engine", "trials", "threads", "wall s", "fold-epochs/s", "× textbook"]
     header += ["best CV acc", "GFLOP/s", "% of matmul", "peak MiB", "model MiB"]
     lines += markdown_table(header, "lrrrrrrrrrr", (row(r) for r in rows))
+    if compilations:
+        lines += [
+            "",
+            "Compilation (torch.compile's counters; the warm-up is one epoch, compiling included; "
+            "a graph built again while timed is a recompile):",
+            "",
+        ]
+        header = ["engine", "warm-up s", "graphs", "graph breaks", "cudagraph skips"]
+        header += ["graphs while timed", "recompiles while timed"]
+        lines += markdown_table(
+            header,
+            "lrrrrrr",
+            (compile_row(name, *counts) for name, counts in compilations.items()),
+        )
     walls = {r.name: r.wall for r in rows}
     ratios = [
         f"- augmentation ({', '.join(AUGMENTED)}): an epoch of {plain} takes "

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import device_tests
 import optuna
 import pytest
 import torch
@@ -42,3 +44,20 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
     else:
         with fresh_postgres_database() as (url, _):
             yield url
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    device_tests.select(config, items)  # with REGTUNE_TEST_DEVICE: the tests that use it
+
+
+@pytest.fixture(autouse=True)
+def _record_differences(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    if device_tests.SELECTING:  # the largest differences, shown at the end (device_tests)
+        device_tests.DIFFERENCES.test = request.node.nodeid
+        compare = device_tests.DIFFERENCES.wrap(torch.testing.assert_close)
+        monkeypatch.setattr(torch.testing, "assert_close", compare)
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    for line in device_tests.DIFFERENCES.summary():
+        terminalreporter.write_line(line)

@@ -4,13 +4,13 @@ definition, training rows only, and the same augmentation in both engines and an
 from __future__ import annotations
 
 import math
-import os
 import re
 
 import numpy as np
 import optuna
 import pytest
 import torch
+from device_tests import DEVICE
 from equivalence import assert_close, assert_identical
 from torch.nn import functional as F
 
@@ -28,7 +28,6 @@ from trainer.tuning.refit import refit
 from trainer.tuning.space import grid, searched, suggest
 
 # benchmarks/gpu_check.sh runs the engine comparisons on the GPU.
-DEVICE = os.environ.get("REGTUNE_TEST_DEVICE", "cpu")
 EVERY = {"noise": 0.3, "mixup": 0.4, "shift": 1, "flip": 0.5, "rotate": 20.0, "scale": 0.15}
 
 

@@ -12,7 +12,6 @@ import pytest
 import torch
 from functorch.compile import make_boxed_func
 from torch._dynamo.backends.common import aot_autograd
-from torch._dynamo.utils import counters
 
 from trainer.engines import compiled
 from trainer.engines.population import Population
@@ -63,18 +62,14 @@ def run(wine, *, compile: bool) -> dict[int, object]:
     return results
 
 
-def graphs() -> tuple[int, int]:
-    return counters["stats"]["unique_graphs"], sum(counters["recompiles"].values())
-
-
 def test_the_compiled_step_is_built_once_and_computes_the_eager_engine(wine) -> None:
     eager = run(wine, compile=False)
     together = run(wine, compile=True)
-    built = graphs()
-    assert built[0] > 0  # it did compile
+    built = compiled.CompileCounts.now()
+    assert built.graphs > 0  # it did compile
     # A second population of the same shape, with refills: nothing is compiled again.
     again = run(wine, compile=True)
-    assert graphs() == built
+    assert compiled.CompileCounts.now() == built
     for seed in (1, 3):
         for a, b, c in zip(eager[seed].folds, together[seed].folds, again[seed].folds, strict=True):
             assert a.best_epoch == b.best_epoch == c.best_epoch
@@ -112,10 +107,10 @@ def test_the_compiled_step_mutates_only_static_inputs(wine, monkeypatch) -> None
     config = cfg(max_norm=2.0)
     population = Population(wine, splits, config, slots=1, metric="accuracy", compile=True)
     population.assign(0, config, 1)
-    breaks = sum(counters["graph_break"].values())
+    before = compiled.CompileCounts.now()
     population.train_epoch()
     population.end_epoch()
-    assert sum(counters["graph_break"].values()) == breaks  # one graph a step, and CUDA graphs
+    assert (compiled.CompileCounts.now() - before).graph_breaks == 0  # one graph a step
     assert len(unstatic) >= 2  # the step's forward and the update
     assert mutated > 0  # BatchNorm's statistics, Adam's moments and the weights
     assert unstatic == [[]] * len(unstatic), unstatic

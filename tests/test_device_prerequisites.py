@@ -1,5 +1,6 @@
 """What the device machine lacks must not stop its run: psycopg (the device tests collect
-through conftest) and git (the benchmarks name the commit they measured)."""
+through conftest) and git (the benchmarks name the commit they measured); and its minutes go
+to the tests that use the device, which end by showing how near their tolerances they came."""
 
 from __future__ import annotations
 
@@ -40,3 +41,35 @@ def test_the_benchmarks_name_their_commit_without_git(tmp_path: Path) -> None:
     assert no_git.returncode == 0, no_git.stderr
     assert no_git.stdout.strip() == "abc1234"
     assert python(code, PATH=str(tmp_path)).stdout.strip() == "unknown"
+
+
+def test_a_named_device_selects_the_tests_that_use_it_and_shows_their_differences() -> None:
+    files = ["tests/test_networks.py", "tests/test_population.py", "tests/test_compiled.py"]
+    pytest = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", *files]
+    collected = subprocess.run(
+        [*pytest, "--collect-only"],
+        cwd=ROOT,
+        env=os.environ | {"REGTUNE_TEST_DEVICE": "cpu"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    ).stdout
+    tests = {line.split("::")[0] for line in collected.splitlines() if "::" in line}
+    # test_compiled trains on the CPU whatever the device; the others through DEVICE, some
+    # directly, some through their module's helpers (test_population's differential tests).
+    assert tests == {"tests/test_networks.py", "tests/test_population.py"}, collected
+    assert "test_every_layer_runs_stacked_as_its_torch_module" in collected
+    assert "test_out_of_memory_halves_the_population" not in collected  # no DEVICE there
+    ran = subprocess.run(
+        [*pytest, "-k", "layer_runs"],
+        cwd=ROOT,
+        env=os.environ | {"REGTUNE_TEST_DEVICE": "cpu"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert ran.returncode == 0, ran.stdout[-2000:]
+    lines = ran.stdout.splitlines()
+    first = lines.index("largest differences on cpu (absolute, relative, test):")
+    worst = lines[first + 1].split()
+    assert float(worst[0]) < 1e-4 and "test_every_layer_runs_stacked" in worst[2]

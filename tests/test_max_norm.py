@@ -5,11 +5,11 @@ a study that searches it, off (not searched, nothing projected) unless given."""
 from __future__ import annotations
 
 import math
-import os
 
 import numpy as np
 import pytest
 import torch
+from device_tests import DEVICE
 from equivalence import REASSOCIATED, assert_close
 from torch import nn
 
@@ -29,7 +29,6 @@ from trainer.tuning.refit import refit
 from trainer.tuning.space import searched
 from trainer.tuning.study import run_study
 
-DEVICE = os.environ.get("REGTUNE_TEST_DEVICE", "cpu")
 BASE = {"weight_decay": 1e-3, "l1": 1e-5, "dropout": 0.0, "bn_momentum": 0.3, "patience": 4}
 C = 0.5  # below the norm of a freshly initialised unit of these small networks (≈ 0.58)
 

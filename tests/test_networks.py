@@ -13,6 +13,7 @@ import numpy as np
 import optuna
 import pytest
 import torch
+from device_tests import DEVICE
 from equivalence import assert_close
 from pydantic import ValidationError
 from torch import nn
@@ -32,7 +33,6 @@ from trainer.tuning.cv_protocol import CVProtocol
 from trainer.tuning.space import suggest
 from trainer.tuning.study import run_study
 
-DEVICE = os.environ.get("REGTUNE_TEST_DEVICE", "cpu")
 PLUGINS = os.path.join(os.path.dirname(__file__), "plugins")
 
 

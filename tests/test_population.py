@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import math
-import os
 import weakref
 
 import numpy as np
 import optuna
 import pytest
 import torch
+from device_tests import DEVICE
 from equivalence import REASSOCIATED, assert_close, assert_identical
 from servers import tiny_study
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -26,7 +26,6 @@ from trainer.tuning.cv_protocol import CVProtocol
 from trainer.tuning.study import run_study
 
 # benchmarks/gpu_check.sh runs these equivalence tests on the GPU.
-DEVICE = os.environ.get("REGTUNE_TEST_DEVICE", "cpu")
 
 
 def config(spec: StudySpec, **values: float) -> TrialConfig:

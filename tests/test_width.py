@@ -6,11 +6,11 @@ checks, and a study that searches it: its trials' records, its refit and its rep
 
 from __future__ import annotations
 
-import os
 from dataclasses import replace
 
 import pytest
 import torch
+from device_tests import DEVICE
 from equivalence import REASSOCIATED, assert_close, assert_identical
 from optuna.trial import FrozenTrial, TrialState
 from pydantic import ValidationError
@@ -33,7 +33,6 @@ from trainer.tuning.refit import refit
 from trainer.tuning.space import searched
 from trainer.tuning.study import run_study
 
-DEVICE = os.environ.get("REGTUNE_TEST_DEVICE", "cpu")
 BASE = {"weight_decay": 1e-3, "l1": 1e-5, "dropout": 0.0, "bn_momentum": 0.3, "patience": 4}
 RESIDUAL = [
     {"type": "linear", "out": 12},

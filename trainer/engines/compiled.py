@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator
+from dataclasses import astuple, dataclass
 from functools import cache
 from typing import Any
 
@@ -103,3 +104,29 @@ def _tensors_in(value: object) -> Iterator[torch.Tensor]:
     elif isinstance(value, (list, tuple)):
         for item in value:
             yield from _tensors_in(item)
+
+
+@dataclass(frozen=True)
+class CompileCounts:
+    """torch.compile's counters in this process (``torch._dynamo.utils.counters``: private, the
+    only place they are kept): graphs built, recompilations, graph breaks, and graphs that CUDA
+    graphs skipped (each skip logs why under ``TORCH_LOGS=cudagraphs``)."""
+
+    graphs: int
+    recompiles: int
+    graph_breaks: int
+    cudagraph_skips: int
+
+    @classmethod
+    def now(cls) -> CompileCounts:
+        from torch._dynamo.utils import counters
+
+        return cls(
+            graphs=counters["stats"]["unique_graphs"],
+            recompiles=sum(counters["recompiles"].values()),
+            graph_breaks=sum(counters["graph_break"].values()),
+            cudagraph_skips=counters["inductor"]["cudagraph_skips"],
+        )
+
+    def __sub__(self, earlier: CompileCounts) -> CompileCounts:
+        return CompileCounts(*(a - b for a, b in zip(astuple(self), astuple(earlier), strict=True)))
