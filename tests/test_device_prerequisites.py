@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import torch
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -73,3 +75,24 @@ def test_a_named_device_selects_the_tests_that_use_it_and_shows_their_difference
     first = lines.index("largest differences on cpu (absolute, relative, test):")
     worst = lines[first + 1].split()
     assert float(worst[0]) < 1e-4 and "test_every_layer_runs_stacked" in worst[2]
+
+
+def test_a_gpu_study_gets_tf32_and_cudnn_algorithm_search() -> None:
+    """Flags only (no GPU needed to set them): a stack's fixed shapes make cuDNN's one-time
+    search per shape worth it; TF32 for matmuls and convolutions."""
+    from trainer.device import configure_device
+
+    flags = [
+        (torch.backends.cudnn, "benchmark"),
+        (torch.backends.cudnn, "allow_tf32"),
+        (torch.backends.cuda.matmul, "allow_tf32"),
+    ]
+    before = [getattr(module, name) for module, name in flags]
+    try:
+        for module, name in flags:
+            setattr(module, name, False)
+        configure_device(torch.device("cuda"))
+        assert all(getattr(module, name) for module, name in flags)
+    finally:  # the suite compares float32 results without TF32 (conftest)
+        for (module, name), value in zip(flags, before, strict=True):
+            setattr(module, name, value)
