@@ -360,10 +360,31 @@ def _one_thread_ready(_: int) -> int:
     return torch.get_num_threads()
 
 
-def population_in(pool: ProcessPoolExecutor, size: int) -> Engine:
-    """Populations of ``size`` trials spread over the pool's 1-thread processes."""
+class Processes:
+    """One 1-thread process per core, started on first use (before any clock: a run that
+    needs none spawns none) and stopped by :meth:`close`."""
+
+    def __init__(self, cores: int) -> None:
+        self.cores, self.pool = cores, None
+
+    def ready(self) -> ProcessPoolExecutor:
+        if self.pool is None:
+            self.pool = ProcessPoolExecutor(
+                self.cores, mp_context=get_context("spawn"), initializer=_one_thread
+            )
+            list(self.pool.map(_one_thread_ready, range(self.cores)))
+        return self.pool
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown()
+
+
+def population_in(processes: Processes, size: int) -> Engine:
+    """Populations of ``size`` trials spread over 1-thread ``processes``."""
 
     def run(work: Workload, configs: list[TrialConfig]) -> list[float]:
+        pool = processes.ready()
         jobs = [
             pool.submit(
                 _population_job,
@@ -485,18 +506,16 @@ def main() -> None:
             )
     for size in args.scan:  # eager, one stack of each size: where the step stops scaling
         engines[f"population P={size}"] = Entry(population_of(None), size, stack=size)
-    pool = None
+    processes = Processes(cores)
     if not cuda:
         cpu_size = population_size(spec, data, torch.device("cpu"))
-        pool = ProcessPoolExecutor(cores, mp_context=get_context("spawn"), initializer=_one_thread)
-        list(pool.map(_one_thread_ready, range(cores)))  # start the processes before any clock
         engines.setdefault(  # a --scan entry of that size stays one stack
             f"population P={cpu_size}", Entry(population_of(cpu_size), args.trials, stack=cpu_size)
         )
         # The layout's choice, twice it, and the trials shared evenly over the processes.
         for size in sorted({cpu_size, 2 * cpu_size, -(-args.trials // cores)}):
             engines[f"population P={size} ×{cores} processes"] = Entry(
-                population_in(pool, size), args.trials, stack=size, processes=cores
+                population_in(processes, size), args.trials, stack=size, processes=cores
             )
     # A GPU engine runs one thread; a CPU one at 1 and at all threads, the faster counting.
     thread_options = [1] if cuda else sorted({1, cores})
@@ -515,6 +534,8 @@ def main() -> None:
         peak = None
         for threads in [1] if entry.processes else thread_options:
             torch.set_num_threads(threads)
+            if entry.processes:
+                processes.ready()  # started before the clock, as a worker pool would be
             if entry.compiled:  # compiled once per shape; the timed run reuses it
                 before, start = CompileCounts.now(), time.perf_counter()
                 entry.run(work, for_epochs(configs[: entry.trials], 1))
@@ -541,8 +562,7 @@ def main() -> None:
         if name in compilations:  # what the timed run compiled again: nothing, if all is well
             warm_s, built, at = compilations[name]
             compilations[name] = (warm_s, built, CompileCounts.now() - at)
-    if pool is not None:
-        pool.shutdown()
+    processes.close()
 
     def fold_epochs(n_trials: int) -> int:
         return n_trials * len(protocol.splits) * args.epochs
