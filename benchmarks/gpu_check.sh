@@ -65,11 +65,11 @@ if ((dry)); then
   # One first-time compile, not two (bf16 too): each costs ~45 s of a CPU's dry run.
   main_engines="--engines=textbook,per-trial,population P=3,population P=3 compiled"
   main_engines+=",population P=3 bf16,population P=2,population P=2 ×2 processes"
-  aug_epochs=2 scan=1,2
+  aug_epochs=2 scan=1,2 profile_compile=""  # the engines step compiles already
 else
   device=cuda trials=8 pop=${POP:-512} epochs=10 tune_trials=16 threads=""
   tests="" net_pop=${NET_POP:-256} net_engines="" main_engines=""
-  aug_epochs=3 scan=${SCAN:-16,64,256,512}
+  aug_epochs=3 scan=${SCAN:-16,64,256,512} profile_compile=--compile
 fi
 status=0
 step() {  # step NAME COMMAND...: run it (under STEP_S, not past the deadline), log it
@@ -161,7 +161,8 @@ part2() {
   step engines-scan "$PY" benchmarks/engines.py --device $device --epochs 2 --scan "$scan" \
     --engines "$(sed 's/[0-9][0-9]*/population P=&/g' <<<"$scan")" $threads \
     --append "$WORK/engines-scan.md"
-  step profile "$PY" benchmarks/profile_epoch.py --device $device --trials $pop --compile \
+  # shellcheck disable=SC2086
+  step profile "$PY" benchmarks/profile_epoch.py --device $device --trials $pop $profile_compile \
     --append "$WORK/profile.md"
   step profile-cnn "$PY" benchmarks/profile_epoch.py --device $device --model layers-cnn \
     --trials $net_pop --append "$WORK/profile-cnn.md"
