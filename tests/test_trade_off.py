@@ -247,6 +247,11 @@ def test_the_report_draws_the_front_and_each_objectives_importance(
     assert "the first objective, accuracy" in section_of(page, "importance")
     assert "the second objective, parameters" in section_of(page, "importance-size")
     assert "could not be rendered" not in page
+    # Each beside its single-objective kin: the front after the best configuration, the size's
+    # importance after the metric's.
+    order = re.findall(r'<section id="([a-z-]+)"', page)
+    assert order[order.index("best-configuration") + 1] == "trade-off"
+    assert order[order.index("importance") + 1] == "importance-size"
 
 
 # --- pruning in a two-objective study ---------------------------------------------------------

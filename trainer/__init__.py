@@ -39,6 +39,8 @@ _HOME: dict[str, str] = {
     "field_problem": "trainer.specs.spec_base",
     "metric_direction": "trainer.specs.study_spec",
     "stored_model": "trainer.specs.study_spec",
+    "stored_spec": "trainer.specs.study_spec",
+    "stored_trade_off": "trainer.specs.study_spec",
     # data
     "ArrayLimits": "trainer.data.datasets",
     "Dataset": "trainer.data.datasets",
@@ -98,6 +100,7 @@ _HOME: dict[str, str] = {
     "pareto_front": "trainer.tuning.trade_off",
     "front_rows": "trainer.tuning.trade_off",
     "picked": "trainer.tuning.trade_off",
+    "front_and_pick": "trainer.tuning.trade_off",
     "refit_trial": "trainer.tuning.tuned_model",
     "run_parallel_study": "trainer.tuning.parallel",
     "run_study": "trainer.tuning.study",
@@ -178,6 +181,8 @@ if TYPE_CHECKING:  # what type checkers see; tests/test_architecture.py keeps it
     from trainer.specs.study_spec import domain as domain
     from trainer.specs.study_spec import metric_direction as metric_direction
     from trainer.specs.study_spec import stored_model as stored_model
+    from trainer.specs.study_spec import stored_spec as stored_spec
+    from trainer.specs.study_spec import stored_trade_off as stored_trade_off
     from trainer.tuning import optuna_internals as optuna_internals
     from trainer.tuning.cv_protocol import CVProtocol as CVProtocol
     from trainer.tuning.cv_protocol import network_sizes as network_sizes
@@ -200,6 +205,7 @@ if TYPE_CHECKING:  # what type checkers see; tests/test_architecture.py keeps it
     from trainer.tuning.study import run_study as run_study
     from trainer.tuning.trade_off import best_trial as best_trial
     from trainer.tuning.trade_off import chosen_trial as chosen_trial
+    from trainer.tuning.trade_off import front_and_pick as front_and_pick
     from trainer.tuning.trade_off import front_rows as front_rows
     from trainer.tuning.trade_off import metric_of as metric_of
     from trainer.tuning.trade_off import objective_names as objective_names

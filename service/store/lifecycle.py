@@ -24,18 +24,19 @@ from service.store.db import Database
 from service.store.errors import Conflict, NotFound
 from service.store.tables import ACTIVE, FINAL, ArtifactRecord, StudyRecord, StudyStatus, utcnow
 from trainer import (
-    UNLIMITED,
     CVProtocol,
     Dataset,
     Limits,
     Metric,
     SpecError,
     StudySpec,
+    front_and_pick,
     metric_direction,
     network_sizes,
     objective_names,
     optuna_internals,
-    picked,
+    stored_spec,
+    stored_trade_off,
     study_directions,
 )
 
@@ -238,17 +239,17 @@ def trade_off_of(
     """A trade-off study's Pareto front (its values read in one query) and the trial that
     ``final_model.pick`` chooses from it where that is not ``best``; (None, None) for a
     single-objective study."""
-    if not (record.spec.get("objective") or {}).get("trade_off"):
+    if stored_trade_off(record.spec) is None:
         return None, None
-    assert record.optuna_id is not None
-    spec = StudySpec.model_validate(record.spec, context={"limits": UNLIMITED})
-    metric = cast("Metric", record.metric)  # the protocol's, written at submission
-    directions = study_directions(metric, spec.objective.trade_off)
-    front = trials.pareto_trials(session, record.optuna_id, directions)
-    if best is None:
-        return front, None
-    chosen = picked(front, best, spec.final_model.pick, record.direction)
-    return front, None if chosen.number == best.number else chosen
+    optuna_id = record.optuna_id
+    assert optuna_id is not None
+    front, chosen = front_and_pick(
+        stored_spec(record.spec),
+        cast("Metric", record.metric),  # the protocol's, written at submission
+        lambda directions: trials.pareto_trials(session, optuna_id, directions),
+        best,
+    )
+    return front, None if chosen is None or best is None or chosen.number == best.number else chosen
 
 
 def trial_page(

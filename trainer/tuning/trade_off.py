@@ -17,7 +17,7 @@ and ``final_model.pick`` (:func:`picked`) says which front trial the final model
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Literal
 
 import numpy as np
@@ -119,6 +119,22 @@ def picked(
     sign = best_first(direction)
     near = [t for t in front if sign * (metric_of(t) - metric_of(best)) <= pick.within]
     return min(near or [best], key=lambda t: (t.values[-1], sign * metric_of(t), t.number))
+
+
+def front_and_pick(
+    spec: StudySpec,
+    metric: Metric,
+    front_of: Callable[[Sequence[str]], list[FrozenTrial]],
+    best: FrozenTrial | None,
+) -> tuple[list[FrozenTrial], FrozenTrial | None]:
+    """A trade-off study's Pareto front, as ``front_of(directions)`` finds it (from trials
+    in memory, or from the tables), and the trial ``final_model.pick`` chooses from it
+    (:func:`picked`; None without a ``best``)."""
+    assert spec.objective.trade_off is not None, "a trade-off study"
+    directions = study_directions(metric, spec.objective.trade_off)
+    front = front_of(directions)
+    chosen = None if best is None else picked(front, best, spec.final_model.pick, directions[0])
+    return front, chosen
 
 
 def directions_of(study: optuna.Study) -> list[str]:

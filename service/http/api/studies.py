@@ -25,7 +25,6 @@ from service.http.schemas import (
 from service.store import lifecycle, stored_models, uploads
 from service.store.tables import StudyRecord
 from trainer import (
-    UNLIMITED,
     CVProtocol,
     DatasetError,
     ParetoTrial,
@@ -34,6 +33,8 @@ from trainer import (
     StudySpec,
     networks,
     stored_model,
+    stored_spec,
+    stored_trade_off,
 )
 
 router = APIRouter(prefix="/v1/studies", tags=["studies"])
@@ -147,7 +148,7 @@ def study_status(db: DB, storage: Storage, tenant: str, study_id: str, alive_s: 
         workers=state.workers,
         priority=record.priority,
         best=best,
-        trade_off=record.spec.get("objective", {}).get("trade_off"),
+        trade_off=stored_trade_off(record.spec),
         pareto=None if state.pareto is None else [ParetoTrial.of(t) for t in state.pareto],
         chosen=None if state.chosen is None else state.chosen.number,
         test_score=record.test_score,
@@ -225,7 +226,7 @@ def get_splits(study_id: str, db: DB, tenant: Tenant) -> SplitRows:
     each fold's scored rows and the inner-validation rows its early stopping watches, to
     score a baseline in the very same folds. 409 if its upload has been deleted since."""
     record = lookup(db, tenant, study_id)
-    spec = StudySpec.model_validate(record.spec, context={"limits": UNLIMITED})
+    spec = stored_spec(record.spec)
     with db.read() as session:
         dataset = uploads.study_dataset(session, record)
     protocol = CVProtocol.of(spec, dataset, check_network=False)

@@ -17,6 +17,7 @@ from optuna.trial import FrozenTrial
 from service.http.report.figures import plot
 from service.http.report.html import esc, para, section, table
 from service.http.report.reading import StudyLike
+from trainer import stored_trade_off
 
 log = logging.getLogger("regtune.report")
 
@@ -125,7 +126,7 @@ def importance_section(
     if size is not None:
         anchor, title = "importance-size", f"Parameter importance for {size}"
         which, score = f" (the second objective, {esc(size)})", esc(size)
-    elif (record.spec.get("objective") or {}).get("trade_off"):
+    elif stored_trade_off(record.spec):
         which = f" (the first objective, {esc(record.metric)}; the size's comes next)"
     result = importances("minimize" if size is not None else record.direction, done)
     if isinstance(result, str):

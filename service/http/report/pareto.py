@@ -17,15 +17,14 @@ from service.http.report.figures import plot
 from service.http.report.html import esc, para, section, shown, table
 from service.http.report.reading import StudyLike, metric_label
 from trainer import (
-    UNLIMITED,
     Metric,
-    StudySpec,
     TrialRecord,
+    front_and_pick,
     metric_of,
     optuna_internals,
     pareto_front,
-    picked,
-    study_directions,
+    stored_spec,
+    stored_trade_off,
 )
 
 SIZES = {
@@ -37,8 +36,7 @@ SIZES = {
 
 def trade_off_of(record: StudyLike) -> str | None:
     """The study's ``objective.trade_off``, None for a single-objective study."""
-    trade_off = (record.spec.get("objective") or {}).get("trade_off")
-    return str(trade_off) if trade_off else None
+    return stored_trade_off(record.spec)
 
 
 def objective_view(trials: Sequence[FrozenTrial], index: int) -> list[FrozenTrial]:
@@ -63,16 +61,20 @@ def objective_view(trials: Sequence[FrozenTrial], index: int) -> list[FrozenTria
     ]
 
 
-def front_and_pick(
+def front_and_chosen(
     record: StudyLike, trials: Sequence[FrozenTrial], best: FrozenTrial
 ) -> tuple[list[FrozenTrial], FrozenTrial]:
     """The study's Pareto front (best metric first) and the trial ``final_model.pick``
     chooses from it (the final model's)."""
-    spec = StudySpec.model_validate(record.spec, context={"limits": UNLIMITED})
-    metric = cast("Metric", record.metric)  # the protocol's, written at submission
-    front = pareto_front(trials, study_directions(metric, spec.objective.trade_off))
     best_of_two = next(t for t in trials if t.number == best.number)
-    return front, picked(front, best_of_two, spec.final_model.pick, record.direction)
+    front, chosen = front_and_pick(
+        stored_spec(record.spec),
+        cast("Metric", record.metric),  # the protocol's, written at submission
+        lambda directions: pareto_front(trials, directions),
+        best_of_two,
+    )
+    assert chosen is not None  # a best was given
+    return front, chosen
 
 
 def pareto_section(record: StudyLike, trials: Sequence[FrozenTrial], best: FrozenTrial) -> str:
@@ -81,7 +83,7 @@ def pareto_section(record: StudyLike, trials: Sequence[FrozenTrial], best: Froze
     size_name = trade_off_of(record)
     assert size_name is not None, "a trade-off study"
     done = [t for t in trials if t.state == TrialState.COMPLETE and t.values and len(t.values) == 2]
-    front, chosen = front_and_pick(record, done, best)
+    front, chosen = front_and_chosen(record, done, best)
 
     def draw(figure: Any) -> None:
         ax = figure.add_subplot()
