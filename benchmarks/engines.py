@@ -54,6 +54,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from torch.utils.flop_counter import FlopCounterMode
 
 from trainer import (
+    CompileCounts,
     CVProtocol,
     Dataset,
     Split,
@@ -64,11 +65,10 @@ from trainer import (
     load_builtin,
     networks,
     population_size,
+    stack_bytes,
     suggest,
     train_population,
 )
-from trainer.engines.compiled import CompileCounts
-from trainer.engines.layout import stack_bytes
 
 WORKLOADS = {
     "mlp": "MLP 64-256-256-10 (BN, dropout)",

@@ -38,9 +38,9 @@ _HOME: dict[str, str] = {
     "domain": "trainer.specs.study_spec",
     "field_problem": "trainer.specs.spec_base",
     "metric_direction": "trainer.specs.study_spec",
-    "stored_model": "trainer.specs.study_spec",
-    "stored_spec": "trainer.specs.study_spec",
-    "stored_trade_off": "trainer.specs.study_spec",
+    "stored_model": "trainer.specs.stored_specs",
+    "stored_spec": "trainer.specs.stored_specs",
+    "stored_trade_off": "trainer.specs.stored_specs",
     # data
     "ArrayLimits": "trainer.data.datasets",
     "Dataset": "trainer.data.datasets",
@@ -66,6 +66,8 @@ _HOME: dict[str, str] = {
     "TrialConfig": "trainer.engines.trial_config",
     "cross_validate": "trainer.engines.per_trial",
     "population_size": "trainer.engines.layout",
+    "stack_bytes": "trainer.engines.layout",
+    "CompileCounts": "trainer.engines.compiled",
     "train_population": "trainer.engines.population",
     # model file
     "ArtifactError": "trainer.model_file.model_format",
@@ -149,12 +151,14 @@ if TYPE_CHECKING:  # what type checkers see; tests/test_architecture.py keeps it
     from trainer.device import configure_device as configure_device
     from trainer.device import resolve_device as resolve_device
     from trainer.device import usable_cores as usable_cores
+    from trainer.engines.compiled import CompileCounts as CompileCounts
     from trainer.engines.diagnosis import DIAGNOSES as DIAGNOSES
     from trainer.engines.diagnosis import OVERFIT_RISE as OVERFIT_RISE
     from trainer.engines.diagnosis import RECENT_FRACTION as RECENT_FRACTION
     from trainer.engines.diagnosis import STILL_IMPROVING_DROP as STILL_IMPROVING_DROP
     from trainer.engines.diagnosis import UNDERFIT_RATIO as UNDERFIT_RATIO
     from trainer.engines.layout import population_size as population_size
+    from trainer.engines.layout import stack_bytes as stack_bytes
     from trainer.engines.per_trial import cross_validate as cross_validate
     from trainer.engines.population import Population as Population
     from trainer.engines.population import train_population as train_population
@@ -168,6 +172,9 @@ if TYPE_CHECKING:  # what type checkers see; tests/test_architecture.py keeps it
     from trainer.rng import SAMPLER_STREAM as SAMPLER_STREAM
     from trainer.rng import derived_seed as derived_seed
     from trainer.specs.spec_base import field_problem as field_problem
+    from trainer.specs.stored_specs import stored_model as stored_model
+    from trainer.specs.stored_specs import stored_spec as stored_spec
+    from trainer.specs.stored_specs import stored_trade_off as stored_trade_off
     from trainer.specs.study_spec import DOMAINS as DOMAINS
     from trainer.specs.study_spec import SEARCHABLE as SEARCHABLE
     from trainer.specs.study_spec import UNLIMITED as UNLIMITED
@@ -180,9 +187,6 @@ if TYPE_CHECKING:  # what type checkers see; tests/test_architecture.py keeps it
     from trainer.specs.study_spec import Task as Task
     from trainer.specs.study_spec import domain as domain
     from trainer.specs.study_spec import metric_direction as metric_direction
-    from trainer.specs.study_spec import stored_model as stored_model
-    from trainer.specs.study_spec import stored_spec as stored_spec
-    from trainer.specs.study_spec import stored_trade_off as stored_trade_off
     from trainer.tuning import optuna_internals as optuna_internals
     from trainer.tuning.cv_protocol import CVProtocol as CVProtocol
     from trainer.tuning.cv_protocol import network_sizes as network_sizes
