@@ -478,7 +478,7 @@ def main() -> None:
     spec = reference(args.epochs, args.model)
     protocol = CVProtocol.of(spec, data)
     big = args.population_trials or args.trials
-    configs = draw_configs(spec, max(args.trials, big), seed=0)
+    configs = draw_configs(spec, max(args.trials, big, *args.scan), seed=0)
     fit_rows = sum(len(s.fit) for s in protocol.splits) / len(protocol.splits)
     per_fold_epoch = training_flops(spec, data) * fit_rows
     cores = os.cpu_count() or 1
@@ -530,6 +530,8 @@ def main() -> None:
     compilations: dict[str, tuple[float, CompileCounts, CompileCounts]] = {}
     for name in args.engines.split(",") if args.engines else engines:
         entry = engines[name]
+        chosen = configs[: entry.trials]
+        assert len(chosen) == entry.trials, f"{name}: {len(configs)} configurations drawn"
         best: tuple[float, int, list[float]] | None = None
         peak = None
         for threads in [1] if entry.processes else thread_options:
@@ -538,7 +540,7 @@ def main() -> None:
                 processes.ready()  # started before the clock, as a worker pool would be
             if entry.compiled:  # compiled once per shape; the timed run reuses it
                 before, start = CompileCounts.now(), time.perf_counter()
-                entry.run(work, for_epochs(configs[: entry.trials], 1))
+                entry.run(work, for_epochs(chosen, 1))
                 sync(device)
                 warm = time.perf_counter() - start, CompileCounts.now()
                 compilations[name] = (warm[0], warm[1] - before, warm[1])
@@ -546,7 +548,7 @@ def main() -> None:
             if cuda:
                 torch.cuda.reset_peak_memory_stats(device)
             start = time.perf_counter()
-            scores = entry.run(work, configs[: entry.trials])
+            scores = entry.run(work, chosen)
             sync(device)
             wall = time.perf_counter() - start
             if cuda:

@@ -12,7 +12,8 @@
 #   (textbook, per-trial, population eager and compiled with CUDA graphs, fp32 with TF32 and
 #   bf16; FLOP/s against the measured matmul rate; peak memory beside the memory model;
 #   torch.compile's counters: graphs, graph breaks, recompiles, cudagraph skips, with
-#   TORCH_LOGS=recompiles,graph_breaks,cudagraphs in the step's log); a short study end to end,
+#   TORCH_LOGS=recompiles,graph_breaks,cudagraphs where torch knows them, in the step's log); a
+#   short study end to end,
 #   regtune tune --device cuda.
 # Part 2: the engines for a `layers` CNN and a plugin network; every data augmentation on and
 #   off, eager and compiled; an eager scan over P = 16, 64, 256, 512; torch.profiler over one
@@ -71,6 +72,11 @@ else
   tests="" net_pop=${NET_POP:-256} net_engines="" main_engines=""
   aug_epochs=3 scan=${SCAN:-16,64,256,512} profile_compile=--compile
 fi
+# torch refuses to import under a TORCH_LOGS name it does not know: only the ones this
+# torch registers (cudagraphs, recompiles and graph_breaks are in torch 2.13's registry).
+torch_logs=$("$PY" -c "from torch._logging._internal import log_registry as r
+print(','.join(n for n in ('recompiles', 'graph_breaks', 'cudagraphs') if r.is_artifact(n)))" \
+  2>/dev/null)
 status=0
 step() {  # step NAME COMMAND...: run it (under STEP_S, not past the deadline), log it
   local name=$1
@@ -134,7 +140,7 @@ part1() {
     tests/test_population.py tests/test_networks.py tests/test_augmentation.py \
     tests/test_max_norm.py tests/test_width.py ${tests:+-k "$tests"}
   # shellcheck disable=SC2086
-  step engines env TORCH_LOGS=recompiles,graph_breaks,cudagraphs "$PY" benchmarks/engines.py \
+  step engines env TORCH_LOGS="$torch_logs" "$PY" benchmarks/engines.py \
     --device $device --trials $trials --population-trials $pop --epochs $epochs \
     --precision fp32,bf16 $threads ${main_engines:+"$main_engines"} --append "$WORK/engines.md"
   step tune "$PY" -m service tune --device $device --dataset builtin:digits \
