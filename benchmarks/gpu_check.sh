@@ -8,13 +8,12 @@
 #   benchmarks/gpu_check.sh --dry-run  # both parts on the CPU with tiny sizes (a test runs it)
 #
 # Part 1: the equivalence tests that train on the device (tests/device_tests.py selects them
-#   and prints their largest differences); benchmarks/engines.py side by side on the device
-#   (textbook, per-trial, population eager and compiled with CUDA graphs, fp32 with TF32 and
-#   bf16; FLOP/s against the measured matmul rate; peak memory beside the memory model;
+#   and prints their largest differences); a short study end to end, regtune tune --device
+#   cuda; benchmarks/engines.py side by side on the device (textbook, per-trial, population
+#   eager and compiled with CUDA graphs, fp32 with TF32 and bf16; FLOP/s against the measured
+#   matmul rate; peak memory beside the memory model;
 #   torch.compile's counters: graphs, graph breaks, recompiles, cudagraph skips, with
-#   TORCH_LOGS=recompiles,graph_breaks,cudagraphs where torch knows them, in the step's log); a
-#   short study end to end,
-#   regtune tune --device cuda.
+#   TORCH_LOGS=recompiles,graph_breaks,cudagraphs where torch knows them, in the step's log).
 # Part 2: the engines for a `layers` CNN and a plugin network; every data augmentation on and
 #   off, eager and compiled; an eager scan over P = 16, 64, 256, 512; torch.profiler over one
 #   epoch of the MLP (compiled) and of the CNN (eager).
@@ -139,12 +138,13 @@ part1() {
   step equivalence env REGTUNE_TEST_DEVICE=$device "$PY" -m pytest -q -p no:cacheprovider \
     tests/test_population.py tests/test_networks.py tests/test_augmentation.py \
     tests/test_max_norm.py tests/test_width.py ${tests:+-k "$tests"}
+  # End to end before the benchmarks: if the deadline comes, it is a benchmark that waits.
+  step tune "$PY" -m service tune --device $device --dataset builtin:digits \
+    --trials $tune_trials --max-epochs $epochs --json
   # shellcheck disable=SC2086
   step engines env TORCH_LOGS="$torch_logs" "$PY" benchmarks/engines.py \
     --device $device --trials $trials --population-trials $pop --epochs $epochs \
     --precision fp32,bf16 $threads ${main_engines:+"$main_engines"} --append "$WORK/engines.md"
-  step tune "$PY" -m service tune --device $device --dataset builtin:digits \
-    --trials $tune_trials --max-epochs $epochs --json
 }
 
 part2() {
