@@ -102,6 +102,8 @@ step() {  # step NAME COMMAND...: run it (under STEP_S, not past the deadline), 
   keep_cache
 }
 keep_cache() {  # the compile cache into $OUT, whole, if it is small enough to come back
+  # Not packed at all when far too large (packing costs seconds a step).
+  (($(du -sm "$TORCHINDUCTOR_CACHE_DIR" | cut -f1) <= 8 * CACHE_MIB)) || return
   tar -czf "$WORK/cache.tar.gz" -C "$TORCHINDUCTOR_CACHE_DIR" . 2>/dev/null || return
   if (($(stat -c %s "$WORK/cache.tar.gz") <= CACHE_MIB * 1024 * 1024)); then
     mv "$WORK/cache.tar.gz" "$OUT/inductor-cache.tar.gz"
