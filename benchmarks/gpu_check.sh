@@ -103,9 +103,9 @@ step() {  # step NAME COMMAND...: run it (under STEP_S, not past the deadline), 
 }
 keep_cache() {  # the compile cache into $OUT, whole, if it is small enough to come back
   # Not packed at all when far too large (packing costs seconds a step).
-  (($(du -sm "$TORCHINDUCTOR_CACHE_DIR" | cut -f1) <= 8 * CACHE_MIB)) || return
-  tar -czf "$WORK/cache.tar.gz" -C "$TORCHINDUCTOR_CACHE_DIR" . 2>/dev/null || return
-  if (($(stat -c %s "$WORK/cache.tar.gz") <= CACHE_MIB * 1024 * 1024)); then
+  if (($(du -sm "$TORCHINDUCTOR_CACHE_DIR" | cut -f1) <= 8 * CACHE_MIB)) &&
+    tar -czf "$WORK/cache.tar.gz" -C "$TORCHINDUCTOR_CACHE_DIR" . 2>/dev/null &&
+    (($(stat -c %s "$WORK/cache.tar.gz") <= CACHE_MIB * 1024 * 1024)); then
     mv "$WORK/cache.tar.gz" "$OUT/inductor-cache.tar.gz"
   else
     echo "== the compile cache is over $CACHE_MIB MiB packed: not kept" >>"$OUT/run.log"
