@@ -9,11 +9,14 @@ import json
 import re
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import optuna
 import pytest
 import sqlalchemy as sa
 from servers import (
@@ -27,7 +30,7 @@ from servers import (
 )
 
 from service.settings import Settings
-from service.store import lifecycle, stored_models
+from service.store import lifecycle, stored_models, trials
 from service.store.db import Database
 from service.store.tables import ArtifactRecord
 from service.store.trials import make_storage
@@ -260,3 +263,55 @@ def test_a_study_cancelled_meanwhile_stores_no_model(service) -> None:
         stored_models.model_file(db, "t", study_id)
     with pytest.raises(lifecycle.NotFound):
         stored_models.model_file(db, "someone else", study_id)
+
+
+def test_a_trial_reserved_by_another_worker_holds_the_study_open_until_it_ends(service) -> None:
+    """Reserving a trial and creating it are two steps: a worker done with its own trials waits
+    for another worker's reserved one instead of completing the study without it (a 3-trial
+    study once completed with 2, its third stopped as it started)."""
+    settings, db, storage = service
+    study_id = submitted(service, n_trials=2)
+    with db.write() as session:
+        assert lifecycle.move(session, study_id, "running")
+        assert lifecycle.reserve_trial(session, study_id)  # the other worker's, not created yet
+        name = lifecycle.get(session, "t", study_id).optuna_name
+    first = threading.Thread(target=Worker(settings).run, kwargs={"once": True})
+    first.start()
+    study = optuna.load_study(study_name=name, storage=storage)
+    deadline = time.monotonic() + 120
+    while not study.get_trials(states=(optuna.trial.TrialState.COMPLETE,)):
+        assert time.monotonic() < deadline and first.is_alive()
+        time.sleep(0.05)
+    time.sleep(1.0)  # the first worker has finished its trial and waits in finish()
+
+    def status() -> str:
+        with db.read() as session:
+            return lifecycle.get(session, "t", study_id).status
+
+    assert status() == "running"
+    other = study.ask()  # the other worker's trial appears, and ends
+    study.tell(other, 0.0)
+    first.join(timeout=60)
+    assert not first.is_alive()
+    Worker(settings).run(once=True)  # as the other worker does after its trial: it finishes
+    assert status() == "completed"
+    done = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    assert len(done) == 2 and len(study.trials) == 2
+
+
+def test_a_reservation_that_never_becomes_a_trial_delays_completion_only_briefly(
+    service, monkeypatch
+) -> None:
+    """A worker that died between reserving and creating its trial leaves a reservation that
+    no trial fills: the study completes after the grace, with the trials it has."""
+    settings, db, _ = service
+    monkeypatch.setattr(runner_module, "RESERVATION_GRACE_S", 0.5)
+    study_id = submitted(service, n_trials=2)
+    with db.write() as session:
+        assert lifecycle.move(session, study_id, "running")
+        assert lifecycle.reserve_trial(session, study_id)  # its worker is gone
+    Worker(settings).run(once=True)
+    with db.read() as session:
+        record = lifecycle.get(session, "t", study_id)
+        counts = trials.count_trials(session, record.optuna_id)
+    assert record.status == "completed" and counts.complete == 1

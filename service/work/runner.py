@@ -50,6 +50,10 @@ from trainer import (
 log = logging.getLogger("regtune.worker")
 FAILED_TRIALS_LIMIT = 5  # failed trials, none completed: the study fails
 CANCEL_CHECK_S = 2.0  # how often a training trial asks the database whether to stop
+# How long a study's completion waits for a reserved trial to appear (reserving and creating a
+# trial are two steps, milliseconds apart), and how often it looks.
+RESERVATION_GRACE_S = 5.0
+RESERVATION_POLL_S = 0.05
 
 
 @dataclass
@@ -230,13 +234,23 @@ class StudyRunner:
                 .values(heartbeat_at=utcnow())
             )
 
-    def finish(self, record: StudyRecord) -> None:
-        """Mark the study completed once its budget is spent and no trial is still running."""
+    def progress(self, record: StudyRecord) -> tuple[trials.TrialCounts, str | None, int]:
+        """The study's trial counts, its status and how much of its budget is reserved."""
         assert record.optuna_id is not None
         with self.db.read() as session:
             counts = trials.count_trials(session, record.optuna_id)
             status = lifecycle.state_of(session, study_id=record.id)
             reserved = lifecycle.reserved(session, record.id)
+        return counts, status, reserved
+
+    def finish(self, record: StudyRecord) -> None:
+        """Mark the study completed once its budget is spent and no trial is still running.
+
+        A trial is reserved first and created a moment later (:mod:`trainer.tuning.budget`),
+        so another worker's trial may be between the two: while fewer trials have used budget
+        than are reserved, this waits for it, up to ``RESERVATION_GRACE_S`` (a worker that
+        died between the two leaves a reservation that never becomes a trial)."""
+        counts, status, reserved = self.progress(record)
         if status != "running" or counts.running or counts.waiting:
             return
         spec = StudySpec.model_validate(record.spec)
@@ -244,6 +258,18 @@ class StudyRunner:
         timed_out = deadline is not None and time.time() > deadline
         if reserved < record.n_trials and not timed_out:
             return
+        waited = time.monotonic() + RESERVATION_GRACE_S
+        while counts.finished < reserved and time.monotonic() < waited:
+            time.sleep(RESERVATION_POLL_S)
+            counts, status, reserved = self.progress(record)
+            if status != "running" or counts.running or counts.waiting:
+                return  # its trial exists now: the worker that runs it finishes the study
+        if counts.finished < reserved:
+            log.warning(
+                "study %s: %d reserved trial(s) never started (a worker died?); completing it",
+                record.id,
+                reserved - counts.finished,
+            )
         if counts.complete == 0:
             failure = f"no trial completed ({counts.as_dict()})"
             if counts.fail:
