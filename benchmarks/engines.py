@@ -526,8 +526,9 @@ def main() -> None:
 
     rows = []
     # Per compiled engine: its warm-up epoch's seconds (compilation included), what that built,
-    # and what the timed run added.
-    compilations: dict[str, tuple[float, CompileCounts, CompileCounts]] = {}
+    # and the counts after it (what the timed run adds is measured from them).
+    warmed: dict[str, tuple[float, CompileCounts, CompileCounts]] = {}
+    compilations: list[list[object]] = []
     for name in args.engines.split(",") if args.engines else engines:
         entry = engines[name]
         chosen = configs[: entry.trials]
@@ -542,8 +543,8 @@ def main() -> None:
                 before, start = CompileCounts.now(), time.perf_counter()
                 entry.run(work, for_epochs(chosen, 1))
                 sync(device)
-                warm = time.perf_counter() - start, CompileCounts.now()
-                compilations[name] = (warm[0], warm[1] - before, warm[1])
+                warm_s, after = time.perf_counter() - start, CompileCounts.now()
+                warmed[name] = (warm_s, after - before, after)
             sync(device)
             if cuda:
                 torch.cuda.reset_peak_memory_stats(device)
@@ -561,9 +562,9 @@ def main() -> None:
                 best = (wall, threads, scores)
         assert best is not None
         rows.append(Row(name, entry, *best, peak=peak))
-        if name in compilations:  # what the timed run compiled again: nothing, if all is well
-            warm_s, built, at = compilations[name]
-            compilations[name] = (warm_s, built, CompileCounts.now() - at)
+        if name in warmed:  # what the timed run compiled again: nothing, if all is well
+            warm_s, built, after = warmed[name]
+            compilations.append(compile_row(name, warm_s, built, CompileCounts.now() - after))
     processes.close()
 
     def fold_epochs(n_trials: int) -> int:
@@ -627,7 +628,7 @@ def main() -> None:
         lines += markdown_table(
             header,
             "lrrrrrr",
-            (compile_row(name, *counts) for name, counts in compilations.items()),
+            compilations,
         )
     walls = {r.name: r.wall for r in rows}
     ratios = [

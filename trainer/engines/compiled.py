@@ -74,19 +74,16 @@ def _compiled(function: Callable[..., Any], device_type: str) -> Callable[..., A
     return torch.compile(function, dynamic=False, mode=mode)
 
 
-def mark_static(*holders: object) -> int:
+def mark_static(*holders: object) -> None:
     """Mark every tensor attribute of ``holders`` (directly, or in dicts, lists and tuples)
     static for CUDA graphs (module docstring): the stack keeps them at one address and updates
     them in place. Unguarded: a new stack's tensors re-record the graphs, they do not compile
-    them again. Returns how many were marked."""
+    them again."""
     import torch._dynamo  # seconds of imports: only a compiled stack pays them
 
-    count = 0
     for tensor in _tensors_of(holders):
         if not isinstance(tensor, torch.nn.Parameter):  # parameters are static already
             torch._dynamo.mark_static_address(tensor, guard=False)
-            count += 1
-    return count
 
 
 def _tensors_of(holders: tuple[object, ...]) -> Iterator[torch.Tensor]:

@@ -313,9 +313,9 @@ class Population:
         """(validation data loss, objective on the scored rows) per model, in evaluation mode:
         both sets of rows in one forward pass (half the launches of two)."""
         rows = self.rows
-        index, val, scored = rows.eval_index, rows.val_valid, rows.score_valid
+        index, valid, scored = rows.eval_index, rows.eval_valid, rows.score_valid
+        val = rows.val_valid
         width = val.shape[1]
-        valid = torch.cat([val, scored], dim=1)
         # In passes of at most EVAL_ROWS model-rows: the activations of all M models' rows at
         # once are the stack's peak memory. Each row's output is its own in evaluation mode
         # (running BatchNorm statistics, no dropout), so the passes change no result.

@@ -120,8 +120,14 @@ class StackedRows:
         self.eval_index = torch.cat([self.val_index, self.score_index], dim=1)
         position = torch.arange(self.eval_index.shape[1], device=dev)[None, :]
         width = self.val_index.shape[1]
-        self.val_valid = position[:, :width] < self.val_len[:, None]
-        self.score_valid = position[:, width:] - width < self.score_len[:, None]
+        self.eval_valid = torch.cat(
+            [
+                position[:, :width] < self.val_len[:, None],
+                position[:, width:] - width < self.score_len[:, None],
+            ],
+            dim=1,
+        )
+        self.val_valid, self.score_valid = self.eval_valid[:, :width], self.eval_valid[:, width:]
         # A row with no validation rows (a refit) trains its fixed epochs: each epoch's weights
         # replace the best, and patience never runs out.
         self.unvalidated = self.val_len == 0

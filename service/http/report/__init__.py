@@ -24,7 +24,7 @@ from optuna.trial import FrozenTrial
 
 from service.http.report.html import STYLE, esc, para, section, shown
 from service.http.report.importance import importance_section
-from service.http.report.pareto import objective_view, pareto_section, trade_off_of
+from service.http.report.pareto import objective_view, pareto_section
 from service.http.report.reading import StudyLike, best_of, completed
 from service.http.report.sections import (
     MEANINGS,
@@ -39,6 +39,7 @@ from service.http.report.sections import (
     trial_counts,
 )
 from service.store.trials import TrialCounts
+from trainer import stored_trade_off
 
 log = logging.getLogger("regtune.report")
 
@@ -70,7 +71,7 @@ def render(
 ) -> str:
     """The whole report as one HTML document (UTF-8, no script, no external reference)."""
     both = sorted(trials, key=lambda t: t.number)
-    trade_off = trade_off_of(record)
+    trade_off = stored_trade_off(record.spec)
     # The sections read a trade-off study's trials by their metric (its first objective).
     trials = both if trade_off is None else objective_view(both, 0)
     done = completed(trials)

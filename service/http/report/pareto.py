@@ -34,11 +34,6 @@ SIZES = {
 }
 
 
-def trade_off_of(record: StudyLike) -> str | None:
-    """The study's ``objective.trade_off``, None for a single-objective study."""
-    return stored_trade_off(record.spec)
-
-
 def objective_view(trials: Sequence[FrozenTrial], index: int) -> list[FrozenTrial]:
     """The trials as a single-objective study of objective ``index`` would hold them: the
     sections written for one objective read a trade-off study's trials through this."""
@@ -80,7 +75,7 @@ def front_and_chosen(
 def pareto_section(record: StudyLike, trials: Sequence[FrozenTrial], best: FrozenTrial) -> str:
     """Metric against size, every completed trial a dot, the front joined, the final model's
     trial marked; then the front as a table."""
-    size_name = trade_off_of(record)
+    size_name = stored_trade_off(record.spec)
     assert size_name is not None, "a trade-off study"
     done = [t for t in trials if t.state == TrialState.COMPLETE and t.values and len(t.values) == 2]
     front, chosen = front_and_chosen(record, done, best)
